@@ -1,0 +1,35 @@
+"""orthoptim: matrix-aware optimizers for PyTorch, built from small tested transforms.
+
+Quick start::
+
+    import orthoptim
+    opt = orthoptim.build("muon_adamw", model, lr=0.02)
+"""
+
+from orthoptim import functional, recipes, registry, routing, transforms
+from orthoptim.optim import ChainOptimizer
+from orthoptim.recipes import Plan, Route
+from orthoptim.registry import Spec, build, names
+from orthoptim.routing import classify
+from orthoptim.transforms import Chain, chain, explain
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "ChainOptimizer",
+    "Plan",
+    "Route",
+    "Spec",
+    "__version__",
+    "build",
+    "chain",
+    "classify",
+    "explain",
+    "functional",
+    "names",
+    "recipes",
+    "registry",
+    "routing",
+    "transforms",
+]

@@ -1,0 +1,3 @@
+from orthoptim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Named Newton-Schulz coefficient presets, each with its provenance.
+
+A preset is a schedule of odd quintic polynomials ``p(x) = a x + b x^3 + c x^5``, one triple per
+iteration. When more iterations are asked for than the schedule lists, the last triple repeats
+(the Polar Express paper's rule; for a one-triple schedule it is Keller Jordan's "same triple every
+step"). ``norm_safety`` multiplies the Frobenius norm in the pre-normalisation, so that the top
+singular value lands a little below 1 where the first polynomial is tuned for it.
+
+``band`` is the singular-value interval the preset promises after its default number of steps,
+measured by ``tests/functional/test_coefficients.py`` (float32, Gaussian and log-spaced spectra
+from 1 to 1e-3, shapes 64x64 to 128x512, seed 0): the test re-measures it and fails if a
+singular value leaves the band. The lower end depends on the input's smallest singular value, so
+the band is stated for inputs whose condition number is at most 1e3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class CoefficientPreset:
+    """A named Newton-Schulz schedule.
+
+    Args:
+        name: the preset's name (the value of ``Orthogonalize.coeffs``).
+        triples: ``(a, b, c)`` per iteration; the last one repeats past the end.
+        norm_safety: the pre-normalisation divides by ``norm_safety * ||X||_F``.
+        default_steps: the number of iterations the provenance uses.
+        band: measured ``(sigma_min, sigma_max)`` after ``default_steps`` iterations.
+        provenance: where the numbers come from.
+    """
+
+    name: str
+    triples: tuple[Triple, ...]
+    norm_safety: float
+    default_steps: int
+    band: tuple[float, float]
+    provenance: str
+
+    def schedule(self, steps: int) -> tuple[Triple, ...]:
+        """The triples for ``steps`` iterations (the last triple repeats past the end)."""
+        if steps < 1:
+            raise ValueError(f"ns_steps must be >= 1, got {steps}")
+        listed = self.triples[:steps]
+        return listed + (self.triples[-1],) * (steps - len(listed))
+
+
+def _with_polar_express_safety(triples: tuple[Triple, ...], safety: float) -> tuple[Triple, ...]:
+    # The paper divides p(x) = a x + b x^3 + c x^5 by the safety factor in x, i.e. p(x / s) * ...;
+    # concretely (a/s, b/s^3, c/s^5), on every polynomial but the final fixed point.
+    scaled = tuple((a / safety, b / safety**3, c / safety**5) for a, b, c in triples[:-1])
+    return (*scaled, triples[-1])
+
+
+_POLAR_EXPRESS_PAPER_RAW: tuple[Triple, ...] = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+
+PRESETS: dict[str, CoefficientPreset] = {
+    preset.name: preset
+    for preset in (
+        CoefficientPreset(
+            name="keller_quintic",
+            triples=((3.4445, -4.7750, 2.0315),),
+            norm_safety=1.0,
+            default_steps=5,
+            band=(0.68, 1.21),
+            provenance=(
+                "Keller Jordan, 'Muon: An optimizer for hidden layers' (2024), "
+                "KellerJordan/Muon muon.py zeropower_via_newtonschulz5; also torch.optim.Muon's "
+                "default ns_coefficients"
+            ),
+        ),
+        CoefficientPreset(
+            name="you_quintic",
+            triples=(
+                (4.0848, -6.8946, 2.9270),
+                (3.9505, -6.3029, 2.6377),
+                (3.7418, -5.5913, 2.3037),
+                (2.8769, -3.1427, 1.2046),
+                (2.8366, -3.0525, 1.2012),
+            ),
+            norm_safety=1.0,
+            default_steps=5,
+            band=(0.80, 1.16),
+            provenance=(
+                "You Jiacheng's per-step schedule (2025), used by microsoft/dion as its Newton-Schulz "
+                "fallback; called 'quintic' in pytorch-optimizer, timm and NVIDIA "
+                "emerging-optimizers and 'dion' in optax contrib"
+            ),
+        ),
+        CoefficientPreset(
+            name="polar_express_paper",
+            triples=_with_polar_express_safety(_POLAR_EXPRESS_PAPER_RAW, 1.01),
+            norm_safety=1.01,
+            default_steps=8,
+            band=(0.99, 1.01),
+            provenance=(
+                "Amsel, Persson, Musco, Gower, 'The Polar Express' (arXiv 2505.16932), Algorithm 1: "
+                "degree-5 optimal schedule with safety factor 1.01 on all but the last polynomial "
+                "and ||X||_F * 1.01 pre-normalisation"
+            ),
+        ),
+        CoefficientPreset(
+            name="polar_express_modded_nanogpt",
+            triples=(
+                (8.156554524902461, -22.48329292557795, 15.878769915207462),
+                (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+            ),
+            norm_safety=1.02,
+            default_steps=5,
+            band=(0.55, 1.01),
+            provenance=(
+                "Polar Express schedule recomputed with safety 2e-2 and cushion 2 for 5 steps, as "
+                "used by KellerJordan/modded-nanogpt train_gpt.py and microsoft/dion "
+                "polar_express.py, with ||X||_F * 1.02 pre-normalisation"
+            ),
+        ),
+    )
+}
+
+COEFFICIENT_PRESETS: tuple[str, ...] = tuple(PRESETS)
+
+
+def get_preset(name: str) -> CoefficientPreset:
+    """The preset called ``name``; ``ValueError`` naming the allowed presets otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown Newton-Schulz coefficient preset {name!r}; allowed: {', '.join(PRESETS)}"
+        ) from None

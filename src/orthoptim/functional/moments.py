@@ -1,0 +1,36 @@
+"""Moment estimates shared by every adaptive transform: EMA, bias correction, Adam's direction."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def ema_(average: Tensor, x: Tensor, beta: float) -> Tensor:
+    """In place ``average <- beta * average + (1 - beta) * x``; returns ``average``."""
+    return average.lerp_(x, 1.0 - beta)
+
+
+def ema_square_(average: Tensor, x: Tensor, beta: float) -> Tensor:
+    """In place ``average <- beta * average + (1 - beta) * x^2``; returns ``average``."""
+    return average.mul_(beta).addcmul_(x, x, value=1.0 - beta)
+
+
+def bias_correction(beta: float, step: int) -> float:
+    """``1 - beta^step``: the weight an EMA started at zero has put on its inputs after ``step``."""
+    return 1.0 - beta**step
+
+
+def adam_direction(
+    exp_avg: Tensor, exp_avg_sq: Tensor, *, step: int, betas: tuple[float, float], eps: float
+) -> Tensor:
+    """Adam's bias-corrected direction ``m_hat / (sqrt(v_hat) + eps)`` as a new tensor.
+
+    The operation order follows torch.optim.Adam's single-tensor path (eps added after dividing
+    ``sqrt(v)`` by ``sqrt(1 - beta2^t)``), which keeps float64 results equal to torch's to
+    round-off.
+    """
+    denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction(betas[1], step))).add_(eps)
+    return torch.div(exp_avg, denom).div_(bias_correction(betas[0], step))

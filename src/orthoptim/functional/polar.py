@@ -1,0 +1,84 @@
+"""Polar factors of matrices: Newton-Schulz iterations, the exact SVD factor, matrix views.
+
+The polar factor of ``G = U S V^T`` is ``U V^T``. Newton-Schulz methods approximate it with only
+matrix products by applying an odd polynomial to the singular values, several times; see
+``functional.coefficients`` for the named schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+PreNorm = Literal["frobenius", "frobenius_clamp"]
+PRE_NORMS: tuple[str, ...] = ("frobenius", "frobenius_clamp")
+
+
+def matrix_view(x: Tensor) -> Tensor:
+    """``x`` as a matrix: 2-D as is, conv kernels ``(out, in, kh, kw)`` as ``(out, in*kh*kw)``.
+
+    Returns a view whenever ``x`` is contiguous, so writes go through to ``x``.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"matrix_view needs a tensor with ndim >= 2, got shape {tuple(x.shape)}")
+    return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+
+
+def newton_schulz(
+    x: Tensor,
+    schedule: Sequence[tuple[float, float, float]],
+    *,
+    norm_safety: float = 1.0,
+    eps: float = 1e-7,
+    pre_norm: PreNorm = "frobenius",
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Approximate polar factor of each matrix in ``x`` (shape ``(..., m, n)``).
+
+    The input is cast to ``compute_dtype`` (default: its own dtype), scaled so that its spectral
+    norm is at most 1, then each ``(a, b, c)`` of ``schedule`` maps ``X <- a X + (b A + c A^2) X``
+    with ``A = X X^T``. Wide orientation (``m <= n``) keeps ``A`` at its smaller size.
+
+    Pre-normalisation, ``pre_norm``:
+      ``"frobenius"``: ``X / (norm_safety * ||X||_F + eps)`` (KellerJordan/Muon, Polar Express).
+      ``"frobenius_clamp"``: ``X / max(norm_safety * ||X||_F, eps)`` (torch.optim.Muon).
+    The norm is computed in ``compute_dtype``, as the references do. The result is returned in
+    ``compute_dtype``; a zero matrix maps to zero.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"newton_schulz needs ndim >= 2, got shape {tuple(x.shape)}")
+    if pre_norm not in PRE_NORMS:
+        raise ValueError(f"pre_norm must be one of {PRE_NORMS}, got {pre_norm!r}")
+    X = x.to(compute_dtype) if compute_dtype is not None else x
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    if norm_safety != 1.0:
+        norm = norm * norm_safety
+    X = X / (norm + eps) if pre_norm == "frobenius" else X / norm.clamp(min=eps)
+    batch_shape = X.shape[:-2]
+    if X.ndim > 3:
+        X = X.reshape(-1, *X.shape[-2:])
+    for a, b, c in schedule:
+        if X.ndim == 2:
+            A = X @ X.mT
+            B = torch.addmm(A, A, A, beta=b, alpha=c)
+            X = torch.addmm(X, B, X, beta=a)
+        else:
+            A = torch.bmm(X, X.mT)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            X = torch.baddbmm(X, B, X, beta=a)
+    X = X.reshape(*batch_shape, *X.shape[-2:])
+    return X.mT if transposed else X
+
+
+def polar_svd(x: Tensor) -> Tensor:
+    """The exact polar factor ``U V^T`` from a reduced SVD, computed in float64 (for tests)."""
+    if x.ndim < 2:
+        raise ValueError(f"polar_svd needs ndim >= 2, got shape {tuple(x.shape)}")
+    U, _, Vh = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
+    return (U @ Vh).to(x.dtype)

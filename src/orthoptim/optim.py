@@ -1,0 +1,205 @@
+"""``ChainOptimizer``: the one ``torch.optim.Optimizer`` subclass; it runs any chain or plan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from orthoptim._checks import check_finite_nonnegative
+from orthoptim._types import ParamsLike
+from orthoptim.recipes.plan import Plan, Route
+from orthoptim.routing import classify, describe, param_groups
+from orthoptim.transforms.base import Chain, Ctx, explain
+
+GROUP_KEYS: frozenset[str] = frozenset(
+    {"params", "param_names", "lr", "weight_decay", "role", "route", "initial_lr"}
+)
+PLAN_STATE_KEY = "orthoptim_plan"
+
+
+class ChainOptimizer(torch.optim.Optimizer):
+    """Runs a chain (or a plan of chains) as a drop-in ``torch.optim.Optimizer``.
+
+    Each step, per param group: the gradients are cloned once, the group's chain runs
+    transform-major over the group's parameters (transform 1 over all of them, then transform 2,
+    ...), and the shell applies ``theta <- theta - lr * u``. ``lr`` and ``weight_decay`` live in the
+    param groups, so torch LR schedulers, per-group overrides and ``state_dict`` work as usual.
+
+    Args:
+        params: an ``nn.Module`` (every parameter is classified into a role and routed by the
+            plan), tensors, ``(name, tensor)`` pairs, or param-group dicts. Groups may carry
+            ``"role"`` (routed by the plan) or ``"route"`` (a route name), and ``lr`` /
+            ``weight_decay``.
+        recipe: a ``Chain`` (applied to every parameter) or a ``Plan``.
+        lr: learning rate of the plan's first route; other routes scale it by their ``lr_scale``.
+        weight_decay: weight decay for routes that do not set their own.
+        overrides: ``{glob: role}`` routing overrides (only with an ``nn.Module``).
+    """
+
+    def __init__(
+        self,
+        params: ParamsLike,
+        recipe: Chain | Plan,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        check_finite_nonnegative("lr", lr)
+        check_finite_nonnegative("weight_decay", weight_decay)
+        if isinstance(recipe, Chain):
+            recipe = Plan.single(recipe)
+        if not isinstance(recipe, Plan):
+            raise TypeError(f"recipe must be a Chain or a Plan, got {type(recipe).__name__}")
+        self.plan = recipe
+        if isinstance(params, nn.Module):
+            roles = classify(params, overrides)
+            groups: list[dict[str, Any]] = param_groups(
+                list(params.named_parameters()), roles, recipe, lr=lr, weight_decay=weight_decay
+            )
+        elif overrides is not None:
+            raise ValueError("overrides route by parameter name and need an nn.Module")
+        else:
+            groups = list(cast(Iterable[Any], params))
+            if groups and not isinstance(groups[0], dict):
+                groups = [{"params": groups}]
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Check and route ``param_group`` before torch adds it (the group is left unchanged on error)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        unknown = set(param_group) - GROUP_KEYS
+        if unknown:
+            raise ValueError(
+                f"unknown param group keys {sorted(unknown)}; allowed: {sorted(GROUP_KEYS)}"
+            )
+        group = dict(param_group)
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if params and isinstance(params[0], tuple):
+            group["param_names"] = [name for name, _ in params]
+            params = [p for _, p in params]
+        group["params"] = params
+        route = self._route_of(group)
+        group["route"] = route.name
+        group.setdefault("role", None)
+        group.setdefault("lr", self.defaults["lr"] * route.lr_scale)
+        if route.weight_decay is not None:
+            group.setdefault("weight_decay", route.weight_decay)
+        check_finite_nonnegative("lr", group["lr"])
+        check_finite_nonnegative("weight_decay", group.get("weight_decay", 0.0))
+        names = group.get("param_names") or [""] * len(params)
+        for name, p in zip(names, params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize tensors, got {type(p).__name__}")
+            if not p.is_floating_point():
+                raise TypeError(
+                    f"parameter {name or '<unnamed>'} has dtype {p.dtype}; orthoptim optimizes "
+                    "real floating-point tensors"
+                )
+            route.chain.validate(p, name)
+        super().add_param_group(group)
+
+    def _route_of(self, group: Mapping[str, Any]) -> Route:
+        if "route" in group:
+            try:
+                return self.plan.route_named(group["route"])
+            except KeyError as err:
+                raise ValueError(str(err)) from None
+        if group.get("role") is not None:
+            return self.plan.route_for(group["role"])
+        if self.plan.needs_roles:
+            raise ValueError(
+                f"this plan routes by role ({', '.join(r.name for r in self.plan.routes)}) and "
+                "cannot route bare tensors: pass the nn.Module, or param groups with a 'role' key "
+                "(hidden, embedding, head, vector)"
+            )
+        return self.plan.routes[0]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(group, self._with_grads(group)) for group in self.param_groups]
+        for group, params in work:
+            if params:
+                self._step_group(group, params)
+        return loss
+
+    def _with_grads(self, group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:
+        """The group's (name, parameter) pairs that have a gradient, checked before any update."""
+        names = group.get("param_names") or [""] * len(group["params"])
+        out = []
+        for name, p in zip(names, group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(f"parameter {name or '<unnamed>'}: sparse gradients unsupported")
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise RuntimeError(
+                    f"parameter {name or '<unnamed>'}: gradient {tuple(g.shape)} {g.dtype} does "
+                    f"not match the parameter {tuple(p.shape)} {p.dtype}"
+                )
+            out.append((name, p))
+        return out
+
+    def _step_group(self, group: Mapping[str, Any], params: list[tuple[str, Tensor]]) -> None:
+        chain = self.plan.route_named(group["route"]).chain
+        lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
+        updates, states, ctxs = [], [], []
+        for name, p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state.update(chain.init(p))
+            state["step"] += 1
+            grad = cast(Tensor, p.grad)
+            updates.append(grad.clone(memory_format=torch.preserve_format))
+            states.append(state)
+            ctxs.append(Ctx(int(state["step"].item()), lr, weight_decay, p, grad, name))
+        updates = chain.apply_many(updates, states, ctxs)
+        for (_, p), u in zip(params, updates):
+            p.add_(u, alpha=-lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus each route's chain ``repr``, checked again on load."""
+        state = super().state_dict()
+        state[PLAN_STATE_KEY] = {r.name: repr(r.chain) for r in self.plan.routes}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by an optimizer with the same plan (``ValueError`` otherwise)."""
+        saved = state_dict.get(PLAN_STATE_KEY)
+        mine = {r.name: repr(r.chain) for r in self.plan.routes}
+        if saved is not None and saved != mine:
+            raise ValueError(
+                f"state dict was saved by a different optimizer:\n  saved: {saved}\n  this: {mine}"
+            )
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != PLAN_STATE_KEY})
+
+    def explain(self) -> str:
+        """The update rule of every route, one line per transform."""
+        blocks = []
+        for route in self.plan.routes:
+            wd = "optimizer's" if route.weight_decay is None else f"{route.weight_decay:g}"
+            header = (
+                f"route {route.name} ({', '.join(route.roles)}): lr x {route.lr_scale:g}, "
+                f"weight decay {wd}"
+            )
+            body = "\n".join("  " + line for line in explain(route.chain).splitlines())
+            blocks.append(f"{header}\n{body}")
+        return "\n".join(blocks)
+
+    def describe(self) -> str:
+        """The routing table: each parameter's role, route, chain, lr and weight decay."""
+        return describe(self.param_groups, self.plan)

@@ -1,0 +1,191 @@
+"""The registry: one explicit tuple of ``Spec``\\s, and ``build``, the one entry point.
+
+Users, the CLI and the arena all build optimizers through ``build(name, model_or_params, ...)``.
+Adding an optimizer means adding its recipe and one ``Spec`` line here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from orthoptim._types import ParamsLike
+from orthoptim.optim import ChainOptimizer
+from orthoptim.recipes import Plan, adamw, muon, muon_adamw, sgd, with_adamw
+from orthoptim.transforms import Chain, explain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spec:
+    """A registered optimizer.
+
+    Args:
+        name: registry key, the recipe function's name.
+        recipe: builds the chain (or plan) from keyword options.
+        lr: default learning rate (from the paper or its reference code).
+        weight_decay: default weight decay.
+        paper: citation with arXiv id where one exists.
+        reference: the implementation its conventions are pinned to.
+        tags: free-form labels (``"orthogonal"``, ``"adaptive"``, ``"plan"``, ...).
+        needs_closure: whether ``step`` needs a closure (two gradient evaluations).
+        default_plan: for an optimizer meant for hidden matrices only, the plan that completes it
+            for a whole model (hidden matrices -> it, the rest -> AdamW); ``None`` for optimizers
+            that handle every parameter.
+    """
+
+    name: str
+    recipe: Callable[..., Chain | Plan]
+    lr: float
+    weight_decay: float = 0.0
+    paper: str
+    reference: str | None
+    tags: frozenset[str] = frozenset()
+    needs_closure: bool = False
+    default_plan: Callable[[Chain], Plan] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The recipe's keyword options and their defaults."""
+        return {n: p.default for n, p in inspect.signature(self.recipe).parameters.items()}
+
+    def make(self, options: Mapping[str, Any] | None = None) -> Chain | Plan:
+        """The recipe built with ``options``; ``TypeError`` naming the allowed ones otherwise."""
+        options = dict(options or {})
+        allowed = self.options()
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise TypeError(
+                f"{self.name} got unknown option(s) {unknown}; allowed: {sorted(allowed) or 'none'}"
+            )
+        return self.recipe(**options)
+
+    def whole_model_plan(self, options: Mapping[str, Any] | None = None) -> Plan:
+        """The plan ``build`` uses for an ``nn.Module``: every parameter gets an update rule."""
+        made = self.make(options)
+        if isinstance(made, Plan):
+            return made
+        return self.default_plan(made) if self.default_plan is not None else Plan.single(made)
+
+
+def _muon_plan(hidden: Chain) -> Plan:
+    return with_adamw(hidden, name="muon")
+
+
+_MUON_PAPER = "Jordan et al. 2024, 'Muon: An optimizer for hidden layers in neural networks' (blog)"
+
+REGISTRY: tuple[Spec, ...] = (
+    Spec(
+        name="sgd",
+        recipe=sgd,
+        lr=0.01,
+        paper="Sutskever et al. 2013, 'On the importance of initialization and momentum' (ICML)",
+        reference="torch.optim.SGD (torch==2.13.0)",
+        tags=frozenset({"baseline", "elementwise"}),
+    ),
+    Spec(
+        name="adamw",
+        recipe=adamw,
+        lr=1e-3,
+        weight_decay=0.01,
+        paper="Loshchilov & Hutter 2019, 'Decoupled Weight Decay Regularization' (arXiv 1711.05101)",
+        reference="torch.optim.AdamW (torch==2.13.0)",
+        tags=frozenset({"baseline", "elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="muon",
+        recipe=muon,
+        lr=0.02,
+        paper=_MUON_PAPER,
+        reference="KellerJordan/Muon muon.py; torch.optim.Muon (torch==2.13.0)",
+        tags=frozenset({"orthogonal", "matrix"}),
+        default_plan=_muon_plan,
+    ),
+    Spec(
+        name="muon_adamw",
+        recipe=muon_adamw,
+        lr=0.02,
+        paper=_MUON_PAPER,
+        reference="KellerJordan/Muon muon.py MuonWithAuxAdam",
+        tags=frozenset({"orthogonal", "matrix", "plan"}),
+    ),
+)
+
+_BY_NAME: dict[str, Spec] = {spec.name: spec for spec in REGISTRY}
+
+
+def get(name: str) -> Spec:
+    """The spec called ``name``; ``KeyError`` with close matches otherwise."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown optimizer {name!r}{hint} (known: {', '.join(_BY_NAME)})") from None
+
+
+def names(pattern: str = "*", tag: str | None = None) -> list[str]:
+    """Registered names matching the ``fnmatch`` ``pattern`` (and carrying ``tag``), in order."""
+    return [
+        s.name
+        for s in REGISTRY
+        if fnmatch.fnmatchcase(s.name, pattern) and (tag is None or tag in s.tags)
+    ]
+
+
+def build(
+    name: str,
+    params_or_model: ParamsLike,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    **recipe_options: Any,
+) -> ChainOptimizer:
+    """Build the registered optimizer ``name``: the one entry point for users, the CLI and the arena.
+
+    Given an ``nn.Module``, the optimizer covers the WHOLE model: a matrix optimizer such as
+    ``muon`` brings its default plan (hidden matrices -> it, embeddings, heads, biases and norm
+    gains -> AdamW), so ``build("muon", model)`` equals ``build("muon_adamw", model)``. Given
+    tensors or param groups, the recipe is applied to them as they are, and a tensor it cannot
+    update (a vector for ``muon``) raises ``ValueError``.
+
+    Args:
+        name: a registry name (``orthoptim.registry.names()``).
+        params_or_model: an ``nn.Module``, tensors, ``(name, tensor)`` pairs, or param groups.
+        lr: learning rate; the spec's default when ``None``.
+        weight_decay: weight decay; the spec's default when ``None``.
+        **recipe_options: keyword options of the recipe (``TypeError`` for unknown ones).
+    """
+    spec = get(name)
+    if isinstance(params_or_model, nn.Module):
+        recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
+    else:
+        recipe = spec.make(recipe_options)
+    return ChainOptimizer(
+        params_or_model,
+        recipe,
+        lr=spec.lr if lr is None else lr,
+        weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
+    )
+
+
+def show(name: str) -> str:
+    """A spec in words: paper, reference, defaults, options, and the update rule of each route."""
+    spec = get(name)
+    plan = spec.whole_model_plan()
+    lines = [
+        f"{spec.name}",
+        f"  paper:     {spec.paper}",
+        f"  reference: {spec.reference or '-'}",
+        f"  defaults:  lr={spec.lr:g}, weight_decay={spec.weight_decay:g}",
+        f"  tags:      {', '.join(sorted(spec.tags)) or '-'}",
+        "  options:   " + (", ".join(f"{k}={v!r}" for k, v in spec.options().items()) or "none"),
+    ]
+    for route in plan.routes:
+        lines.append(f"  route {route.name} ({', '.join(route.roles)}), lr x {route.lr_scale:g}:")
+        lines.append(f"    {route.chain!r}")
+        lines.extend("    " + line for line in explain(route.chain).splitlines())
+    return "\n".join(lines)

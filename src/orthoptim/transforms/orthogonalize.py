@@ -1,0 +1,74 @@
+"""Replace a matrix update by (an approximation of) its polar factor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from orthoptim._checks import check_choice, check_positive, check_positive_int
+from orthoptim._types import State
+from orthoptim.functional.coefficients import COEFFICIENT_PRESETS, get_preset
+from orthoptim.functional.polar import PRE_NORMS, matrix_view, newton_schulz
+from orthoptim.transforms.base import Ctx, TransformBase
+
+ComputeDtype = Literal["bfloat16", "float32", "float64", "input"]
+COMPUTE_DTYPES: tuple[str, ...] = ("bfloat16", "float32", "float64", "input")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Orthogonalize(TransformBase):
+    r"""``u <- NS(u)``: Newton-Schulz approximation of the polar factor ``U V^T`` of ``u``.
+
+    Conv kernels are orthogonalised as their ``(out, in*kh*kw)`` matrix view. The iteration runs
+    in ``compute_dtype`` (``"input"``: the update's own dtype) and the result is cast back to the
+    update's dtype, so the rest of the chain accumulates in the parameter's precision.
+
+    Args:
+        coeffs: coefficient preset name (see ``orthoptim.functional.coefficients.PRESETS``).
+        ns_steps: number of iterations (the preset's last triple repeats past its schedule).
+        pre_norm: ``"frobenius"`` (``X/(||X||+eps)``, Keller) or ``"frobenius_clamp"``
+            (``X/max(||X||, eps)``, torch.optim.Muon).
+        eps: the pre-normalisation's guard against a zero matrix.
+        compute_dtype: ``"bfloat16"``, ``"float32"``, ``"float64"`` or ``"input"``.
+    """
+
+    key: ClassVar[str] = "orthogonalize"
+    formula: ClassVar[str] = (
+        r"u \leftarrow \mathrm{NS}_{k}^{\text{coeffs}}(u / \|u\|_F) \approx UV^\top"
+    )
+    coeffs: str = "keller_quintic"
+    ns_steps: int = 5
+    pre_norm: Literal["frobenius", "frobenius_clamp"] = "frobenius"
+    eps: float = 1e-7
+    compute_dtype: ComputeDtype = "bfloat16"
+
+    def __post_init__(self) -> None:
+        check_choice("coeffs", self.coeffs, COEFFICIENT_PRESETS)
+        check_positive_int("ns_steps", self.ns_steps)
+        check_choice("pre_norm", self.pre_norm, PRE_NORMS)
+        check_positive("eps", self.eps)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+
+    def validate(self, p: Tensor, name: str) -> None:
+        if p.ndim < 2:
+            raise ValueError(
+                f"Orthogonalize needs a matrix (ndim >= 2) but parameter {name or '<unnamed>'} has "
+                f"shape {tuple(p.shape)}; route vectors to another chain (e.g. build(..., model) "
+                "or the muon_adamw plan)"
+            )
+
+    def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        preset = get_preset(self.coeffs)
+        dtype = None if self.compute_dtype == "input" else getattr(torch, self.compute_dtype)
+        polar = newton_schulz(
+            matrix_view(u),
+            preset.schedule(self.ns_steps),
+            norm_safety=preset.norm_safety,
+            eps=self.eps,
+            pre_norm=self.pre_norm,
+            compute_dtype=dtype,
+        )
+        return polar.to(u.dtype).reshape(u.shape)
