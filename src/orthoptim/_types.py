@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -13,5 +13,5 @@ State = MutableMapping[str, Tensor]
 Role = Literal["hidden", "embedding", "head", "vector"]
 ROLES: tuple[str, ...] = ("hidden", "embedding", "head", "vector")
 
-ParamsLike = Union[nn.Module, Iterable[Tensor], Iterable[dict[str, Any]]]
+ParamsLike = nn.Module | Iterable[Tensor] | Iterable[dict[str, Any]]
 """What ``ChainOptimizer`` and ``orthoptim.build`` accept: a model, tensors or param groups."""

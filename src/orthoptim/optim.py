@@ -71,7 +71,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Check and route ``param_group`` before torch adds it (the group is left unchanged on error)."""
+        """Check and route ``param_group``, then let torch add it; nothing changes on error."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         unknown = set(param_group) - GROUP_KEYS
@@ -95,7 +95,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         check_finite_nonnegative("lr", group["lr"])
         check_finite_nonnegative("weight_decay", group.get("weight_decay", 0.0))
         names = group.get("param_names") or [""] * len(params)
-        for name, p in zip(names, params):
+        for name, p in zip(names, params, strict=True):
             if not isinstance(p, Tensor):
                 raise TypeError(f"optimizer can only optimize tensors, got {type(p).__name__}")
             if not p.is_floating_point():
@@ -139,7 +139,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         """The group's (name, parameter) pairs that have a gradient, checked before any update."""
         names = group.get("param_names") or [""] * len(group["params"])
         out = []
-        for name, p in zip(names, group["params"]):
+        for name, p in zip(names, group["params"], strict=True):
             g = p.grad
             if g is None:
                 continue
@@ -168,7 +168,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             states.append(state)
             ctxs.append(Ctx(int(state["step"].item()), lr, weight_decay, p, grad, name))
         updates = chain.apply_many(updates, states, ctxs)
-        for (_, p), u in zip(params, updates):
+        for (_, p), u in zip(params, updates, strict=True):
             p.add_(u, alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:

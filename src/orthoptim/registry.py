@@ -92,7 +92,7 @@ REGISTRY: tuple[Spec, ...] = (
         recipe=adamw,
         lr=1e-3,
         weight_decay=0.01,
-        paper="Loshchilov & Hutter 2019, 'Decoupled Weight Decay Regularization' (arXiv 1711.05101)",
+        paper="Loshchilov & Hutter 2019, 'Decoupled Weight Decay Regularization' (1711.05101)",
         reference="torch.optim.AdamW (torch==2.13.0)",
         tags=frozenset({"baseline", "elementwise", "adaptive"}),
     ),
@@ -144,7 +144,7 @@ def build(
     weight_decay: float | None = None,
     **recipe_options: Any,
 ) -> ChainOptimizer:
-    """Build the registered optimizer ``name``: the one entry point for users, the CLI and the arena.
+    """Build the registered optimizer ``name``: the entry point of users, the CLI and the arena.
 
     Given an ``nn.Module``, the optimizer covers the WHOLE model: a matrix optimizer such as
     ``muon`` brings its default plan (hidden matrices -> it, embeddings, heads, biases and norm

@@ -94,7 +94,7 @@ def describe(groups: Sequence[Mapping[str, Any]], plan: Plan) -> str:
         chain = plan.route_named(group["route"]).chain
         summary = " > ".join(type(t).__name__ for t in chain.transforms) or "identity"
         names = group.get("param_names") or [f"group{gi}[{i}]" for i in range(len(group["params"]))]
-        for name, p in zip(names, group["params"]):
+        for name, p in zip(names, group["params"], strict=True):
             shape = "x".join(str(d) for d in p.shape) or "scalar"
             rows.append(
                 (
@@ -108,6 +108,9 @@ def describe(groups: Sequence[Mapping[str, Any]], plan: Plan) -> str:
                 )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

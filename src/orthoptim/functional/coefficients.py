@@ -94,8 +94,8 @@ PRESETS: dict[str, CoefficientPreset] = {
             default_steps=5,
             band=(0.80, 1.16),
             provenance=(
-                "You Jiacheng's per-step schedule (2025), used by microsoft/dion as its Newton-Schulz "
-                "fallback; called 'quintic' in pytorch-optimizer, timm and NVIDIA "
+                "You Jiacheng's per-step schedule (2025), used by microsoft/dion as its "
+                "Newton-Schulz fallback; called 'quintic' in pytorch-optimizer, timm and NVIDIA "
                 "emerging-optimizers and 'dion' in optax contrib"
             ),
         ),
@@ -106,9 +106,9 @@ PRESETS: dict[str, CoefficientPreset] = {
             default_steps=8,
             band=(0.99, 1.01),
             provenance=(
-                "Amsel, Persson, Musco, Gower, 'The Polar Express' (arXiv 2505.16932), Algorithm 1: "
-                "degree-5 optimal schedule with safety factor 1.01 on all but the last polynomial "
-                "and ||X||_F * 1.01 pre-normalisation"
+                "Amsel, Persson, Musco, Gower, 'The Polar Express' (arXiv 2505.16932), "
+                "Algorithm 1: degree-5 optimal schedule with safety factor 1.01 on all but the "
+                "last polynomial and ||X||_F * 1.01 pre-normalisation"
             ),
         ),
         CoefficientPreset(

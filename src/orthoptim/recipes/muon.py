@@ -69,7 +69,7 @@ def with_adamw(
     adamw_betas: tuple[float, float] = (0.9, 0.95),
     adamw_eps: float = 1e-10,
 ) -> Plan:
-    """The default plan of every matrix optimizer: ``hidden`` for hidden matrices, AdamW for the rest.
+    """Default plan of a matrix optimizer: ``hidden`` for hidden matrices, AdamW for the rest.
 
     The AdamW route runs at ``adamw_lr_scale`` times the optimizer's lr (0.015 = 3e-4 / 0.02, the
     pairing in KellerJordan/Muon's README) with betas (0.9, 0.95) and no weight decay on

@@ -69,7 +69,7 @@ class TransformBase:
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
         """One update per parameter; a transform overrides it where batching pays."""
         apply = self.apply  # type: ignore[attr-defined]  # every concrete transform defines it
-        return [apply(u, s, c) for u, s, c in zip(us, ss, cs)]
+        return [apply(u, s, c) for u, s, c in zip(us, ss, cs, strict=True)]
 
     def validate(self, p: Tensor, name: str) -> None:
         """Raise ``ValueError`` if this transform cannot update ``p`` (checked at construction)."""
@@ -136,7 +136,7 @@ class Chain(TransformBase):
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {}
-        for prefix, t in zip(self.prefixes, self.transforms):
+        for prefix, t in zip(self.prefixes, self.transforms, strict=True):
             for name, buffer in t.init(p).items():
                 state[f"{prefix}.{name}"] = buffer
         return state
@@ -145,7 +145,7 @@ class Chain(TransformBase):
         return self.apply_many([u], [s], [c])[0]
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
-        for prefix, t in zip(self.prefixes, self.transforms):
+        for prefix, t in zip(self.prefixes, self.transforms, strict=True):
             us = t.apply_many(us, [_Namespaced(s, prefix) for s in ss], cs)
         return us
 

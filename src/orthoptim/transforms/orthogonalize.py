@@ -36,9 +36,7 @@ class Orthogonalize(TransformBase):
     """
 
     key: ClassVar[str] = "orthogonalize"
-    formula: ClassVar[str] = (
-        r"u \leftarrow \mathrm{NS}_{k}^{\text{coeffs}}(u / \|u\|_F) \approx UV^\top"
-    )
+    formula: ClassVar[str] = r"u \leftarrow \mathrm{NS}_{k}(u / \|u\|_F) \approx UV^\top"
     coeffs: str = "keller_quintic"
     ns_steps: int = 5
     pre_norm: Literal["frobenius", "frobenius_clamp"] = "frobenius"
