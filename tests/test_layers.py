@@ -1,0 +1,87 @@
+"""Imports only go down the layers: functional <- transforms <- recipes <- optim/routing/registry
+<- bench <- cli. Private top-level modules (``_types``, ``_checks``) are layer 0."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import orthoptim
+
+PACKAGE_ROOT = Path(orthoptim.__file__).parent
+
+LAYERS: dict[str, int] = {
+    "_types": 0,
+    "_checks": 0,
+    "functional": 1,
+    "transforms": 2,
+    "recipes": 3,
+    "optim": 4,
+    "routing": 4,
+    "registry": 4,
+    "bench": 5,
+    "cli": 6,
+    "__main__": 6,
+    "__init__": 7,
+}
+
+
+def layer_of(module: str) -> int:
+    """The layer of a dotted module inside orthoptim (``orthoptim.transforms.base`` -> 2)."""
+    top = module.split(".")[1] if "." in module else "__init__"
+    return LAYERS[top]
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_ROOT).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out.append(("orthoptim." + ".".join(parts), path))
+    return out
+
+
+def imported_modules(path: Path) -> list[str]:
+    """The orthoptim modules ``path`` imports (``from orthoptim import x`` counts as
+    ``orthoptim.x``); relative imports are refused, the project writes absolute ones."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert not node.level, f"{path}: relative import of {node.module!r}"
+            if node.module == "orthoptim":
+                found += [f"orthoptim.{a.name}" for a in node.names]
+            elif node.module:
+                found.append(node.module)
+    return [m for m in found if m == "orthoptim" or m.startswith("orthoptim.")]
+
+
+def test_every_module_has_a_layer() -> None:
+    for module, _ in modules():
+        if module == "orthoptim.orthoptim":
+            continue
+        layer_of(module)
+
+
+@pytest.mark.parametrize(("module", "path"), modules(), ids=[m for m, _ in modules()])
+def test_imports_only_go_down(module: str, path: Path) -> None:
+    if module == "orthoptim.__init__" or path == PACKAGE_ROOT / "__init__.py":
+        return  # the public API re-exports every layer
+    mine = layer_of(module)
+    for target in imported_modules(path):
+        if target == "orthoptim":
+            raise AssertionError(f"{module} imports the top-level package (use the layer module)")
+        theirs = layer_of(target)
+        assert theirs <= mine, f"{module} (layer {mine}) imports {target} (layer {theirs})"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from orthoptim.registry import build\n")
+    targets = imported_modules(bad)
+    assert targets == ["orthoptim.registry"]
+    assert layer_of(targets[0]) > layer_of("orthoptim.functional.bad")
