@@ -4,7 +4,9 @@ Rules of ``classify``, first match wins:
   1. a user override: ``{glob: role}``, matched against the parameter name with ``fnmatch``;
   2. the weight of an ``nn.Embedding`` / ``nn.EmbeddingBag`` -> ``"embedding"`` (a head tied to an
      embedding is the same tensor, so it is routed once, as the embedding);
-  3. a matrix of a module whose own name is in ``head_names`` -> ``"head"``;
+  3. a matrix of a module whose own name is in ``head_names`` -> ``"head"``; when no module has
+     such a name, the weight of the last ``nn.Linear`` (in module order) is the head, which is
+     the output layer of ``nn.Sequential`` stacks and of most classifiers;
   4. ``ndim >= 2`` -> ``"hidden"`` (conv kernels are orthogonalised as ``(out, in*kh*kw)``);
   5. everything else (biases, norm gains, scalars) -> ``"vector"``.
 """
@@ -36,6 +38,9 @@ def classify(
     embedding_ids = {
         id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
     }
+    named_head = any(name.rsplit(".", 1)[-1] in head_names for name, _ in model.named_modules())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    last_linear = None if named_head or not linears else id(linears[-1].weight)
     unused = set(overrides)
     roles: dict[str, str] = {}
     for name, p in model.named_parameters():
@@ -46,7 +51,7 @@ def classify(
             roles[name] = overrides[matched]
         elif id(p) in embedding_ids:
             roles[name] = "embedding"
-        elif p.ndim >= 2 and module_name.rsplit(".", 1)[-1] in head_names:
+        elif p.ndim >= 2 and (module_name.rsplit(".", 1)[-1] in head_names or id(p) == last_linear):
             roles[name] = "head"
         else:
             roles[name] = "hidden" if p.ndim >= 2 else "vector"

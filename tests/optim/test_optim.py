@@ -213,7 +213,8 @@ def test_routing_overrides_by_glob() -> None:
 
 def test_build_muon_on_a_model_equals_muon_adamw() -> None:
     torch.manual_seed(0)
-    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    a = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    b = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     b.load_state_dict(a.state_dict())
     opt_a, opt_b = orthoptim.build("muon", a), orthoptim.build("muon_adamw", b)
     assert opt_a.plan == opt_b.plan
@@ -228,5 +229,6 @@ def test_build_muon_on_a_model_equals_muon_adamw() -> None:
 
 
 def test_registry_default_lr_is_used() -> None:
-    opt = orthoptim.build("muon", nn.Linear(8, 8))
+    opt = orthoptim.build("muon", nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)))
+    assert opt.param_groups[0]["role"] == "hidden"
     assert opt.param_groups[0]["lr"] == orthoptim.registry.get("muon").lr

@@ -39,10 +39,22 @@ def test_cnn_roles() -> None:
 
 def test_head_names_are_configurable() -> None:
     model = nn.Sequential()
-    model.add_module("proj", nn.Linear(4, 4))
     model.add_module("readout", nn.Linear(4, 2))
+    model.add_module("proj", nn.Linear(2, 2))
     assert classify(model)["readout.weight"] == "hidden"
-    assert classify(model, head_names=("readout",))["readout.weight"] == "head"
+    roles = classify(model, head_names=("readout",))
+    assert roles["readout.weight"] == "head"
+    assert roles["proj.weight"] == "hidden"  # a named head turns the last-Linear rule off
+
+
+def test_without_a_named_head_the_last_linear_is_the_head() -> None:
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 10))
+    assert classify(model) == {
+        "0.weight": "hidden",
+        "0.bias": "vector",
+        "2.weight": "head",
+        "2.bias": "vector",
+    }
 
 
 def test_param_groups_one_per_role_with_route_lr_and_wd() -> None:
