@@ -150,7 +150,8 @@ PRESETS: dict[str, CoefficientPreset] = {
             provenance=(
                 "Polar Express schedule recomputed with safety 2e-2 and cushion 2 for 5 steps, as "
                 "used by KellerJordan/modded-nanogpt train_gpt.py and microsoft/dion "
-                "polar_express.py, with ||X||_F * 1.02 pre-normalisation"
+                "polar_express.py, with ||X||_F * 1.02 pre-normalisation (the references add "
+                "eps 1e-6 to the norm: Orthogonalize(eps=1e-6) matches them)"
             ),
         ),
     )
