@@ -172,6 +172,23 @@ def roundoff_bound(dtype: torch.dtype, magnitude: float, steps: int = STEPS) -> 
     return steps * torch.finfo(dtype).eps * magnitude
 
 
+def ours(ps, *, weight_decay, coeffs, compute_dtype, shape_scale) -> torch.optim.Optimizer:
+    """orthoptim's Muon with the conventions both packages share (Nesterov EMA, 5 steps, clamp)."""
+    return orthoptim.build(
+        "muon",
+        ps,
+        lr=LR,
+        weight_decay=weight_decay,
+        momentum=BETA,
+        nesterov=True,
+        coeffs=coeffs,
+        ns_steps=5,
+        pre_norm="frobenius_clamp",
+        compute_dtype=compute_dtype,
+        shape_scale=shape_scale,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # pytorch-optimizer 4.1.0: Muon(..., ns_coeffs="original")
 # --------------------------------------------------------------------------------------------
@@ -185,16 +202,10 @@ def _po_pair(pytorch_optimizer, shapes, dtype, *, weight_decay, adjusted, foreac
     return run_pair(
         shapes,
         dtype,
-        lambda ps: orthoptim.build(
-            "muon",
+        lambda ps: ours(
             ps,
-            lr=LR,
             weight_decay=weight_decay,
-            momentum=BETA,
-            nesterov=True,
             coeffs="keller_quintic",
-            ns_steps=5,
-            pre_norm="frobenius_clamp",
             compute_dtype="bfloat16",
             shape_scale="moonlight_rms" if adjusted else "keller",
         ),
@@ -269,16 +280,10 @@ def _hb_pair(heavyball, shapes, dtype, *, weight_decay):
     return run_pair(
         shapes,
         dtype,
-        lambda ps: orthoptim.build(
-            "muon",
+        lambda ps: ours(
             ps,
-            lr=LR,
             weight_decay=weight_decay,
-            momentum=BETA,
-            nesterov=True,
             coeffs="you_quintic",
-            ns_steps=5,
-            pre_norm="frobenius_clamp",
             # heavyball iterates float64 input in float64 and everything else in bfloat16.
             compute_dtype="float64" if f64 else "bfloat16",
             shape_scale="keller",
