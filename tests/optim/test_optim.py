@@ -93,13 +93,20 @@ def test_all_ranks_route_sensibly() -> None:
         "conv.bias": "vector",
         "scale": "vector",
     }
-    opt = orthoptim.build("muon", model)
+    opt = orthoptim.build("muon", model, compute_dtype="float32")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt.step()
-    # The 3-D parameter is orthogonalised as its (4, 30) matrix view: rows orthonormal.
-    m = opt.state[model.experts]["momentum.m"]
-    assert m.shape == (4, 6, 5)
+    # The 3-D and 4-D parameters are orthogonalised as their (4, 30) and (8, 27) matrix views:
+    # the update's singular values lie in keller_quintic's measured band (scale 1: wide views).
+    low, high = orthoptim.functional.get_preset("keller_quintic").band
+    for name, rows in (("experts", 4), ("conv.weight", 8)):
+        p = dict(model.named_parameters())[name]
+        update = (before[name] - p.detach()) / opt.param_groups[0]["lr"]
+        assert update.shape == p.shape
+        sv = torch.linalg.svdvals(update.reshape(rows, -1))
+        assert low <= sv.min() and sv.max() <= high, (name, sv)
 
 
 def test_muon_on_bare_vectors_is_a_clear_error() -> None:
