@@ -7,7 +7,7 @@ Quick start::
 """
 
 from orthoptim import functional, recipes, registry, routing, transforms
-from orthoptim.optim import ChainOptimizer
+from orthoptim.optim import ChainOptimizer, NonFiniteGradientError
 from orthoptim.recipes import Plan, Route
 from orthoptim.registry import Spec, build, names
 from orthoptim.routing import classify
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Chain",
     "ChainOptimizer",
+    "NonFiniteGradientError",
     "Plan",
     "Route",
     "Spec",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from orthoptim._checks import check_finite_nonnegative
+from orthoptim._checks import check_choice, check_finite_nonnegative
 from orthoptim._types import ParamsLike
 from orthoptim.recipes.plan import Plan, Route
 from orthoptim.routing import classify, describe, param_groups
@@ -17,7 +18,14 @@ from orthoptim.transforms.base import Chain, Ctx, explain
 GROUP_KEYS: frozenset[str] = frozenset(
     {"params", "param_names", "lr", "weight_decay", "role", "route", "initial_lr"}
 )
+NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip")
+NonFinitePolicy = Literal["raise", "skip"]
 PLAN_STATE_KEY = "orthoptim_plan"
+SKIPPED_STATE_KEY = "orthoptim_skipped_steps"
+
+
+class NonFiniteGradientError(RuntimeError):
+    """A gradient holds NaN or Inf; raised before any parameter or state changes."""
 
 
 class ChainOptimizer(torch.optim.Optimizer):
@@ -37,6 +45,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         lr: learning rate of the plan's first route; other routes scale it by their ``lr_scale``.
         weight_decay: weight decay for routes that do not set their own.
         overrides: ``{glob: role}`` routing overrides (only with an ``nn.Module``).
+        nonfinite: what a step does when any gradient holds NaN or Inf. ``"raise"``: raise
+            ``NonFiniteGradientError`` naming the parameter, with parameters and state untouched.
+            ``"skip"``: skip the whole step (every group) and count it in ``skipped_steps``,
+            which ``state_dict`` saves. The check is one max-abs reduction over the gradients.
     """
 
     def __init__(
@@ -47,7 +59,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         lr: float,
         weight_decay: float = 0.0,
         overrides: Mapping[str, str] | None = None,
+        nonfinite: NonFinitePolicy = "raise",
     ) -> None:
+        check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
         check_finite_nonnegative("lr", lr)
         check_finite_nonnegative("weight_decay", weight_decay)
         if isinstance(recipe, Chain):
@@ -130,10 +146,30 @@ class ChainOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = [(group, self._with_grads(group)) for group in self.param_groups]
+        grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
+        if grads and not self._all_finite(grads):
+            if self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return loss
+            name = next(
+                n or f"<unnamed {tuple(p.shape)}>"
+                for _, ps in work
+                for n, p in ps
+                if not torch.isfinite(cast(Tensor, p.grad)).all()
+            )
+            raise NonFiniteGradientError(
+                f"gradient of parameter {name} holds NaN or Inf; nothing was updated "
+                "(pass nonfinite='skip' to skip such steps instead)"
+            )
         for group, params in work:
             if params:
                 self._step_group(group, params)
         return loss
+
+    @staticmethod
+    def _all_finite(grads: list[Tensor]) -> bool:
+        # The max-abs norm of a finite tensor is finite (a 2-norm could overflow); NaN propagates.
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=math.inf))).all())
 
     def _with_grads(self, group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:
         """The group's (name, parameter) pairs that have a gradient, checked before any update."""
@@ -172,20 +208,74 @@ class ChainOptimizer(torch.optim.Optimizer):
             p.add_(u, alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus each route's chain ``repr``, checked again on load."""
+        """torch's state dict plus each route's chain ``repr`` (checked on load) and the count
+        of skipped steps."""
         state = super().state_dict()
         state[PLAN_STATE_KEY] = {r.name: repr(r.chain) for r in self.plan.routes}
+        state[SKIPPED_STATE_KEY] = self.skipped_steps
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict saved by an optimizer with the same plan (``ValueError`` otherwise)."""
+        """Load a state dict saved by the same optimizer on the same parameter shapes.
+
+        ``ValueError`` if it was saved by a different plan, or if a saved buffer's shape differs
+        from the one this optimizer would create for the parameter it maps to (a different
+        model); torch itself only compares the number of parameters per group.
+        """
         saved = state_dict.get(PLAN_STATE_KEY)
         mine = {r.name: repr(r.chain) for r in self.plan.routes}
         if saved is not None and saved != mine:
             raise ValueError(
                 f"state dict was saved by a different optimizer:\n  saved: {saved}\n  this: {mine}"
             )
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != PLAN_STATE_KEY})
+        expected = self._expected_buffers(state_dict)
+        extra = (PLAN_STATE_KEY, SKIPPED_STATE_KEY)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extra})
+        # torch casts every floating buffer to its parameter's dtype; a transform may keep a
+        # buffer in another dtype (ScaleByAdam keeps float32 moments for 16-bit parameters), so
+        # restore those from the saved tensors, bit for bit.
+        for index, (p, fresh) in expected.items():
+            for key, like in fresh.items():
+                if self.state[p][key].dtype != like.dtype:
+                    saved = state_dict["state"][index][key]
+                    self.state[p][key] = saved.to(device=p.device, dtype=like.dtype, copy=True)
+        self.skipped_steps = int(state_dict.get(SKIPPED_STATE_KEY, 0))
+
+    def _expected_buffers(
+        self, state_dict: Mapping[str, Any]
+    ) -> dict[Any, tuple[Tensor, dict[str, Tensor]]]:
+        """For each saved parameter index with state: its parameter here and the (meta) buffers
+        a fresh init would create; ``ValueError`` where the saved buffers do not fit."""
+        out = {}
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state dict has {len(saved_groups)} param groups, this optimizer "
+                f"{len(self.param_groups)}"
+            )
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"state dict group {group.get('role') or group['route']!r} has "
+                    f"{len(saved['params'])} parameters, this optimizer {len(group['params'])}"
+                )
+            chain = self.plan.route_named(group["route"]).chain
+            names = group.get("param_names") or [""] * len(group["params"])
+            for index, name, p in zip(saved["params"], names, group["params"], strict=True):
+                buffers = state_dict["state"].get(index)
+                if not buffers:
+                    continue
+                # Meta tensors: the buffers a fresh init would create, without allocating them.
+                fresh = chain.init(torch.empty_like(p, device="meta"))
+                expected = {k: tuple(v.shape) for k, v in fresh.items()}
+                found = {k: tuple(v.shape) for k, v in buffers.items() if k != "step"}
+                if found != expected:
+                    raise ValueError(
+                        f"state dict does not fit parameter {name or index} of shape "
+                        f"{tuple(p.shape)}: saved buffers {found}, expected {expected}"
+                    )
+                out[index] = (p, fresh)
+        return out
 
     def explain(self) -> str:
         """The update rule of every route, one line per transform."""

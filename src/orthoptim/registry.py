@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from orthoptim._types import ParamsLike
-from orthoptim.optim import ChainOptimizer
+from orthoptim.optim import ChainOptimizer, NonFinitePolicy
 from orthoptim.recipes import Plan, adamw, muon, muon_adamw, sgd, with_adamw
 from orthoptim.transforms import Chain, explain
 
@@ -142,6 +142,7 @@ def build(
     params_or_model: ParamsLike,
     lr: float | None = None,
     weight_decay: float | None = None,
+    nonfinite: NonFinitePolicy = "raise",
     **recipe_options: Any,
 ) -> ChainOptimizer:
     """Build the registered optimizer ``name``: the entry point of users, the CLI and the arena.
@@ -157,6 +158,8 @@ def build(
         params_or_model: an ``nn.Module``, tensors, ``(name, tensor)`` pairs, or param groups.
         lr: learning rate; the spec's default when ``None``.
         weight_decay: weight decay; the spec's default when ``None``.
+        nonfinite: ``"raise"`` or ``"skip"``, what a step with a NaN/Inf gradient does
+            (``ChainOptimizer``).
         **recipe_options: keyword options of the recipe (``TypeError`` for unknown ones).
     """
     spec = get(name)
@@ -169,6 +172,7 @@ def build(
         recipe,
         lr=spec.lr if lr is None else lr,
         weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
+        nonfinite=nonfinite,
     )
 
 

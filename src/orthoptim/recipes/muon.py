@@ -108,6 +108,8 @@ def muon_adamw(
 
     References: KellerJordan/Muon README and muon.py ``MuonWithAuxAdam``.
     """
+    if hidden is not None and not isinstance(hidden, Chain):
+        raise TypeError(f"hidden must be a Chain such as recipes.muon(), got {hidden!r}")
     return with_adamw(
         hidden if hidden is not None else muon(),
         name="muon",

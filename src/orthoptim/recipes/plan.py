@@ -8,10 +8,9 @@ how its learning rate and weight decay relate to the optimizer's. Roles are ``"h
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from orthoptim._checks import check_finite_nonnegative
+from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES
 from orthoptim.transforms.base import Chain
 
@@ -37,11 +36,15 @@ class Route:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a route needs a non-empty name")
+        if not isinstance(self.chain, Chain):
+            raise TypeError(
+                f"route {self.name!r}: chain must be a Chain (e.g. recipes.muon()), got "
+                f"{type(self.chain).__name__}"
+            )
         for role in self.roles:
             if role not in ROLES:
                 raise ValueError(f"route {self.name!r}: role must be one of {ROLES}, got {role!r}")
-        if not math.isfinite(self.lr_scale) or self.lr_scale <= 0:
-            raise ValueError(f"route {self.name!r}: lr_scale must be finite and > 0")
+        check_positive(f"route {self.name!r} lr_scale", self.lr_scale)
         if self.weight_decay is not None:
             check_finite_nonnegative(f"route {self.name!r} weight_decay", self.weight_decay)
 

@@ -21,7 +21,10 @@ class ScaleByAdam(TransformBase):
     ``m <- b1 m + (1-b1) u``, ``v <- b2 v + (1-b2) u^2``,
     ``u <- (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)``.
 
-    State: ``exp_avg``, ``exp_avg_sq`` (torch.optim.Adam's names, same dtype as the parameter).
+    State: ``exp_avg``, ``exp_avg_sq`` (torch.optim.Adam's names), in the parameter's dtype, and
+    in float32 for 16-bit parameters: in float16, ``u^2`` underflows to 0 for ``|u| < 2.4e-4``
+    while ``m`` does not, and ``eps = 1e-8`` rounds to 0, so ``m / (sqrt(v) + eps)`` overflows
+    (torch.optim.AdamW keeps them in the parameter's dtype, and does).
 
     Args:
         betas: ``(b1, b2)``, each in [0, 1).
@@ -44,12 +47,16 @@ class ScaleByAdam(TransformBase):
         check_positive("eps", self.eps)
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
+        dtype = torch.float32 if p.element_size() < 4 else p.dtype
         return {
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
         }
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        exp_avg = ema_(s["exp_avg"], u, self.betas[0])
-        exp_avg_sq = ema_square_(s["exp_avg_sq"], u, self.betas[1])
-        return adam_direction(exp_avg, exp_avg_sq, step=c.step, betas=self.betas, eps=self.eps)
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        g = u.to(exp_avg.dtype)
+        ema_(exp_avg, g, self.betas[0])
+        ema_square_(exp_avg_sq, g, self.betas[1])
+        direction = adam_direction(exp_avg, exp_avg_sq, step=c.step, betas=self.betas, eps=self.eps)
+        return direction.to(u.dtype)

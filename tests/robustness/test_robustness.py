@@ -1,0 +1,282 @@
+"""Registry-driven robustness: bad configuration, bad gradients, degenerate inputs, checkpoints.
+
+Every registered optimizer is covered; a new recipe option must get an entry in
+``INVALID_OPTIONS`` (the test fails otherwise), so nothing joins the registry unchecked.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import orthoptim
+from orthoptim import NonFiniteGradientError
+from orthoptim.registry import REGISTRY
+
+NAMES = [spec.name for spec in REGISTRY]
+
+# option name -> values that must be refused at construction (ValueError or TypeError).
+INVALID_OPTIONS: dict[str, list[object]] = {
+    "momentum": [-0.1, 1.0, 1.5, math.nan, math.inf, "0.9"],
+    "nesterov": ["yes", 1, None],
+    "betas": [(0.9, 1.0), (-0.1, 0.99), (0.9,), (math.nan, 0.9), [0.9, 0.99]],
+    "eps": [0.0, -1e-8, math.nan, math.inf],
+    "coeffs": ["newtonschulz5", "", "KELLER_QUINTIC"],
+    "ns_steps": [0, -1, 1.5, True],
+    "pre_norm": ["spectral", ""],
+    "compute_dtype": ["half", "fp32", torch.float32],
+    "shape_scale": ["sqrt", "spectral_unclamped"],
+    "hidden": ["muon", 0.9],
+    "adamw_lr_scale": [0.0, -1.0, math.nan, math.inf],
+    "adamw_weight_decay": [-0.1, math.nan, math.inf],
+    "adamw_betas": [(0.9, 1.0), (1.0, 0.9)],
+    "adamw_eps": [0.0, -1.0, math.nan],
+}
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3)
+    )
+
+
+def loss(model: nn.Module, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    dtype = next(model.parameters()).dtype
+    return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    for s in steps:
+        opt.zero_grad()
+        loss(model, s).backward()
+        opt.step()
+
+
+def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    params = [p.detach().clone() for p in model.parameters()]
+    state = [t.clone() for st_ in opt.state.values() for t in st_.values()]
+    return params + state
+
+
+def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+# ------------------------------------------------------------------------------------------
+# 1. invalid configuration
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_recipe_option_has_invalid_values_listed(name) -> None:
+    missing = set(orthoptim.registry.get(name).options()) - set(INVALID_OPTIONS)
+    assert not missing, f"add invalid values for {name} options {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "value"),
+    [
+        (spec.name, option, value)
+        for spec in REGISTRY
+        for option in spec.options()
+        for value in INVALID_OPTIONS.get(option, [])
+    ],
+)
+def test_invalid_option_raises_naming_it(name, option, value) -> None:
+    with pytest.raises((ValueError, TypeError)) as err:
+        orthoptim.build(name, mlp(), **{option: value})
+    message = str(err.value)
+    # The message names the option (plan options name their route's field) and the bad value.
+    assert option.removeprefix("adamw_") in message
+    parts = value if isinstance(value, tuple) else (value,)
+    assert any(repr(v) in message for v in parts) or type(value).__name__ in message
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "kwargs", [{"lr": -1.0}, {"lr": math.nan}, {"lr": math.inf}, {"weight_decay": -1e-3}]
+)
+def test_invalid_lr_and_weight_decay(name, kwargs) -> None:
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+        orthoptim.build(name, mlp(), **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_and_policy(name) -> None:
+    with pytest.raises(TypeError, match="unknown option"):
+        orthoptim.build(name, mlp(), lerning_rate=0.1)
+    with pytest.raises(ValueError, match=r"nonfinite must be one of \('raise', 'skip'\)"):
+        orthoptim.build(name, mlp(), nonfinite="ignore")
+
+
+# ------------------------------------------------------------------------------------------
+# 2. unsupported parameters
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_complex_parameters_are_refused(name) -> None:
+    with pytest.raises(TypeError, match="real floating-point"):
+        orthoptim.build(name, [torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
+
+
+# ------------------------------------------------------------------------------------------
+# 3. non-finite gradients
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", [0, -1], ids=["first-param", "last-param"])
+def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None:
+    model = mlp()
+    opt = orthoptim.build(name, model)
+    train(model, opt, range(2))
+    before = snapshot(model, opt)
+    opt.zero_grad()
+    loss(model, 2).backward()
+    victim = list(model.parameters())[where]
+    victim.grad.view(-1)[0] = bad
+    with pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"):
+        opt.step()
+    assert_same(snapshot(model, opt), before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_gradient_skip_policy(name) -> None:
+    model, twin = mlp(), mlp()
+    opt = orthoptim.build(name, model, nonfinite="skip")
+    twin_opt = orthoptim.build(name, twin, nonfinite="skip")
+    train(model, opt, range(2))
+    train(twin, twin_opt, range(2))
+    before = snapshot(model, opt)
+    opt.zero_grad()
+    loss(model, 99).backward()
+    list(model.parameters())[1].grad[0] = math.nan
+    opt.step()  # skipped for every group
+    assert opt.skipped_steps == 1
+    assert_same(snapshot(model, opt), before)
+    train(model, opt, range(2, 4))  # training continues as if the bad batch never came
+    train(twin, twin_opt, range(2, 4))
+    assert_same(snapshot(model, opt), snapshot(twin, twin_opt))
+    assert opt.state_dict()["orthoptim_skipped_steps"] == 1
+    resumed = orthoptim.build(name, mlp(), nonfinite="skip")
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.skipped_steps == 1
+
+
+# ------------------------------------------------------------------------------------------
+# 4. degenerate inputs
+
+
+def degenerate_params(name: str, shape: tuple[int, int], dtype: torch.dtype):
+    """One matrix (and one vector, for plans) to step with a recipe that can take them."""
+    w = torch.randn(shape, dtype=dtype).requires_grad_()
+    v = torch.randn(shape[0], dtype=dtype).requires_grad_()
+    if name == "muon":
+        return [w], [w]
+    if name == "muon_adamw":
+        return [{"params": [w], "role": "hidden"}, {"params": [v], "role": "vector"}], [w, v]
+    return [w, v], [w, v]
+
+
+MAX_MAGNITUDE = {torch.float32: 1e15, torch.bfloat16: 1e15, torch.float16: 10.0}
+
+
+@given(
+    name=st.sampled_from(NAMES),
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 12),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    exponent=st.sampled_from([-30, -8, 0, 8, 15]),
+    kind=st.sampled_from(["random", "zero", "rank1"]),
+)
+def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kind) -> None:
+    magnitude = min(10.0**exponent, MAX_MAGNITUDE[dtype])
+    groups, params = degenerate_params(name, (rows, cols), dtype)
+    opt = orthoptim.build(name, groups)
+    for _ in range(3):
+        for p in params:
+            if kind == "zero":
+                g = torch.zeros_like(p)
+            elif kind == "rank1" and p.ndim == 2:
+                g = torch.outer(torch.randn(rows), torch.randn(cols))
+            else:
+                g = torch.randn(p.shape)
+            p.grad = (g * magnitude).to(dtype)
+        opt.step()
+    for p in params:
+        assert p.dtype == dtype
+        assert torch.isfinite(p).all()
+    for state in opt.state.values():
+        for t in state.values():
+            assert torch.isfinite(t).all()
+
+
+# ------------------------------------------------------------------------------------------
+# 5. checkpoints
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(name, dtype) -> None:
+    straight = mlp().to(dtype)
+    straight_opt = orthoptim.build(name, straight)
+    train(straight, straight_opt, range(7))
+
+    first = mlp().to(dtype)
+    first_opt = orthoptim.build(name, first)
+    train(first, first_opt, range(4))
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "opt": first_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    second = mlp().to(dtype)
+    second.load_state_dict(saved["model"])
+    second_opt = orthoptim.build(name, second)
+    second_opt.load_state_dict(saved["opt"])
+    train(second, second_opt, range(4, 7))
+    assert_same(snapshot(second, second_opt), snapshot(straight, straight_opt))
+    steps = {int(st_["step"].item()) for st_ in second_opt.state.values()}
+    assert steps == {7}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_from_a_different_model_shape_raises(name) -> None:
+    small = mlp()
+    opt = orthoptim.build(name, small)
+    train(small, opt, range(1))
+    wide = nn.Sequential(
+        nn.Linear(6, 20), nn.Tanh(), nn.Linear(20, 12), nn.Tanh(), nn.Linear(12, 3)
+    )
+    with pytest.raises(ValueError, match="does not fit parameter"):
+        orthoptim.build(name, wide).load_state_dict(opt.state_dict())
+    deeper = nn.Sequential(nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3))
+    with pytest.raises(ValueError, match="parameters, this optimizer"):
+        orthoptim.build(name, deeper).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_from_a_different_optimizer_raises(name) -> None:
+    model = mlp()
+    other = "adamw" if name != "adamw" else "sgd"
+    opt = orthoptim.build(other, model)
+    train(model, opt, range(1))
+    with pytest.raises(ValueError, match="different optimizer"):
+        orthoptim.build(name, model).load_state_dict(opt.state_dict())
+
+
+def test_adam_moments_of_16_bit_parameters_are_float32() -> None:
+    model = mlp().to(torch.bfloat16)
+    opt = orthoptim.build("adamw", model)
+    train(model, opt, range(1))
+    for state in opt.state.values():
+        assert state["adam.exp_avg"].dtype == state["adam.exp_avg_sq"].dtype == torch.float32
