@@ -280,3 +280,14 @@ def test_adam_moments_of_16_bit_parameters_are_float32() -> None:
     train(model, opt, range(1))
     for state in opt.state.values():
         assert state["adam.exp_avg"].dtype == state["adam.exp_avg_sq"].dtype == torch.float32
+
+
+def test_finite_check_handles_empty_huge_and_mixed_dtype_gradients() -> None:
+    check = orthoptim.ChainOptimizer._all_finite
+    huge = torch.full((2,), 1e300, dtype=torch.float64)  # finite, though not in float32
+    assert check([torch.empty(0), huge, torch.ones(3, dtype=torch.bfloat16)])
+    assert check([])
+    for bad in (math.nan, math.inf, -math.inf):
+        g = torch.zeros(5, dtype=torch.float16)
+        g[3] = bad
+        assert not check([huge, g])
