@@ -113,6 +113,8 @@ REGISTRY: tuple[Spec, ...] = (
         reference="KellerJordan/Muon muon.py MuonWithAuxAdam",
         tags=frozenset({"orthogonal", "matrix", "plan"}),
     ),
+    # -- orthogonalized-momentum family A (NorMuon, AuON, Hybrid-AuON, Polar Express) --
+    # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
 )
 
 _BY_NAME: dict[str, Spec] = {spec.name: spec for spec in REGISTRY}
