@@ -37,6 +37,8 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "adamw_weight_decay": [-0.1, math.nan, math.inf],
     "adamw_betas": [(0.9, 1.0), (1.0, 0.9)],
     "adamw_eps": [0.0, -1.0, math.nan],
+    # -- orthogonalized-momentum family A options --
+    # -- orthogonalized-momentum family B options --
 }
 
 
