@@ -23,6 +23,11 @@ PLAN_STATE_KEY = "orthoptim_plan"
 SKIPPED_STATE_KEY = "orthoptim_skipped_steps"
 
 
+def _names(group: Mapping[str, Any]) -> list[str]:
+    """The group's parameter names, "" for each when it was built from bare tensors."""
+    return group.get("param_names") or [""] * len(group["params"])
+
+
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds NaN or Inf; raised before any parameter or state changes."""
 
@@ -109,8 +114,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             group.setdefault("weight_decay", route.weight_decay)
         check_finite_nonnegative("lr", group["lr"])
         check_finite_nonnegative("weight_decay", group.get("weight_decay", 0.0))
-        names = group.get("param_names") or [""] * len(params)
-        for name, p in zip(names, params, strict=True):
+        for name, p in zip(_names(group), params, strict=True):
             if not isinstance(p, Tensor):
                 raise TypeError(f"optimizer can only optimize tensors, got {type(p).__name__}")
             if not p.is_floating_point():
@@ -175,9 +179,8 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _with_grads(self, group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:
         """The group's (name, parameter) pairs that have a gradient, checked before any update."""
-        names = group.get("param_names") or [""] * len(group["params"])
         out = []
-        for name, p in zip(names, group["params"], strict=True):
+        for name, p in zip(_names(group), group["params"], strict=True):
             g = p.grad
             if g is None:
                 continue
@@ -262,8 +265,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                     f"{len(saved['params'])} parameters, this optimizer {len(group['params'])}"
                 )
             chain = self.plan.route_named(group["route"]).chain
-            names = group.get("param_names") or [""] * len(group["params"])
-            for index, name, p in zip(saved["params"], names, group["params"], strict=True):
+            for index, name, p in zip(saved["params"], _names(group), group["params"], strict=True):
                 buffers = state_dict["state"].get(index)
                 if not buffers:
                     continue
