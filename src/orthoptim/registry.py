@@ -18,6 +18,12 @@ from torch import nn
 from orthoptim._types import ParamsLike
 from orthoptim.optim import ChainOptimizer, NonFinitePolicy
 from orthoptim.recipes import Plan, adamw, muon, muon_adamw, sgd, with_adamw
+from orthoptim.recipes.auon import auon, auon_adamw, hybrid_auon, hybrid_auon_adamw
+from orthoptim.recipes.fismo import fismo, fismo_adamw
+from orthoptim.recipes.muon_variants import muon_polar
+from orthoptim.recipes.nalr import muon_nalr, muon_nalr_adamw
+from orthoptim.recipes.normuon import normuon, normuon_adamw
+from orthoptim.recipes.root import root, root_adamw
 from orthoptim.transforms import Chain, explain
 
 
@@ -113,7 +119,119 @@ REGISTRY: tuple[Spec, ...] = (
         reference="KellerJordan/Muon muon.py MuonWithAuxAdam",
         tags=frozenset({"orthogonal", "matrix", "plan"}),
     ),
+    Spec(
+        name="normuon",
+        recipe=normuon,
+        lr=0.02,
+        paper="Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)",
+        reference="zichongli5/NorMuon@d45c9a4 normuon.py normuon_update",
+        tags=frozenset({"orthogonal", "matrix", "adaptive"}),
+        default_plan=lambda hidden: normuon_adamw(hidden=hidden),
+    ),
+    Spec(
+        name="normuon_adamw",
+        recipe=normuon_adamw,
+        lr=0.02,
+        paper="Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)",
+        reference="zichongli5/NorMuon@d45c9a4 normuon.py SingleDeviceNorMuonWithAuxAdam",
+        tags=frozenset({"orthogonal", "matrix", "adaptive", "plan"}),
+    ),
+    Spec(
+        name="auon",
+        recipe=auon,
+        lr=0.1,
+        paper=(
+            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
+            "(2509.24320v1)"
+        ),
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
+        tags=frozenset({"matrix", "linear-time"}),
+        default_plan=lambda hidden: auon_adamw(hidden=hidden),
+    ),
+    Spec(
+        name="auon_adamw",
+        recipe=auon_adamw,
+        lr=0.1,
+        paper=(
+            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
+            "(2509.24320v1)"
+        ),
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
+        tags=frozenset({"matrix", "linear-time", "plan"}),
+    ),
+    Spec(
+        name="hybrid_auon",
+        recipe=hybrid_auon,
+        lr=0.05,
+        paper=(
+            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
+            "(2509.24320v1)"
+        ),
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
+        tags=frozenset({"orthogonal", "matrix"}),
+        default_plan=lambda hidden: hybrid_auon_adamw(hidden=hidden),
+    ),
+    Spec(
+        name="hybrid_auon_adamw",
+        recipe=hybrid_auon_adamw,
+        lr=0.05,
+        paper=(
+            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
+            "(2509.24320v1)"
+        ),
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
+        tags=frozenset({"orthogonal", "matrix", "plan"}),
+    ),
+    Spec(
+        name="muon_polar",
+        recipe=muon_polar,
+        lr=0.02,
+        paper=(
+            "Amsel, Persson, Musco, Gower 2025, 'The Polar Express: Optimal Matrix Sign Methods "
+            "and Their Application to the Muon Algorithm' (2505.16932)"
+        ),
+        reference="KellerJordan/modded-nanogpt@f411b3d train_gpt.py polar_express",
+        tags=frozenset({"orthogonal", "matrix"}),
+        default_plan=_muon_plan,
+    ),
     # -- orthogonalized-momentum family A (NorMuon, AuON, Hybrid-AuON, Polar Express) --
+    Spec(
+        name="root",
+        recipe=root,
+        lr=1e-3,
+        weight_decay=0.1,
+        paper=(
+            "He et al. 2025, 'ROOT: Robust Orthogonalized Optimizer for Neural Network Training' "
+            "(2511.20626)"
+        ),
+        reference="huawei-noah/noah-research@aa0f80c ROOT/examples/example_train.py ROOT",
+        tags=frozenset({"orthogonal", "matrix", "robust"}),
+        default_plan=root_adamw,
+    ),
+    Spec(
+        name="fismo",
+        recipe=fismo,
+        lr=0.02,
+        paper=(
+            "Xu, Yan, Zhang 2026, 'FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer' "
+            "(2601.21750)"
+        ),
+        reference="no public code; Algorithm 1 as transcribed by the zij docs (FISMO page)",
+        tags=frozenset({"orthogonal", "matrix", "kronecker"}),
+        default_plan=fismo_adamw,
+    ),
+    Spec(
+        name="muon_nalr",
+        recipe=muon_nalr,
+        lr=0.02,
+        paper=(
+            "Hao et al. 2025, 'Noise-Adaptive Layerwise Learning Rates: Accelerating "
+            "Geometry-Aware Optimization for Deep Neural Network Training' (2510.14009)"
+        ),
+        reference="no public code; written from the abstract (see recipes.nalr.muon_nalr)",
+        tags=frozenset({"orthogonal", "matrix", "adaptive"}),
+        default_plan=muon_nalr_adamw,
+    ),
     # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
 )
 

@@ -37,7 +37,17 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "adamw_weight_decay": [-0.1, math.nan, math.inf],
     "adamw_betas": [(0.9, 1.0), (1.0, 0.9)],
     "adamw_eps": [0.0, -1.0, math.nan],
+    "beta2": [-0.1, 1.0, math.nan, "0.95"],
+    "normalize_neurons": ["yes", 1, None],
+    "gamma": [-1.0, math.nan, math.inf, "1.5"],
+    "normalize": ["yes", 1, None],
     # -- orthogonalized-momentum family A options --
+    "clip_quantile": [0.0, -0.5, 1.5, math.nan, "0.9", None],
+    "factor_beta": [-0.1, 1.5, math.nan, "0.95"],
+    "damping": [0.0, -1.0, math.nan, math.inf],
+    "factor_stats": ["fisher", "", None],
+    "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
+    "noise_reference": ["median", "", None],
     # -- orthogonalized-momentum family B options --
 }
 
@@ -180,13 +190,15 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
 
 
 def degenerate_params(name: str, shape: tuple[int, int], dtype: torch.dtype):
-    """One matrix (and one vector, for plans) to step with a recipe that can take them."""
+    """A matrix and a vector routed as the spec needs: role-tagged groups for a plan, the
+    matrix alone for a matrix-only chain (one with a default plan), both for the rest."""
     w = torch.randn(shape, dtype=dtype).requires_grad_()
     v = torch.randn(shape[0], dtype=dtype).requires_grad_()
-    if name == "muon":
-        return [w], [w]
-    if name == "muon_adamw":
+    spec = orthoptim.registry.get(name)
+    if isinstance(spec.make(), orthoptim.Plan):
         return [{"params": [w], "role": "hidden"}, {"params": [v], "role": "vector"}], [w, v]
+    if spec.default_plan is not None:
+        return [w], [w]
     return [w, v], [w, v]
 
 

@@ -19,6 +19,11 @@ that bound (with condition number 1e3, a log-spaced spectrum meets it up to 128 
 other spectra may not). Square Gaussian matrices fall outside it (their ratio is down to 9e-6 at
 128x128, seed 1) and are listed separately, with the bfloat16 measurements, in the table next to
 ``PRESETS``.
+
+A *shape-keyed* preset (``SHAPE_KEYED_PRESETS``) holds one triple per matrix shape instead of one
+schedule for every matrix; ``resolve_preset(name, rows, cols)`` turns any preset name into the
+``CoefficientPreset`` a ``rows x cols`` matrix uses, so ``Orthogonalize(coeffs=...)`` stays one
+unambiguous name. Shapes missing from the table use the preset's ``fallback`` (a plain preset).
 """
 
 from __future__ import annotations
@@ -162,9 +167,112 @@ COEFFICIENT_PRESETS: tuple[str, ...] = tuple(PRESETS)
 
 def get_preset(name: str) -> CoefficientPreset:
     """The preset called ``name``; ``ValueError`` naming the allowed presets otherwise."""
+    if name in SHAPE_KEYED_PRESETS:
+        raise ValueError(
+            f"{name!r} is a shape-keyed preset: use resolve_preset({name!r}, rows, cols)"
+        )
     try:
         return PRESETS[name]
     except KeyError:
         raise ValueError(
             f"unknown Newton-Schulz coefficient preset {name!r}; allowed: {', '.join(PRESETS)}"
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeKeyedPreset:
+    """Coefficients chosen per matrix shape, with a plain preset for shapes not in the table.
+
+    An entry is keyed by ``(min(rows, cols), max(rows, cols))`` (orientation does not matter: the
+    iteration runs on the wide orientation) and holds one triple, repeated for every iteration.
+
+    Args:
+        name: the preset's name (the value of ``Orthogonalize.coeffs``).
+        table: ``((short, long), (a, b, c), band)`` per shape; ``band`` is the range of the
+            composed scalar polynomial after ``default_steps`` on ``[3.2e-4, 1] / norm_safety``
+            (the domain of the plain presets' bands), computed in float64.
+        fallback: the plain preset used for shapes not in the table.
+        norm_safety: as for ``CoefficientPreset``.
+        default_steps: the number of iterations the table was published for.
+        provenance: where the numbers come from.
+    """
+
+    name: str
+    table: tuple[tuple[tuple[int, int], Triple, tuple[float, float]], ...]
+    fallback: str
+    norm_safety: float
+    default_steps: int
+    provenance: str
+
+    def __post_init__(self) -> None:
+        if self.fallback not in PRESETS:
+            raise ValueError(
+                f"fallback must be one of {COEFFICIENT_PRESETS}, got {self.fallback!r}"
+            )
+
+    def for_shape(self, rows: int, cols: int) -> CoefficientPreset:
+        """The plain preset a ``rows x cols`` matrix uses (the fallback when not in the table)."""
+        key = (min(rows, cols), max(rows, cols))
+        for shape, triple, band in self.table:
+            if shape == key:
+                return CoefficientPreset(
+                    name=f"{self.name}[{key[0]}x{key[1]}]",
+                    triples=(triple,),
+                    norm_safety=self.norm_safety,
+                    default_steps=self.default_steps,
+                    band=band,
+                    provenance=self.provenance,
+                )
+        return PRESETS[self.fallback]
+
+
+# ROOT's table (``COEFF_MAP_CANONICAL`` in ``root5``). Measured against keller_quintic in
+# tests/recipes/test_root.py (exact arithmetic, 5 steps): on Gaussian inputs of each shape
+# (Marchenko-Pastur spectrum) ROOT's relative Frobenius error ||NS(X) - UV^T||_F / ||UV^T||_F is
+# lower at every shape (2048x2048 0.198 vs 0.223, x3072 0.128 vs 0.184, x8192 0.039 vs 0.184,
+# x16384 0.063 vs 0.206); on log-spaced spectra (1 .. 1e-3) it is higher at x8192 (0.605 vs
+# 0.529) and x16384 (0.566 vs 0.529). The 2048x2048 triple's polynomial peaks (1.226) above its
+# repelling fixed point (1.2236), so a singular value that lands on the peak grows: after 5 steps
+# the range over the band domain reaches 3.31 (from x = 0.559), and 6 steps reach 679. Keep
+# ns_steps at 5 with this preset.
+SHAPE_KEYED_PRESETS: dict[str, ShapeKeyedPreset] = {
+    preset.name: preset
+    for preset in (
+        ShapeKeyedPreset(
+            name="root_shape_map",
+            table=(
+                ((2048, 2048), (3.4916, -4.8224, 2.1095), (0.16, 3.32)),
+                ((2048, 3072), (3.4509, -4.5790, 1.9325), (0.15, 1.24)),
+                ((2048, 8192), (2.9794, -3.6674, 1.6207), (0.07, 1.13)),
+                ((2048, 16384), (3.1943, -3.8221, 1.5322), (0.10, 1.22)),
+            ),
+            fallback="keller_quintic",
+            norm_safety=1.0,
+            default_steps=5,
+            provenance=(
+                "He et al., 'ROOT: Robust Orthogonalized Optimizer for Neural Network Training' "
+                "(arXiv 2511.20626), AdaNewton; huawei-noah/noah-research@aa0f80c "
+                "ROOT/examples/example_train.py root5 COEFF_MAP_CANONICAL, keyed by "
+                "(min(rows, cols), max(rows, cols)), one triple for every iteration; other shapes "
+                "fall back to Keller's triple as the reference does (it logs a warning)"
+            ),
+        ),
+    )
+}
+
+SHAPE_KEYED_PRESET_NAMES: tuple[str, ...] = tuple(SHAPE_KEYED_PRESETS)
+PRESET_NAMES: tuple[str, ...] = COEFFICIENT_PRESETS + SHAPE_KEYED_PRESET_NAMES
+"""Every value ``Orthogonalize(coeffs=...)`` accepts: plain and shape-keyed presets."""
+
+
+def resolve_preset(name: str, rows: int, cols: int) -> CoefficientPreset:
+    """The plain preset a ``rows x cols`` matrix uses under preset ``name`` (plain or
+    shape-keyed); ``ValueError`` naming the allowed presets otherwise."""
+    keyed = SHAPE_KEYED_PRESETS.get(name)
+    if keyed is not None:
+        return keyed.for_shape(rows, cols)
+    if name in PRESETS:
+        return PRESETS[name]
+    raise ValueError(
+        f"unknown Newton-Schulz coefficient preset {name!r}; allowed: {', '.join(PRESET_NAMES)}"
+    )

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_choice, check_positive, check_positive_int
 from orthoptim._types import State
-from orthoptim.functional.coefficients import COEFFICIENT_PRESETS, get_preset
+from orthoptim.functional.coefficients import PRESET_NAMES, resolve_preset
 from orthoptim.functional.polar import PRE_NORMS, matrix_view, newton_schulz
 from orthoptim.transforms.base import Ctx, TransformBase
 
@@ -27,7 +27,8 @@ class Orthogonalize(TransformBase):
     update's dtype, so the rest of the chain accumulates in the parameter's precision.
 
     Args:
-        coeffs: coefficient preset name (see ``orthoptim.functional.coefficients.PRESETS``).
+        coeffs: coefficient preset name: a plain preset (``functional.coefficients.PRESETS``)
+            or a shape-keyed one (``SHAPE_KEYED_PRESETS``, resolved per matrix view shape).
         ns_steps: number of iterations (the preset's last triple repeats past its schedule).
         pre_norm: ``"frobenius"`` (``X/(||X||+eps)``, Keller) or ``"frobenius_clamp"``
             (``X/max(||X||, eps)``, torch.optim.Muon).
@@ -44,7 +45,7 @@ class Orthogonalize(TransformBase):
     compute_dtype: ComputeDtype = "bfloat16"
 
     def __post_init__(self) -> None:
-        check_choice("coeffs", self.coeffs, COEFFICIENT_PRESETS)
+        check_choice("coeffs", self.coeffs, PRESET_NAMES)
         check_positive_int("ns_steps", self.ns_steps)
         check_choice("pre_norm", self.pre_norm, PRE_NORMS)
         check_positive("eps", self.eps)
@@ -59,10 +60,11 @@ class Orthogonalize(TransformBase):
             )
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        preset = get_preset(self.coeffs)
+        matrix = matrix_view(u)
+        preset = resolve_preset(self.coeffs, matrix.shape[0], matrix.shape[1])
         dtype = None if self.compute_dtype == "input" else getattr(torch, self.compute_dtype)
         polar = newton_schulz(
-            matrix_view(u),
+            matrix,
             preset.schedule(self.ns_steps),
             norm_safety=preset.norm_safety,
             eps=self.eps,

@@ -1,0 +1,35 @@
+"""Two-sided Kronecker factors of a Fisher metric ``F ~ P (x) Q`` (FISMO) and their powers."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sym_power(a: Tensor, power: float) -> Tensor:
+    """``A^power`` of a symmetric positive semi-definite matrix via ``eigh``.
+
+    Eigenvalues below ``4 eps(dtype) lambda_max`` are lifted to that floor first: below it
+    ``eigh`` cannot resolve them, and a negative rounding error must not reach a negative power.
+    """
+    w, v = torch.linalg.eigh(a)
+    floor = 4 * torch.finfo(a.dtype).eps * w[-1].clamp_min(torch.finfo(a.dtype).tiny)
+    return (v * w.clamp_min(floor).pow(power)) @ v.mT
+
+
+def update_factor_(
+    factor: Tensor, stat: Tensor, other_inv: Tensor, *, beta: float, damping: float, scale: int
+) -> Tensor:
+    """One FISMO factor update, in place; returns ``factor``.
+
+    ``L = stat other_inv stat^T / scale + damping tr(factor)/d I``,
+    ``F~ = beta factor + (1 - beta) L``, ``factor <- sym(d F~ / tr(F~))`` with ``d`` the factor's
+    size (trace normalised to ``d``). For the left factor ``stat = G`` and ``scale = n``; for the
+    right one ``stat = G^T`` and ``scale = m``.
+    """
+    d = factor.shape[0]
+    lhs = stat @ other_inv @ stat.mT / scale
+    lhs.diagonal().add_(damping * factor.diagonal().sum() / d)
+    blended = factor.mul(beta).add_(lhs, alpha=1.0 - beta)
+    blended.mul_(d / blended.diagonal().sum())
+    return factor.copy_((blended + blended.mT) / 2)

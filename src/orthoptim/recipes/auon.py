@@ -1,0 +1,169 @@
+"""AuON and Hybrid-AuON: momentum bounded by a hyperbolic-cosine RMS scale, without (or with a
+single step of) Newton-Schulz."""
+
+from __future__ import annotations
+
+from orthoptim.recipes.muon import with_adamw
+from orthoptim.recipes.plan import Plan
+from orthoptim.transforms.auon import ScaleByCoshRms
+from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
+from orthoptim.transforms.scaling import AddWeightDecay
+
+# AdamW for the non-hidden roles runs at this fraction of the matrix route's lr: 1e-3 at the
+# registry defaults (auon 0.1, hybrid_auon 0.05). On the lm race task AdamW at 1e-3 beat 3e-4
+# (AuON 0.1: 2.31 vs 2.42; Hybrid 0.05: 1.94 vs 2.02).
+AUON_ADAMW_LR_SCALE = 0.01
+HYBRID_AUON_ADAMW_LR_SCALE = 0.02
+
+
+def auon(
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    gamma: float = 1.5,
+    normalize: bool = True,
+) -> Chain:
+    """AuON (Maity 2025, arXiv 2509.24320): linear-time normalised momentum with a cosh brake.
+
+    Chain: ``m <- beta m + (1-beta) g``; ``u <- g + beta (m - g)`` (Nesterov);
+    ``u <- (u / ||u||_F) / r`` with ``r = sqrt(mean(cosh(gamma u / ||u||_F)^2))``;
+    ``u <- u + lambda theta``. No matrix is orthogonalised: the cost is linear in the size.
+
+    Step size relative to Muon. ``||u||_F = 1/r``, and ``r`` is within ``sinh(gamma)^2/(2N)``
+    of 1 for ``N`` entries (``ScaleByCoshRms``), so AuON moves each matrix by ``lr`` in
+    Frobenius norm whatever its shape. Muon's step ``NS(M)`` has all singular values near 1,
+    Frobenius norm ``~0.9 sqrt(min(rows, cols))`` (times ``sqrt(max(1, rows/cols))``), so at the
+    same lr AuON's Frobenius step is ``~1/(0.9 sqrt(rows))`` of Muon's: 1/7 at 64 rows, 1/14 at
+    256, 1/29 at 1024 (measured in ``tests/recipes/test_auon.py``). In spectral norm AuON's step
+    is ``sigma_max(M)/||M||_F`` (at most 1: the paper's trust region), which is near Muon's 1 for
+    the near-low-rank momenta of real training and ``1/sqrt(min(rows, cols))``-small for
+    isotropic noise. Start from about 5x Muon's lr (default 0.1 vs 0.02) and tune; wider
+    layers want more. Default lr evidence (``build("auon", model)``, seed 0): the ``lm`` race task
+    (TinyGPT dim 64, 500 steps) has its best validation loss at lr 0.07-0.1 (2.28-2.31; 2.59 at
+    0.2; Muon 1.79 at 0.02; at dim 128, 300 steps, 0.2 edges 0.1: 2.15 vs 2.20), ``digits``
+    (SmallCNN, 300 steps) reaches 99.4-99.7% validation accuracy for every lr from 0.05 to 0.8
+    (Muon 99.2% at 0.02), and the teacher-student test problem reaches relative loss 0.014 in
+    300 steps.
+
+    Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``AuON``): the
+    default ``normalize=True`` divides the Frobenius-normalised momentum, as the paper's §3.1
+    equations do; the reference code divides the raw momentum (``normalize=False`` reproduces
+    it), which makes its step ``lr ||M||_F / r``, i.e. Nesterov SGD up to the factor ``1/r ~ 1``.
+    ``gamma = 1.5`` is the code's (the paper has none, i.e. 1). ``p.grad`` is never modified and
+    a zero update needs no host sync (the reference skips it with ``if g_norm == 0``); weight
+    decay is decoupled from the same lr, as the reference's ``p *= 1 - lr wd`` (no ``wd_mul``).
+
+    References: Dipan Maity, "AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
+    Updates" (arXiv 2509.24320v1); the equations are those of the PDF in the reference repo's
+    ``docs/`` ("AuON: A Survey For Linear-time Orthogonal Optimizer", 21 Sep 2025, §3.1-3.2);
+    ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 auon/optimizer.py.
+    """
+    return chain(
+        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
+        ScaleByCoshRms(gamma=gamma, normalize=normalize),
+        AddWeightDecay(),
+    )
+
+
+def hybrid_auon(
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    gamma: float = 1.5,
+    coeffs: str = "keller_quintic",
+    ns_steps: int = 1,
+    compute_dtype: ComputeDtype = "float32",
+) -> Chain:
+    """Hybrid-AuON (Maity 2025, arXiv 2509.24320 §3.2): one Newton-Schulz step, then the brake.
+
+    Chain: ``m <- beta m + (1-beta) g``; ``u <- g + beta (m - g)`` (Nesterov);
+    ``X = u / (||u||_F + 1e-7)``, ``u <- aX + (bA + cA^2)X`` with ``A = X X^T`` (Keller's
+    triple, once); ``u <- u / r`` with ``r = sqrt(mean(cosh(gamma u / ||u||_F)^2)) ~ 1``;
+    ``u <- u + lambda theta``.
+
+    Step size: one quintic step maps each normalised singular value ``s`` to
+    ``3.4445 s - 4.775 s^3 + 2.0315 s^5``, so the step is about 3.4x AuON's where the momentum's
+    energy is spread (small ``s``) and about AuON's where one direction dominates (``s`` near 1):
+    between AuON's and Muon's (measured in ``tests/recipes/test_auon.py``). With ``ns_steps=5``
+    it is Muon without the shape scale. Default lr 0.05 (2.5x Muon's): best validation loss of
+    the ``lm`` race task among 0.01-0.2 (1.94 with AdamW at 1e-3; 2.64 at 0.2), 99.7% on
+    ``digits`` (300 steps), relative loss 0.006 in 300 steps on the teacher-student problem.
+
+    Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``HybridAuON``):
+    ``ns_steps=1`` as the paper says (the code defaults to 5); the brake's ``r`` is the code's
+    root-mean-square of ``cosh(gamma X/||X||_F)`` (the paper writes ``mean(cosh(X)^2)`` with no
+    root, also ~1); conv kernels go through their ``(out, in*kh*kw)`` view (the code iterates on
+    the last two dimensions); matrices only (the code brakes vectors without Newton-Schulz: route
+    them to AdamW with ``hybrid_auon_adamw``); Newton-Schulz uses fused ``addmm``.
+
+    References: Dipan Maity, arXiv 2509.24320v1 §3.2;
+    ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 auon/optimizer.py.
+    """
+    return chain(
+        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
+        Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
+        ScaleByCoshRms(gamma=gamma, normalize=False),
+        AddWeightDecay(),
+    )
+
+
+def _plan_checked(hidden: Chain | None, default: Chain, example: str) -> Chain:
+    if hidden is not None and not isinstance(hidden, Chain):
+        raise TypeError(f"hidden must be a Chain such as recipes.{example}(), got {hidden!r}")
+    return hidden if hidden is not None else default
+
+
+def auon_adamw(
+    *,
+    hidden: Chain | None = None,
+    adamw_lr_scale: float = AUON_ADAMW_LR_SCALE,
+    adamw_weight_decay: float = 0.0,
+    adamw_betas: tuple[float, float] = (0.9, 0.95),
+    adamw_eps: float = 1e-10,
+) -> Plan:
+    """AuON for hidden matrices, AdamW for embeddings, heads, biases and norm gains.
+
+    ``hidden`` is the hidden route's chain (default ``auon()``). AdamW runs at
+    ``adamw_lr_scale`` times AuON's lr (0.01: 1e-3 at the default 0.1).
+
+    Differences from the reference (ryyzn9/AuON@bba2e82 README): it pairs AuON with a separate
+    Adam (lr 0.008, betas (0.8, 0.95)) on ``p.dim() < 2`` parameters by hand; here the roles come
+    from ``orthoptim.routing.classify`` (embeddings and heads go to AdamW too).
+
+    References: ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 README.md.
+    """
+    return with_adamw(
+        _plan_checked(hidden, auon(), "auon"),
+        name="auon",
+        adamw_lr_scale=adamw_lr_scale,
+        adamw_weight_decay=adamw_weight_decay,
+        adamw_betas=adamw_betas,
+        adamw_eps=adamw_eps,
+    )
+
+
+def hybrid_auon_adamw(
+    *,
+    hidden: Chain | None = None,
+    adamw_lr_scale: float = HYBRID_AUON_ADAMW_LR_SCALE,
+    adamw_weight_decay: float = 0.0,
+    adamw_betas: tuple[float, float] = (0.9, 0.95),
+    adamw_eps: float = 1e-10,
+) -> Plan:
+    """Hybrid-AuON for hidden matrices, AdamW for embeddings, heads, biases and norm gains.
+
+    As ``auon_adamw``, with ``hidden`` defaulting to ``hybrid_auon()`` and AdamW at 0.02 times
+    its lr (1e-3 at the default 0.05).
+
+    References: ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 README.md.
+    """
+    return with_adamw(
+        _plan_checked(hidden, hybrid_auon(), "hybrid_auon"),
+        name="hybrid_auon",
+        adamw_lr_scale=adamw_lr_scale,
+        adamw_weight_decay=adamw_weight_decay,
+        adamw_betas=adamw_betas,
+        adamw_eps=adamw_eps,
+    )

@@ -1,0 +1,64 @@
+"""FISMO: orthogonalized momentum as a trust-region step in a Kronecker-factored Fisher metric."""
+
+from __future__ import annotations
+
+from orthoptim.recipes.muon import with_adamw
+from orthoptim.recipes.plan import Plan
+from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
+from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
+from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
+
+
+def fismo(
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = False,
+    factor_beta: float = 0.95,
+    damping: float = 0.1,
+    factor_stats: FactorStats = "rms_normalized",
+    coeffs: str = "keller_quintic",
+    ns_steps: int = 5,
+    compute_dtype: ComputeDtype = "bfloat16",
+    shape_scale: ShapeRule = "keller",
+) -> Chain:
+    """FISMO (Xu, Yan, Zhang, 2026): Fisher-Structured Momentum-Orthogonalized, hidden matrices.
+
+    Chain: ``P, Q <-`` EMA of the two-sided Kronecker statistics ``G Q^-1 G^T / n + mu I`` and
+    ``G^T P^-1 G / m + mu I``, trace-normalised; ``G~ = P^-1/2 G Q^-1/2``;
+    ``M <- beta M + (1-beta) G~``; ``u <- P^-1/2 NS_5(M) Q^-1/2`` (the trust-region step
+    ``argmin <G, D>`` s.t. ``||P^1/2 D Q^1/2||_2 <= 1``); ``u <- sqrt(max(1, rows/cols)) u``;
+    ``u <- u + lambda theta``. With ``factor_beta=1`` (factors frozen at the identity) it is
+    ``muon(nesterov=False)`` (tests/recipes/test_fismo.py). The paper proves
+    ``E||grad f||^2 = O(1/sqrt(T))`` in the stochastic nonconvex setting (arXiv abstract; the
+    seed scrape's "O(1/T)" lost the square root), with a variance term reduced by mini-batching.
+
+    Differences from the reference: there is no public code; the algorithm is taken from a
+    third-party transcription of the paper's Algorithm 1 (junaidaliop zij docs, FISMO page), not
+    verified against the paper text. Choices it leaves open are options: ``factor_stats``
+    (``"raw"`` is the transcription; the default ``"rms_normalized"`` builds the statistics from
+    ``G / rms(G)`` so ``factor_beta`` and ``damping`` do not depend on the gradient scale),
+    ``factor_beta`` 0.95 and ``damping`` 0.1 (values not given), the shape scale and Nesterov
+    (Muon's Keller scale, no Nesterov as in the transcription), inverse roots by ``eigh`` every
+    step, Newton-Schulz in bfloat16 as Muon. Conv kernels use their ``(out, in*kh*kw)`` view.
+
+    References: Chenrui Xu, Wenjing Yan, Ying-Jun Angela Zhang, "FISMO: Fisher-Structured
+    Momentum-Orthogonalized Optimizer", arXiv 2601.21750 (ICML 2026).
+    """
+    inner = chain(
+        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
+        Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
+    )
+    return chain(
+        FisherTrustRegion(
+            inner=inner, factor_beta=factor_beta, damping=damping, factor_stats=factor_stats
+        ),
+        ScaleByShape(rule=shape_scale),
+        AddWeightDecay(),
+    )
+
+
+def fismo_adamw(hidden: Chain | None = None) -> Plan:
+    """FISMO for hidden matrices, AdamW (``with_adamw`` defaults) for the rest."""
+    return with_adamw(hidden if hidden is not None else fismo(), name="fismo")

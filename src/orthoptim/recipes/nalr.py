@@ -1,0 +1,84 @@
+"""Noise-adaptive layerwise learning rates on top of any orthogonalized-momentum chain."""
+
+from __future__ import annotations
+
+from orthoptim.functional.robust import DualNorm
+from orthoptim.recipes.muon import muon, with_adamw
+from orthoptim.recipes.plan import Plan
+from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.noise_adaptive import NoiseReference, ScaleByLayerNoise
+from orthoptim.transforms.orthogonalize import ComputeDtype
+from orthoptim.transforms.scaling import ShapeRule
+
+
+def noise_adaptive(
+    base: Chain,
+    *,
+    noise_beta: float = 0.95,
+    dual_norm: DualNorm = "nuclear",
+    noise_reference: NoiseReference = "mean",
+) -> Chain:
+    """``base`` followed by a noise-adaptive per-layer lr factor (``ScaleByLayerNoise``).
+
+    ``dual_norm`` must be the dual of ``base``'s LMO norm: ``"nuclear"`` for the spectral-norm
+    family (muon, root, fismo, normuon, ...), ``"l1"`` for sign updates, ``"frobenius"`` for
+    normalized SGD.
+    """
+    if not isinstance(base, Chain):
+        raise TypeError(f"base must be a Chain such as recipes.muon(), got {base!r}")
+    return chain(
+        base,
+        ScaleByLayerNoise(beta=noise_beta, dual_norm=dual_norm, reference=noise_reference),
+    )
+
+
+def muon_nalr(
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    coeffs: str = "keller_quintic",
+    ns_steps: int = 5,
+    compute_dtype: ComputeDtype = "bfloat16",
+    shape_scale: ShapeRule = "keller",
+    noise_beta: float = 0.95,
+    noise_reference: NoiseReference = "mean",
+) -> Chain:
+    """Muon with noise-adaptive layerwise learning rates (Hao et al., 2025; "LANTON").
+
+    Chain: ``muon()`` (EMA momentum, Nesterov, NS_5, Keller scale, decay), then
+    ``H_l <- beta H_l + (1-beta) ||G_t - G_{t-1}||_*^2`` (nuclear norm, the dual of Muon's
+    spectral-norm LMO, exact by SVD) and ``u <- min(1, sigma_ref / sigma_l) u`` with
+    ``sigma_l = sqrt(H_l / (1 - beta^k))`` and ``sigma_ref`` the mean over the layers of the
+    param group. With zero gradient noise (or equal noise in every layer) it is ``muon``.
+
+    Differences from the reference: no public code, and the paper's algorithm box could not be
+    read here (only its abstract); written from the abstract ("estimates gradient variance in
+    the dual norm induced by the chosen LMO on the fly, and uses it to assign time-varying
+    noise-adaptive layerwise learning rates within each group"). Named choices: the estimator
+    (difference of consecutive gradients, no second minibatch), the EMA ``noise_beta``, the
+    exact nuclear norm, the map ``min(1, sigma_ref / sigma_l)`` (inverse noise level, capped so
+    no layer exceeds the tuned group lr; ``noise_reference`` ``"mean"`` or ``"min"``), and the
+    factor scaling the layer's whole step, weight decay included.
+
+    References: Jie Hao, Xiaochuan Gong, Jie Xu, Zhengdao Wang, Mingrui Liu, "Noise-Adaptive
+    Layerwise Learning Rates: Accelerating Geometry-Aware Optimization for Deep Neural Network
+    Training", arXiv 2510.14009.
+    """
+    return noise_adaptive(
+        muon(
+            momentum=momentum,
+            nesterov=nesterov,
+            coeffs=coeffs,
+            ns_steps=ns_steps,
+            compute_dtype=compute_dtype,
+            shape_scale=shape_scale,
+        ),
+        noise_beta=noise_beta,
+        dual_norm="nuclear",
+        noise_reference=noise_reference,
+    )
+
+
+def muon_nalr_adamw(hidden: Chain | None = None) -> Plan:
+    """``muon_nalr`` for hidden matrices, AdamW (``with_adamw`` defaults) for the rest."""
+    return with_adamw(hidden if hidden is not None else muon_nalr(), name="muon_nalr")

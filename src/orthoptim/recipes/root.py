@@ -1,0 +1,64 @@
+"""ROOT: robust orthogonalized momentum (shape-keyed Newton-Schulz, proximal outlier clipping)."""
+
+from __future__ import annotations
+
+from orthoptim.recipes.muon import with_adamw
+from orthoptim.recipes.plan import Plan
+from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
+from orthoptim.transforms.proximal import ClipOutliers
+from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
+
+
+def root(
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    clip_quantile: float = 0.9,
+    coeffs: str = "root_shape_map",
+    ns_steps: int = 5,
+    compute_dtype: ComputeDtype = "float32",
+    shape_scale: ShapeRule = "moonlight_rms",
+) -> Chain:
+    """ROOT (He et al., 2025): Robust Orthogonalized OpTimizer, for hidden matrices.
+
+    Chain (the reference's order): ``M <- mu M + g``; ``u <- g + mu M`` (Nesterov) or ``M``;
+    ``u <- u - T_tau(u) = clip(u, +-tau)``, ``tau = Q_0.9(|u|)`` (proximal outlier suppression);
+    ``u <- AdaNewton_5(u)``, coefficients keyed by shape (``root_shape_map``: ROOT's four
+    2048-class shapes, Keller's triple for every other shape); ``u <- 0.2 sqrt(max(A, B)) u``;
+    ``u <- u + lambda theta``. ``clip_quantile=1.0, coeffs="keller_quintic"`` is Moonlight's Muon.
+
+    Differences from the reference (huawei-noah/noah-research ROOT/examples/example_train.py):
+    ``p.grad`` is never modified; the clip is ``clamp(u, -tau, tau)``, not ``u - sign(u)
+    relu(|u| - tau)`` (equal up to one rounding), its quantile taken in the update's dtype when
+    float32/64 (the reference: float32); Newton-Schulz in ``compute_dtype`` (float32, as the
+    reference's float32 script) with fused ``addmm``; other shapes fall back to Keller's triple
+    without the reference's per-step warning; conv kernels use their ``(out, in*kh*kw)`` view
+    (the reference asserts 2-D). The paper's box thresholds ``M`` at a fixed epsilon, the code
+    the Nesterov blend at a per-step quantile, as here (``nesterov=False`` gives the box's
+    order). The default plan's AdamW runs at the same lr as the reference's, without decay on
+    embeddings, heads and gains (the reference decays them). Keep ``ns_steps`` at 5 with
+    ``root_shape_map``: its 2048x2048 triple diverges beyond (``SHAPE_KEYED_PRESETS``).
+
+    References: He, Han, Zhou, Chen, Liu, Chen, Wang, "ROOT: Robust Orthogonalized Optimizer for
+    Neural Network Training", arXiv 2511.20626; huawei-noah/noah-research@aa0f80c ROOT/.
+    """
+    return chain(
+        Momentum(beta=momentum, kind="sum", nesterov=nesterov),
+        ClipOutliers(quantile=clip_quantile),
+        Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
+        ScaleByShape(rule=shape_scale),
+        AddWeightDecay(),
+    )
+
+
+def root_adamw(hidden: Chain | None = None) -> Plan:
+    """ROOT for hidden matrices, AdamW at the same lr (Moonlight's pairing, as the ROOT
+    reference) with betas (0.9, 0.95), eps 1e-8 and no decay for embeddings, heads and gains."""
+    return with_adamw(
+        hidden if hidden is not None else root(),
+        name="root",
+        adamw_lr_scale=1.0,
+        adamw_eps=1e-8,
+    )
