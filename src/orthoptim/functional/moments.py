@@ -8,6 +8,12 @@ import torch
 from torch import Tensor
 
 
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """float32 for 16-bit inputs, the input's own dtype otherwise: running statistics kept in
+    16 bits underflow (``u^2`` of small values) and lose the precision an EMA accumulates."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
 def ema_(average: Tensor, x: Tensor, beta: float) -> Tensor:
     """In place ``average <- beta * average + (1 - beta) * x``; returns ``average``."""
     return average.lerp_(x, 1.0 - beta)

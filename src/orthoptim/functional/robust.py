@@ -7,15 +7,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.polar import matrix_view
 
 DualNorm = Literal["nuclear", "frobenius", "l1"]
 DUAL_NORMS: tuple[str, ...] = ("nuclear", "frobenius", "l1")
-
-
-def stats_dtype(x: Tensor) -> torch.dtype:
-    """float32 for 16-bit inputs, the input's own dtype otherwise (statistics in >= float32)."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def abs_quantile(x: Tensor, q: float) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_beta, check_positive
 from orthoptim._types import State
-from orthoptim.functional.moments import adam_direction, ema_, ema_square_
+from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
 
@@ -47,7 +47,7 @@ class ScaleByAdam(TransformBase):
         check_positive("eps", self.eps)
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
-        dtype = torch.float32 if p.element_size() < 4 else p.dtype
+        dtype = stats_dtype(p)
         return {
             "exp_avg": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),
             "exp_avg_sq": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format),

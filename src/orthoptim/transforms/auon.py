@@ -10,6 +10,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_bool, check_finite_nonnegative
 from orthoptim._types import State
+from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
 NORM_EPS = 1e-7  # the reference's guard in G / (||G||_F + 1e-7)
@@ -55,7 +56,7 @@ class ScaleByCoshRms(TransformBase):
         check_bool("normalize", self.normalize)
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        x = u.float() if u.element_size() < 4 else u
+        x = u.to(stats_dtype(u))
         direction = x / (torch.linalg.vector_norm(x) + NORM_EPS)
         r = torch.cosh(direction * self.gamma).square().mean().sqrt()
         numerator = direction if self.normalize else x

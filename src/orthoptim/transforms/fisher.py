@@ -12,8 +12,8 @@ from torch import Tensor
 from orthoptim._checks import check_choice, check_positive
 from orthoptim._types import State
 from orthoptim.functional.kron_fisher import sym_power, update_factor_
+from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.polar import matrix_view
-from orthoptim.functional.robust import stats_dtype
 from orthoptim.transforms.base import Chain, Ctx, TransformBase
 
 FactorStats = Literal["rms_normalized", "raw"]

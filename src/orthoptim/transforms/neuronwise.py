@@ -10,7 +10,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_beta, check_positive
 from orthoptim._types import State
-from orthoptim.functional.moments import ema_
+from orthoptim.functional.moments import ema_, stats_dtype
 from orthoptim.functional.polar import matrix_view
 from orthoptim.transforms.base import Ctx, TransformBase
 
@@ -56,7 +56,7 @@ class NormalizeNeurons(TransformBase):
             )
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
-        dtype = torch.float32 if p.element_size() < 4 else p.dtype
+        dtype = stats_dtype(p)
         return {"v_row": torch.zeros(p.shape[0], 1, dtype=dtype, device=p.device)}
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from orthoptim._checks import check_beta, check_choice
 from orthoptim._types import State
-from orthoptim.functional.moments import bias_correction
-from orthoptim.functional.robust import DUAL_NORMS, DualNorm, dual_norm, stats_dtype
+from orthoptim.functional.moments import bias_correction, stats_dtype
+from orthoptim.functional.robust import DUAL_NORMS, DualNorm, dual_norm
 from orthoptim.transforms.base import Ctx, TransformBase
 
 NoiseReference = Literal["mean", "min"]
