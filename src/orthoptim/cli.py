@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from orthoptim import registry
 from orthoptim.bench.models import MODELS
@@ -34,6 +35,48 @@ def _route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _race(args: argparse.Namespace) -> int:
+    from orthoptim.bench import sweep
+    from orthoptim.bench._optional import MissingExtra
+    from orthoptim.bench.tasks import TASKS
+
+    quick = sweep.QUICK if args.quick else {}
+    config = sweep.RaceConfig(
+        tasks=tuple(args.task) if args.task else TASKS,
+        specs=tuple(args.spec) if args.spec else None,
+        peers=not args.no_peers,
+        lr_points=args.lr_grid if args.lr_grid is not None else quick.get("lr_points", 5),
+        lr_span=args.lr_span,
+        seeds=args.seeds if args.seeds is not None else quick.get("seeds", 3),
+        quick=args.quick,
+        data=args.data,
+        steps=args.steps,
+        out=args.out,
+        progress=not args.no_progress,
+        threads=args.threads if args.threads is not None else 1,
+    )
+    try:
+        out = sweep.race(config)
+    except MissingExtra as err:
+        print(f"orthoptim: error: {err}", file=sys.stderr)
+        return 2
+    print(f"\nrecords, report.md and plots in {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from orthoptim.bench import report
+    from orthoptim.bench._optional import MissingExtra
+
+    try:
+        print(report.render(args.dir, plots=not args.no_plots))
+    except (FileNotFoundError, MissingExtra) as err:
+        print(f"orthoptim: error: {err}", file=sys.stderr)
+        return 2
+    print(f"\nreport.md{'' if args.no_plots else ' and plots'} re-rendered in {args.dir}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orthoptim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -48,7 +91,53 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("--model", choices=sorted(MODELS), default="tiny_gpt")
     route.add_argument("--spec", default="muon_adamw", help="registry name")
     route.set_defaults(run=_route)
+    _race_parser(sub)
+    report = sub.add_parser("report", help="re-render report.md and plots from DIR/records.jsonl")
+    report.add_argument("dir", type=Path, help="a race's output folder")
+    report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    report.set_defaults(run=_report)
     return p
+
+
+def _race_parser(sub: argparse._SubParsersAction) -> None:
+    from orthoptim.bench.tasks import TASKS
+
+    race = sub.add_parser(
+        "race",
+        help="race optimizers on real tasks: lr sweep, seeds, records, report, plots",
+        description="Each optimizer gets the same log-spaced lr sweep around its registry "
+        "default, the lr is picked on held-out data, then seeds run at that lr. Writes "
+        "records.jsonl, report.md and PNG plots. No argument: the default race (~10 min on "
+        "2 CPU cores); --quick: under a minute.",
+    )
+    race.add_argument(
+        "--task",
+        nargs="+",
+        choices=TASKS,
+        metavar="TASK",
+        help=f"tasks: {', '.join(TASKS)} (default: all)",
+    )
+    race.add_argument("--spec", nargs="+", help="registry name patterns (default: all)")
+    race.add_argument("--seeds", type=int, help="seeds at the picked lr (default 3; quick 2)")
+    race.add_argument("--lr-grid", type=int, help="lr grid points (default 5; quick 3)")
+    race.add_argument(
+        "--lr-span", type=float, default=8.0, help="grid spans x1/SPAN..xSPAN (default 8)"
+    )
+    race.add_argument("--quick", action="store_true", help="small tasks, under a minute")
+    race.add_argument("--steps", type=int, help="override every task's number of steps")
+    race.add_argument("--out", type=Path, help="output folder (default runs/<timestamp>)")
+    race.add_argument(
+        "--data", help="your own text file (with --task lm) or image folder (--task digits)"
+    )
+    race.add_argument("--no-peers", action="store_true", help="only orthoptim's optimizers")
+    race.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads during the race (default 1: the models are tiny, and more "
+        "threads spin on a busy machine)",
+    )
+    race.add_argument("--no-progress", action="store_true", help="no progress bar")
+    race.set_defaults(run=_race)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

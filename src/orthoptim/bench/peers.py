@@ -1,0 +1,284 @@
+"""Peers: other libraries' implementations of the algorithms we race, side by side.
+
+Each peer is configured from our registry
+defaults where the library can express them (read from the spec's plan, so they follow changes
+to the recipe); what a peer cannot express is stated in its configuration record:
+
+* ``torch:adamw_fused`` -- ``torch.optim.AdamW(fused=True)``, mirrors ``adamw``.
+* ``torch:muon`` -- ``torch.optim.Muon`` on hidden matrices + ``torch.optim.AdamW`` on the rest
+  (2-D hidden matrices only), mirrors ``muon``.
+* ``heavyball:muon`` / ``heavyball:adamw`` -- heavyball's ``Muon`` + ``AdamW``, run eagerly
+  (``heavyball.utils.compile_mode = None`` during their calls, as orthoptim runs eagerly).
+* ``pytorch_optimizer:muon`` -- pytorch-optimizer's ``Muon`` with its built-in AdamW for
+  ``use_muon=False`` groups. (Its ``AdamW`` is ``torch.optim.AdamW`` re-exported, so it does not
+  race twice.)
+
+Every peer routes parameters with ``orthoptim.routing.classify``, as our plans do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from orthoptim import registry
+from orthoptim.bench._optional import version_of
+from orthoptim.bench.racers import Make, Pair, Racer
+from orthoptim.functional.coefficients import PRESETS
+from orthoptim.routing import classify
+from orthoptim.transforms import Momentum, Orthogonalize, ScaleByAdam, ScaleByShape
+
+
+class _Eager:
+    """Runs a heavyball optimizer with ``heavyball.utils.compile_mode = None`` (restored after)."""
+
+    def __init__(self, opt: Any, utils: Any) -> None:
+        self.optimizers = (opt,)
+        self._utils = utils
+
+    @contextlib.contextmanager
+    def _eager(self) -> Iterator[None]:
+        old, self._utils.compile_mode = self._utils.compile_mode, None
+        try:
+            yield
+        finally:
+            self._utils.compile_mode = old
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizers[0].zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        with self._eager():
+            self.optimizers[0].step()
+
+
+@dataclass(frozen=True, slots=True)
+class MuonDefaults:
+    """The registry's ``muon`` whole-model plan, in the terms peers understand."""
+
+    lr: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    ns_steps: int
+    coeffs: str
+    shape_rule: str
+    adamw_lr_scale: float
+    adamw_weight_decay: float
+    adamw_betas: tuple[float, float]
+    adamw_eps: float
+
+
+def _only(chain: Any, kind: type) -> Any:
+    found = [t for t in chain.transforms if isinstance(t, kind)]
+    if len(found) != 1:
+        raise ValueError(f"expected one {kind.__name__} in {chain!r}")
+    return found[0]
+
+
+def muon_defaults() -> MuonDefaults:
+    """Read ``muon``'s defaults from its plan; ``ValueError`` if the recipe no longer has the
+    Momentum > Orthogonalize > ScaleByShape / ScaleByAdam shape peers can mirror."""
+    spec = registry.get("muon")
+    plan = spec.whole_model_plan()
+    hidden = plan.route_for("hidden")
+    rest = {plan.route_for(role).name for role in ("embedding", "head", "vector")}
+    if len(rest) != 1:
+        raise ValueError("muon's plan routes the non-hidden roles to more than one chain")
+    other = plan.route_for("vector")
+    mom, ortho = _only(hidden.chain, Momentum), _only(hidden.chain, Orthogonalize)
+    if mom.kind != "ema":
+        raise ValueError("peers mirror EMA momentum only")
+    adam = _only(other.chain, ScaleByAdam)
+    return MuonDefaults(
+        lr=spec.lr,
+        weight_decay=spec.weight_decay if hidden.weight_decay is None else hidden.weight_decay,
+        momentum=mom.beta,
+        nesterov=mom.nesterov,
+        ns_steps=ortho.ns_steps,
+        coeffs=ortho.coeffs,
+        shape_rule=_only(hidden.chain, ScaleByShape).rule,
+        adamw_lr_scale=other.lr_scale,
+        adamw_weight_decay=spec.weight_decay if other.weight_decay is None else other.weight_decay,
+        adamw_betas=tuple(adam.betas),
+        adamw_eps=adam.eps,
+    )
+
+
+def split_hidden(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(hidden matrices, everything else), by orthoptim's routing rules."""
+    roles = classify(model)
+    hidden = [p for n, p in model.named_parameters() if roles[n] == "hidden"]
+    rest = [p for n, p in model.named_parameters() if roles[n] != "hidden"]
+    return hidden, rest
+
+
+def _torch_adamw(model: nn.Module, lr: float) -> Any:
+    spec = registry.get("adamw")
+    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=lr,
+        betas=adam.betas,
+        eps=adam.eps,
+        weight_decay=spec.weight_decay,
+        fused=True,
+    )
+
+
+def _torch_muon(model: nn.Module, lr: float) -> Any:
+    d = muon_defaults()
+    hidden, rest = split_hidden(model)
+    if any(p.ndim != 2 for p in hidden):
+        raise ValueError("torch.optim.Muon takes 2-D parameters only; this model has conv kernels")
+    triples = PRESETS[d.coeffs].triples
+    if len(triples) != 1 or PRESETS[d.coeffs].norm_safety != 1.0:
+        raise ValueError(f"torch.optim.Muon has one fixed NS triple; muon uses {d.coeffs!r}")
+    adjust = {"keller": "original", "moonlight_rms": "match_rms_adamw"}.get(d.shape_rule)
+    if adjust is None:
+        raise ValueError(f"torch.optim.Muon has no shape rule {d.shape_rule!r}")
+    opts = []
+    if hidden:
+        opts.append(
+            torch.optim.Muon(
+                hidden,
+                lr=lr,
+                weight_decay=d.weight_decay,
+                momentum=d.momentum,
+                nesterov=d.nesterov,
+                ns_coefficients=triples[0],
+                ns_steps=d.ns_steps,
+                adjust_lr_fn=adjust,
+            )
+        )
+    if rest:
+        opts.append(
+            torch.optim.AdamW(
+                rest,
+                lr=lr * d.adamw_lr_scale,
+                betas=d.adamw_betas,
+                eps=d.adamw_eps,
+                weight_decay=d.adamw_weight_decay,
+            )
+        )
+    return Pair(*opts)
+
+
+def _heavyball() -> Any:
+    hb = importlib.import_module("heavyball")
+    return hb, importlib.import_module("heavyball.utils")
+
+
+def _heavyball_muon(model: nn.Module, lr: float) -> Any:
+    hb, utils = _heavyball()
+    d = muon_defaults()
+    if d.shape_rule != "keller":
+        raise ValueError(f"heavyball's Muon has only the Keller shape scale, not {d.shape_rule}")
+    hidden, rest = split_hidden(model)
+    opts = []
+    if hidden:
+        # heavyball_momentum=True is m = beta m + g, ours times 1/(1-beta): the same after NS.
+        muon = hb.Muon(
+            hidden,
+            lr=lr,
+            betas=(d.momentum, 0.99),
+            weight_decay=d.weight_decay,
+            heavyball_momentum=True,
+            nesterov=d.nesterov,
+            warmup_steps=0,
+        )
+        opts.append(_Eager(muon, utils))
+    if rest:
+        adamw = hb.AdamW(
+            rest,
+            lr=lr * d.adamw_lr_scale,
+            betas=d.adamw_betas,
+            eps=d.adamw_eps,
+            weight_decay=d.adamw_weight_decay,
+            warmup_steps=0,
+        )
+        opts.append(_Eager(adamw, utils))
+    return Pair(*opts)
+
+
+def _heavyball_adamw(model: nn.Module, lr: float) -> Any:
+    hb, utils = _heavyball()
+    spec = registry.get("adamw")
+    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
+    opt = hb.AdamW(
+        model.parameters(),
+        lr=lr,
+        betas=adam.betas,
+        eps=adam.eps,
+        weight_decay=spec.weight_decay,
+        warmup_steps=0,
+    )
+    return _Eager(opt, utils)
+
+
+def _pytorch_optimizer_muon(model: nn.Module, lr: float) -> Any:
+    po = importlib.import_module("pytorch_optimizer")
+    d = muon_defaults()
+    coeffs = {"keller_quintic": "original"}.get(d.coeffs)
+    adjusted = {"keller": False, "moonlight_rms": True}.get(d.shape_rule)
+    if coeffs is None or adjusted is None:
+        raise ValueError(f"pytorch-optimizer's Muon cannot express {d.coeffs}/{d.shape_rule}")
+    hidden, rest = split_hidden(model)
+    groups = [{"params": hidden, "use_muon": True}, {"params": rest, "use_muon": False}]
+    return po.Muon(
+        [g for g in groups if g["params"]],
+        lr=lr,
+        momentum=d.momentum,
+        weight_decay=d.weight_decay,
+        nesterov=d.nesterov,
+        ns_steps=d.ns_steps,
+        ns_coeffs=coeffs,
+        use_adjusted_lr=adjusted,
+        adamw_lr=lr * d.adamw_lr_scale,
+        adamw_betas=d.adamw_betas,
+        adamw_wd=d.adamw_weight_decay,
+        adamw_eps=d.adamw_eps,
+    )
+
+
+_PEERS: tuple[tuple[str, str, str, Make], ...] = (
+    # (name, distribution, mirrors, make)
+    ("torch:adamw_fused", "torch", "adamw", _torch_adamw),
+    ("torch:muon", "torch", "muon", _torch_muon),
+    ("heavyball:adamw", "heavyball", "adamw", _heavyball_adamw),
+    ("heavyball:muon", "heavyball", "muon", _heavyball_muon),
+    ("pytorch_optimizer:muon", "pytorch-optimizer", "muon", _pytorch_optimizer_muon),
+)
+
+
+def peer_racers(mirrored: Sequence[str]) -> tuple[list[Racer], list[str]]:
+    """Installed peers of the algorithms in ``mirrored``, and notes on the ones left out."""
+    racers, notes = [], []
+    for name, dist, mirrors, make in _PEERS:
+        if mirrors not in mirrored and not (mirrors == "muon" and "muon_adamw" in mirrored):
+            continue
+        version = version_of(dist)
+        if version is None:
+            notes.append(f"{name}: {dist} not installed (pip install -e '.[reference]')")
+            continue
+        racers.append(
+            Racer(
+                name=name,
+                lr=registry.get(mirrors).lr,
+                peer=True,
+                library=f"{dist} {version}",
+                mirrors=mirrors,
+                make=make,
+            )
+        )
+    if version_of("pytorch-optimizer") is not None and "adamw" in mirrored:
+        po = importlib.import_module("pytorch_optimizer")
+        if po.AdamW is torch.optim.AdamW:
+            notes.append("pytorch_optimizer:adamw is torch.optim.AdamW itself; not raced twice")
+    return racers, notes

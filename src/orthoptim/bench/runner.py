@@ -1,0 +1,202 @@
+"""One run: a task, a racer, an lr and a seed, measured into one record.
+
+Timing uses ``perf_counter`` around each training step (``zero_grad``, forward, backward,
+optimizer step); the optimizer step is timed on its own as well. Evaluation is excluded from
+every time, so wall-time-to-target is training time only. The optimizer state is measured
+exactly (bytes of every state tensor after the last step); peak RSS is the process's high-water
+mark during the run (``VmHWM``, reset before the run where Linux allows it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orthoptim.bench.racers import Racer, configuration, state_bytes
+from orthoptim.bench.tasks.base import Task
+from orthoptim.optim import NonFiniteGradientError
+
+Progress = Callable[[int, float], None]
+"""``progress(step, train_loss)``, called after every training step."""
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark (Linux ``clear_refs`` 5); whether it worked."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident set size in bytes (``VmHWM``; ``ru_maxrss`` elsewhere)."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    try:
+        import resource
+    except ImportError:
+        return None
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (tasks draw from their own generators too)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def train_step(
+    task: Task, racer: Racer, model: torch.nn.Module, opt: Any, batch: Any
+) -> tuple[float, float, float]:
+    """One training step: ``(loss, whole step seconds, optimizer step seconds)``.
+
+    The loss is NaN when the step was refused: a non-finite loss (the optimizer is not
+    stepped) or orthoptim's ``NonFiniteGradientError``. A racer that ``needs_closure`` computes
+    its gradients inside ``step``, so its optimizer time includes forward and backward.
+    """
+    t0 = time.perf_counter()
+    if racer.needs_closure:
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            value = task.loss(model, batch)
+            value.backward()
+            return value
+
+        t1 = t0
+        try:
+            loss = opt.step(closure)
+        except NonFiniteGradientError:
+            return math.nan, 0.0, 0.0
+    else:
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        loss.backward()
+        if not math.isfinite(loss.item()):
+            return math.nan, 0.0, 0.0
+        t1 = time.perf_counter()
+        try:
+            opt.step()
+        except NonFiniteGradientError:  # orthoptim refuses NaN/Inf gradients by default
+            return math.nan, 0.0, 0.0
+    t2 = time.perf_counter()
+    return float(loss.item()), t2 - t0, t2 - t1
+
+
+def run(
+    task: Task,
+    racer: Racer,
+    lr: float,
+    seed: int,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train ``task`` with ``racer`` at ``lr`` from ``seed``; the measured part of a record.
+
+    Returns ``recipe`` (exact configuration), ``curve`` (step 0 and every ``eval_every`` steps:
+    training time so far, mean training loss since the last point, validation metrics),
+    ``final``, ``steps_to_target`` / ``time_to_target_s`` (first evaluation meeting the target;
+    ``None`` if never), ``diverged``, ``timing`` and ``memory``. A non-finite training loss stops
+    the run and marks it diverged.
+    """
+    seed_everything(seed)
+    model = task.model(seed)
+    model.train()
+    opt = racer.make(model, lr)
+    batches = task.batches(seed)
+    reset_ok = reset_peak_rss()
+    rss_start = _status_kib("VmRSS")
+    curve: list[dict[str, Any]] = [
+        {"step": 0, "time_s": 0.0, "train_loss": None, **task.evaluate(model)}
+    ]
+    step_times: list[float] = []
+    opt_times: list[float] = []
+    train_s = 0.0
+    window: list[float] = []
+    steps_to_target = time_to_target = None
+    if task.target.reached(curve[0]):
+        steps_to_target, time_to_target = 0, 0.0
+    diverged = False
+    wall0 = time.perf_counter()
+    for step in range(1, task.steps + 1):
+        value, step_s, opt_s = train_step(task, racer, model, opt, next(batches))
+        if not math.isfinite(value):
+            diverged = True
+            break
+        step_times.append(step_s)
+        opt_times.append(opt_s)
+        train_s += step_s
+        window.append(value)
+        if progress is not None:
+            progress(step, value)
+        if step % task.eval_every == 0 or step == task.steps:
+            metrics = task.evaluate(model)
+            curve.append(
+                {
+                    "step": step,
+                    "time_s": train_s,
+                    "train_loss": statistics.fmean(window),
+                    **{k: _finite(v) for k, v in metrics.items()},
+                }
+            )
+            window = []
+            if any(not math.isfinite(v) for v in metrics.values()):
+                diverged = True
+                break
+            if steps_to_target is None and task.target.reached(metrics):
+                steps_to_target, time_to_target = step, train_s
+    final = {k: v for k, v in curve[-1].items() if k not in ("step", "time_s", "train_loss")}
+    if diverged:
+        final = dict.fromkeys(final)
+    opt_median = statistics.median(opt_times) if opt_times else None
+    step_median = statistics.median(step_times) if step_times else None
+    return {
+        "recipe": configuration(opt),
+        "curve": curve,
+        "final": final,
+        "steps_done": len(step_times),
+        "steps_to_target": steps_to_target,
+        "time_to_target_s": time_to_target,
+        "diverged": diverged,
+        "timing": {
+            "train_s": train_s,
+            "wall_s": time.perf_counter() - wall0,
+            "step_s_median": step_median,
+            "opt_step_s_median": opt_median,
+            "opt_share": opt_median / step_median if opt_median and step_median else None,
+            "opt_includes_gradients": racer.needs_closure,
+        },
+        "memory": {
+            "state_bytes": state_bytes(opt),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "rss_start_bytes": None if rss_start is None else rss_start * 1024,
+            "peak_is_per_run": reset_ok,
+        },
+    }

@@ -1,0 +1,95 @@
+"""Race tasks: two real ones (``lm``, ``digits``) and two quick diagnostics.
+
+``make(name, quick=..., data=...)`` returns a configured frozen dataclass. The default
+configurations size the default race (about 10 minutes on 2 CPU cores); ``quick=True`` shrinks
+each task so that ``orthoptim race --quick`` finishes in well under a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from orthoptim.bench.tasks.base import Target, Task
+from orthoptim.bench.tasks.images import Digits
+from orthoptim.bench.tasks.lm import LanguageModel
+from orthoptim.bench.tasks.synthetic import MatrixSensing, Quadratic
+
+REAL: tuple[str, ...] = ("lm", "digits")
+DIAGNOSTIC: tuple[str, ...] = ("quadratic", "matrix_sensing")
+TASKS: tuple[str, ...] = REAL + DIAGNOSTIC
+
+_DEFAULT: dict[str, Callable[[], Task]] = {
+    "lm": LanguageModel,
+    "digits": Digits,
+    "quadratic": Quadratic,
+    "matrix_sensing": MatrixSensing,
+}
+
+_QUICK: dict[str, Callable[[], Task]] = {
+    "lm": lambda: LanguageModel(
+        steps=30,
+        batch_size=8,
+        dim=32,
+        depth=1,
+        context=32,
+        eval_every=10,
+        eval_windows=16,
+        target=Target("val_loss", 3.3, "min"),
+    ),
+    "digits": lambda: Digits(
+        steps=40, width=8, eval_every=10, target=Target("val_acc", 0.8, "max")
+    ),
+    "quadratic": lambda: Quadratic(
+        dim=16, steps=40, eval_every=5, target=Target("rel_loss", 0.2, "min")
+    ),
+    "matrix_sensing": lambda: MatrixSensing(
+        rows=16,
+        cols=16,
+        measurements=256,
+        held_out=64,
+        steps=60,
+        eval_every=10,
+        target=Target("rel_error", 0.6, "min"),
+    ),
+}
+
+
+def make(
+    name: str, *, quick: bool = False, data: str | None = None, steps: int | None = None
+) -> Task:
+    """Task ``name`` in its default (or quick) configuration.
+
+    Args:
+        name: one of ``TASKS``.
+        quick: the small configuration of ``orthoptim race --quick``.
+        data: a user text file (``lm``) or image folder (``digits``) instead of the bundled data.
+        steps: override the number of training steps (``eval_every`` is kept).
+    """
+    if name not in _DEFAULT:
+        raise KeyError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+    task = (_QUICK if quick else _DEFAULT)[name]()
+    changes: dict[str, object] = {}
+    if data is not None:
+        if name not in REAL:
+            raise ValueError(f"--data applies to {' or '.join(REAL)}, not to {name!r}")
+        changes["data"] = data
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        changes["steps"] = steps
+    return dataclasses.replace(task, **changes) if changes else task  # type: ignore[type-var]
+
+
+__all__ = [
+    "DIAGNOSTIC",
+    "REAL",
+    "TASKS",
+    "Digits",
+    "LanguageModel",
+    "MatrixSensing",
+    "Quadratic",
+    "Target",
+    "Task",
+    "make",
+]
