@@ -109,12 +109,6 @@ def hybrid_auon(
     )
 
 
-def _plan_checked(hidden: Chain | None, default: Chain, example: str) -> Chain:
-    if hidden is not None and not isinstance(hidden, Chain):
-        raise TypeError(f"hidden must be a Chain such as recipes.{example}(), got {hidden!r}")
-    return hidden if hidden is not None else default
-
-
 def auon_adamw(
     *,
     hidden: Chain | None = None,
@@ -135,7 +129,7 @@ def auon_adamw(
     References: ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 README.md.
     """
     return with_adamw(
-        _plan_checked(hidden, auon(), "auon"),
+        hidden if hidden is not None else auon(),
         name="auon",
         adamw_lr_scale=adamw_lr_scale,
         adamw_weight_decay=adamw_weight_decay,
@@ -160,7 +154,7 @@ def hybrid_auon_adamw(
     References: ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 README.md.
     """
     return with_adamw(
-        _plan_checked(hidden, hybrid_auon(), "hybrid_auon"),
+        hidden if hidden is not None else hybrid_auon(),
         name="hybrid_auon",
         adamw_lr_scale=adamw_lr_scale,
         adamw_weight_decay=adamw_weight_decay,

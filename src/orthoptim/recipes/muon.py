@@ -75,6 +75,8 @@ def with_adamw(
     pairing in KellerJordan/Muon's README) with betas (0.9, 0.95) and no weight decay on
     embeddings, heads, biases and norm gains.
     """
+    if not isinstance(hidden, Chain):
+        raise TypeError(f"hidden must be a Chain such as recipes.{name}(), got {hidden!r}")
     return Plan(
         (
             Route(name=name, chain=hidden, roles=("hidden",)),
@@ -108,8 +110,6 @@ def muon_adamw(
 
     References: KellerJordan/Muon README and muon.py ``MuonWithAuxAdam``.
     """
-    if hidden is not None and not isinstance(hidden, Chain):
-        raise TypeError(f"hidden must be a Chain such as recipes.muon(), got {hidden!r}")
     return with_adamw(
         hidden if hidden is not None else muon(),
         name="muon",

@@ -90,8 +90,6 @@ def normuon_adamw(
 
     References: zichongli5/NorMuon@d45c9a4280d758e2cf0b2b8333765d040e953937 normuon.py.
     """
-    if hidden is not None and not isinstance(hidden, Chain):
-        raise TypeError(f"hidden must be a Chain such as recipes.normuon(), got {hidden!r}")
     return with_adamw(
         hidden if hidden is not None else normuon(),
         name="normuon",
