@@ -31,15 +31,19 @@ def main() -> None:
     for p in params:
         p.grad = torch.randn_like(p)
     grads = [p.grad for p in params]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{sum(p.numel() for p in params) / 1e6:.1f}M params")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{sum(p.numel() for p in params) / 1e6:.1f}M params"
+    )
     check = median_ms(lambda: ChainOptimizer._all_finite(grads), 20)
     for name in ("muon", "adamw"):
         opt = orthoptim.build(name, params)
         opt.step()  # warm-up, state allocation
         step = median_ms(opt.step, 5 if name == "muon" else 20)
-        print(f"{name:6s} step {step:8.1f} ms (median)  check {check:6.2f} ms  "
-              f"= {100 * check / step:5.2f}% of the step")
+        print(
+            f"{name:6s} step {step:8.1f} ms (median)  check {check:6.2f} ms  "
+            f"= {100 * check / step:5.2f}% of the step"
+        )
 
 
 if __name__ == "__main__":

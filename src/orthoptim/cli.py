@@ -64,6 +64,26 @@ def _race(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(args: argparse.Namespace) -> int:
+    from orthoptim.bench import speed
+
+    config = speed.SpeedConfig(
+        shapes=speed.parse_shapes(args.shapes) if args.shapes else speed.LAYER_SHAPES,
+        layers=args.layers,
+        adamw_extra=speed.parse_shapes(args.adamw_extra) if args.adamw_extra else (),
+        specs=tuple(args.spec) if args.spec else None,
+        peers=not args.no_peers,
+        warmup=args.warmup,
+        steps=args.steps,
+        threads=args.threads,
+        out=args.out,
+        command=speed.main_command(),
+    )
+    _, out = speed.run(config)
+    print(f"\nrecords in {out / 'records.jsonl'}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from orthoptim.bench import report
     from orthoptim.bench._optional import MissingExtra
@@ -92,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("--spec", default="muon_adamw", help="registry name")
     route.set_defaults(run=_route)
     _race_parser(sub)
+    _speed_parser(sub)
     report = sub.add_parser("report", help="re-render report.md and plots from DIR/records.jsonl")
     report.add_argument("dir", type=Path, help="a race's output folder")
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
@@ -138,6 +159,35 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
     )
     race.add_argument("--no-progress", action="store_true", help="no progress bar")
     race.set_defaults(run=_race)
+
+
+def _speed_parser(sub: argparse._SubParsersAction) -> None:
+    speed = sub.add_parser(
+        "speed",
+        help="time the optimizer step alone, side by side with the installed peers",
+        description="Interleaved steps of orthoptim's matrix optimizers and AdamW and of every "
+        "installed peer on the same matrices, median after warm-up, with the machine's bf16 / "
+        "fp32 matmul rate and the Muon FLOP floor. Writes records.jsonl.",
+    )
+    speed.add_argument(
+        "--shapes",
+        help="one layer's matrices, ROWSxCOLS comma-separated (default "
+        "1536x512,512x512,2048x512,512x2048)",
+    )
+    speed.add_argument("--layers", type=int, default=6, help="layers (default 6)")
+    speed.add_argument(
+        "--adamw-extra",
+        default="8192x512",
+        help="matrices AdamW entrants step in addition (default the 8192x512 embedding of the "
+        "23.1M-param model; '' for none)",
+    )
+    speed.add_argument("--spec", nargs="+", help="orthoptim registry names (default: all)")
+    speed.add_argument("--no-peers", action="store_true", help="only orthoptim's optimizers")
+    speed.add_argument("--warmup", type=int, default=2, help="discarded rounds (default 2)")
+    speed.add_argument("--steps", type=int, default=5, help="timed rounds (default 5)")
+    speed.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    speed.add_argument("--out", type=Path, help="output folder (default runs/speed-<timestamp>)")
+    speed.set_defaults(run=_speed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

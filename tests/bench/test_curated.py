@@ -7,9 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import records, report, summary
+from orthoptim.bench import records, report, speed, summary
 
-CURATED = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "records").glob("*/"))
+FOLDERS = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "records").glob("*/"))
+
+
+def _is_speed(folder: Path) -> bool:
+    """``orthoptim speed`` folders hold step-speed records, checked by their own test below."""
+    path = folder / records.RECORDS
+    first = path.read_text().split("\n", 1)[0] if path.is_file() else ""
+    return '"kind": "speed"' in first
+
+
+CURATED = [f for f in FOLDERS if not _is_speed(f)]
+SPEED = [f for f in FOLDERS if _is_speed(f)]
 
 
 @pytest.mark.parametrize("folder", CURATED, ids=[f.name for f in CURATED])
@@ -20,3 +31,10 @@ def test_curated_records_validate_and_render(folder: Path) -> None:
     assert "## Headline" in report.markdown(recs, tables)
     readme = (folder / "README.md").read_text()
     assert recs[0]["race"]["command"] in readme
+
+
+@pytest.mark.parametrize("folder", SPEED, ids=[f.name for f in SPEED])
+def test_curated_speed_records_validate(folder: Path) -> None:
+    recs = speed.read(folder)
+    readme = (folder / "README.md").read_text()
+    assert recs[0]["run"]["command"] in readme

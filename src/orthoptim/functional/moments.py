@@ -30,13 +30,23 @@ def bias_correction(beta: float, step: int) -> float:
 
 
 def adam_direction(
-    exp_avg: Tensor, exp_avg_sq: Tensor, *, step: int, betas: tuple[float, float], eps: float
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    *,
+    step: int,
+    betas: tuple[float, float],
+    eps: float,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """Adam's bias-corrected direction ``m_hat / (sqrt(v_hat) + eps)`` as a new tensor.
+    """Adam's bias-corrected direction ``m_hat / (sqrt(v_hat) + eps)``, in ``out`` if given.
 
     The operation order follows torch.optim.Adam's single-tensor path (eps added after dividing
     ``sqrt(v)`` by ``sqrt(1 - beta2^t)``), which keeps float64 results equal to torch's to
-    round-off.
+    round-off. ``out`` (same shape and dtype as the moments) saves the temporaries: on CPU each
+    fresh full-size tensor costs an allocation and its page faults, a large share of an
+    element-wise step; the values are the same bit for bit.
     """
-    denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction(betas[1], step))).add_(eps)
-    return torch.div(exp_avg, denom).div_(bias_correction(betas[0], step))
+    direction = exp_avg_sq.sqrt() if out is None else torch.sqrt(exp_avg_sq, out=out)
+    direction.div_(math.sqrt(bias_correction(betas[1], step))).add_(eps)
+    torch.div(exp_avg, direction, out=direction)
+    return direction.div_(bias_correction(betas[0], step))

@@ -71,4 +71,10 @@ class Orthogonalize(TransformBase):
             pre_norm=self.pre_norm,
             compute_dtype=dtype,
         )
-        return polar.to(u.dtype).reshape(u.shape)
+        if not u.is_contiguous():
+            return polar.to(u.dtype).reshape(u.shape)
+        # Cast the factor into u, the chain's working copy: a tall matrix's factor comes back
+        # column-major (it is iterated transposed), and writing it into contiguous u keeps the
+        # later element-wise passes contiguous and saves an allocation (same values).
+        matrix.copy_(polar)
+        return u

@@ -1,0 +1,69 @@
+"""``orthoptim speed`` runs end to end on tiny shapes and writes readable records (no timing
+assertions: speed is measured by the benchmark, never by a test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orthoptim.bench import speed
+from orthoptim.cli import main
+
+
+def test_parse_shapes() -> None:
+    assert speed.parse_shapes("1536x512, 512X64") == ((1536, 512), (512, 64))
+    for bad in ("12", "0x4", "axb", "3x4x5"):
+        with pytest.raises(ValueError, match="ROWSxCOLS"):
+            speed.parse_shapes(bad)
+
+
+def test_default_shapes_are_the_issue_set() -> None:
+    matrices = speed.LAYER_SHAPES * speed.LAYERS
+    assert len(matrices) == 24
+    assert round(sum(r * c for r, c in matrices) / 1e6, 1) == 18.9
+    full = matrices + speed.ADAMW_EXTRA
+    assert round(sum(r * c for r, c in full) / 1e6, 1) == 23.1
+
+
+def test_speed_run_writes_records_with_ratios(tmp_path: Path) -> None:
+    lines: list[str] = []
+    config = speed.SpeedConfig(
+        shapes=((24, 8), (8, 8)),
+        layers=2,
+        adamw_extra=((16, 8),),
+        specs=("muon", "adamw", "auon"),
+        warmup=1,
+        steps=1,
+        threads=1,
+        out=tmp_path,
+        rate_size=64,
+    )
+    _, out = speed.run(config, echo=lines.append)
+    recs = speed.read(out)
+    names = {r["name"] for r in recs}
+    assert {"orthoptim:muon", "orthoptim:adamw", "orthoptim:auon", "torch:adamw_fused"} <= names
+    by = {r["name"]: r for r in recs}
+    assert by["orthoptim:muon"]["state_bytes_per_param"] == 4.0
+    assert by["orthoptim:adamw"]["state_bytes_per_param"] == 8.0
+    assert by["orthoptim:muon"]["flops"] > 0 and by["orthoptim:muon"]["ratio_muon"] == 1.0
+    assert all(r["error"] is None for r in recs), [r["error"] for r in recs if r["error"]]
+    assert "FLOP floor" in lines[0] and "orthoptim:muon" in lines[0]
+
+
+def test_cli_speed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["speed", "--shapes", "16x8", "--layers", "2", "--adamw-extra", "", "--spec", "muon"]
+    argv += [
+        "--no-peers",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    assert "orthoptim:muon" in capsys.readouterr().out
+    assert speed.read(tmp_path)[0]["run"]["command"].startswith("orthoptim")
