@@ -83,6 +83,11 @@ def _muon_plan(hidden: Chain) -> Plan:
 
 
 _MUON_PAPER = "Jordan et al. 2024, 'Muon: An optimizer for hidden layers in neural networks' (blog)"
+_NORMUON_PAPER = "Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)"
+_AUON_PAPER = (
+    "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
+    "(2509.24320v1)"
+)
 
 REGISTRY: tuple[Spec, ...] = (
     Spec(
@@ -123,7 +128,7 @@ REGISTRY: tuple[Spec, ...] = (
         name="normuon",
         recipe=normuon,
         lr=0.02,
-        paper="Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)",
+        paper=_NORMUON_PAPER,
         reference="zichongli5/NorMuon@d45c9a4 normuon.py normuon_update",
         tags=frozenset({"orthogonal", "matrix", "adaptive"}),
         default_plan=lambda hidden: normuon_adamw(hidden=hidden),
@@ -132,7 +137,7 @@ REGISTRY: tuple[Spec, ...] = (
         name="normuon_adamw",
         recipe=normuon_adamw,
         lr=0.02,
-        paper="Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)",
+        paper=_NORMUON_PAPER,
         reference="zichongli5/NorMuon@d45c9a4 normuon.py SingleDeviceNorMuonWithAuxAdam",
         tags=frozenset({"orthogonal", "matrix", "adaptive", "plan"}),
     ),
@@ -140,10 +145,7 @@ REGISTRY: tuple[Spec, ...] = (
         name="auon",
         recipe=auon,
         lr=0.1,
-        paper=(
-            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
-            "(2509.24320v1)"
-        ),
+        paper=_AUON_PAPER,
         reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
         tags=frozenset({"matrix", "linear-time"}),
         default_plan=lambda hidden: auon_adamw(hidden=hidden),
@@ -152,10 +154,7 @@ REGISTRY: tuple[Spec, ...] = (
         name="auon_adamw",
         recipe=auon_adamw,
         lr=0.1,
-        paper=(
-            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
-            "(2509.24320v1)"
-        ),
+        paper=_AUON_PAPER,
         reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
         tags=frozenset({"matrix", "linear-time", "plan"}),
     ),
@@ -163,10 +162,7 @@ REGISTRY: tuple[Spec, ...] = (
         name="hybrid_auon",
         recipe=hybrid_auon,
         lr=0.05,
-        paper=(
-            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
-            "(2509.24320v1)"
-        ),
+        paper=_AUON_PAPER,
         reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
         tags=frozenset({"orthogonal", "matrix"}),
         default_plan=lambda hidden: hybrid_auon_adamw(hidden=hidden),
@@ -175,10 +171,7 @@ REGISTRY: tuple[Spec, ...] = (
         name="hybrid_auon_adamw",
         recipe=hybrid_auon_adamw,
         lr=0.05,
-        paper=(
-            "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
-            "(2509.24320v1)"
-        ),
+        paper=_AUON_PAPER,
         reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
         tags=frozenset({"orthogonal", "matrix", "plan"}),
     ),
