@@ -226,6 +226,12 @@ REGISTRY: tuple[Spec, ...] = (
         default_plan=muon_nalr_adamw,
     ),
     # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
+    # -- Kronecker family (Shampoo, SOAP) --
+    # -- activation-Kronecker family (MKOR, MKOR-H) --
+    # -- M-FAC --
+    # -- MARS family (mars_adamw, mars_lion) --
+    # -- sign and projection family (Grams, AdamP, SGDP) --
+    # -- low-rank family (FRUGAL, low-rank AdamW) --
 )
 
 _BY_NAME: dict[str, Spec] = {spec.name: spec for spec in REGISTRY}

@@ -49,6 +49,12 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
     "noise_reference": ["median", "", None],
     # -- orthogonalized-momentum family B options --
+    # -- Kronecker family options (Shampoo, SOAP) --
+    # -- activation-Kronecker family options (MKOR, MKOR-H) --
+    # -- M-FAC options --
+    # -- MARS family options --
+    # -- sign and projection family options (Grams, AdamP, SGDP) --
+    # -- low-rank family options (FRUGAL, low-rank AdamW) --
 }
 
 

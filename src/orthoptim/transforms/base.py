@@ -8,6 +8,7 @@ copy owned by the chain, so a transform may change it in place; it never writes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
@@ -55,13 +56,23 @@ class Transform(Protocol):
 
     def validate(self, p: Tensor, name: str) -> None: ...
 
+    def cost(self, shape: tuple[int, ...]) -> float: ...
+
 
 class TransformBase:
-    """Defaults for the optional parts of ``Transform``; subclasses are frozen dataclasses."""
+    """Defaults for the optional parts of ``Transform``; subclasses are frozen dataclasses.
+
+    ``elementwise`` says whether each element of the output depends only on the same element of
+    the input and of the state (momentum, Adam moments, weight decay): such a transform can run
+    on any shard of a parameter. A transform that reads the whole matrix (orthogonalisation,
+    Kronecker factors, row or layer statistics) leaves it ``False``, and a distributed step runs
+    it on the full matrix on one owner rank.
+    """
 
     __slots__ = ()
     key: ClassVar[str] = ""
     formula: ClassVar[str] = ""
+    elementwise: ClassVar[bool] = False
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         return {}
@@ -73,6 +84,12 @@ class TransformBase:
 
     def validate(self, p: Tensor, name: str) -> None:
         """Raise ``ValueError`` if this transform cannot update ``p`` (checked at construction)."""
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        """Estimated FLOPs of one ``apply`` on a parameter of ``shape`` (periodic work such as a
+        basis refresh amortised over its period): what load balancers and benchmarks weigh. The
+        default, one FLOP per element, suits element-wise transforms."""
+        return float(math.prod(shape))
 
 
 class _Namespaced(MutableMapping[str, Tensor]):
@@ -152,6 +169,14 @@ class Chain(TransformBase):
     def validate(self, p: Tensor, name: str) -> None:
         for t in self.transforms:
             t.validate(p, name)
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        return sum(t.cost(shape) for t in self.transforms)
+
+    @property
+    def is_elementwise(self) -> bool:
+        """Whether every transform of the chain is element-wise (runs on shards as it is)."""
+        return all(t.elementwise for t in self.transforms)
 
 
 def chain(*transforms: Transform) -> Chain:

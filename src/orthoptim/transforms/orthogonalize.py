@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -58,6 +59,13 @@ class Orthogonalize(TransformBase):
                 f"shape {tuple(p.shape)}; route vectors to another chain (e.g. build(..., model) "
                 "or the muon_adamw plan)"
             )
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        # Per iteration: X X^T (2 m^2 n), the quadratic in it (2 m^3), its product with X
+        # (2 m^2 n), for the m x n matrix view with m <= n.
+        rows, cols = shape[0], math.prod(shape[1:])
+        m, n = min(rows, cols), max(rows, cols)
+        return float(self.ns_steps * (4 * m * m * n + 2 * m**3))
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         matrix = matrix_view(u)

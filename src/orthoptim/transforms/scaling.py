@@ -69,6 +69,7 @@ class AddWeightDecay(TransformBase):
     """
 
     key: ClassVar[str] = "weight_decay"
+    elementwise: ClassVar[bool] = True
     formula: ClassVar[str] = r"u \leftarrow u + \lambda \theta"
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
