@@ -81,8 +81,7 @@ class Orthogonalize(TransformBase):
         )
         if not u.is_contiguous():
             return polar.to(u.dtype).reshape(u.shape)
-        # Cast the factor into u, the chain's working copy: a tall matrix's factor comes back
-        # column-major (it is iterated transposed), and writing it into contiguous u keeps the
-        # later element-wise passes contiguous and saves an allocation (same values).
+        # Cast the factor into u, the chain's working copy: saves an allocation (and its page
+        # faults) for the same values.
         matrix.copy_(polar)
         return u

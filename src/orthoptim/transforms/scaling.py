@@ -56,7 +56,8 @@ class ScaleByShape(TransformBase):
         if self.rule == "none":
             return u
         rows = u.shape[0]
-        return u.mul_(shape_factor(self.rule, rows, u.numel() // rows))
+        factor = shape_factor(self.rule, rows, u.numel() // rows)
+        return u if factor == 1.0 else u.mul_(factor)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
