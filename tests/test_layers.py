@@ -19,6 +19,8 @@ LAYERS: dict[str, int] = {
     "transforms": 2,
     "recipes": 3,
     "optim": 4,
+    "distributed": 4,
+    "fused": 4,
     "routing": 4,
     "registry": 4,
     "bench": 5,

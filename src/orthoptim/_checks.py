@@ -42,3 +42,21 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_betas(name: str, value: Any) -> None:
+    """A pair ``(beta1, beta2)`` of EMA coefficients, each in [0, 1)."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ValueError(f"{name} must be a tuple (beta1, beta2), got {value!r}")
+    check_beta(f"{name}[0]", value[0])
+    check_beta(f"{name}[1]", value[1])
+
+
+def check_matrix(what: str, shape: tuple[int, ...], name: str, hint: str = "") -> None:
+    """``ValueError`` unless ``shape`` is a matrix or conv kernel (ndim >= 2): ``what`` is the
+    transform or option that needs one, ``name`` the parameter's name."""
+    if len(shape) < 2:
+        raise ValueError(
+            f"{what} needs a matrix (ndim >= 2) but parameter {name or '<unnamed>'} has shape "
+            f"{tuple(shape)}" + (f"; {hint}" if hint else "")
+        )

@@ -67,6 +67,19 @@ def _race(args: argparse.Namespace) -> int:
 def _speed(args: argparse.Namespace) -> int:
     from orthoptim.bench import speed
 
+    if args.nproc is not None:
+        from orthoptim.bench import speed_dist
+
+        speed_dist.run(
+            speed_dist.DistConfig(
+                shapes=speed_dist.shapes_or_default(args.shapes, speed.LAYER_SHAPES),
+                layers=args.layers,
+                nproc=args.nproc,
+                spec=args.spec[0] if args.spec else "muon",
+                threads=1,
+            )
+        )
+        return 0
     config = speed.SpeedConfig(
         shapes=speed.parse_shapes(args.shapes) if args.shapes else speed.LAYER_SHAPES,
         layers=args.layers,
@@ -187,6 +200,12 @@ def _speed_parser(sub: argparse._SubParsersAction) -> None:
     speed.add_argument("--steps", type=int, default=5, help="timed rounds (default 5)")
     speed.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     speed.add_argument("--out", type=Path, help="output folder (default runs/speed-<timestamp>)")
+    speed.add_argument(
+        "--nproc",
+        type=int,
+        help="instead: the distributed matrix step of --spec (default muon) on 1 process and on "
+        "NPROC gloo ranks, 1 thread each: per-rank step time, bytes sent, ratio",
+    )
     speed.set_defaults(run=_speed)
 
 

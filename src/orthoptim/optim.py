@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from orthoptim._checks import check_choice, check_finite_nonnegative
+from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative
 from orthoptim._types import ParamsLike
+from orthoptim.distributed import DistributedStep, detect, local_tensor
+from orthoptim.functional.moments import stats_dtype
+from orthoptim.fused import FusedAdamW
 from orthoptim.recipes.plan import Plan, Route
 from orthoptim.routing import classify, describe, param_groups
 from orthoptim.transforms.base import Chain, Ctx, explain
@@ -28,8 +32,20 @@ def _names(group: Mapping[str, Any]) -> list[str]:
     return group.get("param_names") or [""] * len(group["params"])
 
 
+def _fault(grad: Tensor) -> str:
+    """What makes ``grad`` unusable, in words (for the error message)."""
+    if not torch.isfinite(grad).all():
+        return "NaN or Inf"
+    limit = math.sqrt(torch.finfo(stats_dtype(grad)).max)
+    return (
+        f"|g| = {grad.abs().max().item():.3g}, whose square overflows {stats_dtype(grad)} "
+        f"(the limit is {limit:.3g})"
+    )
+
+
 class NonFiniteGradientError(RuntimeError):
-    """A gradient holds NaN or Inf; raised before any parameter or state changes."""
+    """A gradient holds NaN or Inf, or a value whose square overflows (``|g| > 1.8e19`` in
+    float32 and 16-bit, ``1.3e154`` in float64); raised before any parameter or state changes."""
 
 
 class ChainOptimizer(torch.optim.Optimizer):
@@ -49,10 +65,26 @@ class ChainOptimizer(torch.optim.Optimizer):
         lr: learning rate of the plan's first route; other routes scale it by their ``lr_scale``.
         weight_decay: weight decay for routes that do not set their own.
         overrides: ``{glob: role}`` routing overrides (only with an ``nn.Module``).
-        nonfinite: what a step does when any gradient holds NaN or Inf. ``"raise"``: raise
+        nonfinite: what a step does when any gradient holds NaN or Inf, or a value whose square
+            overflows (``|g| > 1.8e19`` in float32 and 16-bit, where second moments, norms and
+            Kronecker factors would become Inf). ``"raise"``: raise
             ``NonFiniteGradientError`` naming the parameter, with parameters and state untouched.
             ``"skip"``: skip the whole step (every group) and count it in ``skipped_steps``,
             which ``state_dict`` saves. The check is one min/max pass over each gradient.
+        process_group: share the matrix steps of replicated parameters over this group's ranks
+            (plain data parallel); a ``DistributedDataParallel`` model uses its own group, and
+            FSDP2 (DTensor) parameters their mesh's. ``None`` without either: every rank
+            computes every step, as in one process. See ``orthoptim.distributed``.
+        replicate_state: with replicated parameters, keep the state of every matrix chain's
+            element-wise prefix (Muon's momentum) on every rank, each rank computing it, instead
+            of on the owner only (ZeRO-1); the matrix core's own buffers stay on the owner.
+        fast_paths: where a route's whole chain is a computation a torch kernel does in one pass
+            (``adamw()``: torch's fused AdamW, ``orthoptim.fused``), run that kernel instead of
+            the transforms; equal to round-off, pinned by tests. ``False``: always the chain.
+
+    Attributes:
+        distributed: the ``DistributedStep`` sharing out the matrix steps, ``None`` in a single
+            process.
     """
 
     def __init__(
@@ -64,9 +96,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         overrides: Mapping[str, str] | None = None,
         nonfinite: NonFinitePolicy = "raise",
+        process_group: Any = None,
+        fast_paths: bool = True,
+        replicate_state: bool = False,
     ) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        check_bool("fast_paths", fast_paths)
         self.nonfinite = nonfinite
+        self.fast_paths = fast_paths
         self.skipped_steps = 0
         check_finite_nonnegative("lr", lr)
         check_finite_nonnegative("weight_decay", weight_decay)
@@ -89,6 +126,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
+        check_bool("replicate_state", replicate_state)
+        self.distributed: DistributedStep | None = detect(
+            params, self.param_groups, self.plan, process_group, replicate_state
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Check and route ``param_group``, then let torch add it; nothing changes on error."""
@@ -124,6 +165,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                 )
             route.chain.validate(p, name)
         super().add_param_group(group)
+        if getattr(self, "distributed", None) is not None:
+            cast(DistributedStep, self.distributed).assign(self.param_groups[-1:])
 
     def _route_of(self, group: Mapping[str, Any]) -> Route:
         if "route" in group:
@@ -145,37 +188,113 @@ class ChainOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
         loss = None
+        at_previous = self._grads_at_previous_points(closure)
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         work = [(group, self._with_grads(group)) for group in self.param_groups]
         grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
-        if grads and not self._all_finite(grads):
+        grads += at_previous.values()  # "skip" skips a step with non-finite ones too
+        finite = self._all_finite if self.distributed is None else self._finite_everywhere
+        if grads and not finite(grads):
             if self.nonfinite == "skip":
                 self.skipped_steps += 1
                 return loss
-            name = next(
-                n or f"<unnamed {tuple(p.shape)}>"
-                for _, ps in work
-                for n, p in ps
-                if not torch.isfinite(cast(Tensor, p.grad)).all()
+            name, fault = next(
+                (
+                    (n or f"<unnamed {tuple(p.shape)}>", _fault(local_tensor(cast(Tensor, p.grad))))
+                    for _, ps in work
+                    for n, p in ps
+                    if not self._all_finite([local_tensor(cast(Tensor, p.grad))])
+                ),
+                ("<one held by another rank>", "NaN, Inf or a value whose square overflows"),
             )
             raise NonFiniteGradientError(
-                f"gradient of parameter {name} holds NaN or Inf; nothing was updated "
-                "(pass nonfinite='skip' to skip such steps instead)"
+                f"gradient of parameter {name} holds {fault}; nothing was updated (pass "
+                "nonfinite='skip' to skip such steps instead)"
             )
+        if self.distributed is not None:
+            self.distributed.step(self.state, work, at_previous, self._step_group)
+            return loss
         for group, params in work:
             if params:
-                self._step_group(group, params)
+                self._step_group(group, params, at_previous)
         return loss
+
+    def _grads_at_previous_points(self, closure: Callable[[], Any] | None) -> dict[Tensor, Tensor]:
+        """The gradients at the previous parameter values on the current batch, for the routes
+        whose chain has a transform with ``needs_closure`` (exact MARS): one extra ``closure()``
+        with those parameters set to the transform's ``previous_point`` buffer, restored after
+        (also on error). ``ValueError`` without a closure, before anything changes; the closure
+        must zero the gradients itself (as for torch.optim.LBFGS)."""
+        points: list[tuple[str, Tensor, Tensor]] = []
+        for group in self.param_groups:
+            chain = self.plan.route_named(group["route"]).chain
+            keys = [
+                f"{prefix}.{t.previous_point}"  # type: ignore[attr-defined]
+                for prefix, t in zip(chain.prefixes, chain.transforms, strict=True)
+                if getattr(t, "needs_closure", False)
+            ]
+            if not keys:
+                continue
+            if closure is None:
+                raise ValueError(
+                    f"route {group['route']!r} needs the gradient at the previous parameters "
+                    f"({keys[0].split('.')[0]}, e.g. MARS variant='exact'): call step(closure) "
+                    "with a closure that zeroes the gradients, computes the loss and calls "
+                    "backward()"
+                )
+            for name, p in zip(_names(group), group["params"], strict=True):
+                if keys[0] in self.state.get(p, {}):
+                    points.append((name, p, self.state[p][keys[0]]))
+        if not points or closure is None:
+            return {}
+        current = [p.detach().clone() for _, p, _ in points]
+        try:
+            for _, p, previous in points:
+                p.copy_(previous)
+            with torch.enable_grad():
+                closure()
+            at_previous = {
+                p: torch.zeros_like(p) if p.grad is None else p.grad.clone() for _, p, _ in points
+            }
+        finally:
+            for (_, p, _), value in zip(points, current, strict=True):
+                p.copy_(value)
+        if self.nonfinite == "raise" and not self._all_finite(list(at_previous.values())):
+            name = next(
+                n or "<unnamed>" for n, p, _ in points if not at_previous[p].isfinite().all()
+            )
+            raise NonFiniteGradientError(
+                f"gradient of parameter {name} at its previous value holds NaN, Inf, or a value "
+                "whose square overflows; nothing was updated (pass nonfinite='skip' to skip such "
+                "steps instead)"
+            )
+        return at_previous
+
+    def _finite_everywhere(self, grads: list[Tensor]) -> bool:
+        return cast(DistributedStep, self.distributed).all_finite(grads, self._all_finite)
 
     @staticmethod
     def _all_finite(grads: list[Tensor]) -> bool:
-        # A tensor's min and max are finite exactly when all its elements are (NaN propagates,
-        # and unlike a 2-norm they cannot overflow); one fused pass per gradient, one sync.
-        # Measured 13x cheaper on CPU than torch._foreach_norm(ord=inf) (1.8 vs 24 ms, 18.9M).
-        extremes = [e.double() for g in grads if g.numel() for e in torch.aminmax(g)]
-        return not extremes or bool(torch.isfinite(torch.stack(extremes)).all())
+        """Whether every gradient entry is finite and its square is too.
+
+        A square that overflows is as bad as an Inf: second moments, Frobenius norms and
+        Kronecker factors all square the gradient, so beyond ``sqrt(max)`` of the dtype the
+        statistics are computed in (float32 for 16-bit gradients; 1.8e19) they become Inf.
+        """
+        # A tensor's min and max bound all its elements (NaN propagates, and unlike a 2-norm
+        # they cannot overflow); one fused pass per gradient, one sync. Measured 13x cheaper
+        # on CPU than torch._foreach_norm(ord=inf) (1.8 vs 24 ms, 18.9M).
+        extremes, limits = [], []
+        for g in grads:
+            if g.numel():
+                extremes.extend(e.double() for e in torch.aminmax(g))
+                limits.extend([math.sqrt(torch.finfo(stats_dtype(g)).max)] * 2)
+        if not extremes:
+            return True
+        bound = torch.tensor(limits, dtype=torch.float64, device=extremes[0].device)
+        return bool((torch.stack(extremes).abs() <= bound).all())
 
     def _with_grads(self, group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:
         """The group's (name, parameter) pairs that have a gradient, checked before any update."""
@@ -194,23 +313,52 @@ class ChainOptimizer(torch.optim.Optimizer):
             out.append((name, p))
         return out
 
-    def _step_group(self, group: Mapping[str, Any], params: list[tuple[str, Tensor]]) -> None:
+    def _step_group(
+        self,
+        group: Mapping[str, Any],
+        params: list[tuple[str, Tensor]],
+        at_previous: Mapping[Tensor, Tensor] | None = None,
+    ) -> None:
         chain = self.plan.route_named(group["route"]).chain
         lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
-        updates, states, ctxs = [], [], []
-        for name, p in params:
+        states = []
+        for _, p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state.update(chain.init(p))
             state["step"] += 1
-            grad = cast(Tensor, p.grad)
-            updates.append(grad.clone(memory_format=torch.preserve_format))
             states.append(state)
-            ctxs.append(Ctx(int(state["step"].item()), lr, weight_decay, p, grad, name))
-        updates = chain.apply_many(updates, states, ctxs)
-        for (_, p), u in zip(params, updates, strict=True):
-            p.add_(u, alpha=-lr)
+        tensors = [p for _, p in params]
+        fused = FusedAdamW.of(chain) if self.fast_paths else None
+        if fused is not None and fused.supports(tensors, states):
+            fused.step(tensors, states, lr, weight_decay)
+            return
+        ctxs = [
+            Ctx(
+                int(state["step"].item()),
+                lr,
+                weight_decay,
+                p,
+                cast(Tensor, p.grad),
+                name,
+                None if at_previous is None else at_previous.get(p),
+            )
+            for (name, p), state in zip(params, states, strict=True)
+        ]
+        if chain.groupwise:
+            updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
+            updates = chain.apply_many(updates, states, ctxs)
+            for p, u in zip(tensors, updates, strict=True):
+                p.add_(u, alpha=-lr)
+            return
+        # One parameter at a time, from the gradient's working copy to the update: a single
+        # working copy is alive at once instead of one per parameter (the Muon step's transient
+        # peak on the 24 default matrices, benchmarks/records/2026-11-25_step-speed-2).
+        for p, state, c in zip(tensors, states, ctxs, strict=True):
+            p.add_(
+                chain.apply(c.grad.clone(memory_format=torch.preserve_format), state, c), alpha=-lr
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus each route's chain ``repr`` (checked on load) and the count
@@ -270,7 +418,9 @@ class ChainOptimizer(torch.optim.Optimizer):
                 if not buffers:
                     continue
                 # Meta tensors: the buffers a fresh init would create, without allocating them.
-                fresh = chain.init(torch.empty_like(p, device="meta"))
+                fresh = chain.init(torch.empty(p.shape, dtype=p.dtype, device="meta"))
+                keys = None if self.distributed is None else self.distributed.local_keys(chain, p)
+                fresh = {k: v for k, v in fresh.items() if keys is None or k in keys}
                 expected = {k: tuple(v.shape) for k, v in fresh.items()}
                 found = {k: tuple(v.shape) for k, v in buffers.items() if k != "step"}
                 if found != expected:
@@ -296,4 +446,5 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def describe(self) -> str:
         """The routing table: each parameter's role, route, chain, lr and weight decay."""
-        return describe(self.param_groups, self.plan)
+        owners = None if self.distributed is None else self.distributed.owners
+        return describe(self.param_groups, self.plan, owners)

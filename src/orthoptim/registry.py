@@ -16,15 +16,23 @@ from typing import Any
 from torch import nn
 
 from orthoptim._types import ParamsLike
+from orthoptim.distributed import is_distributed
 from orthoptim.optim import ChainOptimizer, NonFinitePolicy
 from orthoptim.recipes import Plan, adamw, muon, muon_adamw, sgd, with_adamw
 from orthoptim.recipes.auon import auon, auon_adamw, hybrid_auon, hybrid_auon_adamw
 from orthoptim.recipes.fismo import fismo, fismo_adamw
+from orthoptim.recipes.kronecker import shampoo, shampoo_adamw, soap
+from orthoptim.recipes.lowrank import frugal, frugal_plan, lowrank_adamw, lowrank_adamw_plan
+from orthoptim.recipes.mars import mars_adamw, mars_lion, mars_lion_plan, mars_plan
+from orthoptim.recipes.mfac import mfac
+from orthoptim.recipes.mkor import mkor, mkor_adamw, mkor_h
 from orthoptim.recipes.muon_variants import muon_polar
 from orthoptim.recipes.nalr import muon_nalr, muon_nalr_adamw
+from orthoptim.recipes.neighbours import adamp, grams, sgdp
 from orthoptim.recipes.normuon import normuon, normuon_adamw
 from orthoptim.recipes.root import root, root_adamw
 from orthoptim.transforms import Chain, explain
+from orthoptim.transforms.capture import attach_captures
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +51,11 @@ class Spec:
         default_plan: for an optimizer meant for hidden matrices only, the plan that completes it
             for a whole model (hidden matrices -> it, the rest -> AdamW); ``None`` for optimizers
             that handle every parameter.
+        needs_module: whether it reads layer activations (MKOR): ``build`` then needs the
+            ``nn.Module`` and attaches the chain's ``ActivationCapture`` hooks to it.
+        single_process_only: why it cannot run under a distributed step (``None``: it can);
+            ``build`` raises with it on a distributed model or process group. Specs with
+            ``needs_module`` are single-process only too (each rank's hooks see its own batch).
     """
 
     name: str
@@ -54,6 +67,8 @@ class Spec:
     tags: frozenset[str] = frozenset()
     needs_closure: bool = False
     default_plan: Callable[[Chain], Plan] | None = None
+    needs_module: bool = False
+    single_process_only: str | None = None
 
     def options(self) -> dict[str, Any]:
         """The recipe's keyword options and their defaults."""
@@ -84,9 +99,23 @@ def _muon_plan(hidden: Chain) -> Plan:
 
 _MUON_PAPER = "Jordan et al. 2024, 'Muon: An optimizer for hidden layers in neural networks' (blog)"
 _NORMUON_PAPER = "Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)"
+_ADAMP_PAPER = (
+    "Heo et al. 2021, 'AdamP: Slowing Down the Slowdown for Momentum Optimizers on "
+    "Scale-invariant Weights' (2006.08217)"
+)
 _AUON_PAPER = (
     "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
     "(2509.24320v1)"
+)
+
+_MKOR_PAPER = (
+    "Mozaffari, Li, Zhang, Mehri Dehnavi 2023, 'MKOR: Momentum-Enabled Kronecker-Factor-Based "
+    "Optimizer Using Rank-1 Updates' (NeurIPS, 2306.01685)"
+)
+
+_MARS_PAPER = (
+    "Yuan, Liu, Wu, Zhou, Gu 2024, 'MARS: Unleashing the Power of Variance Reduction for "
+    "Training Large Models' (2411.10438)"
 )
 
 REGISTRY: tuple[Spec, ...] = (
@@ -224,13 +253,150 @@ REGISTRY: tuple[Spec, ...] = (
         reference="no public code; written from the abstract (see recipes.nalr.muon_nalr)",
         tags=frozenset({"orthogonal", "matrix", "adaptive"}),
         default_plan=muon_nalr_adamw,
+        single_process_only=(
+            "ScaleByLayerNoise scales each matrix by a noise level relative to all matrices of its "
+            "group, and an owner rank sees only the matrices it owns"
+        ),
     ),
     # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
+    Spec(
+        name="shampoo",
+        recipe=shampoo,
+        lr=1e-3,
+        weight_decay=1e-5,
+        paper=(
+            "Gupta, Koren, Singer 2018, 'Shampoo: Preconditioned Stochastic Tensor Optimization' "
+            "(1802.09568); Shi et al. 2023, Distributed Shampoo (2309.06497)"
+        ),
+        reference=(
+            "facebookresearch/optimizers@f606606 distributed_shampoo (Adam grafting); "
+            "pytorch-optimizer==4.1.0 Shampoo"
+        ),
+        tags=frozenset({"matrix", "kronecker", "second-order"}),
+        default_plan=shampoo_adamw,
+    ),
+    Spec(
+        name="soap",
+        recipe=soap,
+        lr=3e-3,
+        weight_decay=0.01,
+        paper=(
+            "Vyas et al. 2024, 'SOAP: Improving and Stabilizing Shampoo using Adam' (2409.11321)"
+        ),
+        reference="nikhilvyas/SOAP@a1e5535 soap.py; pytorch-optimizer==4.1.0 SOAP",
+        tags=frozenset({"kronecker", "adaptive", "second-order", "matrix"}),
+    ),
     # -- Kronecker family (Shampoo, SOAP) --
+    Spec(
+        name="mkor",
+        recipe=mkor,
+        lr=0.05,
+        paper=_MKOR_PAPER,
+        reference="Mohammad-Mozaffari/mkor@3a0e3bb mkor/mkor.py MKOR",
+        tags=frozenset({"kronecker", "second-order", "activations", "matrix"}),
+        default_plan=mkor_adamw,
+        needs_module=True,
+    ),
+    Spec(
+        name="mkor_h",
+        recipe=mkor_h,
+        lr=0.05,
+        paper=_MKOR_PAPER,
+        reference="no MKOR-H code in Mohammad-Mozaffari/mkor@3a0e3bb; switching rule is ours",
+        tags=frozenset({"kronecker", "second-order", "activations", "hybrid", "matrix"}),
+        default_plan=mkor_adamw,
+        needs_module=True,
+    ),
     # -- activation-Kronecker family (MKOR, MKOR-H) --
+    Spec(
+        name="mfac",
+        recipe=mfac,
+        lr=1e-2,
+        paper=(
+            "Frantar, Kurtic, Alistarh 2021, 'M-FAC: Efficient Matrix-Free Approximations of "
+            "Second-Order Information' (2107.03356)"
+        ),
+        reference="IST-DASLab/M-FAC@8116367 optim.py MFAC (dynamic algorithm)",
+        tags=frozenset({"second-order", "fisher", "matrix"}),
+    ),
     # -- M-FAC --
+    Spec(
+        name="mars_adamw",
+        recipe=mars_adamw,
+        lr=3e-3,
+        paper=_MARS_PAPER,
+        reference="AGI-Arena/MARS@4831e28 MARS/optimizers/mars.py MARS(mars_type='mars-adamw')",
+        tags=frozenset({"variance-reduction", "adaptive", "matrix"}),
+        # variant="exact" needs step(closure): step() without one raises before any change.
+        default_plan=mars_plan,
+    ),
+    Spec(
+        name="mars_lion",
+        recipe=mars_lion,
+        lr=3e-4,
+        paper=_MARS_PAPER,
+        reference="AGI-Arena/MARS@4831e28 MARS/optimizers/mars.py MARS(mars_type='mars-lion')",
+        tags=frozenset({"variance-reduction", "sign", "matrix"}),
+        default_plan=mars_lion_plan,
+    ),
     # -- MARS family (mars_adamw, mars_lion) --
+    Spec(
+        name="grams",
+        recipe=grams,
+        lr=1e-3,
+        paper=(
+            "Cao, Li, Song 2024, 'Grams: Gradient Descent with Adaptive Momentum Scaling' "
+            "(2412.17107)"
+        ),
+        reference="Gunale0926/Grams@f91a375 grams/src/grams.py; pytorch-optimizer==4.1.0 Grams",
+        tags=frozenset({"elementwise", "adaptive", "sign"}),
+    ),
+    Spec(
+        name="adamp",
+        recipe=adamp,
+        lr=1e-3,
+        weight_decay=1e-2,
+        paper=_ADAMP_PAPER,
+        reference="clovaai/AdamP@146287b adamp/adamp.py; pytorch-optimizer==4.1.0 AdamP",
+        tags=frozenset({"elementwise", "adaptive", "projection"}),
+    ),
+    Spec(
+        name="sgdp",
+        recipe=sgdp,
+        lr=0.1,
+        weight_decay=1e-5,
+        paper=_ADAMP_PAPER,
+        reference="clovaai/AdamP@146287b adamp/sgdp.py; pytorch-optimizer==4.1.0 SGDP",
+        tags=frozenset({"elementwise", "projection"}),
+    ),
     # -- sign and projection family (Grams, AdamP, SGDP) --
+    Spec(
+        name="frugal",
+        recipe=frugal,
+        lr=1e-3,
+        paper=(
+            "Zmushko et al. 2024, 'FRUGAL: Memory-Efficient Optimization by Reducing State "
+            "Overhead for Scalable Training' (2411.07837)"
+        ),
+        reference="FRUGAL authors' code frugal/proj_optimizer_templates.py (no pinned commit)",
+        tags=frozenset({"matrix", "low-rank", "adaptive"}),
+        default_plan=frugal_plan,
+    ),
+    Spec(
+        name="lowrank_adamw",
+        recipe=lowrank_adamw,
+        lr=1e-3,
+        paper=(
+            "Modoranu et al. 2025, 'SVD-Free Low-Rank Adaptive Gradient Optimization for Large "
+            "Language Models' (2505.17967); Zhao et al. 2024, GaLore (2403.03507)"
+        ),
+        reference=(
+            "jiaweizzhao/GaLore@1317b5f galore_torch/adamw.py; ista-daslab-optimizers==1.1.15 "
+            "DCTAdamW"
+        ),
+        tags=frozenset({"matrix", "low-rank", "adaptive"}),
+        default_plan=lowrank_adamw_plan,
+    ),
     # -- low-rank family (FRUGAL, low-rank AdamW) --
 )
 
@@ -262,6 +428,8 @@ def build(
     lr: float | None = None,
     weight_decay: float | None = None,
     nonfinite: NonFinitePolicy = "raise",
+    process_group: Any = None,
+    fast_paths: bool = True,
     **recipe_options: Any,
 ) -> ChainOptimizer:
     """Build the registered optimizer ``name``: the entry point of users, the CLI and the arena.
@@ -279,20 +447,54 @@ def build(
         weight_decay: weight decay; the spec's default when ``None``.
         nonfinite: ``"raise"`` or ``"skip"``, what a step with a NaN/Inf gradient does
             (``ChainOptimizer``).
+        process_group: share the matrix steps of replicated parameters over this group
+            (``ChainOptimizer``; DDP models and FSDP2 parameters are detected without it).
+        fast_paths: run a route whose chain a torch kernel computes in one pass (AdamW) with
+            that kernel (``ChainOptimizer``); ``False``: always the eager chain.
         **recipe_options: keyword options of the recipe (``TypeError`` for unknown ones).
     """
     spec = get(name)
+    check_distributable(spec, params_or_model, process_group)
     if isinstance(params_or_model, nn.Module):
         recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
+    elif spec.needs_module:
+        raise ValueError(
+            f"{name} reads layer inputs and output gradients through module hooks, so it needs "
+            f"the nn.Module: orthoptim.build({name!r}, model), not tensors or param groups"
+        )
     else:
         recipe = spec.make(recipe_options)
-    return ChainOptimizer(
-        params_or_model,
-        recipe,
-        lr=spec.lr if lr is None else lr,
-        weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
-        nonfinite=nonfinite,
+    chains = [r.chain for r in recipe.routes] if isinstance(recipe, Plan) else [recipe]
+    captures = attach_captures(chains, params_or_model) if spec.needs_module else []
+    try:
+        return ChainOptimizer(
+            params_or_model,
+            recipe,
+            lr=spec.lr if lr is None else lr,
+            weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
+            nonfinite=nonfinite,
+            process_group=process_group,
+            fast_paths=fast_paths,
+        )
+    except Exception:
+        for capture in captures:  # leave the model without hooks
+            capture.remove()
+        raise
+
+
+def check_distributable(spec: Spec, params_or_model: ParamsLike, process_group: Any) -> None:
+    """``ValueError`` if ``spec`` cannot run distributed and these parameters would be."""
+    reason = spec.single_process_only or (
+        "it reads layer activations through module hooks, and each rank's hooks see only its "
+        "own batch"
+        if spec.needs_module
+        else None
     )
+    if reason is not None and is_distributed(params_or_model, process_group):
+        raise ValueError(
+            f"{spec.name} cannot run distributed (DDP, FSDP2 or a process group): {reason}. "
+            "Use it in a single process, or build another optimizer."
+        )
 
 
 def show(name: str) -> str:

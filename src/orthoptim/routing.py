@@ -92,9 +92,14 @@ def param_groups(
     return groups
 
 
-def describe(groups: Sequence[Mapping[str, Any]], plan: Plan) -> str:
-    """A text table of the routing: name, shape, role, route, chain, lr, weight decay."""
-    rows = [("parameter", "shape", "role", "route", "chain", "lr", "wd")]
+def describe(
+    groups: Sequence[Mapping[str, Any]], plan: Plan, owners: Mapping[int, int] | None = None
+) -> str:
+    """A text table of the routing: name, shape, role, route, chain, lr, weight decay, and with
+    ``owners`` (``{id(p): rank}``, from a distributed step) the rank that computes each matrix
+    step ("all": element-wise chains run on every rank or shard)."""
+    header = ("parameter", "shape", "role", "route", "chain", "lr", "wd")
+    rows: list[tuple[str, ...]] = [header + (("owner",) if owners is not None else ())]
     for gi, group in enumerate(groups):
         chain = plan.route_named(group["route"]).chain
         summary = " > ".join(type(t).__name__ for t in chain.transforms) or "identity"
@@ -111,6 +116,7 @@ def describe(groups: Sequence[Mapping[str, Any]], plan: Plan) -> str:
                     f"{group['lr']:.3g}",
                     f"{group['weight_decay']:.3g}",
                 )
+                + ((str(owners.get(id(p), "all")),) if owners is not None else ())
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [

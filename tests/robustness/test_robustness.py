@@ -49,11 +49,43 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
     "noise_reference": ["median", "", None],
     # -- orthogonalized-momentum family B options --
+    "shampoo_beta": [-0.1, 1.0, math.nan, "0.95"],
+    "precondition_every": [0, -1, 2.5, True],
+    "max_precond_dim": [0, -1, 2.5, True],
+    "correct_bias": ["yes", 1, None],
+    "factor_dtype": ["half", "", None, torch.float32],
+    "root": [0.0, -2.0, math.nan, math.inf, "4"],
+    "grafting": ["adagrad", "", None],
+    "graft_beta2": [-0.1, 1.0, math.nan, "0.999"],
+    "graft_eps": [0.0, -1e-8, math.nan, math.inf],
     # -- Kronecker family options (Shampoo, SOAP) --
+    "stabilization": [0.0, -0.1, 1.5, math.nan, "0.1"],
+    "stabilize_above": [0.0, -1.0, math.nan, math.inf],
+    "stats_clip": [0.0, -1.0, math.nan, math.inf],
+    "inverse_update": ["momentum", "", None],
+    "switch_warmup": [0, -1, 1.5, True],
+    "switch_ratio": [-0.1, 1.0, math.nan, "0.1"],
+    "switch_beta": [-0.1, 1.0, math.nan, "0.9"],
     # -- activation-Kronecker family options (MKOR, MKOR-H) --
+    "window": [0, -1, 1.5, True, "16"],
     # -- M-FAC options --
+    "clip": [0.0, -1.0, math.nan, math.inf, "1"],
+    "variant": ["approx", "", None],
+    "first_step": ["zero", "", None],
     # -- MARS family options --
+    "eps_placement": ["before_debias", "", None],
+    "delta": [0.0, -0.1, math.nan, math.inf, "0.1"],
+    "wd_ratio": [-0.1, 1.5, math.nan, "0.1"],
+    "dampening": [-0.1, 1.0, math.nan, "0"],
+    "project_buffer": ["yes", 1, None],
     # -- sign and projection family options (Grams, AdamP, SGDP) --
+    "projection": ["SVD", "fft", "", None],
+    "rank_fraction": [0.0, -0.25, 1.5, math.nan, "0.25", True],
+    "update_every": [0, -1, 2.5, True],
+    "scale": [0.0, -1.0, math.nan, math.inf, "1"],
+    "refresh_moments": ["zero", "", None],
+    "residual": ["signsgd", "adam", None],
+    "residual_scale": [-1.0, math.nan, math.inf],
     # -- low-rank family options (FRUGAL, low-rank AdamW) --
 }
 
@@ -80,9 +112,12 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    params = [p.detach().clone() for p in model.parameters()]
+    return snapshot_of(list(model.parameters()), opt)
+
+
+def snapshot_of(params: list[torch.Tensor], opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     state = [t.clone() for st_ in opt.state.values() for t in st_.values()]
-    return params + state
+    return [p.detach().clone() for p in params] + state
 
 
 def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
@@ -201,6 +236,10 @@ def degenerate_params(name: str, shape: tuple[int, int], dtype: torch.dtype):
     w = torch.randn(shape, dtype=dtype).requires_grad_()
     v = torch.randn(shape[0], dtype=dtype).requires_grad_()
     spec = orthoptim.registry.get(name)
+    if spec.needs_module:  # its hooks need the layer: w becomes the hidden weight of a model
+        model = nn.Sequential(nn.Linear(shape[1], shape[0], bias=False), nn.Linear(shape[0], 1))
+        model.to(dtype)[0].weight.data.copy_(w.detach())
+        return model, [model[0].weight]
     if isinstance(spec.make(), orthoptim.Plan):
         return [{"params": [w], "role": "hidden"}, {"params": [v], "role": "vector"}], [w, v]
     if spec.default_plan is not None:
@@ -208,7 +247,10 @@ def degenerate_params(name: str, shape: tuple[int, int], dtype: torch.dtype):
     return [w, v], [w, v]
 
 
-MAX_MAGNITUDE = {torch.float32: 1e15, torch.bfloat16: 1e15, torch.float16: 10.0}
+# fp16 holds up to 65504; 1e30 is beyond sqrt(float32 max) = 1.8e19, where the step refuses
+# the gradient (its square overflows) and leaves everything as it was.
+MAX_MAGNITUDE = {torch.float32: 1e30, torch.bfloat16: 1e30, torch.float16: 10.0}
+SQUARE_OVERFLOWS = 1.9e19
 
 
 @given(
@@ -216,7 +258,7 @@ MAX_MAGNITUDE = {torch.float32: 1e15, torch.bfloat16: 1e15, torch.float16: 10.0}
     rows=st.integers(1, 12),
     cols=st.integers(1, 12),
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
-    exponent=st.sampled_from([-30, -8, 0, 8, 15]),
+    exponent=st.sampled_from([-30, -8, 0, 8, 15, 30]),
     kind=st.sampled_from(["random", "zero", "rank1"]),
 )
 def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kind) -> None:
@@ -232,13 +274,38 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
             else:
                 g = torch.randn(p.shape)
             p.grad = (g * magnitude).to(dtype)
-        opt.step()
+        if magnitude > SQUARE_OVERFLOWS and kind != "zero":
+            before = snapshot_of(params, opt)
+            with pytest.raises(NonFiniteGradientError, match="whose square overflows"):
+                opt.step()
+            assert_same(snapshot_of(params, opt), before)
+        else:
+            opt.step()
     for p in params:
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
     for state in opt.state.values():
         for t in state.values():
             assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) -> None:
+    groups, params = degenerate_params(name, (5, 4), dtype)
+    opt = orthoptim.build(name, groups)
+    for p in params:
+        p.grad = torch.randn(p.shape).to(dtype)
+    opt.step()
+    params[0].grad = (torch.randn(params[0].shape) * 1e30).to(dtype)
+    before = snapshot_of(params, opt)
+    with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
+        opt.step()
+    assert_same(snapshot_of(params, opt), before)
+    opt.nonfinite = "skip"
+    opt.step()
+    assert opt.skipped_steps == 1
+    assert_same(snapshot_of(params, opt), before)
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,10 +371,15 @@ def test_adam_moments_of_16_bit_parameters_are_float32() -> None:
 
 def test_finite_check_handles_empty_huge_and_mixed_dtype_gradients() -> None:
     check = orthoptim.ChainOptimizer._all_finite
-    huge = torch.full((2,), 1e300, dtype=torch.float64)  # finite, though not in float32
+    huge = torch.full((2,), 1e150, dtype=torch.float64)  # its square fits in float64 only
     assert check([torch.empty(0), huge, torch.ones(3, dtype=torch.bfloat16)])
     assert check([])
+    assert check([torch.full((3,), 1.8e19), torch.full((3,), -60000.0, dtype=torch.float16)])
     for bad in (math.nan, math.inf, -math.inf):
         g = torch.zeros(5, dtype=torch.float16)
         g[3] = bad
         assert not check([huge, g])
+    # Squares that overflow the statistics' dtype count as non-finite.
+    assert not check([torch.tensor([0.0, -1.9e19])])
+    assert not check([torch.tensor([2e19], dtype=torch.bfloat16)])
+    assert not check([torch.tensor([1e155], dtype=torch.float64)])

@@ -1,7 +1,10 @@
-"""The in-place steps equal the out-of-place formulas, bit for bit (ARCHITECTURE 7.13).
+"""Every fast path equals the eager path it replaces (ARCHITECTURE 7.13).
 
 ``ScaleByAdam`` writes Adam's direction into the chain's working copy and ``Orthogonalize`` casts
-its Newton-Schulz factor into it (measured gains in benchmarks/records/2026-11-25_step-speed).
+its Newton-Schulz factor into it (measured gains in benchmarks/records/2026-11-25_step-speed):
+bit for bit. The shell runs a chain one parameter at a time unless a transform works on the
+group together: bit for bit equal to transform-major. ``adamw()`` routes run torch's fused AdamW
+kernel (``orthoptim.fused``): equal to round-off, with interchangeable state.
 A batched Newton-Schulz over same-shape matrices was measured and not kept: on this 2-core CPU it
 gained nothing on the issue's 24 matrices (295 vs 296 ms for the iteration alone) and made the
 Muon step slower (339 vs 298 ms).
@@ -9,12 +12,18 @@ Muon step slower (339 vs 298 ms).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+import orthoptim
+from orthoptim import ChainOptimizer
 from orthoptim.functional import adam_direction, matrix_view, newton_schulz
 from orthoptim.functional.coefficients import resolve_preset
-from orthoptim.transforms import Orthogonalize, ScaleByAdam
+from orthoptim.fused import FusedAdamW
+from orthoptim.recipes import adamw, muon, normuon, sgd
+from orthoptim.transforms import Orthogonalize, ScaleByAdam, chain
 from orthoptim.transforms.base import Ctx
 
 SHAPES = [(48, 16), (16, 16), (16, 64), (12, 4, 3, 3), (20, 10)]
@@ -69,3 +78,107 @@ def test_orthogonalize_in_place_equals_the_factor(compute_dtype: str, dtype: tor
         out = t.apply(g.clone(), {}, ctx(g))
         assert out.shape == g.shape and out.dtype == g.dtype
         assert torch.equal(out, factor.to(dtype).reshape(g.shape))
+
+
+def fixed_run(
+    recipe, dtype: torch.dtype, steps: int = 12, fast_paths: bool = True, wd: float = 0.05
+) -> tuple[list[torch.Tensor], ChainOptimizer]:
+    torch.manual_seed(7)
+    ps = [torch.randn(s, dtype=dtype, requires_grad=True) for s in [(24, 8), (8, 40), (6, 2, 3, 3)]]
+    grads = [[torch.randn(p.shape, dtype=dtype) for p in ps] for _ in range(steps)]
+    opt = ChainOptimizer(ps, recipe, lr=0.01, weight_decay=wd, fast_paths=fast_paths)
+    for gs in grads:
+        for p, g in zip(ps, gs, strict=True):
+            p.grad = g
+        opt.step()
+    return [p.detach().clone() for p in ps], opt
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-14), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_fused_adamw_equals_the_eager_chain(dtype: torch.dtype, atol: float, wd: float) -> None:
+    # The kernel decays theta (1 - lr wd) before the Adam step, the chain in the same update:
+    # a few ulp of |theta| <= 4 over 12 steps.
+    recipe = adamw(betas=(0.9, 0.95), eps=1e-10)
+    fused, fused_opt = fixed_run(recipe, dtype, wd=wd)
+    eager, eager_opt = fixed_run(recipe, dtype, fast_paths=False, wd=wd)
+    for x, y in zip(fused, eager, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=atol)
+    for a, b in zip(fused_opt.state.values(), eager_opt.state.values(), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=atol)
+
+
+def test_fused_and_eager_adamw_checkpoints_are_interchangeable() -> None:
+    # A checkpoint of the fused path resumes on the eager chain (and back) from the same
+    # buffers: after loading, both continue to the same parameters to round-off.
+    torch.manual_seed(3)
+    p = torch.randn(16, 8, requires_grad=True)
+    grads = [torch.randn(16, 8) for _ in range(6)]
+    fused = ChainOptimizer([p], adamw(), lr=0.01, weight_decay=0.05)
+    for g in grads[:3]:
+        p.grad = g
+        fused.step()
+    q = p.detach().clone().requires_grad_()
+    eager = ChainOptimizer([q], adamw(), lr=0.01, weight_decay=0.05, fast_paths=False)
+    eager.load_state_dict(copy.deepcopy(fused.state_dict()))  # as through torch.save
+    for key, value in fused.state[p].items():
+        assert torch.equal(eager.state[q][key], value)
+    for g in grads[3:]:
+        p.grad, q.grad = g, g.clone()
+        fused.step()
+        eager.step()
+    torch.testing.assert_close(q, p, rtol=0, atol=2e-6)
+    assert int(eager.state[q]["step"]) == int(fused.state[p]["step"]) == 6
+
+
+def test_fused_adamw_is_only_used_for_the_chains_and_tensors_it_computes() -> None:
+    assert FusedAdamW.of(adamw()) == FusedAdamW(
+        (0.9, 0.999), 1e-8, "adam.exp_avg", "adam.exp_avg_sq"
+    )
+    assert FusedAdamW.of(chain(ScaleByAdam(nesterov=True))) is None
+    assert FusedAdamW.of(chain(ScaleByAdam(eps_placement="raw"))) is None
+    assert FusedAdamW.of(muon()) is None and FusedAdamW.of(sgd()) is None
+    fused = FusedAdamW.of(adamw())
+    assert fused is not None
+    for dtype, expected in [(torch.float32, True), (torch.float64, True), (torch.bfloat16, False)]:
+        p = torch.zeros(3, dtype=dtype)
+        p.grad = torch.ones_like(p)
+        state = {
+            "step": torch.tensor(1.0),
+            **{f"adam.{k}": v for k, v in ScaleByAdam().init(p).items()},
+        }
+        assert fused.supports([p], [state]) is expected
+
+
+def test_bf16_adamw_takes_the_eager_chain_and_keeps_float32_moments() -> None:
+    model = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    opt = orthoptim.build("adamw", model)
+    model(torch.randn(2, 4, dtype=torch.bfloat16)).float().sum().backward()
+    opt.step()
+    assert all(s["adam.exp_avg"].dtype == torch.float32 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("recipe", [muon(compute_dtype="float32"), normuon(), sgd(momentum=0.9)])
+def test_one_parameter_at_a_time_equals_transform_major(recipe) -> None:
+    torch.manual_seed(1)
+    ps = [torch.randn(s, requires_grad=True) for s in [(24, 8), (8, 40), (24, 8)]]
+    grads = [[torch.randn(p.shape) for p in ps] for _ in range(4)]
+    opt = ChainOptimizer(ps, recipe, lr=0.01, weight_decay=0.01)
+    assert not recipe.groupwise
+    mine = [p.detach().clone() for p in ps]
+    states = [{"step": torch.tensor(0.0), **recipe.init(p)} for p in mine]
+    for gs in grads:
+        for p, g in zip(ps, gs, strict=True):
+            p.grad = g
+        opt.step()
+        ctxs = []
+        for s, p, g in zip(states, mine, gs, strict=True):
+            s["step"] += 1
+            ctxs.append(Ctx(int(s["step"]), 0.01, 0.01, p, g))
+        updates = recipe.apply_many([g.clone() for g in gs], states, ctxs)
+        for p, u in zip(mine, updates, strict=True):
+            p.add_(u, alpha=-0.01)
+    for p, q in zip(ps, mine, strict=True):
+        assert torch.equal(p.detach(), q)

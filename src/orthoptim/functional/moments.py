@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -29,6 +30,10 @@ def bias_correction(beta: float, step: int) -> float:
     return 1.0 - beta**step
 
 
+EpsPlacement = Literal["debiased", "raw"]
+EPS_PLACEMENTS: tuple[str, ...] = ("debiased", "raw")
+
+
 def adam_direction(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
@@ -36,17 +41,27 @@ def adam_direction(
     step: int,
     betas: tuple[float, float],
     eps: float,
+    eps_placement: EpsPlacement = "debiased",
     out: Tensor | None = None,
 ) -> Tensor:
-    """Adam's bias-corrected direction ``m_hat / (sqrt(v_hat) + eps)``, in ``out`` if given.
+    """Adam's bias-corrected direction, in ``out`` if given.
 
-    The operation order follows torch.optim.Adam's single-tensor path (eps added after dividing
-    ``sqrt(v)`` by ``sqrt(1 - beta2^t)``), which keeps float64 results equal to torch's to
-    round-off. ``out`` (same shape and dtype as the moments) saves the temporaries: on CPU each
-    fresh full-size tensor costs an allocation and its page faults, a large share of an
-    element-wise step; the values are the same bit for bit.
+    ``eps_placement="debiased"``: ``m_hat / (sqrt(v_hat) + eps)`` (torch.optim.Adam); the
+    operation order follows torch's single-tensor path (eps added after dividing ``sqrt(v)`` by
+    ``sqrt(1 - beta2^t)``), which keeps float64 results equal to torch's to round-off.
+    ``"raw"``: ``m_hat sqrt(1 - beta2^t) / (sqrt(v) + eps)`` (the Adam paper's efficient form;
+    HF transformers AdamW, Gunale0926/Grams): the same with ``eps / sqrt(1 - beta2^t)``.
+    ``out`` (same shape and dtype as the moments) saves the temporaries: on CPU each fresh
+    full-size tensor costs an allocation and its page faults, a large share of an element-wise
+    step; the values are the same bit for bit.
     """
     direction = exp_avg_sq.sqrt() if out is None else torch.sqrt(exp_avg_sq, out=out)
+    if eps_placement == "raw":
+        direction.add_(eps)
+        torch.div(exp_avg, direction, out=direction)
+        return direction.mul_(
+            math.sqrt(bias_correction(betas[1], step)) / bias_correction(betas[0], step)
+        )
     direction.div_(math.sqrt(bias_correction(betas[1], step))).add_(eps)
     torch.div(exp_avg, direction, out=direction)
     return direction.div_(bias_correction(betas[0], step))

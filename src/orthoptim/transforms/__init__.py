@@ -3,27 +3,50 @@
 from orthoptim.transforms.adaptive import ScaleByAdam
 from orthoptim.transforms.auon import ScaleByCoshRms
 from orthoptim.transforms.base import Chain, Ctx, Transform, TransformBase, chain, explain
+from orthoptim.transforms.capture import ActivationCapture
+from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.fisher import FisherTrustRegion
+from orthoptim.transforms.grams import AlignToGradientSign
+from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
+from orthoptim.transforms.lowrank import LowRankAdam
+from orthoptim.transforms.mfac import MFacPrecondition
+from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
+from orthoptim.transforms.radial import Dampen, ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, shape_factor
+from orthoptim.transforms.sign import LionSign
+from orthoptim.transforms.variance import MarsCorrection
 
 __all__ = [
+    "ActivationCapture",
+    "AdamInEigenbasis",
     "AddWeightDecay",
+    "AlignToGradientSign",
+    "CautiousMask",
     "Chain",
     "ClipOutliers",
     "Ctx",
+    "Dampen",
     "FisherTrustRegion",
+    "LionSign",
+    "LowRankAdam",
+    "MFacPrecondition",
+    "MKORHybridPrecondition",
+    "MKORPrecondition",
+    "MarsCorrection",
     "Momentum",
     "NormalizeNeurons",
     "Orthogonalize",
+    "ProjectRadial",
     "ScaleByAdam",
     "ScaleByCoshRms",
     "ScaleByLayerNoise",
     "ScaleByShape",
+    "ShampooPrecondition",
     "Transform",
     "TransformBase",
     "chain",

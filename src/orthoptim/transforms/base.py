@@ -29,6 +29,9 @@ class Ctx:
         param: the parameter (never written by transforms).
         grad: the raw gradient (never written by transforms).
         name: the parameter's name, "" when parameters were passed without names.
+        grad_at_previous: the gradient at the parameter's previous value on the current batch,
+            which ``ChainOptimizer.step(closure)`` evaluates for transforms that set
+            ``needs_closure`` (exact MARS) from their second step on; ``None`` otherwise.
     """
 
     step: int
@@ -37,6 +40,7 @@ class Ctx:
     param: Tensor
     grad: Tensor
     name: str = ""
+    grad_at_previous: Tensor | None = None
 
 
 @runtime_checkable
@@ -172,6 +176,12 @@ class Chain(TransformBase):
 
     def cost(self, shape: tuple[int, ...]) -> float:
         return sum(t.cost(shape) for t in self.transforms)
+
+    @property
+    def groupwise(self) -> bool:
+        """Whether a transform of the chain works on the group's parameters together (overrides
+        ``apply_many``: batched or group-relative), so the chain must run transform-major."""
+        return any(type(t).apply_many is not TransformBase.apply_many for t in self.transforms)
 
     @property
     def is_elementwise(self) -> bool:

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from orthoptim._checks import check_choice, check_positive
+from orthoptim._checks import check_choice, check_matrix, check_positive
 from orthoptim._types import State
 from orthoptim.functional.kron_fisher import sym_power, update_factor_
 from orthoptim.functional.moments import stats_dtype
@@ -76,11 +76,7 @@ class FisherTrustRegion(TransformBase):
         )
 
     def validate(self, p: Tensor, name: str) -> None:
-        if p.ndim < 2:
-            raise ValueError(
-                f"FisherTrustRegion needs a matrix (ndim >= 2) but parameter "
-                f"{name or '<unnamed>'} has shape {tuple(p.shape)}"
-            )
+        check_matrix("FisherTrustRegion", tuple(p.shape), name)
         self.inner.validate(p, name)
 
     def init(self, p: Tensor) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from orthoptim._checks import check_beta, check_positive
+from orthoptim._checks import check_beta, check_matrix, check_positive
 from orthoptim._types import State
 from orthoptim.functional.moments import ema_, stats_dtype
 from orthoptim.functional.polar import matrix_view
@@ -49,11 +49,7 @@ class NormalizeNeurons(TransformBase):
         check_positive("eps", self.eps)
 
     def validate(self, p: Tensor, name: str) -> None:
-        if p.ndim < 2:
-            raise ValueError(
-                f"NormalizeNeurons needs a matrix (ndim >= 2) but parameter {name or '<unnamed>'} "
-                f"has shape {tuple(p.shape)}"
-            )
+        check_matrix("NormalizeNeurons", tuple(p.shape), name)
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         dtype = stats_dtype(p)

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from orthoptim._checks import check_beta, check_choice
+from orthoptim._checks import check_beta, check_choice, check_matrix
 from orthoptim._types import State
 from orthoptim.functional.moments import bias_correction, stats_dtype
 from orthoptim.functional.robust import DUAL_NORMS, DualNorm, dual_norm
@@ -58,11 +58,8 @@ class ScaleByLayerNoise(TransformBase):
         check_choice("noise_reference", self.reference, NOISE_REFERENCES)
 
     def validate(self, p: Tensor, name: str) -> None:
-        if self.dual_norm == "nuclear" and p.ndim < 2:
-            raise ValueError(
-                f"dual_norm='nuclear' needs a matrix (ndim >= 2) but parameter "
-                f"{name or '<unnamed>'} has shape {tuple(p.shape)}"
-            )
+        if self.dual_norm == "nuclear":
+            check_matrix("dual_norm='nuclear'", tuple(p.shape), name)
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         dtype = stats_dtype(p)

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from orthoptim._checks import check_choice, check_positive, check_positive_int
+from orthoptim._checks import check_choice, check_matrix, check_positive, check_positive_int
 from orthoptim._types import State
 from orthoptim.functional.coefficients import PRESET_NAMES, resolve_preset
 from orthoptim.functional.polar import PRE_NORMS, matrix_view, newton_schulz
@@ -53,12 +53,12 @@ class Orthogonalize(TransformBase):
         check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
     def validate(self, p: Tensor, name: str) -> None:
-        if p.ndim < 2:
-            raise ValueError(
-                f"Orthogonalize needs a matrix (ndim >= 2) but parameter {name or '<unnamed>'} has "
-                f"shape {tuple(p.shape)}; route vectors to another chain (e.g. build(..., model) "
-                "or the muon_adamw plan)"
-            )
+        check_matrix(
+            "Orthogonalize",
+            tuple(p.shape),
+            name,
+            "route vectors to another chain (e.g. build(..., model) or the muon_adamw plan)",
+        )
 
     def cost(self, shape: tuple[int, ...]) -> float:
         # Per iteration: X X^T (2 m^2 n), the quadratic in it (2 m^3), its product with X

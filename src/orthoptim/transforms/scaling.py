@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from orthoptim._checks import check_choice
+from orthoptim._checks import check_choice, check_matrix
 from orthoptim._types import State
 from orthoptim.transforms.base import Ctx, TransformBase
 
@@ -46,11 +46,8 @@ class ScaleByShape(TransformBase):
         check_choice("shape_scale", self.rule, SHAPE_RULES)
 
     def validate(self, p: Tensor, name: str) -> None:
-        if self.rule != "none" and p.ndim < 2:
-            raise ValueError(
-                f"shape_scale={self.rule!r} needs a matrix (ndim >= 2) but parameter "
-                f"{name or '<unnamed>'} has shape {tuple(p.shape)}"
-            )
+        if self.rule != "none":
+            check_matrix(f"shape_scale={self.rule!r}", tuple(p.shape), name)
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         if self.rule == "none":

@@ -1,0 +1,90 @@
+"""Kronecker factors of a matrix gradient: accumulation, inverse roots, eigenbases (Shampoo, SOAP).
+
+A gradient ``G`` (m x n) gives the left factor ``L ~ sum G G^T`` (m x m) and the right factor
+``R ~ sum G^T G`` (n x n). Shampoo preconditions with ``L^{-1/p} G R^{-1/p}``; SOAP runs Adam in
+the eigenbasis ``Q_L^T G Q_R`` of the two factors.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+FactorDtype = Literal["auto", "float32", "float64"]
+FACTOR_DTYPES: tuple[str, ...] = ("auto", "float32", "float64")
+
+
+def factor_dtype(p: Tensor, choice: str) -> torch.dtype:
+    """The dtype of the factors and bases: ``"auto"`` is float32 for 16-bit and float32
+    parameters and float64 for float64 ones (``eigh``/``qr`` have no 16-bit kernels, and a factor
+    sums squares, which overflow float16)."""
+    if choice == "auto":
+        return torch.float64 if p.dtype == torch.float64 else torch.float32
+    return getattr(torch, choice)
+
+
+def accumulate_(factor: Tensor, outer: Tensor, beta: float) -> Tensor:
+    """``factor <- beta factor + (1 - beta) outer`` for ``beta < 1``, ``factor + outer`` for
+    ``beta == 1`` (AdaGrad-style sum, Distributed Shampoo's ``beta2 = 1``); in place."""
+    return factor.add_(outer) if beta == 1.0 else factor.lerp_(outer, 1.0 - beta)
+
+
+def inverse_root(a: Tensor, root: float, eps: float) -> Tensor:
+    """``(A + eps I)^{-1/root}`` of a symmetric PSD matrix via ``eigh``.
+
+    Eigenvalues are clamped at 0 before ``eps`` is added: rounding can make the small ones of a
+    low-rank factor slightly negative, and a negative base has no real root. A factor that holds
+    Inf or NaN (a gradient too large for the factor's dtype) yields the zero matrix, so the step
+    is skipped for that factor instead of spreading NaN.
+    """
+    if not torch.isfinite(a).all():
+        return torch.zeros_like(a)
+    w, v = torch.linalg.eigh(a)
+    return (v * (w.clamp_min(0.0) + eps).pow(-1.0 / root)) @ v.mT
+
+
+def eigenbasis(a: Tensor) -> Tensor:
+    """Eigenvectors of a symmetric PSD matrix, by decreasing eigenvalue (SOAP's first basis).
+
+    ``1e-30 I`` is added first, as nikhilvyas/SOAP does, so an all-zero factor has a definite
+    (identity-like) basis; a non-finite factor gives the identity.
+    """
+    if not torch.isfinite(a).all():
+        return torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    return torch.linalg.eigh(a + 1e-30 * eye)[1].flip(1)
+
+
+def refresh_basis(a: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    """One power-iteration step plus QR from the current basis ``q`` (SOAP's refresh).
+
+    The columns of ``q`` are sorted by their Rayleigh quotients ``diag(q^T A q)`` (estimated
+    eigenvalues, decreasing) and ``Q' = qr(A q_sorted).Q``. Returns ``(Q', order)``; the caller
+    re-indexes the second moment along this factor's dimension by ``order``, so each moment stays
+    with the eigenvector it was measured on. A non-finite factor keeps the basis.
+    """
+    if not torch.isfinite(a).all():
+        return q.clone(), torch.arange(q.shape[1], device=q.device)
+    aq = a @ q
+    order = torch.argsort((q * aq).sum(dim=0), descending=True)
+    return torch.linalg.qr(aq.index_select(1, order))[0], order
+
+
+def rotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """``Q_L^T X Q_R``; a ``None`` side is the identity (a dimension not preconditioned)."""
+    if left is not None:
+        x = left.mT @ x
+    if right is not None:
+        x = x @ right
+    return x
+
+
+def unrotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
+    """``Q_L X Q_R^T``, the inverse of ``rotate`` for orthogonal bases."""
+    if left is not None:
+        x = left @ x
+    if right is not None:
+        x = x @ right.mT
+    return x

@@ -1,0 +1,93 @@
+"""M-FAC's dynamic algorithm: inverse empirical-Fisher-vector products over a window of gradients.
+
+The window holds ``m`` gradients as the rows of ``G`` (``m x d``; unused slots are zero rows) and
+the damped empirical Fisher is ``F = lambda I + G^T G / m`` (Frantar, Kurtic, Alistarh 2021,
+arXiv 2107.03356). With the Gram matrix ``K = G G^T`` and the m x m coefficient matrix
+``C = (m lambda I + K)^{-1}``, the Woodbury identity gives
+
+    F^{-1} x = (x - G^T C G x) / lambda               for any x          (``ihvp``)
+    F^{-1} G^T e_j = m G^T C e_j                       for row j of G     (``ihvp_of_row``)
+
+(the second from ``F^{-1} G^T = G^T (lambda I + K / m)^{-1}``). Costs: ``K`` is kept up to date
+with one product ``G g`` per added or removed gradient, O(dm); ``C`` from ``K`` is O(m^3); an
+IHVP is O(dm + m^2). The row form has no cancellation, whereas ``x / lambda - ...`` loses about
+``log10(||G||^2 / (m lambda))`` digits when ``x`` lies in the window's span (as the reference
+code's form does); an optimizer always multiplies the gradient it has just added, so it uses the
+row form.
+
+``C`` comes from ``eigh`` of ``K`` in float64 with the eigenvalues clamped at 0, so it exists and
+is finite for every window, rank-deficient ones included (zero or repeated gradients, ``m > d``):
+``K`` is positive semi-definite, and a rounding error that makes an eigenvalue negative must not
+bring ``m lambda + w`` near 0. The reference (IST-DASLab/M-FAC ``optim.py``) builds the same
+inverse by a sequential rank-one Woodbury recursion (an unpivoted LU of ``m I + K / lambda``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _scale(x: Tensor) -> Tensor:
+    """``max |x|`` (at least the smallest normal number): dividing by it before a product and
+    multiplying the float64 result back keeps float32 products of huge or tiny vectors finite."""
+    return x.abs().amax().clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def gram_column(window: Tensor, g: Tensor) -> Tensor:
+    """``G g`` in float64 (shape ``(m,)``), computed in the window's dtype without overflow."""
+    s = _scale(g)
+    return (window @ (g / s)).double() * s.double()
+
+
+def insert_(window: Tensor, gram: Tensor, slot: int, g: Tensor) -> None:
+    """Put ``g`` (shape ``(d,)``) into row ``slot`` of the window, replacing what was there, and
+    update the Gram matrix ``gram = G G^T`` (float64) to match: O(dm)."""
+    window[slot] = g
+    column = gram_column(window, window[slot])
+    gram[slot, :] = column
+    gram[:, slot] = column
+
+
+def remove_(window: Tensor, gram: Tensor, slot: int) -> None:
+    """Empty row ``slot`` of the window (a zero row adds nothing to ``G^T G``): O(d + m)."""
+    window[slot].zero_()
+    gram[slot, :] = 0.0
+    gram[:, slot] = 0.0
+
+
+def coefficients(gram: Tensor, damping: float, *, resolution: float = 0.0) -> Tensor:
+    """``C = (m damping I + K)^{-1}`` (float64, m x m) from the Gram matrix ``K``: O(m^3).
+
+    ``m`` is the window size (its unused slots are zero rows), as in the reference, so the
+    Fisher estimate before the window is full is the same sum divided by the full ``m``.
+
+    ``resolution``: the relative accuracy of ``K`` (and of products with ``G``). Eigenvalues of
+    ``K`` below ``resolution * max eigenvalue`` are round-off, so their directions are not
+    resolved: ``G^T v`` for such a ``v`` is noise, and ``1 / (m damping)`` would amplify it
+    without bound when ``||G||^2 >> m damping`` (repeated gradients at 1e15 moved a parameter
+    by 11 instead of 1e-18). ``m damping`` is therefore raised to ``resolution * max eigenvalue``,
+    which changes nothing where every eigenvalue is resolved (the shift is below round-off
+    there). 0 (the default) gives the exact formula.
+    """
+    m = gram.shape[0]
+    w, v = torch.linalg.eigh(gram)
+    w = w.clamp_min(0.0)
+    shift = (w[-1] * resolution).clamp_min(m * damping)
+    return (v / (w + shift)) @ v.mT
+
+
+def _combine(window: Tensor, c: Tensor) -> Tensor:
+    """``G^T c`` in the window's dtype for a float64 ``c``, scaled like ``gram_column``."""
+    s = _scale(c)
+    return (((c / s).to(window.dtype) @ window).double() * s).to(window.dtype)
+
+
+def ihvp(window: Tensor, coef: Tensor, damping: float, x: Tensor) -> Tensor:
+    """``F^{-1} x = (x - G^T C G x) / damping`` for any ``x`` of shape ``(d,)``: O(dm + m^2)."""
+    return (x - _combine(window, coef @ gram_column(window, x))) / damping
+
+
+def ihvp_of_row(window: Tensor, coef: Tensor, slot: int) -> Tensor:
+    """``F^{-1} g`` for the gradient ``g`` in row ``slot``, as ``m G^T C e_slot``: O(dm + m^2)."""
+    return _combine(window, coef[:, slot] * coef.shape[0])

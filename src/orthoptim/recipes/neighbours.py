@@ -1,0 +1,171 @@
+"""Element-wise neighbours of Adam and SGD: Grams, AdamP, SGDP, and the cautious mask."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from orthoptim._checks import check_beta, check_bool
+from orthoptim.functional.moments import EpsPlacement
+from orthoptim.recipes.plan import Plan
+from orthoptim.transforms.adaptive import ScaleByAdam
+from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.cautious import CautiousMask, CautiousRescale
+from orthoptim.transforms.grams import AlignToGradientSign
+from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.radial import Dampen, ProjectRadial
+from orthoptim.transforms.scaling import AddWeightDecay
+
+DECAY_CARRIERS = (AddWeightDecay, ProjectRadial)
+
+
+def grams(
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    eps_placement: EpsPlacement = "raw",
+) -> Chain:
+    """Grams (Cao, Li, Song 2024, arXiv 2412.17107): Adam's magnitude, the gradient's sign.
+
+    Chain: Adam's bias-corrected direction ``a``; ``u <- sign(g) |a|``; ``u <- u + lambda theta``
+    (decoupled decay ``theta (1 - lr lambda)``, as the reference and the paper's Algorithm 1).
+    ``eps_placement="raw"`` adds ``eps`` to ``sqrt(v)`` before bias correction (the reference);
+    ``"debiased"`` to ``sqrt(v_hat)`` (pytorch-optimizer 4.1.0 ``Grams``). Every parameter is
+    updated, as in the reference (no plan).
+
+    Differences from the reference (Gunale0926/Grams@f91a375 ``grams/src/grams.py``): ``p.grad``
+    is not overwritten by its sign (the reference's ``grad.sign_()`` does); no ``correct_bias``
+    switch (always on, the reference's default); moments of 16-bit parameters in float32.
+
+    References: arXiv 2412.17107; Gunale0926/Grams@f91a375daaa85c5a4644e3f064ca6693c59f6cdb;
+    pytorch-optimizer==4.1.0 ``Grams``.
+    """
+    return chain(
+        ScaleByAdam(betas=betas, eps=eps, eps_placement=eps_placement),
+        AlignToGradientSign(),
+        AddWeightDecay(),
+    )
+
+
+def adamp(
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    eps_placement: EpsPlacement = "debiased",
+    nesterov: bool = False,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+) -> Chain:
+    """AdamP (Heo et al. 2021, arXiv 2006.08217): Adam without the radial step on
+    scale-invariant weights.
+
+    Chain: Adam's bias-corrected direction (Nesterov numerator ``b1 m + (1-b1) g`` optionally);
+    on a matrix or conv kernel whose channel-wise (else layer-wise) ``max |cos(g, theta)| <
+    delta / sqrt(row length)``, ``u <- u - theta_n <theta_n, u>`` and the decay ratio is
+    ``wd_ratio``; ``u <- u + lambda r theta``. Vectors and scale-variant weights get plain AdamW.
+    Every parameter is updated, as in the reference (no plan). ``eps_placement="debiased"``
+    is the reference's ``sqrt(v)/sqrt(1-b2^t) + eps``; ``"raw"`` is pytorch-optimizer 4.1.0's
+    ``sqrt(v) + eps``.
+
+    Differences from the reference (clovaai/AdamP@146287b ``adamp/adamp.py``): decay and update
+    are applied in one step (equal to round-off); the cosine and projection of 16-bit parameters
+    run in float32 and their moments are kept in float32.
+
+    References: arXiv 2006.08217; clovaai/AdamP@146287bfd4b22061d84c4f7492bffbd3962ea2b1;
+    pytorch-optimizer==4.1.0 ``AdamP``.
+    """
+    return chain(
+        ScaleByAdam(betas=betas, eps=eps, eps_placement=eps_placement, nesterov=nesterov),
+        ProjectRadial(delta=delta, wd_ratio=wd_ratio, eps=eps),
+    )
+
+
+def sgdp(
+    *,
+    momentum: float = 0.9,
+    dampening: float = 0.0,
+    nesterov: bool = True,
+    project_buffer: bool = False,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    eps: float = 1e-8,
+) -> Chain:
+    """SGDP (Heo et al. 2021, arXiv 2006.08217): SGD momentum without the radial step on
+    scale-invariant weights.
+
+    Chain: ``m <- mu m + (1-d) g``; ``u <- g + mu m`` (Nesterov) or ``m``; AdamP's projection
+    and decay ratio ``r``; ``u <- u + lambda r theta / (1 - mu)`` (the reference's decay, which
+    divides by ``1 - mu`` on every weight). Defaults are the reference README's
+    (momentum 0.9, Nesterov); every parameter is updated (no plan). Without Nesterov the
+    references disagree: clovaai's update *is* its momentum buffer, so its in-place projection
+    also removes the radial part from the buffer (``project_buffer=True``), pytorch-optimizer
+    4.1.0 projects a copy (``False``, the default).
+
+    Differences from the reference (clovaai/AdamP@146287b ``adamp/sgdp.py``): ``dampening > 0``
+    needs ``nesterov=False`` (torch.optim.SGD's rule; the reference would damp the buffer but
+    not the look-ahead gradient); the default ``project_buffer=False`` is pytorch-optimizer's.
+
+    References: arXiv 2006.08217; clovaai/AdamP@146287bfd4b22061d84c4f7492bffbd3962ea2b1;
+    pytorch-optimizer==4.1.0 ``SGDP``.
+    """
+    check_beta("momentum", momentum)
+    check_beta("dampening", dampening)
+    check_bool("nesterov", nesterov)
+    check_bool("project_buffer", project_buffer)
+    if nesterov and (momentum == 0 or dampening != 0 or project_buffer):
+        raise ValueError(
+            f"nesterov=True needs momentum > 0, dampening 0 and project_buffer=False, got "
+            f"momentum={momentum!r}, dampening={dampening!r}, project_buffer={project_buffer!r}"
+        )
+    damp = (Dampen(dampening=dampening),) if dampening != 0 else ()
+    own_buffer = project_buffer and momentum != 0  # the projection then keeps the buffer
+    heavy_ball = (
+        ()
+        if own_buffer or momentum == 0
+        else (Momentum(beta=momentum, kind="sum", nesterov=nesterov),)
+    )
+    project = ProjectRadial(
+        delta=delta,
+        wd_ratio=wd_ratio,
+        eps=eps,
+        decay_scale=1 / (1 - momentum),
+        buffer_momentum=momentum if own_buffer else 0.0,
+    )
+    return chain(*damp, *heavy_ball, project)
+
+
+def cautious(
+    recipe: Chain | Plan, *, rescale: CautiousRescale = "mean_clamped", after: str | None = None
+) -> Chain | Plan:
+    """The cautious variant of any recipe (Liang et al. 2024, arXiv 2411.16085).
+
+    Inserts ``CautiousMask`` (``u <- s u * 1[u g > 0]``) right after the transform whose state key
+    is ``after`` (e.g. ``"momentum"``: C-Muon masks the momentum before orthogonalising), or by
+    default before the chain's last transform if that one adds the weight decay
+    (``AddWeightDecay``, ``ProjectRadial``), else at the end: C-AdamW masks Adam's update, never
+    the decay, and pytorch-optimizer's cautious AdamP masks before projecting.
+    A ``Plan`` gets the mask in every route. ``cautious(adamw())`` is C-AdamW of
+    kyleliang919/C-Optim@2c0517c up to ``eps`` placement (its ``eps`` is added to ``sqrt(v)``).
+
+    Differences from the reference (C-Optim ``c_muon.py``): its mask compares the momentum, not
+    the Nesterov update it scales, with the gradient.
+
+    References: arXiv 2411.16085; kyleliang919/C-Optim@2c0517c4db2e50b56d389ba4803eab1f4b3b8ae3.
+    """
+    if isinstance(recipe, Plan):
+        return Plan(
+            tuple(
+                dataclasses.replace(r, chain=cautious(r.chain, rescale=rescale, after=after))
+                for r in recipe.routes
+            )
+        )
+    if not isinstance(recipe, Chain):
+        raise TypeError(f"cautious() takes a Chain or a Plan, got {type(recipe).__name__}")
+    ts = list(recipe.transforms)
+    keys = [t.key for t in ts]
+    if after is None:
+        at = len(ts) - 1 if ts and isinstance(ts[-1], DECAY_CARRIERS) else len(ts)
+    elif after in keys:
+        at = keys.index(after) + 1
+    else:
+        raise ValueError(f"after must be the key of a transform in the chain {keys}, got {after!r}")
+    return chain(*ts[:at], CautiousMask(rescale=rescale), *ts[at:])

@@ -1,0 +1,166 @@
+"""Adam in a low-rank subspace of each matrix gradient (GaLore, SVD-free DCT), plus FRUGAL's
+state-free update of the rest."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from orthoptim._checks import (
+    check_betas,
+    check_choice,
+    check_finite_nonnegative,
+    check_matrix,
+    check_positive,
+    check_positive_int,
+)
+from orthoptim._types import State
+from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
+from orthoptim.functional.polar import matrix_view
+from orthoptim.functional.projection import (
+    INDEX_PROJECTIONS,
+    PROJECTIONS,
+    Projection,
+    basis_columns,
+    choose_subspace,
+    dct_basis,
+    oriented,
+    project_down,
+    project_up,
+    rotate_moments,
+    subspace_rank,
+)
+from orthoptim.transforms.base import Ctx, TransformBase
+
+RefreshMoments = Literal["keep", "reset", "rotate"]
+REFRESH_MOMENTS: tuple[str, ...] = ("keep", "reset", "rotate")
+Residual = Literal["none", "sgd", "sign_sgd"]
+RESIDUALS: tuple[str, ...] = ("none", "sgd", "sign_sgd")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LowRankAdam(TransformBase):
+    r"""Adam on ``G P`` (``P``: ``n x r``, orthonormal columns, ``n`` the shorter side of the
+    matrix view), projected back: ``u <- scale * Adam(G P) P^T [+ residual_scale * rule(G - G P
+    P^T)]`` with ``rule`` the identity (``"sgd"``) or ``sign`` (``"sign_sgd"``, FRUGAL).
+
+    ``P`` is chosen from the gradient at steps ``1, 1 + update_every, ...`` (the GaLore
+    reference's 0-based ``step % gap == 0``) by ``projection`` (``functional.projection``). At
+    those refreshes ``refresh_moments`` says what Adam's moments do: ``"keep"`` them as they are
+    (GaLore, the DCT reference's default), ``"reset"`` them to zero and restart bias correction
+    (FRUGAL's ``reset_statistics=True``), or ``"rotate"`` them into the new subspace (the DCT
+    reference's ``rotate_subspace``). With ``r = n`` the residual is zero by construction and is
+    not computed (its round-off would have sign +-1 everywhere).
+
+    State: ``exp_avg``, ``exp_avg_sq`` of shape ``(max side, r)``, plus ``indices`` (int64,
+    ``r``) for ``"dct"``/``"block"`` (the DCT basis is rebuilt, never stored) or ``basis``
+    (``n x r``) for ``"svd"``/``"random"``; float32 for 16-bit parameters.
+    """
+
+    key: ClassVar[str] = "lowrank"
+    formula: ClassVar[str] = r"u \leftarrow s\,\mathrm{Adam}(GP)P^\top + \rho\,\phi(G - GPP^\top)"
+    projection: Projection = "dct"
+    rank_fraction: float = 0.25
+    update_every: int = 200
+    scale: float = 1.0
+    refresh_moments: RefreshMoments = "keep"
+    residual: Residual = "none"
+    residual_scale: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        check_choice("projection", self.projection, PROJECTIONS)
+        check_positive("rank_fraction", self.rank_fraction)
+        if self.rank_fraction > 1:
+            raise ValueError(f"rank_fraction must be in (0, 1], got {self.rank_fraction!r}")
+        check_positive_int("update_every", self.update_every)
+        check_positive("scale", self.scale)
+        check_choice("refresh_moments", self.refresh_moments, REFRESH_MOMENTS)
+        check_choice("residual", self.residual, RESIDUALS)
+        check_finite_nonnegative("residual_scale", self.residual_scale)
+        check_betas("betas", self.betas)
+        check_positive("eps", self.eps)
+
+    def validate(self, p: Tensor, name: str) -> None:
+        check_matrix("LowRankAdam", tuple(p.shape), name)
+
+    def _sides(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        rows, cols = shape[0], math.prod(shape[1:])
+        m, n = max(rows, cols), min(rows, cols)
+        return m, n, subspace_rank(n, self.rank_fraction)
+
+    def init(self, p: Tensor) -> dict[str, Tensor]:
+        m, n, r = self._sides(tuple(p.shape))
+        dtype = stats_dtype(p)
+        state = {
+            "exp_avg": torch.zeros(m, r, dtype=dtype, device=p.device),
+            "exp_avg_sq": torch.zeros(m, r, dtype=dtype, device=p.device),
+        }
+        if self.projection in INDEX_PROJECTIONS:
+            state["indices"] = torch.zeros(r, dtype=torch.int64, device=p.device)
+        else:
+            state["basis"] = torch.zeros(n, r, dtype=dtype, device=p.device)
+        return state
+
+    def _matrix(self, s: State, n: int) -> Tensor:
+        if "basis" in s:
+            return s["basis"]
+        kind, dtype, device = self.projection, s["exp_avg"].dtype, s["exp_avg"].device
+        return basis_columns(kind, n, s["indices"], dtype=dtype, device=device)
+
+    def _refresh(self, x: Tensor, s: State, c: Ctx) -> None:
+        n = x.shape[1]
+        rotate = self.refresh_moments == "rotate" and c.step > 1
+        old = self._matrix(s, n).clone() if rotate else None
+        # Seeded by step and name, not the global RNG: a resumed run draws the same subspaces.
+        generator = torch.Generator().manual_seed(
+            (c.step * 2654435761 + zlib.crc32(c.name.encode())) % 2**63
+        )
+        s["indices" if "indices" in s else "basis"].copy_(
+            choose_subspace(self.projection, x, s["exp_avg"].shape[1], generator)
+        )
+        if old is not None:
+            rotate_moments(s["exp_avg"], s["exp_avg_sq"], old, self._matrix(s, n))
+        elif self.refresh_moments == "reset":
+            s["exp_avg"].zero_()
+            s["exp_avg_sq"].zero_()
+
+    def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        x = oriented(matrix_view(u)).to(exp_avg.dtype)
+        n = x.shape[1]
+        if (c.step - 1) % self.update_every == 0:
+            self._refresh(x, s, c)
+        where: dict[str, Tensor] = {}
+        if self.projection == "block":
+            where["indices"] = s["indices"]
+        elif self.projection == "dct":
+            where["basis"] = dct_basis(n, dtype=x.dtype, device=x.device)[:, s["indices"]]
+        else:
+            where["basis"] = s["basis"]
+        low = project_down(x, **where)
+        ema_(exp_avg, low, self.betas[0])
+        ema_square_(exp_avg_sq, low, self.betas[1])
+        reset = self.refresh_moments == "reset"
+        t = (c.step - 1) % self.update_every + 1 if reset else c.step
+        direction = adam_direction(exp_avg, exp_avg_sq, step=t, betas=self.betas, eps=self.eps)
+        out = project_up(direction, n, **where).mul_(self.scale)
+        if self.residual != "none" and low.shape[1] < n:
+            rest = x - project_up(low, n, **where)
+            step = rest.sign_() if self.residual == "sign_sgd" else rest
+            out.add_(step, alpha=self.residual_scale)
+        return u.copy_((out if u.shape[0] == x.shape[0] else out.mT).reshape(u.shape))
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        m, n, r = self._sides(shape)
+        step = 4.0 * m * n * r + 10.0 * m * r
+        if self.residual != "none":
+            step += 2.0 * m * n * r + 2.0 * m * n
+        refresh = {"dct": 2.0 * m * n * n, "svd": 6.0 * m * n * n, "random": 4.0 * n * r * r}
+        return step + refresh.get(self.projection, float(n)) / self.update_every

@@ -1,0 +1,190 @@
+"""MKOR: Kronecker factors of layer inputs and output gradients, inverted by rank-1 updates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from orthoptim._checks import check_beta, check_choice, check_positive, check_positive_int
+from orthoptim._types import State
+from orthoptim.functional.moments import stats_dtype
+from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.capture import ActivationCapture
+
+INVERSE_UPDATES: tuple[str, ...] = ("paper", "package")
+InverseUpdate = Literal["paper", "package"]
+
+
+def sherman_morrison_(inv: Tensor, v: Tensor, beta: float, rule: str) -> Tensor:
+    """One rank-1 update of the symmetric inverse factor ``inv`` in place, sync-free.
+
+    ``"paper"``: ``inv <- (beta F + (1-beta) v v^T)^-1`` for ``F = inv^-1`` (momentum on the
+    factor). ``"package"``: ``Q = beta inv + (1-beta) I``, ``inv <- (Q^-1 + v v^T)^-1`` (the
+    reference package's code, with its fixed 0.95 as ``beta``). A factor that goes bad (a
+    non-positive denominator or a non-finite entry) restarts from the identity.
+    """
+    eye = torch.eye(inv.shape[0], dtype=inv.dtype, device=inv.device)
+    if rule == "paper":
+        k = (1.0 - beta) / beta
+        w = inv @ v
+        den = 1.0 + k * (v @ w)
+        new = (inv - torch.outer(w, w) * (k / den)) / beta
+    else:
+        q = inv * beta + eye * (1.0 - beta)
+        w = q @ v
+        den = 1.0 + v @ w
+        new = q - torch.outer(w, w) / den
+    new = (new + new.T) * 0.5  # round-off drifts from symmetry; the exact update keeps it
+    ok = torch.isfinite(new).all() & (den > 0)
+    return inv.copy_(torch.where(ok, new, eye))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MKORPrecondition(TransformBase):
+    r"""``u <- (||G|| / ||L^-1 G R^-1||) L^-1 G R^-1`` with inverse factors updated every step.
+
+    ``G`` is the update as an ``(out, in*kh*kw)`` matrix. From the capture's batch-mean layer
+    input ``a`` and summed output gradient ``g`` (each clamped to ``[-stats_clip, stats_clip]``):
+    ``R^-1 <- SM(R^-1, a)``, ``L^-1 <- SM(L^-1, g)`` (``sherman_morrison_``; factors start at
+    ``I``). Norm-based stabiliser: a factor with an entry above ``stabilize_above`` in absolute
+    value is pulled to ``(1 - stabilization) F^-1 + stabilization I``. The step is rescaled to the
+    gradient's Frobenius norm; if that fails (zero or non-finite norm) ``u`` passes unchanged. A
+    step without captured statistics (hooks missed, no backward, unattached capture) keeps the
+    factors as they are and preconditions with them.
+
+    State: ``L_inv`` (out x out), ``R_inv`` (in x in), float32 for 16-bit parameters.
+    """
+
+    key: ClassVar[str] = "mkor"
+    formula: ClassVar[str] = (
+        r"L^{-1}, R^{-1} \leftarrow \mathrm{SM}(\cdot, g), \mathrm{SM}(\cdot, a);\;"
+        r"u \leftarrow \tfrac{\|G\|}{\|L^{-1} G R^{-1}\|} L^{-1} G R^{-1}"
+    )
+    factor_beta: float = 0.95
+    stabilization: float = 0.1
+    stabilize_above: float = 2.0
+    stats_clip: float = 100.0
+    inverse_update: InverseUpdate = "paper"
+    capture: ActivationCapture = field(default_factory=ActivationCapture, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_beta("factor_beta", self.factor_beta)
+        if self.factor_beta == 0:
+            raise ValueError("factor_beta must be in (0, 1), got 0")
+        check_positive("stabilization", self.stabilization)
+        if self.stabilization > 1:
+            raise ValueError(f"stabilization must be in (0, 1], got {self.stabilization!r}")
+        check_positive("stabilize_above", self.stabilize_above)
+        check_positive("stats_clip", self.stats_clip)
+        check_choice("inverse_update", self.inverse_update, INVERSE_UPDATES)
+
+    def validate(self, p: Tensor, name: str) -> None:
+        if p.ndim < 2:
+            raise ValueError(f"MKOR preconditions matrices; {name or 'a parameter'} is {p.ndim}-D")
+
+    def init(self, p: Tensor) -> dict[str, Tensor]:
+        rows, cols = p.shape[0], p.numel() // max(p.shape[0], 1)
+        kw = {"dtype": stats_dtype(p), "device": p.device}
+        return {"L_inv": torch.eye(rows, **kw), "R_inv": torch.eye(cols, **kw)}
+
+    def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        left, right = s["L_inv"], s["R_inv"]
+        stats = self.capture.take(c.param)
+        if stats is not None and (stats[0].numel(), stats[1].numel()) == (
+            right.shape[0],
+            left.shape[0],
+        ):
+            for inv, v in zip((right, left), stats, strict=True):
+                v = v.to(inv.dtype).clamp(-self.stats_clip, self.stats_clip)
+                sherman_morrison_(inv, v, self.factor_beta, self.inverse_update)
+                eye = torch.eye(inv.shape[0], dtype=inv.dtype, device=inv.device)
+                big = inv.abs().amax() > self.stabilize_above
+                inv.copy_(torch.where(big, inv.lerp(eye, self.stabilization), inv))
+        g = u.reshape(u.shape[0], -1).to(left.dtype)
+        out = left @ g @ right
+        out_norm = torch.linalg.vector_norm(out)
+        scale = torch.linalg.vector_norm(g) / out_norm  # inf or nan when it cannot be trusted
+        out = torch.where(torch.isfinite(out_norm) & torch.isfinite(scale), out * scale, g)
+        return u.copy_(out.view_as(u))
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        rows, cols = shape[0], math.prod(shape[1:])
+        # two products, two Sherman-Morrison updates (~6 d^2 each with the checks), the rescale
+        return 2.0 * rows * cols * (rows + cols) + 6.0 * (rows**2 + cols**2) + 4.0 * rows * cols
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MKORHybridPrecondition(TransformBase):
+    r"""MKOR-H: ``MKORPrecondition`` until its steps stop reducing the loss, then first order.
+
+    Switching rule (per parameter, one way): the loss decrease due to this parameter's last
+    step is estimated from gradients alone by the trapezoid rule,
+    ``d_t = -<(g_{t-1} + g_t) / 2, theta_t - theta_{t-1}>`` (exact for a quadratic loss);
+    ``r_t = switch_beta r_{t-1} + (1 - switch_beta) d_t`` and ``peak_t = max(peak_{t-1}, r_t)``.
+    At the first step ``t >= switch_warmup`` with ``r_t < switch_ratio * peak_t`` the parameter
+    switches for good: its factors are no longer updated and ``u`` passes unchanged, so the rest
+    of the chain (momentum SGD) is the first-order optimizer, at the same lr, because MKOR's steps
+    already have the gradient's norm.
+
+    State: ``inner`` MKOR's, plus ``prev_param``, ``prev_grad`` (stats dtype), ``rate``,
+    ``peak``, ``switched`` (scalars).
+    """
+
+    key: ClassVar[str] = "mkor_h"
+    formula: ClassVar[str] = (
+        r"\text{MKOR until } \mathrm{ema}(-\langle \bar g, \Delta\theta \rangle) < "
+        r"\rho \max \mathrm{ema}(\cdot) \text{, then } u \leftarrow u"
+    )
+    inner: MKORPrecondition
+    switch_warmup: int = 100
+    switch_ratio: float = 0.1
+    switch_beta: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_positive_int("switch_warmup", self.switch_warmup)
+        check_beta("switch_beta", self.switch_beta)
+        check_beta("switch_ratio", self.switch_ratio)
+
+    @property
+    def capture(self) -> ActivationCapture:
+        return self.inner.capture
+
+    def validate(self, p: Tensor, name: str) -> None:
+        self.inner.validate(p, name)
+
+    def init(self, p: Tensor) -> dict[str, Tensor]:
+        dt = stats_dtype(p)
+        scalar = {"dtype": torch.float32, "device": p.device}
+        return {
+            **self.inner.init(p),
+            "prev_param": p.detach().to(dt, copy=True),
+            "prev_grad": torch.zeros_like(p, dtype=dt),
+            "rate": torch.zeros((), **scalar),
+            "peak": torch.zeros((), **scalar),
+            "switched": torch.zeros((), **scalar),
+        }
+
+    def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        param, grad = c.param.detach(), c.grad.detach()
+        if c.step > 1:
+            prev_param, prev_grad = s["prev_param"], s["prev_grad"]
+            moved = param.to(prev_param.dtype) - prev_param
+            total = torch.sum((prev_grad + grad.to(prev_grad.dtype)) * moved)
+            decrease = torch.nan_to_num(-0.5 * total.float(), 0.0)
+            rate = s["rate"].mul_(self.switch_beta).add_(decrease * (1 - self.switch_beta))
+            torch.maximum(s["peak"], rate, out=s["peak"])
+            if c.step >= self.switch_warmup:
+                s["switched"].copy_(s["switched"].logical_or(rate < self.switch_ratio * s["peak"]))
+        s["prev_param"].copy_(param)
+        s["prev_grad"].copy_(grad)
+        if bool(s["switched"]):  # one sync: after the switch the factors cost nothing
+            self.capture.take(c.param)  # drop the statistics nobody will use
+            return u
+        return self.inner.apply(u, s, c)
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        return self.inner.cost(shape) + 8.0 * math.prod(shape)

@@ -1,0 +1,218 @@
+"""Distributed steps on 2 gloo ranks (one pair of processes for the whole module) against the
+single-process run on the same global batch, for every registered optimizer.
+
+Under FSDP2 the shards run the eager chain, so the reference there is built with
+``fast_paths=False`` (the fused AdamW kernel equals the eager chain only to round-off); under
+DDP element-wise groups run the shell's own group step, fast paths included.
+
+Tolerance of matrix routes: an owner stacks only the same-shape matrices it owns, a single
+process all of them, and a batched matmul may block a different stack size differently; with
+Orthogonalize computing in bfloat16, one flipped rounding of the polar factor moves a parameter
+by lr * 2^-8 per step, so STEPS * lr * 2^-8 bounds it. Element-wise routes run the same
+operations on the same numbers and must be bit-exact. Both are measured at 0 on this machine
+(printed with -s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from orthoptim.distributed import assign_owners, split_chain
+from orthoptim.recipes import adamw, muon
+from orthoptim.registry import REGISTRY, build, get
+from tests.distributed import workers as W
+from tests.distributed.harness import Ranks
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+DISTRIBUTABLE = [s.name for s in REGISTRY if s.single_process_only is None and not s.needs_module]
+SINGLE_ONLY = [s.name for s in REGISTRY if s.name not in DISTRIBUTABLE]
+MODES = ("ddp", "fsdp")
+
+
+def tolerance(name: str) -> float:
+    return W.STEPS * get(name).lr * 2.0**-8
+
+
+@pytest.fixture(scope="module")
+def ranks() -> Iterator[Ranks]:
+    pair = Ranks()
+    yield pair
+    pair.close()
+
+
+@pytest.fixture(scope="module")
+def runs(ranks: Ranks) -> dict[str, list[dict[str, dict[str, Tensor]]]]:
+    return {mode: ranks.run(W.run, mode, DISTRIBUTABLE, torch.float32, 1) for mode in MODES}
+
+
+def compare(name: str, got: dict[str, Tensor], want: dict[str, Tensor]) -> tuple[float, float]:
+    """Max abs difference over element-wise-route and matrix-route parameters."""
+    matrices = W.matrix_names(name)
+    diffs = {n: (got[n].double() - want[n].double()).abs().max().item() for n in want}
+    elementwise = max((d for n, d in diffs.items() if n not in matrices), default=0.0)
+    matrix = max((d for n, d in diffs.items() if n in matrices), default=0.0)
+    return elementwise, matrix
+
+
+# -- single process -------------------------------------------------------------------------------
+
+
+def test_lpt_is_deterministic_and_balanced() -> None:
+    costs = [5.0, 4.0, 3.0, 3.0, 3.0, 1.0]
+    owners = assign_owners(costs, 2)
+    assert owners == assign_owners(costs, 2) == [0, 1, 1, 0, 1, 0]
+    loads = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(2)]
+    assert max(loads) <= 4 / 3 * sum(costs) / 2  # Graham's bound against the ideal split
+    loads_before = [0.0, 0.0]
+    assign_owners([2.0], 2, loads_before)
+    assert assign_owners([1.0], 2, loads_before) == [1]  # later parameters keep earlier owners
+
+
+def test_split_chain_finds_the_matrix_core() -> None:
+    chain = muon()  # Momentum > Orthogonalize > ScaleByShape > AddWeightDecay
+    assert split_chain(chain) == (1, 3)
+    assert split_chain(adamw()) == (2, 2)
+
+
+def test_single_process_has_no_distributed_step() -> None:
+    assert build("muon_adamw", W.model()).distributed is None
+    with pytest.raises(ValueError, match="process_group was given"):
+        build("muon_adamw", W.model(), process_group=object())
+
+
+# -- two ranks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", DISTRIBUTABLE)
+def test_equals_single_process(runs: dict[str, list[Any]], mode: str, name: str) -> None:
+    want = W.reference(name, torch.float32, fast_paths=mode == "ddp")
+    for rank, out in enumerate(runs[mode]):
+        elementwise, matrix = compare(name, out[name], want)
+        print(f"{name} {mode} rank {rank}: element-wise {elementwise:.2e}, matrix {matrix:.2e}")
+        assert elementwise == 0.0
+        assert matrix <= tolerance(name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_accumulation_and_bf16(ranks: Ranks, mode: str) -> None:
+    """Two micro-batches per step (DDP ``no_sync``, FSDP2 ``set_requires_gradient_sync``), and
+    bfloat16 parameters. CPU kernels round a bf16 ``add_``/``lerp_`` differently in their
+    vectorised body and their scalar tail, so a shard (a different length) may land one bf16
+    ulp away from the full tensor: under FSDP2, bf16 parameters match within one ulp of the
+    largest parameter per step, ``STEPS * 2^-8 * max|p|`` (measured: 1 ulp)."""
+    names = ["muon_adamw", "normuon", "adamw"]
+    for dtype, micros in ((torch.float32, 2), (torch.bfloat16, 1)):
+        out = ranks.run(W.run, mode, names, dtype, micros)
+        for name in names:
+            want = W.reference(name, dtype, micros=micros, fast_paths=mode == "ddp")
+            assert all(p.dtype == dtype for p in out[0][name].values())
+            elementwise, matrix = compare(name, out[0][name], want)
+            print(f"{name} {mode} {dtype} micro-batches {micros}: {elementwise:.2e} {matrix:.2e}")
+            if dtype == torch.bfloat16 and mode == "fsdp":
+                largest = max(t.abs().max().item() for t in want.values())
+                assert max(elementwise, matrix) <= W.STEPS * 2.0**-8 * largest
+            else:
+                assert elementwise == 0.0
+                assert matrix <= tolerance(name)
+
+
+def test_mixed_precision_policy_runs_and_ranks_agree(ranks: Ranks) -> None:
+    out = ranks.run(W.mixed_precision)
+    for n, t in out[0].items():
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+        assert torch.equal(t, out[1][n])
+    assert any(not torch.equal(t, W.model().state_dict()[n]) for n, t in out[0].items())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dcp_resume_and_reshard(ranks: Ranks, tmp_path: Path, mode: str) -> None:
+    """Save after 2 steps, take step 3: resumed at 2 ranks (bit-exact), at 1 rank from the
+    2-rank checkpoint and at 2 ranks from a 1-rank checkpoint (within the matrix tolerance)."""
+    for name in DISTRIBUTABLE:
+        two, one = str(tmp_path / f"{name}-2"), str(tmp_path / f"{name}-1")
+        uninterrupted = ranks.run(W.dcp_save, mode, name, two, 2)[0]
+        resumed = ranks.run(W.dcp_resume, mode, name, two, 2)[0]
+        to_one = W.single_resume(name, two, 2, mode == "ddp")
+        single = W.single_save(name, one, 2, mode == "ddp")
+        to_two = ranks.run(W.dcp_resume, mode, name, one, 2)[0]
+        assert all(torch.equal(resumed[n], t) for n, t in uninterrupted.items()), name
+        for got, want, label in ((to_one, uninterrupted, "2->1"), (to_two, single, "1->2")):
+            elementwise, matrix = compare(name, got, want)
+            print(f"{name} {mode} {label}: {elementwise:.2e} {matrix:.2e}")
+            assert elementwise == 0.0, (name, label)
+            assert matrix <= tolerance(name), (name, label)
+
+
+def test_state_is_rank_symmetric_where_dcp_needs_it(ranks: Ranks) -> None:
+    """Every rank keeps ``step`` for every parameter; FSDP2 shards element-wise buffers on every
+    rank; a matrix core's buffers (NorMuon's v_row) and DDP's whole matrix state live on their
+    owner only."""
+    for mode in MODES:
+        keys = ranks.run(W.state_keys, mode, "normuon")
+        assert keys[0].keys() == keys[1].keys()
+        for name in keys[0]:
+            per_rank = [set(k[name]) for k in keys]
+            assert all("step" in k for k in per_rank)
+            if "v_row" in str(per_rank):
+                assert sum("normuon.v_row" in k for k in per_rank) == 1, (mode, name)
+                if mode == "fsdp":
+                    assert all("momentum.m" in k for k in per_rank)
+            else:
+                assert per_rank[0] == per_rank[1]
+
+
+def test_unsupported_layouts_and_optimizers_raise(ranks: Ranks) -> None:
+    messages = ranks.run(W.errors)[0]
+    assert "2 dimensions" in messages["hsdp"]
+    assert "Shard(dim=1)" in messages["shard1"]
+    assert "some parameters are DTensors" in messages["partial"]
+    assert "several meshes" in messages["meshes"]
+    assert "cannot run distributed" in messages["single_process_only"]
+    for name in SINGLE_ONLY:
+        assert ranks.run(W.single_only_message, name) != ["", ""], name
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_nonfinite_shard_raises_on_every_rank(ranks: Ranks, mode: str) -> None:
+    messages = ranks.run(W.nonfinite, mode)
+    assert all("nothing was updated" in m for m in messages)
+    assert "fc2.weight" in messages[1]
+
+
+def test_bytes_sent_and_owner_column(ranks: Ranks) -> None:
+    # DDP, muon_adamw on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) and gate (1x7) on
+    # rank 1. One all-gather per round (one shape bucket of each owner): round 0 pads to fc1's
+    # 104 values (fc2 has 91), round 1 carries gate's 7; each rank sends its buffers once.
+    assert ranks.run(W.sent_bytes, "ddp") == [111 * 4, 111 * 4]
+    # FSDP2: rank 0 sends its shards of fc2 (4 rows of 13) and gate (1 row of 7) to rank 1 and
+    # rank 1's 6 rows of fc1 (x8) back: 59 + 48 floats; rank 1 the mirror image.
+    assert ranks.run(W.sent_bytes, "fsdp") == [107 * 4, 107 * 4]
+    table = ranks.run(W.describe)[0]
+    assert table.splitlines()[0].split()[-1] == "owner"
+    assert {line.split()[-1] for line in table.splitlines()[2:]} == {"0", "1", "all"}
+
+
+@pytest.mark.parametrize("name", ["muon_adamw", "normuon"])
+def test_replicated_state_option(ranks: Ranks, name: str) -> None:
+    """``replicate_state=True``: the momentum of every matrix on every rank (computed there),
+    only the matrix core's own buffers (NorMuon's v_row) on the owner; same result."""
+    out = ranks.run(W.replicated_state, name)
+    want = W.reference(name, torch.float32)
+    for params, _ in out:
+        elementwise, matrix = compare(name, params, want)
+        assert elementwise == 0.0
+        assert matrix <= tolerance(name)
+    keys = [k for _, k in out]
+    for pname in W.matrix_names(name):
+        pname = f"module.{pname}"
+        assert all("momentum.m" in k[pname] for k in keys)
+        assert sum("normuon.v_row" in k[pname] for k in keys) == (name == "normuon")

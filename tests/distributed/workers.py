@@ -1,0 +1,341 @@
+"""Models, data and the per-rank functions of the distributed tests (module level: picklable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from orthoptim.registry import build
+
+STEPS = 3
+WORLD = 2
+
+
+class Tiny(nn.Module):
+    """Every routing role, shard rows that split unevenly (13, 7) and a 1-row matrix whose
+    second FSDP2 shard is empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.fc1 = nn.Linear(8, 13)
+        self.fc2 = nn.Linear(13, 7)
+        self.gate = nn.Linear(7, 1, bias=False)
+        self.norm = nn.LayerNorm(7)
+        self.head = nn.Linear(7, 16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.fc2(torch.tanh(self.fc1(self.emb(x)))))
+        h = self.norm(h) * torch.sigmoid(self.gate(h))
+        return self.head(h)
+
+
+def model(dtype: torch.dtype = torch.float32) -> Tiny:
+    torch.manual_seed(0)
+    return Tiny().to(dtype)
+
+
+def batch(step: int, rank: int, micro: int = 0) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+    return torch.randint(0, 16, (6,), generator=g), torch.randint(0, 16, (6,), generator=g)
+
+
+def loss(m: nn.Module, b: tuple[Tensor, Tensor]) -> Tensor:
+    x, y = b
+    return nn.functional.cross_entropy(m(x).float(), y)
+
+
+def reference_grads(m: nn.Module, step: int, micros: int) -> None:
+    """``p.grad`` as data parallel makes it: (sum over ranks of each rank's accumulated
+    micro-batch gradients) / world, summed in rank order."""
+    per_rank = []
+    for rank in range(WORLD):
+        m.zero_grad(set_to_none=True)
+        for micro in range(micros):
+            loss(m, batch(step, rank, micro)).backward()
+        per_rank.append([p.grad.clone() for p in m.parameters()])
+    for p, *gs in zip(m.parameters(), *per_rank, strict=True):
+        total = gs[0]
+        for g in gs[1:]:
+            total = total + g
+        p.grad = total / WORLD
+
+
+def reference(
+    name: str, dtype: torch.dtype, steps: int = STEPS, micros: int = 1, fast_paths: bool = True
+) -> dict[str, Tensor]:
+    """The single-process run on the data-parallel gradients. ``fast_paths=False`` for FSDP2,
+    whose shards run the eager chain (the fused AdamW kernel equals it only to round-off)."""
+    m = model(dtype)
+    opt = build(name, m, fast_paths=fast_paths)
+    for step in range(steps):
+        reference_grads(m, step, micros)
+        opt.step()
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def matrix_names(name: str) -> set[str]:
+    """Parameters whose route has a matrix transform (not bit-exact across batching)."""
+    m = model()
+    opt = build(name, m)
+    out = set()
+    for group in opt.param_groups:
+        chain = opt.plan.route_named(group["route"]).chain
+        if not chain.is_elementwise:
+            out |= set(group["param_names"])
+    return out
+
+
+def _full(m: nn.Module) -> dict[str, Tensor]:
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for n, p in m.named_parameters():
+        t = p.full_tensor() if isinstance(p, DTensor) else p
+        out[n.removeprefix("module.")] = t.detach().clone()
+    return out
+
+
+def _train(m: nn.Module, opt: Any, rank: int, steps: range, micros: int, mode: str) -> None:
+    for step in steps:
+        for micro in range(micros):
+            last = micro == micros - 1
+            if mode == "fsdp":
+                m.set_requires_gradient_sync(last)
+                loss(m, batch(step, rank, micro)).backward()
+            elif last:
+                loss(m, batch(step, rank, micro)).backward()
+            else:
+                with m.no_sync():
+                    loss(m, batch(step, rank, micro)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def wrap(mode: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    m = model(dtype)
+    if mode == "ddp":
+        return nn.parallel.DistributedDataParallel(m)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    fully_shard(m.fc1, mesh=mesh)
+    fully_shard(m, mesh=mesh)
+    return m
+
+
+def run(rank: int, mode: str, names: list[str], dtype: torch.dtype, micros: int) -> dict[str, Any]:
+    """Each optimizer for STEPS steps under ``mode``; rank 0 returns the full parameters."""
+    out = {}
+    for name in names:
+        m = wrap(mode, dtype)
+        opt = build(name, m)
+        _train(m, opt, rank, range(STEPS), micros, mode)
+        out[name] = _full(m)
+    return out
+
+
+def sent_bytes(rank: int, mode: str) -> int:
+    m = wrap(mode)
+    opt = build("muon_adamw", m)
+    _train(m, opt, rank, range(1), 1, mode)
+    return opt.distributed.sent_bytes
+
+
+def describe(rank: int) -> str:
+    return build("muon_adamw", wrap("ddp")).describe()
+
+
+def _dcp_objects(mode: str, name: str) -> tuple[nn.Module, Any]:
+    m = wrap(mode) if mode != "single" else model()
+    return m, build(name, m)
+
+
+def _save(m: nn.Module, opt: Any, path: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(m, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+
+
+def _load(m: nn.Module, opt: Any, path: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(m, opt)
+    sd = {"model": msd, "optim": osd}
+    dcp.load(sd, checkpoint_id=path)
+    set_state_dict(m, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+
+
+def dcp_save(rank: int, mode: str, name: str, path: str, steps: int) -> dict[str, Tensor]:
+    """Train ``steps`` steps, save, train one more; the parameters after it."""
+    m, opt = _dcp_objects(mode, name)
+    _train(m, opt, rank, range(steps), 1, mode)
+    _save(m, opt, path)
+    _train(m, opt, rank, range(steps, steps + 1), 1, mode)
+    return _full(m)
+
+
+def dcp_resume(rank: int, mode: str, name: str, path: str, steps: int) -> dict[str, Tensor]:
+    """Fresh model and optimizer, load, train step ``steps``; the parameters after it."""
+    m, opt = _dcp_objects(mode, name)
+    _load(m, opt, path)
+    _train(m, opt, rank, range(steps, steps + 1), 1, mode)
+    return _full(m)
+
+
+def single_save(name: str, path: str, steps: int, fast_paths: bool) -> dict[str, Tensor]:
+    """The single-process run with data parallel gradients: save after ``steps``, one more."""
+    m = model()
+    opt = build(name, m, fast_paths=fast_paths)
+    for step in range(steps):
+        reference_grads(m, step, 1)
+        opt.step()
+    _save(m, opt, path)
+    reference_grads(m, steps, 1)
+    opt.step()
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def single_resume(name: str, path: str, steps: int, fast_paths: bool) -> dict[str, Tensor]:
+    m = model()
+    opt = build(name, m, fast_paths=fast_paths)
+    _load(m, opt, path)
+    reference_grads(m, steps, 1)
+    opt.step()
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def barrier(rank: int) -> int:
+    dist.barrier()
+    return rank
+
+
+def errors(rank: int) -> dict[str, str]:
+    """The message of each unsupported layout (``""`` if none was raised)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    out = {}
+
+    def message(make: Any) -> str:
+        try:
+            build("muon_adamw", make())
+        except ValueError as err:
+            return str(err)
+        return ""
+
+    def hsdp() -> nn.Module:
+        m = model()
+        fully_shard(m, mesh=init_device_mesh("cpu", (1, WORLD), mesh_dim_names=("rep", "shard")))
+        return m
+
+    def shard1() -> nn.Module:
+        m = model()
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for mod in (m.fc1, m.fc2, m.gate, m.head, m.emb, m.norm):
+            for pname, p in list(mod.named_parameters(recurse=False)):
+                placement = Shard(1) if p.ndim == 2 else Shard(0)
+                t = distribute_tensor(p.detach(), mesh, [placement])
+                setattr(mod, pname, nn.Parameter(t))
+        return m
+
+    def partial() -> nn.Module:
+        m = model()
+        fully_shard(m.fc1, mesh=init_device_mesh("cpu", (WORLD,)))
+        return m
+
+    def two_meshes() -> nn.Module:
+        m = model()
+        fully_shard(m.fc1, mesh=init_device_mesh("cpu", (WORLD,), mesh_dim_names=("a",)))
+        fully_shard(m, mesh=init_device_mesh("cpu", (WORLD,), mesh_dim_names=("b",)))
+        return m
+
+    for name, make in [
+        ("hsdp", hsdp),
+        ("shard1", shard1),
+        ("partial", partial),
+        ("meshes", two_meshes),
+    ]:
+        out[name] = message(make)
+    try:
+        build("muon_nalr", wrap("ddp"))
+        out["single_process_only"] = ""
+    except ValueError as err:
+        out["single_process_only"] = str(err)
+    return out
+
+
+def nonfinite(rank: int, mode: str) -> str:
+    """A NaN in rank 1's shard only: every rank must raise, none may hang."""
+    from orthoptim.optim import NonFiniteGradientError
+
+    m = wrap(mode)
+    opt = build("muon_adamw", m)
+    loss(m, batch(0, rank)).backward()
+    if rank == 1:
+        g = getattr(m, "module", m).fc2.weight.grad
+        (g.to_local() if hasattr(g, "to_local") else g).view(-1)[0] = float("nan")
+    try:
+        opt.step()
+    except NonFiniteGradientError as err:
+        return str(err)
+    return ""
+
+
+def state_keys(rank: int, mode: str, name: str) -> dict[str, list[str]]:
+    m = wrap(mode)
+    opt = build(name, m)
+    _train(m, opt, rank, range(1), 1, mode)
+    names = {id(p): n for n, p in m.named_parameters()}
+    return {names[id(p)]: sorted(s) for p, s in opt.state.items()}
+
+
+def mixed_precision(rank: int) -> dict[str, Tensor]:
+    """FSDP2 with a bf16 MixedPrecisionPolicy (fp32 sharded parameters)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    m = model()
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    mesh = init_device_mesh("cpu", (WORLD,))
+    fully_shard(m.fc1, mesh=mesh, mp_policy=policy)
+    fully_shard(m, mesh=mesh, mp_policy=policy)
+    opt = build("muon_adamw", m)
+    _train(m, opt, rank, range(STEPS), 1, "fsdp")
+    return _full(m)
+
+
+def single_only_message(rank: int, name: str) -> str:
+    """The error building a single-process-only optimizer on a DDP model raises."""
+    try:
+        build(name, wrap("ddp"))
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+def replicated_state(rank: int, name: str) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+    """DDP with ``replicate_state=True``: the parameters after STEPS steps and the state keys."""
+    from orthoptim.optim import ChainOptimizer
+    from orthoptim.registry import get
+
+    spec = get(name)
+    m = wrap("ddp")
+    opt = ChainOptimizer(
+        m,
+        spec.whole_model_plan(),
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        replicate_state=True,
+    )
+    _train(m, opt, rank, range(STEPS), 1, "ddp")
+    names = {id(p): n for n, p in m.named_parameters()}
+    return _full(m), {names[id(p)]: sorted(s) for p, s in opt.state.items()}
