@@ -2,7 +2,8 @@
 
     torchrun --nproc-per-node 2 examples/train_fsdp.py
 
-Runs on CPU with gloo (``--backend nccl`` on GPUs). Each rank reads its own batches of the
+Runs on CPU with gloo (on GPUs: the nccl backend, a "cuda" mesh, the model and batches on each
+rank's device; nothing else changes). Each rank reads its own batches of the
 ``lm`` task (TinyGPT on CPython's pydoc topics); ``fully_shard`` shards every block and the
 root, so the parameters are DTensors and ``orthoptim.build`` shares the matrix steps out: each
 hidden matrix is orthogonalised by one owner rank (``opt.describe()`` shows which). After
@@ -64,14 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--resume-steps", type=int, default=20)
-    parser.add_argument("--backend", default="gloo")
     parser.add_argument("--checkpoint", default=None, help="DCP directory (default: a temp dir)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    dist.init_process_group(args.backend)
+    dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    mesh = init_device_mesh("cpu" if args.backend == "gloo" else "cuda", (world,))
+    mesh = init_device_mesh("cpu", (world,))
     task = LanguageModel()
     path = args.checkpoint or os.path.join(tempfile.gettempdir(), "orthoptim-train-fsdp")
 

@@ -70,7 +70,7 @@ def _speed(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         from orthoptim.bench import speed_dist
 
-        speed_dist.run(
+        rows = speed_dist.run(
             speed_dist.DistConfig(
                 shapes=speed_dist.shapes_or_default(args.shapes, speed.LAYER_SHAPES),
                 layers=args.layers,
@@ -79,6 +79,8 @@ def _speed(args: argparse.Namespace) -> int:
                 threads=1,
             )
         )
+        if args.out is not None:
+            print(f"\nmeasurements in {speed_dist.write(rows, args.out)}")
         return 0
     config = speed.SpeedConfig(
         shapes=speed.parse_shapes(args.shapes) if args.shapes else speed.LAYER_SHAPES,

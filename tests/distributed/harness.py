@@ -50,8 +50,11 @@ class Ranks:
         ]
         for proc in self.procs:
             proc.start()
+        self.broken = ""
 
     def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        if self.broken:
+            raise RuntimeError(f"the ranks were stopped after {self.broken} hung")
         for queue in self.tasks:
             queue.put((fn, args))
         out: dict[int, Any] = {}
@@ -60,6 +63,7 @@ class Ranks:
             try:
                 rank, ok, value = self.results.get(timeout=TIMEOUT_S)
             except Exception as err:  # queue.Empty: a rank hung in a collective
+                self.broken = fn.__name__
                 self.close(force=True)
                 raise RuntimeError(
                     f"{fn.__name__}: a rank did not answer in {TIMEOUT_S} s"

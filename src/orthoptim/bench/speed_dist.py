@@ -20,12 +20,14 @@ docs/distributed.md can be checked against the measurement.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -143,6 +145,7 @@ def _worker(rank: int, world: int, port: int, config: DistConfig, out: Any) -> N
             r.rank, r.step_ms, r.sent_bytes, r.owned_flops, statistics.median(samples) * 1e3
         )
     out.put((rank, results))
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 
@@ -195,6 +198,16 @@ def run(config: DistConfig, echo: Callable[[str], None] = print) -> dict[str, An
             )
         echo(f"  per-rank step / 1-process step: {ratio:.2f}x (target <= 0.6x at 2 ranks)")
     return rows
+
+
+def write(rows: dict[str, Any], out: Path) -> Path:
+    """``rows`` with the environment, as ``out/speed_dist.json``; returns the file."""
+    from orthoptim.bench.records import environment
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "speed_dist.json"
+    path.write_text(json.dumps({**rows, "env": environment()}, indent=2, default=str) + "\n")
+    return path
 
 
 def shapes_or_default(text: str | None, default: Sequence[Shape]) -> tuple[Shape, ...]:
