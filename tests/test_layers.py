@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "fused": 4,
     "routing": 4,
     "registry": 4,
+    "specs": 4,
     "bench": 5,
     "cli": 6,
     "__main__": 6,

@@ -143,7 +143,7 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
         help="race optimizers on real tasks: lr sweep, seeds, records, report, plots",
         description="Each optimizer gets the same log-spaced lr sweep around its registry "
         "default, the lr is picked on held-out data, then seeds run at that lr. Writes "
-        "records.jsonl, report.md and PNG plots. No argument: the default race (~10 min on "
+        "records.jsonl, report.md and PNG plots. No argument: the default race (~15 min on "
         "2 CPU cores); --quick: under a minute.",
     )
     race.add_argument(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import records, report, speed, summary
+from orthoptim.bench import records, report, speed_report, summary
 
 FOLDERS = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "records").glob("*/"))
 
@@ -35,6 +35,6 @@ def test_curated_records_validate_and_render(folder: Path) -> None:
 
 @pytest.mark.parametrize("folder", SPEED, ids=[f.name for f in SPEED])
 def test_curated_speed_records_validate(folder: Path) -> None:
-    recs = speed.read(folder)
+    recs = speed_report.read(folder)
     readme = (folder / "README.md").read_text()
     assert recs[0]["run"]["command"] in readme

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import speed
+from orthoptim.bench import speed, speed_report
 from orthoptim.cli import main
 
 
@@ -40,7 +40,7 @@ def test_speed_run_writes_records_with_ratios(tmp_path: Path) -> None:
         rate_size=64,
     )
     _, out = speed.run(config, echo=lines.append)
-    recs = speed.read(out)
+    recs = speed_report.read(out)
     names = {r["name"] for r in recs}
     assert {"orthoptim:muon", "orthoptim:adamw", "orthoptim:auon", "torch:adamw_fused"} <= names
     by = {r["name"]: r for r in recs}
@@ -66,4 +66,32 @@ def test_cli_speed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert main(argv) == 0
     assert "orthoptim:muon" in capsys.readouterr().out
-    assert speed.read(tmp_path)[0]["run"]["command"].startswith("orthoptim")
+    assert speed_report.read(tmp_path)[0]["run"]["command"].startswith("orthoptim")
+
+
+def test_periodic_optimizers_are_timed_over_a_refresh_period_and_the_check_is_reported(
+    tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    config = speed.SpeedConfig(
+        shapes=((12, 6),),
+        layers=1,
+        adamw_extra=(),
+        specs=("muon", "shampoo", "mkor"),
+        peers=False,
+        warmup=0,
+        steps=2,
+        threads=1,
+        out=tmp_path,
+        rate_size=32,
+    )
+    _, out = speed.run(config, echo=lines.append)
+    by = {r["name"]: r for r in speed_report.read(out)}
+    period = speed.refresh_period("shampoo")
+    assert period == 10 and speed.refresh_period("muon") == 1
+    assert len(by["orthoptim:shampoo"]["step_ms"]) == period
+    assert len(by["orthoptim:muon"]["step_ms"]) == 2
+    assert by["orthoptim:nonfinite_check"]["state_bytes"] == 0
+    assert "non-finite gradient check" in lines[0]
+    assert any(line.startswith("not timed: orthoptim:mkor") for line in lines)
+    assert "orthoptim:mkor" not in by

@@ -30,7 +30,8 @@ Progress = Callable[[int, float], None]
 _STATUS = Path("/proc/self/status")
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``); ``None`` without ``/proc``."""
     try:
         match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
@@ -49,7 +50,7 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int | None:
     """The process's peak resident set size in bytes (``VmHWM``; ``ru_maxrss`` elsewhere)."""
-    kib = _status_kib("VmHWM")
+    kib = status_kib("VmHWM")
     if kib is not None:
         return kib * 1024
     try:
@@ -132,7 +133,7 @@ def run(
     opt = racer.make(model, lr)
     batches = task.batches(seed)
     reset_ok = reset_peak_rss()
-    rss_start = _status_kib("VmRSS")
+    rss_start = status_kib("VmRSS")
     curve: list[dict[str, Any]] = [
         {"step": 0, "time_s": 0.0, "train_loss": None, **task.evaluate(model)}
     ]

@@ -25,29 +25,39 @@ Protocol, all in one process so every entrant sees the same machine state:
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
-import gc
-import importlib
 import json
 import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from orthoptim import registry
+from orthoptim.bench import speed_peers
 from orthoptim.bench._optional import version_of
+from orthoptim.bench.measure import (
+    Shape,
+    count_flops,
+    fixed_params,
+    matmul_rate,
+    set_grads,
+    state_bytes,
+    transient_peak,
+)
 from orthoptim.bench.records import environment, plain
+from orthoptim.bench.speed_report import (
+    SPEED_SCHEMA,
+    render,
+    summarize,
+)
+from orthoptim.optim import ChainOptimizer
 
-SPEED_SCHEMA = 1
-Shape = tuple[int, int]
 # One d=512 GPT block's hidden matrices (qkv, attention out, MLP up, MLP down), 6 blocks: 18.9M.
 LAYER_SHAPES: tuple[Shape, ...] = ((1536, 512), (512, 512), (2048, 512), (512, 2048))
 LAYERS = 6
@@ -116,23 +126,6 @@ def parse_shapes(text: str) -> tuple[Shape, ...]:
     return tuple(shapes)
 
 
-def _muon_hyper() -> dict[str, Any]:
-    """The registry ``muon``'s hyperparameters, so every peer runs the same algorithm."""
-    from orthoptim.bench.peers import muon_defaults
-
-    d = muon_defaults()
-    return {"lr": d.lr, "momentum": d.momentum, "nesterov": d.nesterov, "ns_steps": d.ns_steps}
-
-
-def _adamw_hyper() -> dict[str, Any]:
-    from orthoptim.bench.peers import _only
-    from orthoptim.transforms import ScaleByAdam
-
-    spec = registry.get("adamw")
-    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
-    return {"lr": spec.lr, "betas": adam.betas, "eps": adam.eps, "weight_decay": spec.weight_decay}
-
-
 def refresh_period(name: str) -> int:
     """The longest period of a registered optimizer's periodic work (its ``*_every``
     options), 1 when it has none."""
@@ -147,73 +140,15 @@ def _orthoptim(name: str) -> Callable[[list[torch.Tensor]], Any]:
     return make
 
 
-def _torch_muon(params: list[torch.Tensor]) -> Any:
-    h = _muon_hyper()
-    return torch.optim.Muon(
-        params,
-        lr=h["lr"],
-        weight_decay=0.0,
-        momentum=h["momentum"],
-        nesterov=h["nesterov"],
-        ns_steps=h["ns_steps"],
-        adjust_lr_fn="original",
-    )
+class NonFiniteCheck:
+    """The shell's non-finite gradient check alone, as an entrant: what ``nonfinite="raise"``
+    or ``"skip"`` (issue 6) costs every step of every orthoptim optimizer."""
 
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params = params
 
-def _torch_adamw(fused: bool) -> Callable[[list[torch.Tensor]], Any]:
-    def make(params: list[torch.Tensor]) -> Any:
-        h = _adamw_hyper()
-        return torch.optim.AdamW(params, fused=fused, foreach=None if fused else True, **h)
-
-    return make
-
-
-def _heavyball_muon(params: list[torch.Tensor]) -> Any:
-    from orthoptim.bench.peers import _Eager, _heavyball
-
-    hb, utils = _heavyball()
-    h = _muon_hyper()
-    opt = hb.Muon(
-        params,
-        lr=h["lr"],
-        betas=(h["momentum"], 0.99),
-        weight_decay=0.0,
-        heavyball_momentum=True,
-        nesterov=h["nesterov"],
-        warmup_steps=0,
-    )
-    return _Eager(opt, utils)
-
-
-def _heavyball_adamw(params: list[torch.Tensor]) -> Any:
-    from orthoptim.bench.peers import _Eager, _heavyball
-
-    hb, utils = _heavyball()
-    h = _adamw_hyper()
-    opt = hb.AdamW(
-        params,
-        lr=h["lr"],
-        betas=h["betas"],
-        eps=h["eps"],
-        weight_decay=h["weight_decay"],
-        warmup_steps=0,
-    )
-    return _Eager(opt, utils)
-
-
-def _pytorch_optimizer_muon(params: list[torch.Tensor]) -> Any:
-    po = importlib.import_module("pytorch_optimizer")
-    h = _muon_hyper()
-    return po.Muon(
-        [{"params": params, "use_muon": True}],
-        lr=h["lr"],
-        momentum=h["momentum"],
-        weight_decay=0.0,
-        nesterov=h["nesterov"],
-        ns_steps=h["ns_steps"],
-        ns_coeffs="original",
-        use_adjusted_lr=False,
-    )
+    def step(self) -> bool:
+        return ChainOptimizer._all_finite([p.grad for p in self.params if p.grad is not None])
 
 
 def not_timed() -> dict[str, str]:
@@ -236,6 +171,7 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
     out = [
         Entrant("orthoptim:muon", "orthoptim", "muon", False, _orthoptim("muon")),
         Entrant("orthoptim:adamw", "orthoptim", "adamw", True, _orthoptim("adamw")),
+        Entrant("orthoptim:nonfinite_check", "orthoptim", "check", True, NonFiniteCheck),
     ]
     for name in registry.names(tag="matrix"):
         spec = registry.get(name)
@@ -252,143 +188,28 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
             )
         )
     if specs is not None:
-        out = [e for e in out if e.name.split(":", 1)[1] in specs]
+        out = [e for e in out if e.name.split(":", 1)[1] in specs or e.family == "check"]
     if not peers:
         return out
     if hasattr(torch.optim, "Muon"):
-        out.append(Entrant("torch:muon", "torch", "muon", False, _torch_muon))
-    out.append(Entrant("torch:adamw_fused", "torch", "adamw", True, _torch_adamw(True)))
-    out.append(Entrant("torch:adamw_foreach", "torch", "adamw", True, _torch_adamw(False)))
+        out.append(Entrant("torch:muon", "torch", "muon", False, speed_peers.torch_muon))
+    out.append(Entrant("torch:adamw_fused", "torch", "adamw", True, speed_peers.torch_adamw(True)))
+    out.append(
+        Entrant("torch:adamw_foreach", "torch", "adamw", True, speed_peers.torch_adamw(False))
+    )
     if version_of("heavyball") is not None:
-        out.append(Entrant("heavyball:muon", "heavyball", "muon", False, _heavyball_muon))
-        out.append(Entrant("heavyball:adamw", "heavyball", "adamw", True, _heavyball_adamw))
+        out.append(
+            Entrant("heavyball:muon", "heavyball", "muon", False, speed_peers.heavyball_muon)
+        )
+        out.append(
+            Entrant("heavyball:adamw", "heavyball", "adamw", True, speed_peers.heavyball_adamw)
+        )
     if version_of("pytorch-optimizer") is not None:
         out.append(
             Entrant("pytorch_optimizer:muon", "pytorch-optimizer", "muon", False,
-                    _pytorch_optimizer_muon)
+                    speed_peers.pytorch_optimizer_muon)
         )  # fmt: skip
     return out
-
-
-def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of a ``size``-square matmul in ``dtype`` on this machine: the
-    rate the FLOP floor is measured against (a large square product, near peak)."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
-
-
-def _optimizers(stepper: Any) -> list[Any]:
-    if isinstance(stepper, torch.optim.Optimizer):
-        return [stepper]
-    return [o for inner in getattr(stepper, "optimizers", ()) for o in _optimizers(inner)]
-
-
-def state_bytes(stepper: Any, params: Sequence[torch.Tensor]) -> int:
-    """Bytes of every distinct tensor the optimizer keeps in ``state``: parameters and 0-D
-    step counters excluded (a few bytes per tensor, not per parameter element)."""
-    own = {p.data_ptr() for p in params}
-    seen: dict[int, int] = {}
-    for opt in _optimizers(stepper):
-        for t in _tensors(dict(opt.state)):
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in own and t.ndim > 0:
-                seen[ptr] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
-def _status_kib(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _release_cached_memory() -> bool:
-    """Make the C allocator hand freed memory back to the OS, so that memory a step reuses
-    shows up in the resident set again: large blocks (>= 64 KiB) are mapped and unmapped on
-    their own from now on (``mallopt(M_MMAP_THRESHOLD)``; this also stops glibc from raising
-    the threshold), and the heap's free pages are released (``malloc_trim``). glibc only;
-    called after the timed rounds, since separate mappings make allocation slower."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return ok
-
-
-def transient_peak(step: Callable[[], Any]) -> int | None:
-    """Resident-set high-water mark during ``step()`` above the resident set before it, bytes;
-    ``None`` where the C allocator's cache cannot be released or ``/proc`` is unavailable."""
-    gc.collect()
-    if not _release_cached_memory():
-        return None
-    before = _status_kib("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return None
-    step()
-    peak = _status_kib("VmHWM")
-    if before is None or peak is None:
-        return None
-    return max(0, peak - before) * 1024
-
-
-def count_flops(
-    step: Callable[[], Any],
-    period: int = 1,
-    params: Sequence[torch.Tensor] = (),
-    grads: Sequence[torch.Tensor] = (),
-) -> int:
-    """Matmul FLOPs of one ``step()`` (torch's FLOP counter: mm, bmm, addmm, baddbmm, ...),
-    averaged over ``period`` steps (the gradients reset before each) for periodic work."""
-    if period > 1:
-        with FlopCounterMode(display=False) as counter:
-            for _ in range(period):
-                _set_grads(params, grads)
-                step()
-        return int(counter.get_total_flops()) // period
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
-
-
-def _params(shapes: Sequence[Shape], seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
-    grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
-    return params, grads
-
-
-def _set_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
-    """Give every parameter its fixed gradient again: some peers (heavyball) drop ``p.grad``
-    after a step, and would otherwise step nothing from the second round on."""
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -437,13 +258,13 @@ def run(config: SpeedConfig, echo: Callable[[str], None] = print) -> tuple[list[
 def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result], Path]:
     matrices = tuple(config.shapes) * config.layers
     full = matrices + tuple(config.adamw_extra)
-    base = {False: _params(matrices, 0), True: _params(full, 0)}
+    base = {False: fixed_params(matrices, 0), True: fixed_params(full, 0)}
     results, steppers = [], []
     for e in entrants(config.specs, config.peers):
         params0, grads0 = base[e.full_set]
         # Own copies: some peers write into the gradient (heavyball's in-place transforms).
         params, grads = [p.clone() for p in params0], [g.clone() for g in grads0]
-        _set_grads(params, grads)
+        set_grads(params, grads)
         result = Result(e, sum(p.numel() for p in params))
         try:
             stepper = e.make(params)
@@ -462,7 +283,7 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
                 continue
             if round_ >= config.warmup + timed[result.entrant.name]:
                 continue
-            _set_grads(params, grads)
+            set_grads(params, grads)
             try:
                 start = time.perf_counter()
                 stepper.step()
@@ -476,9 +297,9 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
         if stepper is None or result.error is not None:
             continue
         result.state_bytes = state_bytes(stepper, params)
-        _set_grads(params, grads)
+        set_grads(params, grads)
         result.transient_bytes = transient_peak(stepper.step)
-        _set_grads(params, grads)
+        set_grads(params, grads)
         result.flops = count_flops(stepper.step, result.entrant.period, params, grads)
     bf16_after = matmul_rate(torch.bfloat16, config.rate_size)
     rates = {"bf16_flops": max(bf16, bf16_after), "fp32_flops": fp32, "bf16_first": bf16,
@@ -532,100 +353,6 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     for name, why in run_info["not_timed"].items():
         echo(f"not timed: orthoptim:{name} ({why})")
     return results, out
-
-
-RECORD_KEYS: tuple[str, ...] = (
-    "schema", "kind", "run", "name", "library", "family", "params", "step_ms_median", "step_ms",
-    "flops", "state_bytes", "transient_peak_bytes", "error", "ratio_fastest_peer", "ratio_floor",
-    "ratio_muon", "state_bytes_per_param", "env", "finished_at",
-)  # fmt: skip
-
-
-def read(path: Path) -> list[dict[str, Any]]:
-    """The speed records of ``path`` (a folder or its ``records.jsonl``); ``ValueError`` naming
-    the first line that is not a speed record with every key."""
-    if path.is_dir():
-        path = path / "records.jsonl"
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        missing = [k for k in RECORD_KEYS if k not in record]
-        if record.get("kind") != "speed" or record.get("schema") != SPEED_SCHEMA or missing:
-            raise ValueError(f"{path}:{number}: not a speed record (missing {missing})")
-        out.append(record)
-    if not out:
-        raise ValueError(f"{path} holds no speed records")
-    return out
-
-
-def summarize(results: Sequence[Result], bf16_rate: float) -> dict[str, Any]:
-    """Ratios: to the fastest peer of the same family, to the FLOP floor, to orthoptim's muon."""
-    ok = [r for r in results if r.error is None and r.times_s]
-    fastest = {}
-    for family in ("muon", "adamw"):
-        peers = [r.median_ms for r in ok if r.entrant.family == family and not _ours(r)]
-        fastest[family] = min(peers) if peers else math.nan
-    muon = next((r for r in ok if r.entrant.name == "orthoptim:muon"), None)
-    floor_ms = muon.flops / bf16_rate * 1e3 if muon is not None and muon.flops else math.nan
-    rows = {}
-    for r in results:
-        ms = r.median_ms
-        family = r.entrant.family
-        rows[r.entrant.name] = {
-            "ratio_fastest_peer": ms / fastest[family] if family in fastest else math.nan,
-            "ratio_floor": r.mean_ms / (r.flops / bf16_rate * 1e3) if r.flops else math.nan,
-            # Amortised: the mean over a whole refresh period (the median for the rest).
-            "ratio_muon": r.mean_ms / muon.mean_ms if muon is not None else math.nan,
-            "own_floor_ms": r.flops / bf16_rate * 1e3 if r.flops else math.nan,
-            "state_bytes_per_param": r.state_bytes / r.params if r.params else math.nan,
-        }
-    return {"rows": rows, "fastest": fastest, "floor_ms": floor_ms}
-
-
-def _ours(r: Result) -> bool:
-    return r.entrant.library == "orthoptim"
-
-
-def _fmt(x: float, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def render(
-    results: Sequence[Result],
-    summary: dict[str, Any],
-    rates: dict[str, float],
-    run_info: dict[str, Any],
-) -> str:
-    """The printed table, one line per entrant."""
-    lines = [
-        f"step speed: {len(run_info['shapes']) * run_info['layers']} matrices "
-        f"({run_info['matrix_params'] / 1e6:.1f}M params; "
-        f"AdamW set {run_info['full_params'] / 1e6:.1f}M), {run_info['threads']} threads, "
-        f"median of {run_info['steps']} after {run_info['warmup']} warm-up (mean, FLOPs, x floor "
-        "and x muon over a whole refresh period where an optimizer has one)",
-        f"matmul rate: bf16 {rates['bf16_flops'] / 1e9:.0f} GFLOP/s, fp32 "
-        f"{rates['fp32_flops'] / 1e9:.0f} GFLOP/s; Muon FLOP floor "
-        f"{_fmt(summary['floor_ms'], '.0f')} ms (NS matmul FLOPs / bf16 rate)",
-        "",
-        f"{'optimizer':<26}{'step ms':>9}{'mean ms':>9}{'x fastest peer':>16}{'x floor':>9}"
-        f"{'x muon':>8}"
-        f"{'GFLOP':>8}{'state B/param':>15}{'transient MB':>14}",
-    ]
-    for r in results:
-        row = summary["rows"][r.entrant.name]
-        if r.error is not None:
-            lines.append(f"{r.entrant.name:<26}  error: {r.error}")
-            continue
-        transient = None if r.transient_bytes is None else r.transient_bytes / 2**20
-        lines.append(
-            f"{r.entrant.name:<26}{_fmt(r.median_ms, '.1f'):>9}{_fmt(r.mean_ms, '.1f'):>9}"
-            f"{_fmt(row['ratio_fastest_peer'], '.3f'):>16}{_fmt(row['ratio_floor'], '.3f'):>9}"
-            f"{_fmt(row['ratio_muon'], '.2f'):>8}{_fmt(r.flops / 1e9, '.1f'):>8}"
-            f"{_fmt(row['state_bytes_per_param'], '.2f'):>15}{_fmt(transient, '.1f'):>14}"
-        )
-    return "\n".join(lines)
 
 
 def main_command() -> str:

@@ -1,0 +1,130 @@
+"""What ``orthoptim speed`` measures besides time: the machine's matmul rate, optimizer-state
+bytes, a step's transient memory peak and its matmul FLOPs; and the fixed parameters and
+gradients every entrant steps."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from orthoptim.bench.runner import reset_peak_rss, status_kib
+
+Shape = tuple[int, int]
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of a ``size``-square matmul in ``dtype`` on this machine: the
+    rate the FLOP floor is measured against (a large square product, near peak)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _optimizers(stepper: Any) -> list[Any]:
+    if isinstance(stepper, torch.optim.Optimizer):
+        return [stepper]
+    return [o for inner in getattr(stepper, "optimizers", ()) for o in _optimizers(inner)]
+
+
+def state_bytes(stepper: Any, params: Sequence[torch.Tensor]) -> int:
+    """Bytes of every distinct tensor the optimizer keeps in ``state``: parameters and 0-D
+    step counters excluded (a few bytes per tensor, not per parameter element)."""
+    own = {p.data_ptr() for p in params}
+    seen: dict[int, int] = {}
+    for opt in _optimizers(stepper):
+        for t in _tensors(dict(opt.state)):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in own and t.ndim > 0:
+                seen[ptr] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _release_cached_memory() -> bool:
+    """Make the C allocator hand freed memory back to the OS, so that memory a step reuses
+    shows up in the resident set again: large blocks (>= 64 KiB) are mapped and unmapped on
+    their own from now on (``mallopt(M_MMAP_THRESHOLD)``; this also stops glibc from raising
+    the threshold), and the heap's free pages are released (``malloc_trim``). glibc only;
+    called after the timed rounds, since separate mappings make allocation slower."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3
+        ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return ok
+
+
+def transient_peak(step: Callable[[], Any]) -> int | None:
+    """Resident-set high-water mark during ``step()`` above the resident set before it, bytes;
+    ``None`` where the C allocator's cache cannot be released or ``/proc`` is unavailable."""
+    gc.collect()
+    if not _release_cached_memory():
+        return None
+    before = status_kib("VmRSS")
+    if not reset_peak_rss():
+        return None
+    step()
+    peak = status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) * 1024
+
+
+def count_flops(
+    step: Callable[[], Any],
+    period: int = 1,
+    params: Sequence[torch.Tensor] = (),
+    grads: Sequence[torch.Tensor] = (),
+) -> int:
+    """Matmul FLOPs of one ``step()`` (torch's FLOP counter: mm, bmm, addmm, baddbmm, ...),
+    averaged over ``period`` steps (the gradients reset before each) for periodic work."""
+    if period > 1:
+        with FlopCounterMode(display=False) as counter:
+            for _ in range(period):
+                set_grads(params, grads)
+                step()
+        return int(counter.get_total_flops()) // period
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def fixed_params(
+    shapes: Sequence[Shape], seed: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
+    grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
+    return params, grads
+
+
+def set_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+    """Give every parameter its fixed gradient again: some peers (heavyball) drop ``p.grad``
+    after a step, and would otherwise step nothing from the second round on."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g

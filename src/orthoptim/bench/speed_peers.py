@@ -1,0 +1,98 @@
+"""The peers ``orthoptim speed`` times: torch.optim, heavyball and pytorch-optimizer's Muon and
+AdamW, each set to the registry's hyperparameters so every entrant runs the same algorithm."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from orthoptim import registry
+
+
+def _muon_hyper() -> dict[str, Any]:
+    """The registry ``muon``'s hyperparameters, so every peer runs the same algorithm."""
+    from orthoptim.bench.peers import muon_defaults
+
+    d = muon_defaults()
+    return {"lr": d.lr, "momentum": d.momentum, "nesterov": d.nesterov, "ns_steps": d.ns_steps}
+
+
+def _adamw_hyper() -> dict[str, Any]:
+    from orthoptim.bench.peers import _only
+    from orthoptim.transforms import ScaleByAdam
+
+    spec = registry.get("adamw")
+    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
+    return {"lr": spec.lr, "betas": adam.betas, "eps": adam.eps, "weight_decay": spec.weight_decay}
+
+
+def torch_muon(params: list[torch.Tensor]) -> Any:
+    h = _muon_hyper()
+    return torch.optim.Muon(
+        params,
+        lr=h["lr"],
+        weight_decay=0.0,
+        momentum=h["momentum"],
+        nesterov=h["nesterov"],
+        ns_steps=h["ns_steps"],
+        adjust_lr_fn="original",
+    )
+
+
+def torch_adamw(fused: bool) -> Callable[[list[torch.Tensor]], Any]:
+    def make(params: list[torch.Tensor]) -> Any:
+        h = _adamw_hyper()
+        return torch.optim.AdamW(params, fused=fused, foreach=None if fused else True, **h)
+
+    return make
+
+
+def heavyball_muon(params: list[torch.Tensor]) -> Any:
+    from orthoptim.bench.peers import _Eager, _heavyball
+
+    hb, utils = _heavyball()
+    h = _muon_hyper()
+    opt = hb.Muon(
+        params,
+        lr=h["lr"],
+        betas=(h["momentum"], 0.99),
+        weight_decay=0.0,
+        heavyball_momentum=True,
+        nesterov=h["nesterov"],
+        warmup_steps=0,
+    )
+    return _Eager(opt, utils)
+
+
+def heavyball_adamw(params: list[torch.Tensor]) -> Any:
+    from orthoptim.bench.peers import _Eager, _heavyball
+
+    hb, utils = _heavyball()
+    h = _adamw_hyper()
+    opt = hb.AdamW(
+        params,
+        lr=h["lr"],
+        betas=h["betas"],
+        eps=h["eps"],
+        weight_decay=h["weight_decay"],
+        warmup_steps=0,
+    )
+    return _Eager(opt, utils)
+
+
+def pytorch_optimizer_muon(params: list[torch.Tensor]) -> Any:
+    po = importlib.import_module("pytorch_optimizer")
+    h = _muon_hyper()
+    return po.Muon(
+        [{"params": params, "use_muon": True}],
+        lr=h["lr"],
+        momentum=h["momentum"],
+        weight_decay=0.0,
+        nesterov=h["nesterov"],
+        ns_steps=h["ns_steps"],
+        ns_coeffs="original",
+        use_adjusted_lr=False,
+    )

@@ -1,0 +1,122 @@
+"""Reading, summarising and printing ``orthoptim speed`` records: ratios to the fastest peer,
+to the FLOP floor and to orthoptim's ``muon``, and the table."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orthoptim.bench.speed import Result
+
+SPEED_SCHEMA = 1
+
+
+RECORD_KEYS: tuple[str, ...] = (
+    "schema", "kind", "run", "name", "library", "family", "params", "step_ms_median", "step_ms",
+    "flops", "state_bytes", "transient_peak_bytes", "error", "ratio_fastest_peer", "ratio_floor",
+    "ratio_muon", "state_bytes_per_param", "env", "finished_at",
+)  # fmt: skip
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """The speed records of ``path`` (a folder or its ``records.jsonl``); ``ValueError`` naming
+    the first line that is not a speed record with every key."""
+    if path.is_dir():
+        path = path / "records.jsonl"
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if record.get("kind") != "speed" or record.get("schema") != SPEED_SCHEMA or missing:
+            raise ValueError(f"{path}:{number}: not a speed record (missing {missing})")
+        out.append(record)
+    if not out:
+        raise ValueError(f"{path} holds no speed records")
+    return out
+
+
+def summarize(results: Sequence[Result], bf16_rate: float) -> dict[str, Any]:
+    """Ratios: to the fastest peer of the same family, to the FLOP floor, to orthoptim's muon."""
+    ok = [r for r in results if r.error is None and r.times_s]
+    fastest = {}
+    for family in ("muon", "adamw"):
+        peers = [r.median_ms for r in ok if r.entrant.family == family and not _ours(r)]
+        fastest[family] = min(peers) if peers else math.nan
+    muon = next((r for r in ok if r.entrant.name == "orthoptim:muon"), None)
+    floor_ms = muon.flops / bf16_rate * 1e3 if muon is not None and muon.flops else math.nan
+    rows = {}
+    for r in results:
+        ms = r.median_ms
+        family = r.entrant.family
+        rows[r.entrant.name] = {
+            "ratio_fastest_peer": ms / fastest[family] if family in fastest else math.nan,
+            "ratio_floor": r.mean_ms / (r.flops / bf16_rate * 1e3) if r.flops else math.nan,
+            # Amortised: the mean over a whole refresh period (the median for the rest).
+            "ratio_muon": r.mean_ms / muon.mean_ms if muon is not None else math.nan,
+            "own_floor_ms": r.flops / bf16_rate * 1e3 if r.flops else math.nan,
+            "state_bytes_per_param": r.state_bytes / r.params if r.params else math.nan,
+        }
+    return {"rows": rows, "fastest": fastest, "floor_ms": floor_ms}
+
+
+def _ours(r: Result) -> bool:
+    return r.entrant.library == "orthoptim"
+
+
+def _fmt(x: float, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def render(
+    results: Sequence[Result],
+    summary: dict[str, Any],
+    rates: dict[str, float],
+    run_info: dict[str, Any],
+) -> str:
+    """The printed table, one line per entrant."""
+    lines = [
+        f"step speed: {len(run_info['shapes']) * run_info['layers']} matrices "
+        f"({run_info['matrix_params'] / 1e6:.1f}M params; "
+        f"AdamW set {run_info['full_params'] / 1e6:.1f}M), {run_info['threads']} threads, "
+        f"median of {run_info['steps']} after {run_info['warmup']} warm-up (mean, FLOPs, x floor "
+        "and x muon over a whole refresh period where an optimizer has one)",
+        f"matmul rate: bf16 {rates['bf16_flops'] / 1e9:.0f} GFLOP/s, fp32 "
+        f"{rates['fp32_flops'] / 1e9:.0f} GFLOP/s; Muon FLOP floor "
+        f"{_fmt(summary['floor_ms'], '.0f')} ms (NS matmul FLOPs / bf16 rate)",
+        "",
+        f"{'optimizer':<26}{'step ms':>9}{'mean ms':>9}{'x fastest peer':>16}{'x floor':>9}"
+        f"{'x muon':>8}"
+        f"{'GFLOP':>8}{'state B/param':>15}{'transient MB':>14}",
+    ]
+    for r in results:
+        row = summary["rows"][r.entrant.name]
+        if r.error is not None:
+            lines.append(f"{r.entrant.name:<26}  error: {r.error}")
+            continue
+        transient = None if r.transient_bytes is None else r.transient_bytes / 2**20
+        lines.append(
+            f"{r.entrant.name:<26}{_fmt(r.median_ms, '.1f'):>9}{_fmt(r.mean_ms, '.1f'):>9}"
+            f"{_fmt(row['ratio_fastest_peer'], '.3f'):>16}{_fmt(row['ratio_floor'], '.3f'):>9}"
+            f"{_fmt(row['ratio_muon'], '.2f'):>8}{_fmt(r.flops / 1e9, '.1f'):>8}"
+            f"{_fmt(row['state_bytes_per_param'], '.2f'):>15}{_fmt(transient, '.1f'):>14}"
+        )
+    check = next((r for r in results if r.entrant.family == "check" and r.times_s), None)
+    shares = [
+        f"{check.median_ms / r.median_ms:.1%} of {r.entrant.name}"
+        for r in results
+        if check is not None
+        and r.times_s
+        and r.entrant.name in ("orthoptim:muon", "orthoptim:adamw")
+    ]
+    if check is not None:
+        lines.append(
+            f"non-finite gradient check (in every orthoptim step above): {check.median_ms:.1f} ms"
+            + (f" = {', '.join(shares)}" if shares else "")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,393 @@
+"""The registered optimizers: ``Spec`` and ``REGISTRY``, one explicit tuple.
+
+Adding an optimizer means adding its recipe and one ``Spec`` here (above its family's comment
+line); ``orthoptim.registry`` builds them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orthoptim.recipes import Plan, adamw, muon, muon_adamw, sgd, with_adamw
+from orthoptim.recipes.auon import auon, auon_adamw, hybrid_auon, hybrid_auon_adamw
+from orthoptim.recipes.fismo import fismo, fismo_adamw
+from orthoptim.recipes.kronecker import shampoo, shampoo_adamw, soap
+from orthoptim.recipes.lowrank import frugal, frugal_plan, lowrank_adamw, lowrank_adamw_plan
+from orthoptim.recipes.mars import mars_adamw, mars_lion, mars_lion_plan, mars_plan
+from orthoptim.recipes.mfac import mfac
+from orthoptim.recipes.mkor import mkor, mkor_adamw, mkor_h
+from orthoptim.recipes.muon_variants import muon_polar
+from orthoptim.recipes.nalr import muon_nalr, muon_nalr_adamw
+from orthoptim.recipes.neighbours import adamp, grams, sgdp
+from orthoptim.recipes.normuon import normuon, normuon_adamw
+from orthoptim.recipes.root import root, root_adamw
+from orthoptim.transforms import Chain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spec:
+    """A registered optimizer.
+
+    Args:
+        name: registry key, the recipe function's name.
+        recipe: builds the chain (or plan) from keyword options.
+        lr: default learning rate (from the paper or its reference code).
+        weight_decay: default weight decay.
+        paper: citation with arXiv id where one exists.
+        reference: the implementation its conventions are pinned to.
+        tags: free-form labels (``"orthogonal"``, ``"adaptive"``, ``"plan"``, ...).
+        needs_closure: whether ``step`` needs a closure (two gradient evaluations).
+        default_plan: for an optimizer meant for hidden matrices only, the plan that completes it
+            for a whole model (hidden matrices -> it, the rest -> AdamW); ``None`` for optimizers
+            that handle every parameter.
+        needs_module: whether it reads layer activations (MKOR): ``build`` then needs the
+            ``nn.Module`` and attaches the chain's ``ActivationCapture`` hooks to it.
+        single_process_only: why it cannot run under a distributed step (``None``: it can);
+            ``build`` raises with it on a distributed model or process group. Specs with
+            ``needs_module`` are single-process only too (each rank's hooks see its own batch).
+    """
+
+    name: str
+    recipe: Callable[..., Chain | Plan]
+    lr: float
+    weight_decay: float = 0.0
+    paper: str
+    reference: str | None
+    tags: frozenset[str] = frozenset()
+    needs_closure: bool = False
+    default_plan: Callable[[Chain], Plan] | None = None
+    needs_module: bool = False
+    single_process_only: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The recipe's keyword options and their defaults."""
+        return {n: p.default for n, p in inspect.signature(self.recipe).parameters.items()}
+
+    def make(self, options: Mapping[str, Any] | None = None) -> Chain | Plan:
+        """The recipe built with ``options``; ``TypeError`` naming the allowed ones otherwise."""
+        options = dict(options or {})
+        allowed = self.options()
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise TypeError(
+                f"{self.name} got unknown option(s) {unknown}; allowed: {sorted(allowed) or 'none'}"
+            )
+        return self.recipe(**options)
+
+    def whole_model_plan(self, options: Mapping[str, Any] | None = None) -> Plan:
+        """The plan ``build`` uses for an ``nn.Module``: every parameter gets an update rule."""
+        made = self.make(options)
+        if isinstance(made, Plan):
+            return made
+        return self.default_plan(made) if self.default_plan is not None else Plan.single(made)
+
+
+def _muon_plan(hidden: Chain) -> Plan:
+    return with_adamw(hidden, name="muon")
+
+
+_MUON_PAPER = "Jordan et al. 2024, 'Muon: An optimizer for hidden layers in neural networks' (blog)"
+_NORMUON_PAPER = "Li et al. 2025, 'NorMuon: Making Muon more efficient and scalable' (2510.05491)"
+_ADAMP_PAPER = (
+    "Heo et al. 2021, 'AdamP: Slowing Down the Slowdown for Momentum Optimizers on "
+    "Scale-invariant Weights' (2006.08217)"
+)
+_AUON_PAPER = (
+    "Maity 2025, 'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates' "
+    "(2509.24320v1)"
+)
+
+_MKOR_PAPER = (
+    "Mozaffari, Li, Zhang, Mehri Dehnavi 2023, 'MKOR: Momentum-Enabled Kronecker-Factor-Based "
+    "Optimizer Using Rank-1 Updates' (NeurIPS, 2306.01685)"
+)
+
+_MARS_PAPER = (
+    "Yuan, Liu, Wu, Zhou, Gu 2024, 'MARS: Unleashing the Power of Variance Reduction for "
+    "Training Large Models' (2411.10438)"
+)
+
+REGISTRY: tuple[Spec, ...] = (
+    Spec(
+        name="sgd",
+        recipe=sgd,
+        lr=0.01,
+        paper="Sutskever et al. 2013, 'On the importance of initialization and momentum' (ICML)",
+        reference="torch.optim.SGD (torch==2.13.0)",
+        tags=frozenset({"baseline", "elementwise"}),
+    ),
+    Spec(
+        name="adamw",
+        recipe=adamw,
+        lr=1e-3,
+        weight_decay=0.01,
+        paper="Loshchilov & Hutter 2019, 'Decoupled Weight Decay Regularization' (1711.05101)",
+        reference="torch.optim.AdamW (torch==2.13.0)",
+        tags=frozenset({"baseline", "elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="muon",
+        recipe=muon,
+        lr=0.02,
+        paper=_MUON_PAPER,
+        reference="KellerJordan/Muon muon.py; torch.optim.Muon (torch==2.13.0)",
+        tags=frozenset({"orthogonal", "matrix"}),
+        default_plan=_muon_plan,
+    ),
+    Spec(
+        name="muon_adamw",
+        recipe=muon_adamw,
+        lr=0.02,
+        paper=_MUON_PAPER,
+        reference="KellerJordan/Muon muon.py MuonWithAuxAdam",
+        tags=frozenset({"orthogonal", "matrix", "plan"}),
+    ),
+    Spec(
+        name="normuon",
+        recipe=normuon,
+        lr=0.02,
+        paper=_NORMUON_PAPER,
+        reference="zichongli5/NorMuon@d45c9a4 normuon.py normuon_update",
+        tags=frozenset({"orthogonal", "matrix", "adaptive"}),
+        default_plan=lambda hidden: normuon_adamw(hidden=hidden),
+    ),
+    Spec(
+        name="normuon_adamw",
+        recipe=normuon_adamw,
+        lr=0.02,
+        paper=_NORMUON_PAPER,
+        reference="zichongli5/NorMuon@d45c9a4 normuon.py SingleDeviceNorMuonWithAuxAdam",
+        tags=frozenset({"orthogonal", "matrix", "adaptive", "plan"}),
+    ),
+    Spec(
+        name="auon",
+        recipe=auon,
+        lr=0.1,
+        paper=_AUON_PAPER,
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
+        tags=frozenset({"matrix", "linear-time"}),
+        default_plan=lambda hidden: auon_adamw(hidden=hidden),
+    ),
+    Spec(
+        name="auon_adamw",
+        recipe=auon_adamw,
+        lr=0.1,
+        paper=_AUON_PAPER,
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
+        tags=frozenset({"matrix", "linear-time", "plan"}),
+    ),
+    Spec(
+        name="hybrid_auon",
+        recipe=hybrid_auon,
+        lr=0.05,
+        paper=_AUON_PAPER,
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
+        tags=frozenset({"orthogonal", "matrix"}),
+        default_plan=lambda hidden: hybrid_auon_adamw(hidden=hidden),
+    ),
+    Spec(
+        name="hybrid_auon_adamw",
+        recipe=hybrid_auon_adamw,
+        lr=0.05,
+        paper=_AUON_PAPER,
+        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
+        tags=frozenset({"orthogonal", "matrix", "plan"}),
+    ),
+    Spec(
+        name="muon_polar",
+        recipe=muon_polar,
+        lr=0.02,
+        paper=(
+            "Amsel, Persson, Musco, Gower 2025, 'The Polar Express: Optimal Matrix Sign Methods "
+            "and Their Application to the Muon Algorithm' (2505.16932)"
+        ),
+        reference="KellerJordan/modded-nanogpt@f411b3d train_gpt.py polar_express",
+        tags=frozenset({"orthogonal", "matrix"}),
+        default_plan=_muon_plan,
+    ),
+    # -- orthogonalized-momentum family A (NorMuon, AuON, Hybrid-AuON, Polar Express) --
+    Spec(
+        name="root",
+        recipe=root,
+        lr=1e-3,
+        weight_decay=0.1,
+        paper=(
+            "He et al. 2025, 'ROOT: Robust Orthogonalized Optimizer for Neural Network Training' "
+            "(2511.20626)"
+        ),
+        reference="huawei-noah/noah-research@aa0f80c ROOT/examples/example_train.py ROOT",
+        tags=frozenset({"orthogonal", "matrix", "robust"}),
+        default_plan=root_adamw,
+    ),
+    Spec(
+        name="fismo",
+        recipe=fismo,
+        lr=0.02,
+        paper=(
+            "Xu, Yan, Zhang 2026, 'FISMO: Fisher-Structured Momentum-Orthogonalized Optimizer' "
+            "(2601.21750)"
+        ),
+        reference="no public code; Algorithm 1 as transcribed by the zij docs (FISMO page)",
+        tags=frozenset({"orthogonal", "matrix", "kronecker"}),
+        default_plan=fismo_adamw,
+    ),
+    Spec(
+        name="muon_nalr",
+        recipe=muon_nalr,
+        lr=0.02,
+        paper=(
+            "Hao et al. 2025, 'Noise-Adaptive Layerwise Learning Rates: Accelerating "
+            "Geometry-Aware Optimization for Deep Neural Network Training' (2510.14009)"
+        ),
+        reference="no public code; written from the abstract (see recipes.nalr.muon_nalr)",
+        tags=frozenset({"orthogonal", "matrix", "adaptive"}),
+        default_plan=muon_nalr_adamw,
+        single_process_only=(
+            "ScaleByLayerNoise scales each matrix by a noise level relative to all matrices of its "
+            "group, and an owner rank sees only the matrices it owns"
+        ),
+    ),
+    # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
+    Spec(
+        name="shampoo",
+        recipe=shampoo,
+        lr=1e-3,
+        weight_decay=1e-5,
+        paper=(
+            "Gupta, Koren, Singer 2018, 'Shampoo: Preconditioned Stochastic Tensor Optimization' "
+            "(1802.09568); Shi et al. 2023, Distributed Shampoo (2309.06497)"
+        ),
+        reference=(
+            "facebookresearch/optimizers@f606606 distributed_shampoo (Adam grafting); "
+            "pytorch-optimizer==4.1.0 Shampoo"
+        ),
+        tags=frozenset({"matrix", "kronecker", "second-order"}),
+        default_plan=shampoo_adamw,
+    ),
+    Spec(
+        name="soap",
+        recipe=soap,
+        lr=3e-3,
+        weight_decay=0.01,
+        paper=(
+            "Vyas et al. 2024, 'SOAP: Improving and Stabilizing Shampoo using Adam' (2409.11321)"
+        ),
+        reference="nikhilvyas/SOAP@a1e5535 soap.py; pytorch-optimizer==4.1.0 SOAP",
+        tags=frozenset({"kronecker", "adaptive", "second-order", "matrix"}),
+    ),
+    # -- Kronecker family (Shampoo, SOAP) --
+    Spec(
+        name="mkor",
+        recipe=mkor,
+        lr=0.05,
+        paper=_MKOR_PAPER,
+        reference="Mohammad-Mozaffari/mkor@3a0e3bb mkor/mkor.py MKOR",
+        tags=frozenset({"kronecker", "second-order", "activations", "matrix"}),
+        default_plan=mkor_adamw,
+        needs_module=True,
+    ),
+    Spec(
+        name="mkor_h",
+        recipe=mkor_h,
+        lr=0.05,
+        paper=_MKOR_PAPER,
+        reference="no MKOR-H code in Mohammad-Mozaffari/mkor@3a0e3bb; switching rule is ours",
+        tags=frozenset({"kronecker", "second-order", "activations", "hybrid", "matrix"}),
+        default_plan=mkor_adamw,
+        needs_module=True,
+    ),
+    # -- activation-Kronecker family (MKOR, MKOR-H) --
+    Spec(
+        name="mfac",
+        recipe=mfac,
+        lr=1e-2,
+        paper=(
+            "Frantar, Kurtic, Alistarh 2021, 'M-FAC: Efficient Matrix-Free Approximations of "
+            "Second-Order Information' (2107.03356)"
+        ),
+        reference="IST-DASLab/M-FAC@8116367 optim.py MFAC (dynamic algorithm)",
+        tags=frozenset({"second-order", "fisher", "matrix"}),
+    ),
+    # -- M-FAC --
+    Spec(
+        name="mars_adamw",
+        recipe=mars_adamw,
+        lr=3e-3,
+        paper=_MARS_PAPER,
+        reference="AGI-Arena/MARS@4831e28 MARS/optimizers/mars.py MARS(mars_type='mars-adamw')",
+        tags=frozenset({"variance-reduction", "adaptive", "matrix"}),
+        # variant="exact" needs step(closure): step() without one raises before any change.
+        default_plan=mars_plan,
+    ),
+    Spec(
+        name="mars_lion",
+        recipe=mars_lion,
+        lr=3e-4,
+        paper=_MARS_PAPER,
+        reference="AGI-Arena/MARS@4831e28 MARS/optimizers/mars.py MARS(mars_type='mars-lion')",
+        tags=frozenset({"variance-reduction", "sign", "matrix"}),
+        default_plan=mars_lion_plan,
+    ),
+    # -- MARS family (mars_adamw, mars_lion) --
+    Spec(
+        name="grams",
+        recipe=grams,
+        lr=1e-3,
+        paper=(
+            "Cao, Li, Song 2024, 'Grams: Gradient Descent with Adaptive Momentum Scaling' "
+            "(2412.17107)"
+        ),
+        reference="Gunale0926/Grams@f91a375 grams/src/grams.py; pytorch-optimizer==4.1.0 Grams",
+        tags=frozenset({"elementwise", "adaptive", "sign"}),
+    ),
+    Spec(
+        name="adamp",
+        recipe=adamp,
+        lr=1e-3,
+        weight_decay=1e-2,
+        paper=_ADAMP_PAPER,
+        reference="clovaai/AdamP@146287b adamp/adamp.py; pytorch-optimizer==4.1.0 AdamP",
+        tags=frozenset({"elementwise", "adaptive", "projection"}),
+    ),
+    Spec(
+        name="sgdp",
+        recipe=sgdp,
+        lr=0.1,
+        weight_decay=1e-5,
+        paper=_ADAMP_PAPER,
+        reference="clovaai/AdamP@146287b adamp/sgdp.py; pytorch-optimizer==4.1.0 SGDP",
+        tags=frozenset({"elementwise", "projection"}),
+    ),
+    # -- sign and projection family (Grams, AdamP, SGDP) --
+    Spec(
+        name="frugal",
+        recipe=frugal,
+        lr=1e-3,
+        paper=(
+            "Zmushko et al. 2024, 'FRUGAL: Memory-Efficient Optimization by Reducing State "
+            "Overhead for Scalable Training' (2411.07837)"
+        ),
+        reference="FRUGAL authors' code frugal/proj_optimizer_templates.py (no pinned commit)",
+        tags=frozenset({"matrix", "low-rank", "adaptive"}),
+        default_plan=frugal_plan,
+    ),
+    Spec(
+        name="lowrank_adamw",
+        recipe=lowrank_adamw,
+        lr=1e-3,
+        paper=(
+            "Modoranu et al. 2025, 'SVD-Free Low-Rank Adaptive Gradient Optimization for Large "
+            "Language Models' (2505.17967); Zhao et al. 2024, GaLore (2403.03507)"
+        ),
+        reference=(
+            "jiaweizzhao/GaLore@1317b5f galore_torch/adamw.py; ista-daslab-optimizers==1.1.15 "
+            "DCTAdamW"
+        ),
+        tags=frozenset({"matrix", "low-rank", "adaptive"}),
+        default_plan=lowrank_adamw_plan,
+    ),
+    # -- low-rank family (FRUGAL, low-rank AdamW) --
+)
