@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from orthoptim import registry
+from orthoptim.distributed.parts import all_gather_single
 
 Shape = tuple[int, int]
 LAYOUTS: tuple[str, ...] = ("replicated", "sharded")
@@ -138,7 +139,7 @@ def _worker(rank: int, world: int, port: int, config: DistConfig, out: Any) -> N
         for _ in range(3):
             dist.barrier()
             start = time.perf_counter()
-            dist.all_gather_into_tensor(full, buf)
+            all_gather_single(full, buf)
             samples.append(time.perf_counter() - start)
         r = results["replicated"]
         results["replicated"] = RankResult(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
@@ -158,3 +159,8 @@ class Topology:
     def owns(self, p: Tensor) -> bool:
         """Whether this rank computes ``p``'s matrix step (element-wise chains: every rank)."""
         return self.owners.get(id(p), self.rank) == self.rank
+
+
+# torch 2.13 renamed ``all_gather_into_tensor`` (now deprecated) to ``all_gather_single``; the
+# same signature, so take whichever this torch has (we support torch >= 2.9).
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

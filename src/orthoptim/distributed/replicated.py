@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, cast
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from orthoptim.distributed.parts import (
@@ -16,6 +15,7 @@ from orthoptim.distributed.parts import (
     Item,
     Job,
     Topology,
+    all_gather_single,
     init_range,
     rounds_of,
     run_range,
@@ -137,7 +137,7 @@ class ReplicatedSteps(Topology):
             if ours:
                 torch.cat(ours, out=send[: sizes[self.rank]])
             out = torch.empty(width * self.world, dtype=dtype, device=device)
-            handle = dist.all_gather_into_tensor(out, send, group=self.group, async_op=True)
+            handle = all_gather_single(out, send, group=self.group, async_op=True)
             self.sent_bytes += (self.world - 1) * width * send.element_size()
             finishes.append(functools.partial(self._unpack, handle, out, pairs, width))
         return finishes
