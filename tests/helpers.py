@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 import torch
 
 
@@ -9,3 +12,12 @@ def fixed_grads(shape: tuple[int, ...], steps: int, dtype: torch.dtype, seed: in
     """A fixed, reproducible gradient sequence (no backprop needed)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(steps)]
+
+
+def save_and_load(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """``{"model": ..., "opt": ...}`` after a round trip through ``torch.save`` and
+    ``torch.load(weights_only=True)``: what a user's checkpoint gives back."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)

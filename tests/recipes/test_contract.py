@@ -6,7 +6,6 @@ New specs join automatically; capability differences belong on the ``Spec``, not
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 import orthoptim
 from orthoptim.bench.models import SmallCNN, TinyGPT
 from orthoptim.registry import REGISTRY
+from tests.helpers import save_and_load
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -74,10 +74,7 @@ def test_state_dict_round_trip_through_torch_save_is_bit_exact(name) -> None:
     model = tiny_gpt()
     opt = orthoptim.build(name, model)
     train(model, opt, 3)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = save_and_load(model, opt)
 
     resumed = tiny_gpt()
     resumed.load_state_dict(saved["model"])

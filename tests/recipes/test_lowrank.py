@@ -26,7 +26,7 @@ import orthoptim
 from orthoptim.bench.models import TinyGPT
 from orthoptim.functional.projection import dct_basis
 from tests.functional.test_projection import cosine_formula
-from tests.helpers import fixed_grads
+from tests.helpers import fixed_grads, save_and_load
 
 LR, WD = 1e-2, 0.1
 
@@ -262,10 +262,7 @@ def test_resume_is_bit_identical_across_a_refresh(name, moments, projection) -> 
     first = mlp()
     first_opt = orthoptim.build(name, first, **options)
     train(first, first_opt, range(5))
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "opt": first_opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = save_and_load(first, first_opt)
     second = mlp()
     second.load_state_dict(saved["model"])
     second_opt = orthoptim.build(name, second, **options)

@@ -3,8 +3,6 @@ checkpoints, and convergence at the registry default lr."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
@@ -12,7 +10,7 @@ from torch import nn
 import orthoptim
 from orthoptim import NonFiniteGradientError
 from orthoptim.bench.models import TinyGPT
-from tests.helpers import fixed_grads
+from tests.helpers import fixed_grads, save_and_load
 
 SHAPES = [(6, 10), (12, 4), (16,)]
 
@@ -262,10 +260,7 @@ def test_exact_checkpoint_resume_is_bit_exact(name) -> None:
     opt = orthoptim.build(name, model, variant="exact")
     for t in range(3):
         opt.step(make_closure(model, opt, t, []))
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = save_and_load(model, opt)
     resumed = tiny_gpt()
     resumed.load_state_dict(saved["model"])
     resumed_opt = orthoptim.build(name, resumed, variant="exact")

@@ -16,7 +16,6 @@ float64, and the float32 optimizer to 2e-5 abs over 40 steps (the reference's
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -26,7 +25,7 @@ from torch import nn
 import orthoptim
 from orthoptim.recipes.mfac import mfac
 from orthoptim.transforms.mfac import MFacPrecondition
-from tests.helpers import fixed_grads
+from tests.helpers import fixed_grads, save_and_load
 
 STEPS = 25
 
@@ -162,10 +161,7 @@ def test_resume_mid_window_is_bit_exact(window) -> None:
     a, b = model(), model()
     opt_a = orthoptim.build("mfac", a, window=window, weight_decay=0.01)
     train(a, opt_a, range(6))  # 6 of 16 slots filled / wrapped once with 4
-    buffer = io.BytesIO()
-    torch.save({"model": a.state_dict(), "opt": opt_a.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = save_and_load(a, opt_a)
     b.load_state_dict(saved["model"])
     opt_b = orthoptim.build("mfac", b, window=window, weight_decay=0.01)
     opt_b.load_state_dict(saved["opt"])

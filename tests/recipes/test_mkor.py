@@ -8,7 +8,6 @@ equations with explicit loops and dense inverses instead.
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -18,6 +17,7 @@ from torch import nn
 import orthoptim
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition, sherman_morrison_
+from tests.helpers import save_and_load
 
 # ------------------------------------------------------------------------------------------
 # Sherman-Morrison
@@ -355,10 +355,7 @@ def test_resume_is_bit_exact_on_a_conv_model_across_the_switch(name) -> None:
     first = model()
     first_opt = orthoptim.build(name, first, **options)
     train(first, first_opt, range(5))
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "opt": first_opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = save_and_load(first, first_opt)
     second = model()
     second.load_state_dict(saved["model"])
     second_opt = orthoptim.build(name, second, **options)

@@ -48,7 +48,6 @@ Conventions matched:
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from collections.abc import Callable
 
@@ -67,26 +66,6 @@ STEPS = 20
 LR = 2.0**-6  # powers of two: exact in float32 (heavyball passes lr through a float32 tensor)
 WD = 2.0**-7
 GAMMA = 0.025
-
-
-def _package(name: str, dist: str, version: str):
-    module = pytest.importorskip(name, reason=f"needs the [reference] extra ({dist}=={version})")
-    found = importlib.metadata.version(dist)
-    if found != version:
-        pytest.skip(f"conventions and tolerances are pinned for {dist}=={version}, found {found}")
-    return module
-
-
-@pytest.fixture
-def heavyball(monkeypatch):
-    hb = _package("heavyball", "heavyball", "3.2.1")
-    monkeypatch.setattr(hb.utils, "compile_mode", None)  # eager: compiling costs ~17 s
-    return hb
-
-
-@pytest.fixture
-def pytorch_optimizer():
-    return _package("pytorch_optimizer", "pytorch-optimizer", "4.1.0")
 
 
 @pytest.fixture

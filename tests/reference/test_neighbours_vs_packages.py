@@ -34,7 +34,6 @@ rather than an addend).
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 
 import pytest
@@ -56,24 +55,9 @@ SHAPES = [(8, 6), (4, 3, 3, 3), (7,)]
 TOL = {torch.float64: 1e-13, torch.float32: 1e-5}
 
 
-def _package(name: str, dist: str, version: str):
-    module = pytest.importorskip(name, reason=f"needs the [reference] extra ({dist}=={version})")
-    found = importlib.metadata.version(dist)
-    if found != version:
-        pytest.skip(f"conventions and tolerances are pinned for {dist}=={version}, found {found}")
-    return module
-
-
 @pytest.fixture
-def po():
-    return _package("pytorch_optimizer", "pytorch-optimizer", "4.1.0")
-
-
-@pytest.fixture
-def heavyball(monkeypatch):
-    hb = _package("heavyball", "heavyball", "3.2.1")
-    monkeypatch.setattr(hb.utils, "compile_mode", None)  # eager: compiling costs ~17 s
-    return hb
+def po(pytorch_optimizer):
+    return pytorch_optimizer
 
 
 def run_pair(

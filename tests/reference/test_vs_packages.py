@@ -62,7 +62,6 @@ Why the differences are what they are:
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,27 +82,6 @@ WD = 2.0**-7
 SHAPES = [(32, 16), (16, 48), (24, 24)]
 MIXED = [(32, 16), (16, 48), (24, 24), (24, 24), (32, 16)]
 BF16_EPS = torch.finfo(torch.bfloat16).eps  # 2**-7
-
-
-def _package(name: str, dist: str, version: str):
-    module = pytest.importorskip(name, reason=f"needs the [reference] extra ({dist}=={version})")
-    found = importlib.metadata.version(dist)
-    if found != version:
-        pytest.skip(f"conventions and tolerances are pinned for {dist}=={version}, found {found}")
-    return module
-
-
-@pytest.fixture
-def heavyball(monkeypatch):
-    hb = _package("heavyball", "heavyball", "3.2.1")
-    # Eager mode: torch.compile would cost ~17 s on the first step and changes nothing here.
-    monkeypatch.setattr(hb.utils, "compile_mode", None)
-    return hb
-
-
-@pytest.fixture
-def pytorch_optimizer():
-    return _package("pytorch_optimizer", "pytorch-optimizer", "4.1.0")
 
 
 @dataclass

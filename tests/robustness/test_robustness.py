@@ -6,7 +6,6 @@ Every registered optimizer is covered; a new recipe option must get an entry in
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -18,6 +17,7 @@ from torch import nn
 import orthoptim
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
+from tests.helpers import save_and_load
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -322,10 +322,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(name, dtype) -> None:
     first = mlp().to(dtype)
     first_opt = orthoptim.build(name, first)
     train(first, first_opt, range(4))
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "opt": first_opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = save_and_load(first, first_opt)
     second = mlp().to(dtype)
     second.load_state_dict(saved["model"])
     second_opt = orthoptim.build(name, second)
