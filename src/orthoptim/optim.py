@@ -102,6 +102,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     ) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_bool("fast_paths", fast_paths)
+        check_bool("replicate_state", replicate_state)
         self.nonfinite = nonfinite
         self.fast_paths = fast_paths
         self.skipped_steps = 0
@@ -126,7 +127,6 @@ class ChainOptimizer(torch.optim.Optimizer):
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
-        check_bool("replicate_state", replicate_state)
         self.distributed: DistributedStep | None = detect(
             params, self.param_groups, self.plan, process_group, replicate_state
         )
