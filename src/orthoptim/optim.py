@@ -43,6 +43,30 @@ def _fault(grad: Tensor) -> str:
     )
 
 
+class _Scratch:
+    """One flat buffer per device and dtype, as large as the largest of ``grads``, holding the
+    working copy of one gradient at a time (non-contiguous gradients get their own clone, which
+    keeps their memory format)."""
+
+    def __init__(self, grads: list[Tensor]) -> None:
+        self._sizes: dict[tuple[torch.device, torch.dtype], int] = {}
+        for g in grads:
+            key = (g.device, g.dtype)
+            self._sizes[key] = max(self._sizes.get(key, 0), g.numel())
+        self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def copy_of(self, grad: Tensor) -> Tensor:
+        if not grad.is_contiguous():
+            return grad.clone(memory_format=torch.preserve_format)
+        key = (grad.device, grad.dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = torch.empty(
+                self._sizes[key], dtype=grad.dtype, device=grad.device
+            )
+        return buffer[: grad.numel()].view(grad.shape).copy_(grad)
+
+
 class NonFiniteGradientError(RuntimeError):
     """A gradient holds NaN or Inf, or a value whose square overflows (``|g| > 1.8e19`` in
     float32 and 16-bit, ``1.3e154`` in float64); raised before any parameter or state changes."""
@@ -352,13 +376,14 @@ class ChainOptimizer(torch.optim.Optimizer):
             for p, u in zip(tensors, updates, strict=True):
                 p.add_(u, alpha=-lr)
             return
-        # One parameter at a time, from the gradient's working copy to the update: a single
-        # working copy is alive at once instead of one per parameter (the Muon step's transient
-        # peak on the 24 default matrices, benchmarks/records/2026-11-25_step-speed-2).
+        # One parameter at a time, from the gradient's working copy to the update: one working
+        # copy is alive at once instead of one per parameter (the Muon step's transient peak on
+        # the 24 default matrices, benchmarks/records/2026-11-25_step-speed-2), and the copies
+        # share one buffer: a fresh full-size tensor per parameter pays its page faults again
+        # (~30 ms of a ~300 ms Muon step, benchmarks/records/2026-11-25_step-speed-3).
+        scratch = _Scratch([c.grad for c in ctxs])
         for p, state, c in zip(tensors, states, ctxs, strict=True):
-            p.add_(
-                chain.apply(c.grad.clone(memory_format=torch.preserve_format), state, c), alpha=-lr
-            )
+            p.add_(chain.apply(scratch.copy_of(c.grad), state, c), alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus each route's chain ``repr`` (checked on load) and the count

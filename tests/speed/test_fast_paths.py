@@ -182,3 +182,32 @@ def test_one_parameter_at_a_time_equals_transform_major(recipe) -> None:
             p.add_(u, alpha=-0.01)
     for p, q in zip(ps, mine, strict=True):
         assert torch.equal(p.detach(), q)
+
+
+def test_the_shared_working_buffer_handles_mixed_sizes_dtypes_and_layouts() -> None:
+    # Param-major steps copy each gradient into one buffer per dtype; a channels_last gradient
+    # gets its own clone. Every update must equal the transform-major run of the same chain.
+    torch.manual_seed(2)
+    conv = torch.randn(6, 3, 3, 3).to(memory_format=torch.channels_last)
+    shapes = [torch.randn(40, 8), torch.randn(4, 4), conv, torch.randn(40, 8).double()]
+    grads = [[torch.randn_like(p) for p in shapes] for _ in range(3)]
+    recipe = muon(compute_dtype="float32")
+    ps = [p.clone().requires_grad_() for p in shapes]
+    opt = ChainOptimizer(ps, recipe, lr=0.01)
+    mine = [p.clone() for p in shapes]
+    states = [{"step": torch.tensor(0.0), **recipe.init(p)} for p in mine]
+    for gs in grads:
+        for p, g in zip(ps, gs, strict=True):
+            p.grad = g
+        opt.step()
+        for s, p, g in zip(states, mine, gs, strict=True):
+            s["step"] += 1
+            u = recipe.apply(
+                g.clone(memory_format=torch.preserve_format),
+                s,
+                Ctx(int(s["step"]), 0.01, 0.0, p, g),
+            )
+            p.add_(u, alpha=-0.01)
+    for p, q in zip(ps, mine, strict=True):
+        assert torch.equal(p.detach(), q)
+    assert ps[2].is_contiguous(memory_format=torch.channels_last)
