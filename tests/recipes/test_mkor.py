@@ -17,7 +17,7 @@ from torch import nn
 import orthoptim
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition, sherman_morrison_
-from tests.helpers import save_and_load
+from tests.helpers import loss, mlp, save_and_load
 
 # ------------------------------------------------------------------------------------------
 # Sherman-Morrison
@@ -174,19 +174,6 @@ def test_mkor_h_switches_exactly_when_the_rule_says_and_then_is_first_order() ->
 
 # ------------------------------------------------------------------------------------------
 # build, missing statistics, robustness
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3)
-    )
-
-
-def loss(model: nn.Module, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-    return nn.functional.cross_entropy(model(x), y)
 
 
 @pytest.mark.parametrize("name", ["mkor", "mkor_h"])

@@ -17,7 +17,7 @@ from torch import nn
 import orthoptim
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
-from tests.helpers import save_and_load
+from tests.helpers import loss, mlp, save_and_load
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -88,20 +88,6 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "residual_scale": [-1.0, math.nan, math.inf],
     # -- low-rank family options (FRUGAL, low-rank AdamW) --
 }
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3)
-    )
-
-
-def loss(model: nn.Module, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-    dtype = next(model.parameters()).dtype
-    return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
