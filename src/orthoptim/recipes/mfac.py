@@ -18,9 +18,10 @@ def mfac(*, window: int = 16, damping: float = 1e-3, momentum: float = 0.9) -> C
     the Newton-like size ``m ||g|| / (m lambda + ||g||^2) <= sqrt(m / lambda) / 2`` at any shape,
     so no block needs AdamW's scale, and an AdamW route would only save the small blocks' memory.
 
-    The empirical Fisher stands in for curvature only when gradients are noisy minibatch
-    gradients: on a deterministic full-batch problem the window holds near-identical gradients
-    and the step degenerates (the arena's quadratic task is such a case).
+    The empirical Fisher stands in for curvature best when gradients are noisy minibatch
+    gradients; on a deterministic full-batch problem the window holds near-identical gradients
+    and it helps little (the arena's quadratic task: about AdamW's step count, 2.3x its time in
+    benchmarks/records/2026-11-25_default-race-2).
 
     Memory: ``window`` gradients per parameter, 4 ``window`` bytes per float32 element (64 at
     the default), plus the momentum and 8 ``window^2`` bytes per parameter tensor.
