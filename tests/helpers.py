@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,3 +39,28 @@ def loss(model: nn.Module, seed: int) -> torch.Tensor:
     x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
     dtype = next(model.parameters()).dtype
     return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
+
+
+def straight_and_resumed(
+    make_model: Callable[[], nn.Module],
+    make_opt: Callable[[nn.Module], torch.optim.Optimizer],
+    train: Callable[[nn.Module, torch.optim.Optimizer, range], None],
+    split: int,
+    total: int,
+) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module, torch.optim.Optimizer]:
+    """One model trained ``total`` steps straight, and one trained ``split`` steps, checkpointed
+    (``save_and_load``), loaded into a fresh model and optimizer and trained to ``total``:
+    ``(straight, straight_opt, resumed, resumed_opt)``."""
+    straight = make_model()
+    straight_opt = make_opt(straight)
+    train(straight, straight_opt, range(total))
+    first = make_model()
+    first_opt = make_opt(first)
+    train(first, first_opt, range(split))
+    saved = save_and_load(first, first_opt)
+    resumed = make_model()
+    resumed.load_state_dict(saved["model"])
+    resumed_opt = make_opt(resumed)
+    resumed_opt.load_state_dict(saved["opt"])
+    train(resumed, resumed_opt, range(split, total))
+    return straight, straight_opt, resumed, resumed_opt

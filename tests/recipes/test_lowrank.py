@@ -26,7 +26,7 @@ import orthoptim
 from orthoptim.bench.models import TinyGPT
 from orthoptim.functional.projection import dct_basis
 from tests.functional.test_projection import cosine_formula
-from tests.helpers import fixed_grads, save_and_load
+from tests.helpers import fixed_grads, straight_and_resumed
 
 LR, WD = 1e-2, 0.1
 
@@ -256,18 +256,10 @@ def test_dct_state_holds_only_column_indices() -> None:
 )
 def test_resume_is_bit_identical_across_a_refresh(name, moments, projection) -> None:
     options = dict(projection=projection, update_every=3, refresh_moments=moments)
-    straight = mlp()
-    straight_opt = orthoptim.build(name, straight, **options)
-    train(straight, straight_opt, range(8))  # refreshes at steps 1, 4 and 7
-    first = mlp()
-    first_opt = orthoptim.build(name, first, **options)
-    train(first, first_opt, range(5))
-    saved = save_and_load(first, first_opt)
-    second = mlp()
-    second.load_state_dict(saved["model"])
-    second_opt = orthoptim.build(name, second, **options)
-    second_opt.load_state_dict(saved["opt"])
-    train(second, second_opt, range(5, 8))
+    # 8 steps refresh at steps 1, 4 and 7; the checkpoint falls after step 5.
+    straight, straight_opt, second, second_opt = straight_and_resumed(
+        mlp, lambda m: orthoptim.build(name, m, **options), train, 5, 8
+    )
     for a, b in zip(second.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(second_opt.state.values(), straight_opt.state.values(), strict=True):

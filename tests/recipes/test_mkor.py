@@ -17,7 +17,7 @@ from torch import nn
 import orthoptim
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition, sherman_morrison_
-from tests.helpers import loss, mlp, save_and_load
+from tests.helpers import loss, mlp, straight_and_resumed
 
 # ------------------------------------------------------------------------------------------
 # Sherman-Morrison
@@ -336,18 +336,9 @@ def test_resume_is_bit_exact_on_a_conv_model_across_the_switch(name) -> None:
             opt.step()
 
     options = {"switch_warmup": 3, "switch_ratio": 0.9} if name == "mkor_h" else {}
-    straight = model()
-    straight_opt = orthoptim.build(name, straight, **options)
-    train(straight, straight_opt, range(10))
-    first = model()
-    first_opt = orthoptim.build(name, first, **options)
-    train(first, first_opt, range(5))
-    saved = save_and_load(first, first_opt)
-    second = model()
-    second.load_state_dict(saved["model"])
-    second_opt = orthoptim.build(name, second, **options)
-    second_opt.load_state_dict(saved["opt"])
-    train(second, second_opt, range(5, 10))
+    straight, straight_opt, second, _ = straight_and_resumed(
+        model, lambda m: orthoptim.build(name, m, **options), train, 5, 10
+    )
     for p, q in zip(straight.parameters(), second.parameters(), strict=True):
         assert torch.equal(p, q)
     if name == "mkor_h":

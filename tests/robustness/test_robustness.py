@@ -17,7 +17,7 @@ from torch import nn
 import orthoptim
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
-from tests.helpers import loss, mlp, save_and_load
+from tests.helpers import loss, mlp, straight_and_resumed
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -301,19 +301,9 @@ def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) ->
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(name, dtype) -> None:
-    straight = mlp().to(dtype)
-    straight_opt = orthoptim.build(name, straight)
-    train(straight, straight_opt, range(7))
-
-    first = mlp().to(dtype)
-    first_opt = orthoptim.build(name, first)
-    train(first, first_opt, range(4))
-    saved = save_and_load(first, first_opt)
-    second = mlp().to(dtype)
-    second.load_state_dict(saved["model"])
-    second_opt = orthoptim.build(name, second)
-    second_opt.load_state_dict(saved["opt"])
-    train(second, second_opt, range(4, 7))
+    straight, straight_opt, second, second_opt = straight_and_resumed(
+        lambda: mlp().to(dtype), lambda m: orthoptim.build(name, m), train, 4, 7
+    )
     assert_same(snapshot(second, second_opt), snapshot(straight, straight_opt))
     steps = {int(st_["step"].item()) for st_ in second_opt.state.values()}
     assert steps == {7}
