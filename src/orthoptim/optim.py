@@ -32,11 +32,17 @@ def _names(group: Mapping[str, Any]) -> list[str]:
     return group.get("param_names") or [""] * len(group["params"])
 
 
+def _square_limit(grad: Tensor) -> float:
+    """The largest |g| whose square the dtype statistics are kept in (float32 for 16-bit
+    gradients) still holds: second moments, norms and Kronecker factors square the gradient."""
+    return math.sqrt(torch.finfo(stats_dtype(grad)).max)
+
+
 def _fault(grad: Tensor) -> str:
     """What makes ``grad`` unusable, in words (for the error message)."""
     if not torch.isfinite(grad).all():
         return "NaN or Inf"
-    limit = math.sqrt(torch.finfo(stats_dtype(grad)).max)
+    limit = _square_limit(grad)
     return (
         f"|g| = {grad.abs().max().item():.3g}, whose square overflows {stats_dtype(grad)} "
         f"(the limit is {limit:.3g})"
@@ -314,7 +320,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         for g in grads:
             if g.numel():
                 extremes.extend(e.double() for e in torch.aminmax(g))
-                limits.extend([math.sqrt(torch.finfo(stats_dtype(g)).max)] * 2)
+                limits.extend([_square_limit(g)] * 2)
         if not extremes:
             return True
         bound = torch.tensor(limits, dtype=torch.float64, device=extremes[0].device)
