@@ -160,28 +160,44 @@ def test_bf16_adamw_takes_the_eager_chain_and_keeps_float32_moments() -> None:
     assert all(s["adam.exp_avg"].dtype == torch.float32 for s in opt.state.values())
 
 
-@pytest.mark.parametrize("recipe", [muon(compute_dtype="float32"), normuon(), sgd(momentum=0.9)])
-def test_one_parameter_at_a_time_equals_transform_major(recipe) -> None:
-    torch.manual_seed(1)
-    ps = [torch.randn(s, requires_grad=True) for s in [(24, 8), (8, 40), (24, 8)]]
-    grads = [[torch.randn(p.shape) for p in ps] for _ in range(4)]
-    opt = ChainOptimizer(ps, recipe, lr=0.01, weight_decay=0.01)
-    assert not recipe.groupwise
-    mine = [p.detach().clone() for p in ps]
+def transform_major(
+    recipe, params: list[torch.Tensor], grads: list[list[torch.Tensor]], lr: float, wd: float
+) -> list[torch.Tensor]:
+    """The parameters after ``grads`` when the chain runs transform-major over fresh gradient
+    clones (the shell's path for group-wise chains, and the reference of the param-major one)."""
+    mine = [p.detach().clone() for p in params]
     states = [{"step": torch.tensor(0.0), **recipe.init(p)} for p in mine]
+    for gs in grads:
+        ctxs = []
+        for s, p, g in zip(states, mine, gs, strict=True):
+            s["step"] += 1
+            ctxs.append(Ctx(int(s["step"]), lr, wd, p, g))
+        clones = [g.clone(memory_format=torch.preserve_format) for g in gs]
+        for p, u in zip(mine, recipe.apply_many(clones, states, ctxs), strict=True):
+            p.add_(u, alpha=-lr)
+    return mine
+
+
+def stepped(recipe, params, grads, lr: float, wd: float) -> list[torch.Tensor]:
+    """The same through ``ChainOptimizer`` (one parameter at a time for these chains)."""
+    ps = [p.detach().clone().requires_grad_() for p in params]
+    opt = ChainOptimizer(ps, recipe, lr=lr, weight_decay=wd)
     for gs in grads:
         for p, g in zip(ps, gs, strict=True):
             p.grad = g
         opt.step()
-        ctxs = []
-        for s, p, g in zip(states, mine, gs, strict=True):
-            s["step"] += 1
-            ctxs.append(Ctx(int(s["step"]), 0.01, 0.01, p, g))
-        updates = recipe.apply_many([g.clone() for g in gs], states, ctxs)
-        for p, u in zip(mine, updates, strict=True):
-            p.add_(u, alpha=-0.01)
-    for p, q in zip(ps, mine, strict=True):
-        assert torch.equal(p.detach(), q)
+    return [p.detach() for p in ps]
+
+
+@pytest.mark.parametrize("recipe", [muon(compute_dtype="float32"), normuon(), sgd(momentum=0.9)])
+def test_one_parameter_at_a_time_equals_transform_major(recipe) -> None:
+    torch.manual_seed(1)
+    ps = [torch.randn(s) for s in [(24, 8), (8, 40), (24, 8)]]
+    grads = [[torch.randn(p.shape) for p in ps] for _ in range(4)]
+    assert not recipe.groupwise
+    got = stepped(recipe, ps, grads, 0.01, 0.01)
+    for p, q in zip(got, transform_major(recipe, ps, grads, 0.01, 0.01), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_the_shared_working_buffer_handles_mixed_sizes_dtypes_and_layouts() -> None:
@@ -189,25 +205,10 @@ def test_the_shared_working_buffer_handles_mixed_sizes_dtypes_and_layouts() -> N
     # gets its own clone. Every update must equal the transform-major run of the same chain.
     torch.manual_seed(2)
     conv = torch.randn(6, 3, 3, 3).to(memory_format=torch.channels_last)
-    shapes = [torch.randn(40, 8), torch.randn(4, 4), conv, torch.randn(40, 8).double()]
-    grads = [[torch.randn_like(p) for p in shapes] for _ in range(3)]
+    ps = [torch.randn(40, 8), torch.randn(4, 4), conv, torch.randn(40, 8).double()]
+    grads = [[torch.randn_like(p) for p in ps] for _ in range(3)]
     recipe = muon(compute_dtype="float32")
-    ps = [p.clone().requires_grad_() for p in shapes]
-    opt = ChainOptimizer(ps, recipe, lr=0.01)
-    mine = [p.clone() for p in shapes]
-    states = [{"step": torch.tensor(0.0), **recipe.init(p)} for p in mine]
-    for gs in grads:
-        for p, g in zip(ps, gs, strict=True):
-            p.grad = g
-        opt.step()
-        for s, p, g in zip(states, mine, gs, strict=True):
-            s["step"] += 1
-            u = recipe.apply(
-                g.clone(memory_format=torch.preserve_format),
-                s,
-                Ctx(int(s["step"]), 0.01, 0.0, p, g),
-            )
-            p.add_(u, alpha=-0.01)
-    for p, q in zip(ps, mine, strict=True):
-        assert torch.equal(p.detach(), q)
-    assert ps[2].is_contiguous(memory_format=torch.channels_last)
+    got = stepped(recipe, ps, grads, 0.01, 0.0)
+    for p, q in zip(got, transform_major(recipe, ps, grads, 0.01, 0.0), strict=True):
+        assert torch.equal(p, q)
+    assert got[2].is_contiguous(memory_format=torch.channels_last)
