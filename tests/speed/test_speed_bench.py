@@ -3,6 +3,7 @@ assertions: speed is measured by the benchmark, never by a test)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_speed_run_writes_records_with_ratios(tmp_path: Path) -> None:
     assert by["orthoptim:muon"]["flops"] > 0 and by["orthoptim:muon"]["ratio_muon"] == 1.0
     assert all(r["error"] is None for r in recs), [r["error"] for r in recs if r["error"]]
     assert "FLOP floor" in lines[0] and "orthoptim:muon" in lines[0]
+    # The floor divides muon's FLOPs by the median rate of the probe timed among the steps.
+    run, muon_flops = by["orthoptim:muon"]["run"], by["orthoptim:muon"]["flops"]
+    assert run["rates"]["bf16_flops"] > 0 and run["rates"]["bf16_best"] > 0
+    assert math.isclose(run["floor_ms"], muon_flops / run["rates"]["bf16_flops"] * 1e3)
 
 
 def test_cli_speed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,24 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 / best
 
 
+class MatmulProbe:
+    """``repeats`` ``size``-square matmuls in ``dtype`` as one entry of a benchmark round: timed
+    once per round among the optimizer steps and about as long as a Muon step, so that the rate
+    it gives (``flops`` / its median time) is measured under the same conditions, over the same
+    time scale, as their medians."""
+
+    def __init__(self, dtype: torch.dtype, size: int, repeats: int) -> None:
+        self.a = torch.randn(size, size).to(dtype)
+        self.b = torch.randn(size, size).to(dtype)
+        self.out = torch.empty(size, size, dtype=dtype)
+        self.repeats = repeats
+        self.flops = 2 * size**3 * repeats
+
+    def step(self) -> None:
+        for _ in range(self.repeats):
+            torch.mm(self.a, self.b, out=self.out)
+
+
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         yield obj

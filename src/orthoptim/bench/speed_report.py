@@ -56,13 +56,18 @@ def summarize(results: Sequence[Result], bf16_rate: float) -> dict[str, Any]:
         family = r.entrant.family
         rows[r.entrant.name] = {
             "ratio_fastest_peer": ms / fastest[family] if family in fastest else math.nan,
-            "ratio_floor": r.mean_ms / (r.flops / bf16_rate * 1e3) if r.flops else math.nan,
-            # Amortised: the mean over a whole refresh period (the median for the rest).
-            "ratio_muon": r.mean_ms / muon.mean_ms if muon is not None else math.nan,
+            "ratio_floor": _amortised_ms(r) / (r.flops / bf16_rate * 1e3) if r.flops else math.nan,
+            "ratio_muon": _amortised_ms(r) / _amortised_ms(muon) if muon is not None else math.nan,
             "own_floor_ms": r.flops / bf16_rate * 1e3 if r.flops else math.nan,
             "state_bytes_per_param": r.state_bytes / r.params if r.params else math.nan,
         }
     return {"rows": rows, "fastest": fastest, "floor_ms": floor_ms}
+
+
+def _amortised_ms(r: Result) -> float:
+    """The mean over a whole refresh period for an optimizer with periodic work, the median
+    (as for every ratio to a peer) for the rest."""
+    return r.mean_ms if r.entrant.period > 1 else r.median_ms
 
 
 def _ours(r: Result) -> bool:
@@ -86,9 +91,12 @@ def render(
         f"AdamW set {run_info['full_params'] / 1e6:.1f}M), {run_info['threads']} threads, "
         f"median of {run_info['steps']} after {run_info['warmup']} warm-up (mean, FLOPs, x floor "
         "and x muon over a whole refresh period where an optimizer has one)",
-        f"matmul rate: bf16 {rates['bf16_flops'] / 1e9:.0f} GFLOP/s, fp32 "
+        f"matmul rate: bf16 {rates['bf16_flops'] / 1e9:.0f} GFLOP/s (median over the rounds "
+        f"of {run_info['rate_repeats']} {run_info['rate_size']}-square products timed among "
+        "the steps; best "
+        f"{rates['bf16_best'] / 1e9:.0f} before or after the rounds), fp32 "
         f"{rates['fp32_flops'] / 1e9:.0f} GFLOP/s; Muon FLOP floor "
-        f"{_fmt(summary['floor_ms'], '.0f')} ms (NS matmul FLOPs / bf16 rate)",
+        f"{_fmt(summary['floor_ms'], '.0f')} ms (NS matmul FLOPs / median bf16 rate)",
         "",
         f"{'optimizer':<26}{'step ms':>9}{'mean ms':>9}{'x fastest peer':>16}{'x floor':>9}"
         f"{'x muon':>8}"
