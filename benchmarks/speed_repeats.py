@@ -4,7 +4,9 @@ This machine is a shared 2-core VM whose speed changes from minute to minute, an
 in some periods the 512-wide Newton-Schulz products run near the rate of the large probe product,
 in others about 15% below it, while memory-bound kernels (fused AdamW) change the other way. One
 run's ratios describe one such period; this gives the distribution over ``--runs`` consecutive
-runs (each its own folder ``run-NN`` with the usual ``records.jsonl``) and their medians.
+runs (each a fresh process running ``orthoptim speed --spec muon adamw --out OUT_DIR/run-NN``,
+as a user would: the transient-memory measurement at the end of a run changes the C allocator's
+settings for the rest of its process) and their medians.
 
 Usage: python benchmarks/speed_repeats.py OUT_DIR [--runs 10]
 """
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-from orthoptim.bench import speed, speed_report
+from orthoptim.bench import speed_report
 
 ROWS: tuple[tuple[str, str], ...] = (
     ("orthoptim:muon", "ratio_floor"),
@@ -34,13 +38,9 @@ def main() -> None:
     per_run: list[dict[str, float]] = []
     for index in range(1, args.runs + 1):
         folder = args.out / f"run-{index:02d}"
-        config = speed.SpeedConfig(
-            specs=("muon", "adamw"),
-            out=folder,
-            command=f"python benchmarks/speed_repeats.py {args.out} --runs {args.runs} "
-            f"(run {index}: orthoptim speed --spec muon adamw --out {folder})",
-        )
-        speed.run(config, echo=lambda _line: None)
+        command = ["speed", "--spec", "muon", "adamw", "--out", str(folder)]
+        subprocess.run([sys.executable, "-m", "orthoptim", *command], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
         by_name = {r["name"]: r for r in speed_report.read(folder)}
         row = {f"{name} {key}": by_name[name][key] for name, key in ROWS}
         row["orthoptim:muon step_ms"] = by_name["orthoptim:muon"]["step_ms_median"]

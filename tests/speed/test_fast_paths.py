@@ -4,10 +4,10 @@
 its Newton-Schulz factor into it (measured gains in benchmarks/records/2026-11-25_step-speed):
 bit for bit. ``newton_schulz`` writes its products into buffers it reuses across iterations, and
 a chain's first transform may read the gradient instead of a copy of it (``apply_from``; both in
-benchmarks/records/STEP4): bit for bit. The shell runs a chain one parameter at a time unless a
-transform works on the group together: bit for bit equal to transform-major. ``adamw()`` routes
-run torch's fused AdamW kernel (``orthoptim.fused``): equal to round-off, with interchangeable
-state.
+benchmarks/records/2026-11-25_step-speed-4): bit for bit. The shell runs a chain one parameter
+at a time unless a transform works on the group together: bit for bit equal to transform-major.
+``adamw()`` routes run torch's fused AdamW kernel (``orthoptim.fused``): equal to round-off, with
+interchangeable state.
 A batched Newton-Schulz over same-shape matrices was measured and not kept: on this 2-core CPU it
 gained nothing on the issue's 24 matrices (295 vs 296 ms for the iteration alone) and made the
 Muon step slower (339 vs 298 ms).
