@@ -51,7 +51,7 @@ def _fault(grad: Tensor) -> str:
 
 class _Scratch:
     """One flat buffer per device and dtype, as large as the largest of ``grads``, holding the
-    working copy of one gradient at a time (non-contiguous gradients get their own buffer, which
+    working copy of one gradient at a time (non-contiguous gradients get their own clone, which
     keeps their memory format)."""
 
     def __init__(self, grads: list[Tensor]) -> None:
@@ -61,17 +61,16 @@ class _Scratch:
             self._sizes[key] = max(self._sizes.get(key, 0), g.numel())
         self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
-    def buffer_for(self, grad: Tensor) -> Tensor:
-        """An uninitialised working buffer of ``grad``'s shape and dtype."""
+    def copy_of(self, grad: Tensor) -> Tensor:
         if not grad.is_contiguous():
-            return torch.empty_like(grad, memory_format=torch.preserve_format)
+            return grad.clone(memory_format=torch.preserve_format)
         key = (grad.device, grad.dtype)
         buffer = self._buffers.get(key)
         if buffer is None:
             buffer = self._buffers[key] = torch.empty(
                 self._sizes[key], dtype=grad.dtype, device=grad.device
             )
-        return buffer[: grad.numel()].view(grad.shape)
+        return buffer[: grad.numel()].view(grad.shape).copy_(grad)
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -82,8 +81,8 @@ class NonFiniteGradientError(RuntimeError):
 class ChainOptimizer(torch.optim.Optimizer):
     """Runs a chain (or a plan of chains) as a drop-in ``torch.optim.Optimizer``.
 
-    Each step, per param group: the group's chain turns each gradient into an update ``u`` in a
-    working buffer (the gradient itself is never written), one parameter at a time, or
+    Each step, per param group: the group's chain turns a working copy of each gradient into an
+    update ``u`` (the gradient itself is never written), one parameter at a time, or
     transform-major over the group's parameters (transform 1 over all of them, then transform
     2, ...) when a transform works on the group together; the shell applies
     ``theta <- theta - lr * u``. ``lr`` and ``weight_decay`` live in the
@@ -390,11 +389,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         # the 24 default matrices, benchmarks/records/2026-11-25_step-speed-2), and the copies
         # share one buffer instead of a fresh full-size tensor per parameter, whose allocation
         # and first touch cost 1-10% of a Muon step (benchmarks/records/2026-11-25_step-speed-3).
-        # The chain's first transform reads the gradient itself and writes into the buffer
-        # (momentum: no separate copy of the gradient).
         scratch = _Scratch([c.grad for c in ctxs])
         for p, state, c in zip(tensors, states, ctxs, strict=True):
-            p.add_(chain.apply_from(c.grad, scratch.buffer_for(c.grad), state, c), alpha=-lr)
+            p.add_(chain.apply(scratch.copy_of(c.grad), state, c), alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus each route's chain ``repr`` (checked on load) and the count

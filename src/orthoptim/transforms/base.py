@@ -3,9 +3,7 @@
 A transform is a frozen dataclass with ``init(p) -> State`` (its buffers for parameter ``p``) and
 ``apply(u, s, c) -> Tensor`` (the next update from the incoming update ``u``). ``u`` is a working
 copy owned by the chain, so a transform may change it in place; it never writes ``c.grad`` or
-``c.param`` and never returns one of its own state buffers. The first transform of a chain may
-instead read the gradient itself, ``apply_from(grad, out, s, c)``, writing into the working
-buffer ``out``: the same result without first copying the gradient into ``out``.
+``c.param`` and never returns one of its own state buffers.
 """
 
 from __future__ import annotations
@@ -56,8 +54,6 @@ class Transform(Protocol):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor: ...
 
-    def apply_from(self, grad: Tensor, out: Tensor, s: State, c: Ctx) -> Tensor: ...
-
     def apply_many(
         self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
     ) -> list[Tensor]: ...
@@ -84,12 +80,6 @@ class TransformBase:
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         return {}
-
-    def apply_from(self, grad: Tensor, out: Tensor, s: State, c: Ctx) -> Tensor:
-        """``apply`` on a copy of ``grad`` made in ``out`` (a buffer of ``grad``'s shape and
-        dtype that the chain owns); ``grad`` is left as it is. A transform whose first operation
-        reads its input once overrides it to read ``grad`` directly, saving the copy."""
-        return self.apply(out.copy_(grad), s, c)  # type: ignore[attr-defined]
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
         """One update per parameter; a transform overrides it where batching pays."""
@@ -174,16 +164,6 @@ class Chain(TransformBase):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return self.apply_many([u], [s], [c])[0]
-
-    def apply_from(self, grad: Tensor, out: Tensor, s: State, c: Ctx) -> Tensor:
-        """The chain on one parameter, its first transform reading ``grad`` (see
-        ``TransformBase.apply_from``); only for chains that are not ``groupwise``."""
-        if not self.transforms:
-            return out.copy_(grad)
-        u = self.transforms[0].apply_from(grad, out, _Namespaced(s, self.prefixes[0]), c)
-        for prefix, t in zip(self.prefixes[1:], self.transforms[1:], strict=True):
-            u = t.apply(u, _Namespaced(s, prefix), c)
-        return u
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
         for prefix, t in zip(self.prefixes, self.transforms, strict=True):

@@ -59,12 +59,3 @@ class Momentum(TransformBase):
             return u.lerp_(m, self.beta) if self.nesterov else u.copy_(m)
         m.mul_(self.beta).add_(u)
         return u.add_(m, alpha=self.beta) if self.nesterov else u.copy_(m)
-
-    def apply_from(self, grad: Tensor, out: Tensor, s: State, c: Ctx) -> Tensor:
-        # apply's operations with grad in place of its copy: the same kernels, bit for bit.
-        m = s["m"]
-        if self.kind == "ema":
-            ema_(m, grad, self.beta)
-            return torch.lerp(grad, m, self.beta, out=out) if self.nesterov else out.copy_(m)
-        m.mul_(self.beta).add_(grad)
-        return torch.add(grad, m, alpha=self.beta, out=out) if self.nesterov else out.copy_(m)
