@@ -100,3 +100,30 @@ def test_periodic_optimizers_are_timed_over_a_refresh_period_and_the_check_is_re
     assert "non-finite gradient check" in lines[0]
     assert any(line.startswith("not timed: orthoptim:mkor") for line in lines)
     assert "orthoptim:mkor" not in by
+
+
+def test_head_to_head_entrants_run_their_rounds_before_the_other_optimizers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log: list[str] = []
+
+    class Logged:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def step(self) -> None:
+            log.append(self.name)
+
+    families = [("a:muon", "muon"), ("b:slow", "matrix"), ("c:adamw", "adamw"), ("d:x", "matrix")]
+    fakes = [
+        speed.Entrant(name, "fake", family, False, lambda _ps, name=name: Logged(name))
+        for name, family in families
+    ]
+    monkeypatch.setattr(speed, "entrants", lambda specs, peers: fakes)
+    config = speed.SpeedConfig(
+        shapes=((8, 4),), layers=1, adamw_extra=(), warmup=1, steps=2, threads=1,
+        out=tmp_path, rate_size=32,
+    )  # fmt: skip
+    speed.run(config, echo=lambda _line: None)
+    rounds = log[: 3 * len(fakes)]  # warm-up + 2 timed rounds each; measurements follow
+    assert rounds == ["a:muon", "c:adamw"] * 3 + ["b:slow", "d:x"] * 3
