@@ -127,3 +127,20 @@ def test_head_to_head_entrants_run_their_rounds_before_the_other_optimizers(
     speed.run(config, echo=lambda _line: None)
     rounds = log[: 3 * len(fakes)]  # warm-up + 2 timed rounds each; measurements follow
     assert rounds == ["a:muon", "c:adamw"] * 3 + ["b:slow", "d:x"] * 3
+
+
+def test_the_other_optimizers_are_compared_with_muon_timed_in_their_own_rounds(
+    tmp_path: Path,
+) -> None:
+    config = speed.SpeedConfig(
+        shapes=((12, 6),), layers=1, adamw_extra=(), specs=("muon", "auon"), peers=False,
+        warmup=0, steps=3, threads=1, out=tmp_path, rate_size=32,
+    )  # fmt: skip
+    results, out = speed.run(config, echo=lambda _line: None)
+    by = {r.entrant.name: r for r in results}
+    muon, auon = by["orthoptim:muon"], by["orthoptim:auon"]
+    assert len(muon.times_s) == 3  # the second timing of muon is not muon's own record
+    assert auon.muon_ms_alongside is not None and auon.rate_alongside is not None
+    assert muon.muon_ms_alongside == muon.median_ms
+    row = {r["name"]: r for r in speed_report.read(out)}["orthoptim:auon"]
+    assert math.isclose(row["ratio_muon"], auon.median_ms / auon.muon_ms_alongside)

@@ -112,6 +112,10 @@ class Result:
     state_bytes: int = 0
     transient_bytes: int | None = None
     error: str | None = None
+    # Measured in the same rounds as this entrant: the probe's bf16 rate (its FLOP floor's) and
+    # orthoptim:muon's median step (its "x muon"); None where the run had neither.
+    rate_alongside: float | None = None
+    muon_ms_alongside: float | None = None
 
     @property
     def median_ms(self) -> float:
@@ -221,6 +225,10 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
     return out
 
 
+# One entrant's result and what steps it: (stepper, parameters, gradients).
+Entry = tuple[Result, tuple[Any, list[torch.Tensor], list[torch.Tensor]]]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpeedConfig:
     """Options of ``orthoptim speed``.
@@ -292,9 +300,15 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     # The head-to-head entrants (Muon and AdamW of every library, the check) get rounds of their
     # own, with the probe, before the other matrix optimizers: a 15 s FISMO step or SOAP's
     # eigendecompositions between two Muon steps made single rounds of the full run swing by 20%.
+    # The others are timed beside orthoptim:muon again (a second timing of the same optimizer)
+    # and the probe, so that their "x muon" and "x floor" compare steps of the same rounds.
     head = [e for e in entries if e[0].entrant.family in HEAD_FAMILIES]
-    probe_s = _rounds(head, config, probe)
-    _rounds([e for e in entries if e[0].entrant.family not in HEAD_FAMILIES], config, None)
+    rest = [e for e in entries if e[0].entrant.family not in HEAD_FAMILIES]
+    muon = next((e for e in head if e[0].entrant.name == "orthoptim:muon"), None)
+    head_rate = _time_phase(head, [], None if muon is None else muon[0], config, probe)
+    if rest:
+        again = [] if muon is None else [(Result(muon[0].entrant, muon[0].params), muon[1])]
+        _time_phase(rest, again, again[0][0] if again else None, config, probe)
     for result, (stepper, params, grads) in zip(results, steppers, strict=True):
         if stepper is None or result.error is not None:
             continue
@@ -307,7 +321,7 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     # The floor's rate is the probe's median over the timed rounds, as each step time is a
     # median over them; the best-of rates before and after the rounds are kept for reference
     # (the machine's best moment, which no median step is compared against).
-    rates = {"bf16_flops": probe.flops / statistics.median(probe_s), "fp32_flops": fp32,
+    rates = {"bf16_flops": head_rate, "fp32_flops": fp32,
              "bf16_best": max(bf16, bf16_after), "bf16_first": bf16,
              "bf16_last": bf16_after}  # fmt: skip
     summary = summarize(results, rates["bf16_flops"])
@@ -363,8 +377,26 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     return results, out
 
 
+def _time_phase(
+    entries: list[Entry],
+    extra: list[Entry],
+    reference: Result | None,
+    config: SpeedConfig,
+    probe: MatmulProbe,
+) -> float:
+    """Rounds over ``entries`` and ``extra`` (timed with them, not reported) with the probe;
+    sets each entry's rate and ``reference``'s median (orthoptim:muon) alongside. Returns the
+    probe's median rate."""
+    rate = probe.flops / statistics.median(_rounds([*extra, *entries], config, probe))
+    for result, _ in entries:
+        result.rate_alongside = rate
+        if reference is not None and reference.times_s:
+            result.muon_ms_alongside = reference.median_ms
+    return rate
+
+
 def _rounds(
-    entries: Sequence[tuple[Result, tuple[Any, list[torch.Tensor], list[torch.Tensor]]]],
+    entries: Sequence[Entry],
     config: SpeedConfig,
     probe: MatmulProbe | None,
 ) -> list[float]:

@@ -54,11 +54,17 @@ def summarize(results: Sequence[Result], bf16_rate: float) -> dict[str, Any]:
     for r in results:
         ms = r.median_ms
         family = r.entrant.family
+        # Rate and muon step from the entrant's own rounds where the run measured them there.
+        rate = r.rate_alongside or bf16_rate
+        muon_ms = r.muon_ms_alongside or (_amortised_ms(muon) if muon is not None else math.nan)
+        own_floor_ms = r.flops / rate * 1e3 if r.flops else math.nan
         rows[r.entrant.name] = {
             "ratio_fastest_peer": ms / fastest[family] if family in fastest else math.nan,
-            "ratio_floor": _amortised_ms(r) / (r.flops / bf16_rate * 1e3) if r.flops else math.nan,
-            "ratio_muon": _amortised_ms(r) / _amortised_ms(muon) if muon is not None else math.nan,
-            "own_floor_ms": r.flops / bf16_rate * 1e3 if r.flops else math.nan,
+            "ratio_floor": _amortised_ms(r) / own_floor_ms if r.flops else math.nan,
+            "ratio_muon": _amortised_ms(r) / muon_ms,
+            "own_floor_ms": own_floor_ms,
+            "rate_alongside": rate,
+            "muon_ms_alongside": muon_ms,
             "state_bytes_per_param": r.state_bytes / r.params if r.params else math.nan,
         }
     return {"rows": rows, "fastest": fastest, "floor_ms": floor_ms}
@@ -113,6 +119,18 @@ def render(
             f"{_fmt(row['ratio_fastest_peer'], '.3f'):>16}{_fmt(row['ratio_floor'], '.3f'):>9}"
             f"{_fmt(row['ratio_muon'], '.2f'):>8}{_fmt(r.flops / 1e9, '.1f'):>8}"
             f"{_fmt(row['state_bytes_per_param'], '.2f'):>15}{_fmt(transient, '.1f'):>14}"
+        )
+    later = next((r for r in results if r.entrant.family == "matrix" and r.rate_alongside), None)
+    if later is not None:
+        again = (
+            ""
+            if later.muon_ms_alongside is None
+            else (f"orthoptim:muon again ({later.muon_ms_alongside:.1f} ms) and ")
+        )
+        lines.append(
+            "the other orthoptim matrix optimizers ran their own rounds after the Muon and AdamW "
+            f"entrants, beside {again}the probe ({later.rate_alongside / 1e9:.0f} GFLOP/s); "
+            "their x floor and x muon use those"
         )
     check = next((r for r in results if r.entrant.family == "check" and r.times_s), None)
     shares = [
