@@ -261,7 +261,14 @@ class SpeedConfig:
 
 
 def run(config: SpeedConfig, echo: Callable[[str], None] = print) -> tuple[list[Result], Path]:
-    """Run the benchmark, print the table, write ``records.jsonl``; the results and folder."""
+    """Run the benchmark, print the table, write ``records.jsonl``; the results and folder.
+
+    Run it once per process: the transient-memory measurement after the rounds makes glibc map
+    every block of 64 KiB or more on its own for the rest of the process (``mallopt``). A first
+    version of ``benchmarks/speed_repeats.py`` ran ten runs in one process: orthoptim's Muon step
+    went from 313 ms in the first to 329-379 ms in the others, torch's from 1.23x to 1.54-1.69x
+    the floor. It now starts a fresh process per run.
+    """
     if config.steps < 1 or config.warmup < 0 or config.layers < 1 or config.threads < 1:
         raise ValueError("steps, layers and threads must be >= 1 and warmup >= 0")
     old_threads = torch.get_num_threads()
