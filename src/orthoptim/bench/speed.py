@@ -312,10 +312,10 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     head = [e for e in entries if e[0].entrant.family in HEAD_FAMILIES]
     rest = [e for e in entries if e[0].entrant.family not in HEAD_FAMILIES]
     muon = next((e for e in head if e[0].entrant.name == "orthoptim:muon"), None)
-    head_rate = _time_phase(head, [], None if muon is None else muon[0], config, probe)
+    head_rate = _time_phase(head, muon, config, probe)
     if rest:
-        again = [] if muon is None else [(Result(muon[0].entrant, muon[0].params), muon[1])]
-        _time_phase(rest, again, again[0][0] if again else None, config, probe)
+        again = None if muon is None else (Result(muon[0].entrant, muon[0].params), muon[1])
+        _time_phase(rest, again, config, probe)
     for result, (stepper, params, grads) in zip(results, steppers, strict=True):
         if stepper is None or result.error is not None:
             continue
@@ -385,20 +385,17 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
 
 
 def _time_phase(
-    entries: list[Entry],
-    extra: list[Entry],
-    reference: Result | None,
-    config: SpeedConfig,
-    probe: MatmulProbe,
+    entries: list[Entry], muon: Entry | None, config: SpeedConfig, probe: MatmulProbe
 ) -> float:
-    """Rounds over ``entries`` and ``extra`` (timed with them, not reported) with the probe;
-    sets each entry's rate and ``reference``'s median (orthoptim:muon) alongside. Returns the
-    probe's median rate."""
-    rate = probe.flops / statistics.median(_rounds([*extra, *entries], config, probe))
+    """Rounds over ``entries`` with the probe and ``muon`` (orthoptim:muon's entry, timed with
+    them unless it is one of them); sets each entry's rate and muon median alongside. Returns
+    the probe's median rate."""
+    timed = entries if muon is None or any(e is muon for e in entries) else [muon, *entries]
+    rate = probe.flops / statistics.median(_rounds(timed, config, probe))
     for result, _ in entries:
         result.rate_alongside = rate
-        if reference is not None and reference.times_s:
-            result.muon_ms_alongside = reference.median_ms
+        if muon is not None and muon[0].times_s:
+            result.muon_ms_alongside = muon[0].median_ms
     return rate
 
 
