@@ -1,4 +1,5 @@
-"""Train the arena's language model with FSDP2 and ``muon_adamw``, checkpoint with DCP, resume.
+"""Train the arena's language model with FSDP2 and ``muon`` (AdamW for the rest), checkpoint
+with DCP, resume.
 
     torchrun --nproc-per-node 2 examples/train_fsdp.py
 
@@ -76,7 +77,7 @@ def main() -> None:
     path = args.checkpoint or os.path.join(tempfile.gettempdir(), "orthoptim-train-fsdp")
 
     model = sharded_model(task, mesh)
-    opt = orthoptim.build("muon_adamw", model)
+    opt = orthoptim.build("muon", model)
     if rank == 0:
         print(opt.describe())
     batches = task.batches(seed=1 + rank)  # each rank its own data
@@ -94,7 +95,7 @@ def main() -> None:
     uninterrupted = full_params(model)
 
     model = sharded_model(task, mesh)
-    opt = orthoptim.build("muon_adamw", model)
+    opt = orthoptim.build("muon", model)
     msd, osd = get_state_dict(model, opt)
     state = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=path)

@@ -3,7 +3,7 @@
 Quick start::
 
     import orthoptim
-    opt = orthoptim.build("muon_adamw", model, lr=0.02)
+    opt = orthoptim.build("muon", model, lr=0.02)
 """
 
 from orthoptim import functional, recipes, registry, routing, transforms

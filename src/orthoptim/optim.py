@@ -9,17 +9,17 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative
+from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative, check_positive
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect, local_tensor
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.fused import FusedAdamW
-from orthoptim.recipes.plan import Plan, Route
+from orthoptim.recipes.plan import LR_SCALE_KEY, Plan, Route, group_lr
 from orthoptim.routing import classify, describe, param_groups
 from orthoptim.transforms.base import Chain, Ctx, explain
 
 GROUP_KEYS: frozenset[str] = frozenset(
-    {"params", "param_names", "lr", "weight_decay", "role", "route", "initial_lr"}
+    {"params", "param_names", "lr", LR_SCALE_KEY, "weight_decay", "role", "route", "initial_lr"}
 )
 NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip")
 NonFinitePolicy = Literal["raise", "skip"]
@@ -85,8 +85,14 @@ class ChainOptimizer(torch.optim.Optimizer):
     update ``u`` (the gradient itself is never written), one parameter at a time, or
     transform-major over the group's parameters (transform 1 over all of them, then transform
     2, ...) when a transform works on the group together; the shell applies
-    ``theta <- theta - lr * u``. ``lr`` and ``weight_decay`` live in the
-    param groups, so torch LR schedulers, per-group overrides and ``state_dict`` work as usual.
+    ``theta <- theta - lr * lr_scale * u``. ``lr``, ``lr_scale`` and ``weight_decay`` live in
+    the param groups, so torch LR schedulers, per-group overrides and ``state_dict`` work as usual.
+
+    Learning rates of a plan: every group's ``lr`` is the optimizer's lr, which schedulers
+    set, and ``lr_scale`` is its route's lr relative to it (``Route.lr_scale``, or
+    ``Route.lr`` over the optimizer's initial lr), so schedulers that set absolute values
+    (``OneCycleLR``, ``CyclicLR``, ``CosineAnnealingLR(eta_min=...)``) keep the routes' relation.
+    A param group given with its own ``lr`` and no ``lr_scale`` runs at exactly that lr.
 
     Args:
         params: an ``nn.Module`` (every parameter is classified into a role and routed by the
@@ -94,7 +100,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             ``"role"`` (routed by the plan) or ``"route"`` (a route name), and ``lr`` /
             ``weight_decay``.
         recipe: a ``Chain`` (applied to every parameter) or a ``Plan``.
-        lr: learning rate of the plan's first route; other routes scale it by their ``lr_scale``.
+        lr: learning rate of the plan's first route; other routes run relative to it.
         weight_decay: weight decay for routes that do not set their own.
         overrides: ``{glob: role}`` routing overrides (only with an ``nn.Module``).
         nonfinite: what a step does when any gradient holds NaN or Inf, or a value whose square
@@ -182,10 +188,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         route = self._route_of(group)
         group["route"] = route.name
         group.setdefault("role", None)
-        group.setdefault("lr", self.defaults["lr"] * route.lr_scale)
+        if "lr" in group:
+            group.setdefault(LR_SCALE_KEY, 1.0)  # the user's lr is this group's lr
+        else:
+            group["lr"] = self.defaults["lr"]
+            group.setdefault(LR_SCALE_KEY, route.scale_at(self.defaults["lr"]))
         if route.weight_decay is not None:
             group.setdefault("weight_decay", route.weight_decay)
         check_finite_nonnegative("lr", group["lr"])
+        check_positive(LR_SCALE_KEY, group[LR_SCALE_KEY])
         check_finite_nonnegative("weight_decay", group.get("weight_decay", 0.0))
         for name, p in zip(_names(group), params, strict=True):
             if not isinstance(p, Tensor):
@@ -352,7 +363,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         at_previous: Mapping[Tensor, Tensor] | None = None,
     ) -> None:
         chain = self.plan.route_named(group["route"]).chain
-        lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
+        lr, weight_decay = group_lr(group), float(group["weight_decay"])
         states = []
         for _, p in params:
             state = self.state[p]
@@ -470,7 +481,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         for route in self.plan.routes:
             wd = "optimizer's" if route.weight_decay is None else f"{route.weight_decay:g}"
             header = (
-                f"route {route.name} ({', '.join(route.roles)}): lr x {route.lr_scale:g}, "
+                f"route {route.name} ({', '.join(route.roles)}): {route.describe_lr()}, "
                 f"weight decay {wd}"
             )
             body = "\n".join("  " + line for line in explain(route.chain).splitlines())
@@ -478,6 +489,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         return "\n".join(blocks)
 
     def describe(self) -> str:
-        """The routing table: each parameter's role, route, chain, lr and weight decay."""
+        """The routing table: each parameter's role, route, chain, the lr its step uses now
+        (its group's scheduled lr times ``lr_scale``) and weight decay."""
         owners = None if self.distributed is None else self.distributed.owners
         return describe(self.param_groups, self.plan, owners)

@@ -28,6 +28,12 @@ def get(name: str) -> Spec:
     try:
         return _BY_NAME[name]
     except KeyError:
+        base = name.removesuffix("_adamw")
+        if base != name and base in _BY_NAME and _BY_NAME[base].adamw is not None:
+            raise KeyError(
+                f"unknown optimizer {name!r}: build({base!r}, model) brings AdamW for the "
+                f"embeddings, head, biases and norms (set its lr with adamw_lr=...)"
+            ) from None
         close = difflib.get_close_matches(name, list(_BY_NAME), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown optimizer {name!r}{hint} (known: {', '.join(_BY_NAME)})") from None
@@ -55,10 +61,16 @@ def build(
     """Build the registered optimizer ``name``: the entry point of users, the CLI and the arena.
 
     Given an ``nn.Module``, the optimizer covers the WHOLE model: a matrix optimizer such as
-    ``muon`` brings its default plan (hidden matrices -> it, embeddings, heads, biases and norm
-    gains -> AdamW), so ``build("muon", model)`` equals ``build("muon_adamw", model)``. Given
-    tensors or param groups, the recipe is applied to them as they are, and a tensor it cannot
-    update (a vector for ``muon``) raises ``ValueError``.
+    ``muon`` brings its AdamW route (hidden matrices -> it, embeddings, heads, biases and norm
+    gains -> AdamW; ``recipes.plan.with_adamw``). Param groups that carry a ``"role"`` key are
+    routed the same way. Given tensors or groups without roles, the recipe is applied to them as
+    they are, and a tensor it cannot update (a vector for ``muon``) raises ``ValueError``.
+
+    The AdamW route's options (``recipes.PLAN_OPTIONS``) go with the recipe's:
+    ``adamw_lr`` (absolute: keep your AdamW lr for the AdamW route and sweep ``lr``) or
+    ``adamw_lr_scale`` (relative to ``lr``; the family's published pairing by default),
+    ``adamw_weight_decay``, ``adamw_betas``, ``adamw_eps``. Either way the route's groups keep
+    their lr relative to ``lr`` (``lr_scale``), so every torch scheduler moves both together.
 
     Args:
         name: a registry name (``orthoptim.registry.names()``).
@@ -71,17 +83,20 @@ def build(
             (``ChainOptimizer``; DDP models and FSDP2 parameters are detected without it).
         fast_paths: run a route whose chain a torch kernel computes in one pass (AdamW) with
             that kernel (``ChainOptimizer``); ``False``: always the eager chain.
-        **recipe_options: keyword options of the recipe (``TypeError`` for unknown ones).
+        **recipe_options: keyword options of the recipe and, for a whole model, of its AdamW
+            route (``TypeError`` for unknown ones).
     """
     spec = get(name)
+    if not isinstance(params_or_model, nn.Module):
+        params_or_model = list(params_or_model)  # read more than once below; may be a generator
     check_distributable(spec, params_or_model, process_group)
-    if isinstance(params_or_model, nn.Module):
-        recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
-    elif spec.needs_module:
+    if spec.needs_module and not isinstance(params_or_model, nn.Module):
         raise ValueError(
             f"{name} reads layer inputs and output gradients through module hooks, so it needs "
             f"the nn.Module: orthoptim.build({name!r}, model), not tensors or param groups"
         )
+    if isinstance(params_or_model, nn.Module) or _has_roles(params_or_model):
+        recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
     else:
         recipe = spec.make(recipe_options)
     chains = [r.chain for r in recipe.routes] if isinstance(recipe, Plan) else [recipe]
@@ -100,6 +115,11 @@ def build(
         for capture in captures:  # leave the model without hooks
             capture.remove()
         raise
+
+
+def _has_roles(params: list[Any]) -> bool:
+    """Whether ``params`` are param groups that name their role (routed by the plan)."""
+    return any(isinstance(g, dict) and g.get("role") is not None for g in params)
 
 
 def check_distributable(spec: Spec, params_or_model: ParamsLike, process_group: Any) -> None:
@@ -130,7 +150,7 @@ def show(name: str) -> str:
         "  options:   " + (", ".join(f"{k}={v!r}" for k, v in spec.options().items()) or "none"),
     ]
     for route in plan.routes:
-        lines.append(f"  route {route.name} ({', '.join(route.roles)}), lr x {route.lr_scale:g}:")
+        lines.append(f"  route {route.name} ({', '.join(route.roles)}), {route.describe_lr()}:")
         lines.append(f"    {route.chain!r}")
         lines.extend("    " + line for line in explain(route.chain).splitlines())
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from orthoptim._types import ROLES
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import LR_SCALE_KEY, Plan, group_lr
 
 HEAD_NAMES: tuple[str, ...] = ("lm_head", "head", "classifier", "fc_out", "output")
 
@@ -70,8 +70,9 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """One torch param group per non-empty role, in the order of ``ROLES``.
 
-    Each group is ``{"params", "param_names", "role", "route", "lr", "weight_decay"}``, so LR
-    schedulers, per-group overrides and ``state_dict`` work unchanged.
+    Each group is ``{"params", "param_names", "role", "route", "lr", "lr_scale",
+    "weight_decay"}``: ``lr`` is the optimizer's (schedulers set it) and ``lr_scale`` the route's
+    lr relative to it, so LR schedulers, per-group overrides and ``state_dict`` work unchanged.
     """
     groups = []
     for role in ROLES:
@@ -85,7 +86,8 @@ def param_groups(
                 "param_names": [n for n, _ in members],
                 "role": role,
                 "route": route.name,
-                "lr": lr * route.lr_scale,
+                "lr": lr,
+                LR_SCALE_KEY: route.scale_at(lr),
                 "weight_decay": weight_decay if route.weight_decay is None else route.weight_decay,
             }
         )
@@ -113,7 +115,7 @@ def describe(
                     str(group.get("role") or "-"),
                     group["route"],
                     summary,
-                    f"{group['lr']:.3g}",
+                    f"{group_lr(group):.3g}",
                     f"{group['weight_decay']:.3g}",
                 )
                 + ((str(owners.get(id(p), "all")),) if owners is not None else ())

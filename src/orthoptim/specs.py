@@ -11,19 +11,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orthoptim.recipes import Plan, adamw, muon, muon_adamw, sgd, with_adamw
-from orthoptim.recipes.auon import auon, auon_adamw, hybrid_auon, hybrid_auon_adamw
-from orthoptim.recipes.fismo import fismo, fismo_adamw
-from orthoptim.recipes.kronecker import shampoo, shampoo_adamw, soap
-from orthoptim.recipes.lowrank import frugal, frugal_plan, lowrank_adamw, lowrank_adamw_plan
-from orthoptim.recipes.mars import mars_adamw, mars_lion, mars_lion_plan, mars_plan
+from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
+from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
+from orthoptim.recipes.fismo import fismo
+from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
+from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
+from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
-from orthoptim.recipes.mkor import mkor, mkor_adamw, mkor_h
+from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
+from orthoptim.recipes.muon import MUON_ADAMW
 from orthoptim.recipes.muon_variants import muon_polar
-from orthoptim.recipes.nalr import muon_nalr, muon_nalr_adamw
+from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.neighbours import adamp, grams, sgdp
-from orthoptim.recipes.normuon import normuon, normuon_adamw
-from orthoptim.recipes.root import root, root_adamw
+from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
+from orthoptim.recipes.root import ROOT_ADAMW, root
 from orthoptim.transforms import Chain
 
 
@@ -40,9 +41,9 @@ class Spec:
         reference: the implementation its conventions are pinned to.
         tags: free-form labels (``"orthogonal"``, ``"adaptive"``, ``"plan"``, ...).
         needs_closure: whether ``step`` needs a closure (two gradient evaluations).
-        default_plan: for an optimizer meant for hidden matrices only, the plan that completes it
-            for a whole model (hidden matrices -> it, the rest -> AdamW); ``None`` for optimizers
-            that handle every parameter.
+        adamw: for an optimizer meant for matrices only, the AdamW route that completes it for a
+            whole model (``recipes.plan.with_adamw``: its roles -> AdamW, the rest -> it);
+            ``None`` for optimizers that handle every parameter.
         needs_module: whether it reads layer activations (MKOR): ``build`` then needs the
             ``nn.Module`` and attaches the chain's ``ActivationCapture`` hooks to it.
         single_process_only: why it cannot run under a distributed step (``None``: it can);
@@ -58,16 +59,18 @@ class Spec:
     reference: str | None
     tags: frozenset[str] = frozenset()
     needs_closure: bool = False
-    default_plan: Callable[[Chain], Plan] | None = None
+    adamw: AdamWRoute | None = None
     needs_module: bool = False
     single_process_only: str | None = None
 
     def options(self) -> dict[str, Any]:
-        """The recipe's keyword options and their defaults."""
-        return {n: p.default for n, p in inspect.signature(self.recipe).parameters.items()}
+        """The recipe's keyword options and their defaults, then the whole-model plan's
+        (``PLAN_OPTIONS``: the AdamW route's lr, decay, betas, eps) where it has an AdamW route."""
+        own = {n: p.default for n, p in inspect.signature(self.recipe).parameters.items()}
+        return own | (self.adamw.defaults() if self.adamw is not None else {})
 
-    def make(self, options: Mapping[str, Any] | None = None) -> Chain | Plan:
-        """The recipe built with ``options``; ``TypeError`` naming the allowed ones otherwise."""
+    def _split(self, options: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(recipe options, plan options)``; ``TypeError`` naming the allowed ones."""
         options = dict(options or {})
         allowed = self.options()
         unknown = sorted(set(options) - set(allowed))
@@ -75,18 +78,36 @@ class Spec:
             raise TypeError(
                 f"{self.name} got unknown option(s) {unknown}; allowed: {sorted(allowed) or 'none'}"
             )
-        return self.recipe(**options)
+        plan = {k: options.pop(k) for k in PLAN_OPTIONS if k in options}
+        return options, plan
+
+    def make(self, options: Mapping[str, Any] | None = None) -> Chain | Plan:
+        """The recipe built with ``options`` (its chain alone, without the AdamW route)."""
+        recipe_options, plan_options = self._split(options)
+        if plan_options:
+            raise ValueError(
+                f"{sorted(plan_options)} configure the AdamW route of {self.name}'s whole-model "
+                f"plan: pass an nn.Module or param groups with a 'role' key to "
+                f"orthoptim.build({self.name!r}, ...)"
+            )
+        return self.recipe(**recipe_options)
 
     def whole_model_plan(self, options: Mapping[str, Any] | None = None) -> Plan:
         """The plan ``build`` uses for an ``nn.Module``: every parameter gets an update rule."""
-        made = self.make(options)
+        recipe_options, plan_options = self._split(options)
+        made = self.recipe(**recipe_options)
         if isinstance(made, Plan):
             return made
-        return self.default_plan(made) if self.default_plan is not None else Plan.single(made)
+        if self.adamw is None:
+            return Plan.single(made)
+        return with_adamw(made, name=self.name, adamw_route=self.adamw.options(plan_options))
 
-
-def _muon_plan(hidden: Chain) -> Plan:
-    return with_adamw(hidden, name="muon")
+    def default_plan(self, hidden: Chain) -> Plan:
+        """The whole-model plan around ``hidden`` (e.g. a ``recipes.cautious`` variant of this
+        spec's chain), with this spec's AdamW route; ``ValueError`` without one."""
+        if self.adamw is None:
+            raise ValueError(f"{self.name} updates every parameter itself; it has no AdamW route")
+        return with_adamw(hidden, name=self.name, adamw_route=self.adamw)
 
 
 _MUON_PAPER = "Jordan et al. 2024, 'Muon: An optimizer for hidden layers in neural networks' (blog)"
@@ -135,15 +156,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_MUON_PAPER,
         reference="KellerJordan/Muon muon.py; torch.optim.Muon (torch==2.13.0)",
         tags=frozenset({"orthogonal", "matrix"}),
-        default_plan=_muon_plan,
-    ),
-    Spec(
-        name="muon_adamw",
-        recipe=muon_adamw,
-        lr=0.02,
-        paper=_MUON_PAPER,
-        reference="KellerJordan/Muon muon.py MuonWithAuxAdam",
-        tags=frozenset({"orthogonal", "matrix", "plan"}),
+        adamw=MUON_ADAMW,
     ),
     Spec(
         name="normuon",
@@ -152,15 +165,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_NORMUON_PAPER,
         reference="zichongli5/NorMuon@d45c9a4 normuon.py normuon_update",
         tags=frozenset({"orthogonal", "matrix", "adaptive"}),
-        default_plan=lambda hidden: normuon_adamw(hidden=hidden),
-    ),
-    Spec(
-        name="normuon_adamw",
-        recipe=normuon_adamw,
-        lr=0.02,
-        paper=_NORMUON_PAPER,
-        reference="zichongli5/NorMuon@d45c9a4 normuon.py SingleDeviceNorMuonWithAuxAdam",
-        tags=frozenset({"orthogonal", "matrix", "adaptive", "plan"}),
+        adamw=NORMUON_ADAMW,
     ),
     Spec(
         name="auon",
@@ -169,15 +174,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_AUON_PAPER,
         reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
         tags=frozenset({"matrix", "linear-time"}),
-        default_plan=lambda hidden: auon_adamw(hidden=hidden),
-    ),
-    Spec(
-        name="auon_adamw",
-        recipe=auon_adamw,
-        lr=0.1,
-        paper=_AUON_PAPER,
-        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py AuON",
-        tags=frozenset({"matrix", "linear-time", "plan"}),
+        adamw=AUON_ADAMW,
     ),
     Spec(
         name="hybrid_auon",
@@ -186,15 +183,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_AUON_PAPER,
         reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
         tags=frozenset({"orthogonal", "matrix"}),
-        default_plan=lambda hidden: hybrid_auon_adamw(hidden=hidden),
-    ),
-    Spec(
-        name="hybrid_auon_adamw",
-        recipe=hybrid_auon_adamw,
-        lr=0.05,
-        paper=_AUON_PAPER,
-        reference="ryyzn9/AuON@bba2e82 auon/optimizer.py HybridAuON",
-        tags=frozenset({"orthogonal", "matrix", "plan"}),
+        adamw=HYBRID_AUON_ADAMW,
     ),
     Spec(
         name="muon_polar",
@@ -206,7 +195,7 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="KellerJordan/modded-nanogpt@f411b3d train_gpt.py polar_express",
         tags=frozenset({"orthogonal", "matrix"}),
-        default_plan=_muon_plan,
+        adamw=MUON_ADAMW,
     ),
     # -- orthogonalized-momentum family A (NorMuon, AuON, Hybrid-AuON, Polar Express) --
     Spec(
@@ -220,7 +209,7 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="huawei-noah/noah-research@aa0f80c ROOT/examples/example_train.py ROOT",
         tags=frozenset({"orthogonal", "matrix", "robust"}),
-        default_plan=root_adamw,
+        adamw=ROOT_ADAMW,
     ),
     Spec(
         name="fismo",
@@ -232,7 +221,7 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="no public code; Algorithm 1 as transcribed by the zij docs (FISMO page)",
         tags=frozenset({"orthogonal", "matrix", "kronecker"}),
-        default_plan=fismo_adamw,
+        adamw=MUON_ADAMW,
     ),
     Spec(
         name="muon_nalr",
@@ -244,7 +233,7 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="no public code; written from the abstract (see recipes.nalr.muon_nalr)",
         tags=frozenset({"orthogonal", "matrix", "adaptive"}),
-        default_plan=muon_nalr_adamw,
+        adamw=MUON_ADAMW,
         single_process_only=(
             "ScaleByLayerNoise scales each matrix by a noise level relative to all matrices of its "
             "group, and an owner rank sees only the matrices it owns"
@@ -265,7 +254,7 @@ REGISTRY: tuple[Spec, ...] = (
             "pytorch-optimizer==4.1.0 Shampoo"
         ),
         tags=frozenset({"matrix", "kronecker", "second-order"}),
-        default_plan=shampoo_adamw,
+        adamw=SHAMPOO_ADAMW,
     ),
     Spec(
         name="soap",
@@ -286,7 +275,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_MKOR_PAPER,
         reference="Mohammad-Mozaffari/mkor@3a0e3bb mkor/mkor.py MKOR",
         tags=frozenset({"kronecker", "second-order", "activations", "matrix"}),
-        default_plan=mkor_adamw,
+        adamw=MKOR_ADAMW,
         needs_module=True,
     ),
     Spec(
@@ -296,7 +285,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_MKOR_PAPER,
         reference="no MKOR-H code in Mohammad-Mozaffari/mkor@3a0e3bb; switching rule is ours",
         tags=frozenset({"kronecker", "second-order", "activations", "hybrid", "matrix"}),
-        default_plan=mkor_adamw,
+        adamw=MKOR_ADAMW,
         needs_module=True,
     ),
     # -- activation-Kronecker family (MKOR, MKOR-H) --
@@ -320,7 +309,7 @@ REGISTRY: tuple[Spec, ...] = (
         reference="AGI-Arena/MARS@4831e28 MARS/optimizers/mars.py MARS(mars_type='mars-adamw')",
         tags=frozenset({"variance-reduction", "adaptive", "matrix"}),
         # variant="exact" needs step(closure): step() without one raises before any change.
-        default_plan=mars_plan,
+        adamw=MARS_ADAMW,
     ),
     Spec(
         name="mars_lion",
@@ -329,7 +318,7 @@ REGISTRY: tuple[Spec, ...] = (
         paper=_MARS_PAPER,
         reference="AGI-Arena/MARS@4831e28 MARS/optimizers/mars.py MARS(mars_type='mars-lion')",
         tags=frozenset({"variance-reduction", "sign", "matrix"}),
-        default_plan=mars_lion_plan,
+        adamw=MARS_LION_ADAMW,
     ),
     # -- MARS family (mars_adamw, mars_lion) --
     Spec(
@@ -372,7 +361,7 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="FRUGAL authors' code frugal/proj_optimizer_templates.py (no pinned commit)",
         tags=frozenset({"matrix", "low-rank", "adaptive"}),
-        default_plan=frugal_plan,
+        adamw=LOWRANK_ADAMW,
     ),
     Spec(
         name="lowrank_adamw",
@@ -387,7 +376,7 @@ REGISTRY: tuple[Spec, ...] = (
             "DCTAdamW"
         ),
         tags=frozenset({"matrix", "low-rank", "adaptive"}),
-        default_plan=lowrank_adamw_plan,
+        adamw=LOWRANK_ADAMW,
     ),
     # -- low-rank family (FRUGAL, low-rank AdamW) --
 )

@@ -15,7 +15,7 @@ from orthoptim.cli import main
 def test_list_shows_the_core_optimizers_with_papers(capsys) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("sgd", "adamw", "muon", "muon_adamw"):
+    for name in ("sgd", "adamw", "muon", "normuon"):
         assert any(line.split()[0] == name for line in out.splitlines())
     assert "Loshchilov & Hutter" in out and "Jordan et al." in out
 
@@ -24,7 +24,7 @@ def test_list_pattern_and_tag(capsys) -> None:
     assert main(["list", "muon*"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == orthoptim.registry.names("muon*")
-    assert {"muon", "muon_adamw"} <= set(names)
+    assert {"muon", "muon_polar", "muon_nalr"} <= set(names)
     assert all(n.startswith("muon") for n in names)
     assert main(["list", "--tag", "baseline"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
@@ -65,4 +65,4 @@ def test_console_script_and_module_entry_points() -> None:
         commands.append([exe, "list"])
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
-        assert "muon_adamw" in result.stdout
+        assert "muon_polar" in result.stdout

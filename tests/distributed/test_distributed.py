@@ -83,9 +83,9 @@ def test_split_chain_finds_the_matrix_core() -> None:
 
 
 def test_single_process_has_no_distributed_step() -> None:
-    assert build("muon_adamw", W.model()).distributed is None
+    assert build("muon", W.model()).distributed is None
     with pytest.raises(ValueError, match="process_group was given"):
-        build("muon_adamw", W.model(), process_group=object())
+        build("muon", W.model(), process_group=object())
 
 
 # -- two ranks ------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_gradient_accumulation_and_bf16(ranks: Ranks, mode: str) -> None:
     vectorised body and their scalar tail, so a shard (a different length) may land one bf16
     ulp away from the full tensor: under FSDP2, bf16 parameters match within one ulp of the
     largest parameter per step, ``STEPS * 2^-8 * max|p|`` (measured: 1 ulp)."""
-    names = ["muon_adamw", "normuon", "adamw"]
+    names = ["muon", "normuon", "adamw"]
     for dtype, micros in ((torch.float32, 2), (torch.bfloat16, 1)):
         out = ranks.run(W.run, mode, names, dtype, micros)
         for name in names:
@@ -189,7 +189,7 @@ def test_a_nonfinite_shard_raises_on_every_rank(ranks: Ranks, mode: str) -> None
 
 
 def test_bytes_sent_and_owner_column(ranks: Ranks) -> None:
-    # DDP, muon_adamw on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) and gate (1x7) on
+    # DDP, muon on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) and gate (1x7) on
     # rank 1. One all-gather per round (one shape bucket of each owner): round 0 pads to fc1's
     # 104 values (fc2 has 91), round 1 carries gate's 7; each rank sends its buffers once.
     assert ranks.run(W.sent_bytes, "ddp") == [111 * 4, 111 * 4]
@@ -201,7 +201,7 @@ def test_bytes_sent_and_owner_column(ranks: Ranks) -> None:
     assert {line.split()[-1] for line in table.splitlines()[2:]} == {"0", "1", "all"}
 
 
-@pytest.mark.parametrize("name", ["muon_adamw", "normuon"])
+@pytest.mark.parametrize("name", ["muon", "normuon"])
 def test_replicated_state_option(ranks: Ranks, name: str) -> None:
     """``replicate_state=True``: the momentum of every matrix on every rank (computed there),
     only the matrix core's own buffers (NorMuon's v_row) on the owner; same result."""

@@ -141,13 +141,13 @@ def run(rank: int, mode: str, names: list[str], dtype: torch.dtype, micros: int)
 
 def sent_bytes(rank: int, mode: str) -> int:
     m = wrap(mode)
-    opt = build("muon_adamw", m)
+    opt = build("muon", m)
     _train(m, opt, rank, range(1), 1, mode)
     return opt.distributed.sent_bytes
 
 
 def describe(rank: int) -> str:
-    return build("muon_adamw", wrap("ddp")).describe()
+    return build("muon", wrap("ddp")).describe()
 
 
 def _dcp_objects(mode: str, name: str) -> tuple[nn.Module, Any]:
@@ -227,7 +227,7 @@ def errors(rank: int) -> dict[str, str]:
 
     def message(make: Any) -> str:
         try:
-            build("muon_adamw", make())
+            build("muon", make())
         except ValueError as err:
             return str(err)
         return ""
@@ -278,7 +278,7 @@ def nonfinite(rank: int, mode: str) -> str:
     from orthoptim.optim import NonFiniteGradientError
 
     m = wrap(mode)
-    opt = build("muon_adamw", m)
+    opt = build("muon", m)
     loss(m, batch(0, rank)).backward()
     if rank == 1:
         g = getattr(m, "module", m).fc2.weight.grad
@@ -308,7 +308,7 @@ def mixed_precision(rank: int) -> dict[str, Tensor]:
     mesh = init_device_mesh("cpu", (WORLD,))
     fully_shard(m.fc1, mesh=mesh, mp_policy=policy)
     fully_shard(m, mesh=mesh, mp_policy=policy)
-    opt = build("muon_adamw", m)
+    opt = build("muon", m)
     _train(m, opt, rank, range(STEPS), 1, "fsdp")
     return _full(m)
 

@@ -10,6 +10,8 @@ from torch import nn
 
 import orthoptim
 from orthoptim import ChainOptimizer, recipes
+from orthoptim.recipes.muon import MUON_ADAMW
+from orthoptim.recipes.plan import group_lr
 
 
 def sgd_plain() -> orthoptim.Chain:
@@ -116,16 +118,20 @@ def test_muon_on_bare_vectors_is_a_clear_error() -> None:
 
 def test_plan_needs_roles_for_bare_tensors() -> None:
     with pytest.raises(ValueError, match="routes by role"):
-        orthoptim.build("muon_adamw", [torch.zeros(8, 8, requires_grad=True)])
+        ChainOptimizer(
+            [torch.zeros(8, 8, requires_grad=True)],
+            orthoptim.registry.get("muon").whole_model_plan(),
+            lr=0.02,
+        )
 
 
 def test_plan_with_role_groups() -> None:
     w, b = torch.randn(8, 4, requires_grad=True), torch.zeros(8, requires_grad=True)
     opt = orthoptim.build(
-        "muon_adamw", [{"params": [w], "role": "hidden"}, {"params": [b], "role": "vector"}]
+        "muon", [{"params": [w], "role": "hidden"}, {"params": [b], "role": "vector"}]
     )
     assert [g["route"] for g in opt.param_groups] == ["muon", "adamw"]
-    assert opt.param_groups[1]["lr"] == pytest.approx(0.02 * 0.015)
+    assert group_lr(opt.param_groups[1]) == pytest.approx(0.02 * 0.015)
     assert opt.param_groups[1]["weight_decay"] == 0.0
 
 
@@ -209,21 +215,34 @@ def test_loading_a_state_dict_from_another_optimizer_raises() -> None:
 
 def test_routing_overrides_by_glob() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
-    opt = ChainOptimizer(model, recipes.muon_adamw(), lr=0.02, overrides={"1.*": "head"})
+    opt = ChainOptimizer(
+        model, orthoptim.registry.get("muon").whole_model_plan(), lr=0.02, overrides={"1.*": "head"}
+    )
     roles = {n: g["role"] for g in opt.param_groups for n in g["param_names"]}
     assert roles == {"0.weight": "hidden", "0.bias": "vector", "1.weight": "head", "1.bias": "head"}
     with pytest.raises(ValueError, match="matched no parameter"):
-        ChainOptimizer(model, recipes.muon_adamw(), lr=0.02, overrides={"decoder.*": "head"})
+        ChainOptimizer(
+            model,
+            orthoptim.registry.get("muon").whole_model_plan(),
+            lr=0.02,
+            overrides={"decoder.*": "head"},
+        )
     with pytest.raises(ValueError, match="role must be one of"):
-        ChainOptimizer(model, recipes.muon_adamw(), lr=0.02, overrides={"1.*": "output"})
+        ChainOptimizer(
+            model,
+            orthoptim.registry.get("muon").whole_model_plan(),
+            lr=0.02,
+            overrides={"1.*": "output"},
+        )
 
 
-def test_build_muon_on_a_model_equals_muon_adamw() -> None:
+def test_build_muon_on_a_model_equals_its_whole_model_plan() -> None:
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     b = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     b.load_state_dict(a.state_dict())
-    opt_a, opt_b = orthoptim.build("muon", a), orthoptim.build("muon_adamw", b)
+    plan = recipes.with_adamw(recipes.muon(), name="muon", adamw_route=MUON_ADAMW)
+    opt_a, opt_b = orthoptim.build("muon", a), ChainOptimizer(b, plan, lr=0.02)
     assert opt_a.plan == opt_b.plan
     for _ in range(3):
         x = torch.randn(4, 8)

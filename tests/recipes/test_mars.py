@@ -10,6 +10,7 @@ from torch import nn
 import orthoptim
 from orthoptim import NonFiniteGradientError
 from orthoptim.bench.models import TinyGPT
+from orthoptim.recipes.plan import group_lr
 from tests.helpers import fixed_grads, save_and_load
 
 SHAPES = [(6, 10), (12, 4), (16,)]
@@ -122,12 +123,12 @@ def test_plan_sends_matrices_to_mars_and_vectors_to_adamw(name, vector_lr) -> No
     model = tiny_gpt()
     opt = orthoptim.build(name, model)
     routes = {g["route"]: g for g in opt.param_groups}
-    mars = {n for g in opt.param_groups if g["route"] == "mars" for n in g["param_names"]}
+    mars = {n for g in opt.param_groups if g["route"] == name for n in g["param_names"]}
     assert {"tok_emb.weight", "pos_emb.weight", "lm_head.weight"} <= mars
-    assert all(p.ndim >= 2 for g in opt.param_groups if g["route"] == "mars" for p in g["params"])
+    assert all(p.ndim >= 2 for g in opt.param_groups if g["route"] == name for p in g["params"])
     assert all(p.ndim < 2 for g in opt.param_groups if g["route"] == "adamw" for p in g["params"])
     # The reference's 1-D AdamW: absolute lr_1d = 3e-3, weight_decay_1d = 0.1.
-    assert routes["adamw"]["lr"] == pytest.approx(vector_lr)
+    assert group_lr(routes["adamw"]) == pytest.approx(vector_lr)
     assert routes["adamw"]["weight_decay"] == 0.1
 
 

@@ -57,7 +57,8 @@ from torch import nn
 
 import orthoptim
 from orthoptim.optim import ChainOptimizer
-from orthoptim.recipes.mars import mars_adamw, mars_plan
+from orthoptim.recipes.mars import MARS_ADAMW, mars_adamw
+from orthoptim.recipes.plan import with_adamw
 from tests.helpers import fixed_grads
 
 pytestmark = pytest.mark.reference
@@ -183,13 +184,17 @@ def _with_role(ps: list[torch.Tensor]) -> list[dict]:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_pytorch_optimizer_mars_plan_with_vectors(pytorch_optimizer_plain_sqrt, dtype) -> None:
     # optimize_1d=False: 1-D parameters get AdamW with betas_1d = (0.9, 0.95), lr_1d and
-    # weight_decay_1d = 0.1, which is mars_plan's AdamW route (lr_scale = lr_1d / lr = 1).
+    # weight_decay_1d = 0.1, which is MARS_ADAMW's route (lr_scale = lr_1d / lr = 1).
     diff, top = run_pair(
         [(16, 12), (12,), (8, 24), (24,)],
         dtype,
         lambda ps: ChainOptimizer(
             _with_role(ps),
-            mars_plan(mars_adamw(eps=1e-30), adamw_eps=1e-30),
+            with_adamw(
+                mars_adamw(eps=1e-30),
+                name="mars",
+                adamw_route=MARS_ADAMW.options({"adamw_eps": 1e-30}),
+            ),
             lr=LR,
             weight_decay=WD,
         ),

@@ -34,6 +34,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "shape_scale": ["sqrt", "spectral_unclamped"],
     "hidden": ["muon", 0.9],
     "adamw_lr_scale": [0.0, -1.0, math.nan, math.inf],
+    "adamw_lr": [0.0, -1.0, math.nan, math.inf],
     "adamw_weight_decay": [-0.1, math.nan, math.inf],
     "adamw_betas": [(0.9, 1.0), (1.0, 0.9)],
     "adamw_eps": [0.0, -1.0, math.nan],
@@ -228,7 +229,7 @@ def degenerate_params(name: str, shape: tuple[int, int], dtype: torch.dtype):
         return model, [model[0].weight]
     if isinstance(spec.make(), orthoptim.Plan):
         return [{"params": [w], "role": "hidden"}, {"params": [v], "role": "vector"}], [w, v]
-    if spec.default_plan is not None:
+    if spec.adamw is not None:
         return [w], [w]
     return [w, v], [w, v]
 

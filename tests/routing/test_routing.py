@@ -8,7 +8,9 @@ from torch import nn
 
 import orthoptim
 from orthoptim.bench.models import SmallCNN, TinyGPT
-from orthoptim.recipes import Plan, Route, adamw, muon, muon_adamw
+from orthoptim.recipes import Plan, Route, adamw, muon
+from orthoptim.recipes.plan import group_lr
+from orthoptim.registry import get
 from orthoptim.routing import classify, describe, param_groups
 
 
@@ -26,7 +28,7 @@ def test_a_tied_head_is_routed_once_as_the_embedding() -> None:
     roles = classify(model)
     assert "lm_head.weight" not in roles
     assert roles["tok_emb.weight"] == "embedding"
-    opt = orthoptim.build("muon_adamw", model)
+    opt = orthoptim.build("muon", model)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
@@ -59,20 +61,21 @@ def test_without_a_named_head_the_last_linear_is_the_head() -> None:
 
 def test_param_groups_one_per_role_with_route_lr_and_wd() -> None:
     model = TinyGPT(depth=1)
-    plan = muon_adamw()
+    plan = get("muon").whole_model_plan()
     groups = param_groups(
         list(model.named_parameters()), classify(model), plan, lr=0.02, weight_decay=0.1
     )
     assert [g["role"] for g in groups] == ["hidden", "embedding", "head", "vector"]
     assert [g["route"] for g in groups] == ["muon", "adamw", "adamw", "adamw"]
     assert groups[0]["lr"] == 0.02 and groups[0]["weight_decay"] == 0.1
-    assert groups[1]["lr"] == pytest.approx(0.02 * 0.015) and groups[1]["weight_decay"] == 0.0
+    assert groups[1]["lr"] == 0.02 and groups[1]["lr_scale"] == pytest.approx(0.015)
+    assert group_lr(groups[1]) == pytest.approx(0.02 * 0.015) and groups[1]["weight_decay"] == 0.0
     names = [n for g in groups for n in g["param_names"]]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
 
 
 def test_describe_lists_every_parameter() -> None:
-    opt = orthoptim.build("muon_adamw", TinyGPT(depth=1))
+    opt = orthoptim.build("muon", TinyGPT(depth=1))
     table = describe(opt.param_groups, opt.plan)
     lines = table.splitlines()
     assert lines[0].split() == ["parameter", "shape", "role", "route", "chain", "lr", "wd"]
@@ -90,7 +93,7 @@ def test_plans_must_cover_every_role_once() -> None:
 
 
 def test_route_lookup_errors() -> None:
-    plan = muon_adamw()
+    plan = get("muon").whole_model_plan()
     with pytest.raises(ValueError, match="unknown role"):
         plan.route_for("bias")
     with pytest.raises(KeyError, match="no route"):

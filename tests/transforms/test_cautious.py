@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orthoptim import ChainOptimizer
-from orthoptim.recipes import Plan, adamw, muon, muon_adamw, with_adamw
+from orthoptim.recipes import Plan, adamw, muon
 from orthoptim.recipes.neighbours import cautious, grams
+from orthoptim.registry import get
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.cautious import CAUTIOUS_RESCALES, CautiousMask
 from tests.helpers import fixed_grads
@@ -100,7 +101,7 @@ def test_placement() -> None:
         "momentum", "orthogonalize", "shape_scale", "cautious", "weight_decay"
     ]  # fmt: skip
     assert keys(cautious(muon(), after="momentum"))[:3] == ["momentum", "cautious", "orthogonalize"]
-    plan = cautious(muon_adamw())
+    plan = cautious(get("muon").whole_model_plan())
     assert isinstance(plan, Plan)
     assert all("cautious" in keys(r.chain) for r in plan.routes)
     with pytest.raises(ValueError, match="after must be the key of a transform"):
@@ -170,8 +171,8 @@ def test_a_cautious_plan_trains_a_whole_model() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 6, generator=g)
     y = torch.tanh(x @ torch.randn(6, 3, generator=g))
-    c_muon = with_adamw(cautious(muon(), after="momentum"), name="muon")  # C-Muon's placement
-    for plan in (cautious(muon_adamw()), c_muon):
+    c_muon = get("muon").default_plan(cautious(muon(), after="momentum"))  # C-Muon's placement
+    for plan in (cautious(get("muon").whole_model_plan()), c_muon):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
         opt = ChainOptimizer(model, plan, lr=0.02)

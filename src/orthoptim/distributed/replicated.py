@@ -20,6 +20,7 @@ from orthoptim.distributed.parts import (
     rounds_of,
     run_range,
 )
+from orthoptim.recipes.plan import group_lr
 from orthoptim.transforms.base import Ctx
 
 
@@ -92,7 +93,7 @@ class ReplicatedSteps(Topology):
             chain, lo, hi = self.split(group["route"])
             if not params or lo == hi:
                 continue
-            lr, wd = float(group["lr"]), float(group["weight_decay"])
+            lr, wd = group_lr(group), float(group["weight_decay"])
             job = Job(chain, lr, lo, hi)
             n = len(chain.transforms)
             for name, p in params:

@@ -24,6 +24,7 @@ from orthoptim.distributed.parts import (
     shard_rows,
     split_rows,
 )
+from orthoptim.recipes.plan import group_lr
 from orthoptim.transforms.base import Chain, Ctx
 
 
@@ -42,7 +43,7 @@ class ShardedSteps(Topology):
             if not params:
                 continue
             chain, lo, hi = self.split(group["route"])
-            lr, wd = float(group["lr"]), float(group["weight_decay"])
+            lr, wd = group_lr(group), float(group["weight_decay"])
             job = Job(chain, lr, lo, hi)
             for name, p in params:
                 st = state[p]

@@ -3,8 +3,7 @@ single step of) Newton-Schulz."""
 
 from __future__ import annotations
 
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.auon import ScaleByCoshRms
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.momentum import Momentum
@@ -14,8 +13,10 @@ from orthoptim.transforms.scaling import AddWeightDecay
 # AdamW for the non-hidden roles runs at this fraction of the matrix route's lr: 1e-3 at the
 # registry defaults (auon 0.1, hybrid_auon 0.05). On the lm race task AdamW at 1e-3 beat 3e-4
 # (AuON 0.1: 2.31 vs 2.42; Hybrid 0.05: 1.94 vs 2.02).
-AUON_ADAMW_LR_SCALE = 0.01
-HYBRID_AUON_ADAMW_LR_SCALE = 0.02
+# The reference (ryyzn9/AuON@bba2e82 README) pairs AuON with a separate Adam (lr 0.008, betas
+# (0.8, 0.95)) on p.dim() < 2 parameters by hand; here the roles come from routing.classify.
+AUON_ADAMW = AdamWRoute(lr_scale=0.01, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+HYBRID_AUON_ADAMW = AdamWRoute(lr_scale=0.02, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
 
 
 def auon(
@@ -96,7 +97,7 @@ def hybrid_auon(
     root-mean-square of ``cosh(gamma X/||X||_F)`` (the paper writes ``mean(cosh(X)^2)`` with no
     root, also ~1); conv kernels go through their ``(out, in*kh*kw)`` view (the code iterates on
     the last two dimensions); matrices only (the code brakes vectors without Newton-Schulz: route
-    them to AdamW with ``hybrid_auon_adamw``); Newton-Schulz uses fused ``addmm``.
+    them to AdamW with ``build("hybrid_auon", model)``); Newton-Schulz uses fused ``addmm``.
 
     References: Dipan Maity, arXiv 2509.24320v1 §3.2;
     ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 auon/optimizer.py.
@@ -106,58 +107,4 @@ def hybrid_auon(
         Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
         ScaleByCoshRms(gamma=gamma, normalize=False),
         AddWeightDecay(),
-    )
-
-
-def auon_adamw(
-    *,
-    hidden: Chain | None = None,
-    adamw_lr_scale: float = AUON_ADAMW_LR_SCALE,
-    adamw_weight_decay: float = 0.0,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_eps: float = 1e-10,
-) -> Plan:
-    """AuON for hidden matrices, AdamW for embeddings, heads, biases and norm gains.
-
-    ``hidden`` is the hidden route's chain (default ``auon()``). AdamW runs at
-    ``adamw_lr_scale`` times AuON's lr (0.01: 1e-3 at the default 0.1).
-
-    Differences from the reference (ryyzn9/AuON@bba2e82 README): it pairs AuON with a separate
-    Adam (lr 0.008, betas (0.8, 0.95)) on ``p.dim() < 2`` parameters by hand; here the roles come
-    from ``orthoptim.routing.classify`` (embeddings and heads go to AdamW too).
-
-    References: ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 README.md.
-    """
-    return with_adamw(
-        hidden if hidden is not None else auon(),
-        name="auon",
-        adamw_lr_scale=adamw_lr_scale,
-        adamw_weight_decay=adamw_weight_decay,
-        adamw_betas=adamw_betas,
-        adamw_eps=adamw_eps,
-    )
-
-
-def hybrid_auon_adamw(
-    *,
-    hidden: Chain | None = None,
-    adamw_lr_scale: float = HYBRID_AUON_ADAMW_LR_SCALE,
-    adamw_weight_decay: float = 0.0,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_eps: float = 1e-10,
-) -> Plan:
-    """Hybrid-AuON for hidden matrices, AdamW for embeddings, heads, biases and norm gains.
-
-    As ``auon_adamw``, with ``hidden`` defaulting to ``hybrid_auon()`` and AdamW at 0.02 times
-    its lr (1e-3 at the default 0.05).
-
-    References: ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 README.md.
-    """
-    return with_adamw(
-        hidden if hidden is not None else hybrid_auon(),
-        name="hybrid_auon",
-        adamw_lr_scale=adamw_lr_scale,
-        adamw_weight_decay=adamw_weight_decay,
-        adamw_betas=adamw_betas,
-        adamw_eps=adamw_eps,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
 from orthoptim.transforms.momentum import Momentum
@@ -57,8 +55,3 @@ def fismo(
         ScaleByShape(rule=shape_scale),
         AddWeightDecay(),
     )
-
-
-def fismo_adamw(hidden: Chain | None = None) -> Plan:
-    """FISMO for hidden matrices, AdamW (``with_adamw`` defaults) for the rest."""
-    return with_adamw(hidden if hidden is not None else fismo(), name="fismo")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.functional.kron import FactorDtype
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.kronecker import (
     AdamInEigenbasis,
@@ -69,19 +68,6 @@ def shampoo(
     )
 
 
-def shampoo_adamw(hidden: Chain | None = None) -> Plan:
-    """Shampoo for hidden matrices, AdamW (betas (0.9, 0.999), eps 1e-8, no decay) at the same
-    lr for embeddings, heads, biases and gains: with Adam grafting both routes take Adam-sized
-    steps, so one lr fits both."""
-    return with_adamw(
-        hidden if hidden is not None else shampoo(),
-        name="shampoo",
-        adamw_lr_scale=1.0,
-        adamw_betas=(0.9, 0.999),
-        adamw_eps=1e-8,
-    )
-
-
 def soap(
     *,
     betas: tuple[float, float] = (0.95, 0.95),
@@ -131,3 +117,8 @@ def soap(
         ),
         AddWeightDecay(),
     )
+
+
+SHAMPOO_ADAMW = AdamWRoute(lr_scale=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+"""AdamW at Shampoo's lr for embeddings, heads, biases and gains: with Adam grafting both routes
+take Adam-sized steps, so one lr fits both."""

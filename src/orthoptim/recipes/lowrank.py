@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.functional.projection import Projection
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.lowrank import LowRankAdam, RefreshMoments, Residual
 from orthoptim.transforms.scaling import AddWeightDecay
@@ -99,19 +98,6 @@ def frugal(
     )
 
 
-def _plan(hidden: Chain, name: str) -> Plan:
-    # Both references run plain AdamW (betas 0.9/0.999, eps 1e-8) at the same lr on the
-    # parameters they do not project: embeddings, the head, norms and biases.
-    return with_adamw(
-        hidden, name=name, adamw_lr_scale=1.0, adamw_betas=(0.9, 0.999), adamw_eps=1e-8
-    )
-
-
-def lowrank_adamw_plan(hidden: Chain | None = None) -> Plan:
-    """``lowrank_adamw`` for hidden matrices, AdamW at the same lr for the rest."""
-    return _plan(hidden if hidden is not None else lowrank_adamw(), "lowrank_adamw")
-
-
-def frugal_plan(hidden: Chain | None = None) -> Plan:
-    """``frugal`` for hidden matrices, AdamW at the same lr for the rest."""
-    return _plan(hidden if hidden is not None else frugal(), "frugal")
+LOWRANK_ADAMW = AdamWRoute(lr_scale=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+"""Both references (GaLore, FRUGAL) run plain AdamW (betas 0.9/0.999, eps 1e-8) at the same lr on
+the parameters they do not project: embeddings, the head, norms and biases."""

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from orthoptim.recipes.baselines import adamw
-from orthoptim.recipes.plan import Plan, Route
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms import AddWeightDecay, Chain, ScaleByAdam, chain
 from orthoptim.transforms.sign import LionSign
 from orthoptim.transforms.variance import FirstStep, MarsCorrection, MarsVariant
 
-MATRIX_ROLES: tuple[str, ...] = ("hidden", "embedding", "head")
-# The reference's AdamW for 1-D parameters runs at its absolute lr_1d = 3e-3: the registry lr of
-# mars_adamw (3e-3, scale 1) and of mars_lion (3e-4, scale 10).
-MARS_LION_ADAMW_LR_SCALE = 10.0
+MARS_ADAMW = AdamWRoute(
+    lr_scale=1.0, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, roles=("vector",)
+)
+"""The reference's split (``optimize_1d=False``): MARS for every matrix (hidden, embedding,
+head), AdamW with betas (0.9, 0.95) and weight decay 0.1 for vectors (biases, norm gains), at its
+absolute lr_1d = 3e-3: the registry lr of mars_adamw (scale 1). Conv kernels get MARS (the
+reference sends only 2-D tensors to MARS). With ``variant="exact"`` the AdamW route records its
+previous point too (``recipes.plan.with_adamw``)."""
+MARS_LION_ADAMW = AdamWRoute(
+    lr_scale=10.0, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, roles=("vector",)
+)
+"""As ``MARS_ADAMW``, at 10 x mars_lion's lr 3e-4: the reference's lr_1d = 3e-3."""
 
 
 def mars_adamw(
@@ -79,42 +86,3 @@ def mars_lion(
         gamma=gamma, beta1=betas[1], clip=clip, variant=variant, first_step=first_step
     )
     return chain(correction, lion, AddWeightDecay())
-
-
-def mars_plan(
-    mars: Chain,
-    *,
-    adamw_lr_scale: float = 1.0,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_eps: float = 1e-8,
-    adamw_weight_decay: float = 0.1,
-) -> Plan:
-    """The reference's split (``optimize_1d=False``): ``mars`` for every matrix (hidden,
-    embedding, head), AdamW with betas (0.9, 0.95) and weight decay 0.1 for vectors (biases, norm
-    gains). Conv kernels get ``mars`` (the reference sends only 2-D tensors to MARS).
-
-    With an exact-variant ``mars`` the AdamW route gets ``MarsCorrection(gamma=0, clip=None,
-    variant="exact")``, an identity that records the previous point: the closure's second
-    evaluation then sees the whole model at its previous parameters, not only the matrices.
-    """
-    vector = adamw(betas=adamw_betas, eps=adamw_eps)
-    if any(getattr(t, "needs_closure", False) for t in mars.transforms):
-        record = MarsCorrection(gamma=0.0, beta1=adamw_betas[0], clip=None, variant="exact")
-        vector = chain(record, vector)
-    return Plan(
-        (
-            Route(name="mars", chain=mars, roles=MATRIX_ROLES),
-            Route(
-                name="adamw",
-                chain=vector,
-                roles=("vector",),
-                lr_scale=adamw_lr_scale,
-                weight_decay=adamw_weight_decay,
-            ),
-        )
-    )
-
-
-def mars_lion_plan(mars: Chain) -> Plan:
-    """``mars_plan`` with the vectors' AdamW at the reference's absolute lr_1d = 3e-3."""
-    return mars_plan(mars, adamw_lr_scale=MARS_LION_ADAMW_LR_SCALE)

@@ -8,15 +8,15 @@ the chain's ``ActivationCapture`` to the model's ``nn.Linear`` / ``nn.Conv2d`` l
 from __future__ import annotations
 
 from orthoptim._checks import check_bool
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.mkor import InverseUpdate, MKORHybridPrecondition, MKORPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.scaling import AddWeightDecay
 
-# AdamW's lr for embeddings, heads, biases and norms as a ratio of MKOR's SGD-scale lr.
-MKOR_ADAMW_LR_SCALE = 0.05
+# AdamW (betas 0.9, 0.999) for embeddings, heads, biases and norms, its lr a ratio of MKOR's
+# SGD-scale lr.
+MKOR_ADAMW = AdamWRoute(lr_scale=0.05, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
 
 def mkor(
@@ -111,14 +111,3 @@ def mkor_h(
         switch_beta=switch_beta,
     )
     return chain(hybrid, *inner[1:])
-
-
-def mkor_adamw(hidden: Chain) -> Plan:
-    """MKOR (or MKOR-H) on hidden Linear/Conv weights, AdamW (betas 0.9, 0.999) on the rest."""
-    return with_adamw(
-        hidden,
-        name="mkor",
-        adamw_lr_scale=MKOR_ADAMW_LR_SCALE,
-        adamw_betas=(0.9, 0.999),
-        adamw_eps=1e-8,
-    )

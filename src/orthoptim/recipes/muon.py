@@ -1,10 +1,9 @@
-"""Muon: orthogonalised momentum for hidden matrices, and its default plan with AdamW."""
+"""Muon: orthogonalised momentum for hidden matrices, and the AdamW route that completes it."""
 
 from __future__ import annotations
 
 from orthoptim.functional.polar import PreNorm
-from orthoptim.recipes.baselines import adamw
-from orthoptim.recipes.plan import Plan, Route
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms import (
     AddWeightDecay,
     Chain,
@@ -16,7 +15,12 @@ from orthoptim.transforms import (
 from orthoptim.transforms.orthogonalize import ComputeDtype
 from orthoptim.transforms.scaling import ShapeRule
 
-NON_HIDDEN_ROLES: tuple[str, ...] = ("embedding", "head", "vector")
+MUON_ADAMW = AdamWRoute(lr_scale=0.015, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+"""Muon's AdamW route: 0.015 x Muon's lr (3e-4 / 0.02, the pairing in KellerJordan/Muon's README
+and ``MuonWithAuxAdam``), betas (0.9, 0.95), eps 1e-10 as the reference, and no weight decay on
+embeddings, heads, biases and norm gains (the README example uses 0.01 for both routes). Muon
+Polar Express, FISMO and the noise-adaptive Muon use it too. Racing or migrating from AdamW, pass
+your AdamW lr as ``adamw_lr`` instead: the ratio ties the route to the matrix lr."""
 
 
 def muon(
@@ -57,64 +61,4 @@ def muon(
         ),
         ScaleByShape(rule=shape_scale),
         AddWeightDecay(),
-    )
-
-
-def with_adamw(
-    hidden: Chain,
-    *,
-    name: str,
-    adamw_lr_scale: float = 0.015,
-    adamw_weight_decay: float = 0.0,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_eps: float = 1e-10,
-) -> Plan:
-    """Default plan of a matrix optimizer: ``hidden`` for hidden matrices, AdamW for the rest.
-
-    The AdamW route runs at ``adamw_lr_scale`` times the optimizer's lr (0.015 = 3e-4 / 0.02, the
-    pairing in KellerJordan/Muon's README) with betas (0.9, 0.95) and no weight decay on
-    embeddings, heads, biases and norm gains.
-    """
-    if not isinstance(hidden, Chain):
-        raise TypeError(f"hidden must be a Chain such as recipes.{name}(), got {hidden!r}")
-    return Plan(
-        (
-            Route(name=name, chain=hidden, roles=("hidden",)),
-            Route(
-                name="adamw",
-                chain=adamw(betas=adamw_betas, eps=adamw_eps),
-                roles=NON_HIDDEN_ROLES,
-                lr_scale=adamw_lr_scale,
-                weight_decay=adamw_weight_decay,
-            ),
-        )
-    )
-
-
-def muon_adamw(
-    *,
-    hidden: Chain | None = None,
-    adamw_lr_scale: float = 0.015,
-    adamw_weight_decay: float = 0.0,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_eps: float = 1e-10,
-) -> Plan:
-    """Muon for hidden matrices, AdamW for embeddings, heads, biases and norm gains.
-
-    ``hidden`` is the hidden route's chain (default ``muon()``); pass ``recipes.muon(...)`` to
-    change its conventions. The optimizer's lr and weight decay apply to the Muon route.
-
-    Differences from the reference (KellerJordan/Muon ``MuonWithAuxAdam``): the AdamW lr is a
-    ratio of the Muon lr instead of a separate absolute value, and AdamW's default weight decay is
-    0 (the reference's README example uses 0.01 for both); AdamW eps 1e-10 as in the reference.
-
-    References: KellerJordan/Muon README and muon.py ``MuonWithAuxAdam``.
-    """
-    return with_adamw(
-        hidden if hidden is not None else muon(),
-        name="muon",
-        adamw_lr_scale=adamw_lr_scale,
-        adamw_weight_decay=adamw_weight_decay,
-        adamw_betas=adamw_betas,
-        adamw_eps=adamw_eps,
     )

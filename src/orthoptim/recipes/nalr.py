@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.functional.robust import DualNorm
-from orthoptim.recipes.muon import muon, with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.muon import muon
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.noise_adaptive import NoiseReference, ScaleByLayerNoise
 from orthoptim.transforms.orthogonalize import ComputeDtype
@@ -77,8 +76,3 @@ def muon_nalr(
         dual_norm="nuclear",
         noise_reference=noise_reference,
     )
-
-
-def muon_nalr_adamw(hidden: Chain | None = None) -> Plan:
-    """``muon_nalr`` for hidden matrices, AdamW (``with_adamw`` defaults) for the rest."""
-    return with_adamw(hidden if hidden is not None else muon_nalr(), name="muon_nalr")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from orthoptim._checks import check_bool
 from orthoptim.functional.polar import PreNorm
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
 
-# The reference pairs NorMuon's lr 0.02 with Adam's 3e-4 (NorMuonWithAuxAdam defaults).
-NORMUON_ADAMW_LR_SCALE = 0.015
+NORMUON_ADAMW = AdamWRoute(lr_scale=0.015, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+"""The reference pairs NorMuon's lr 0.02 with Adam's 3e-4 (zichongli5/NorMuon@d45c9a4
+``SingleDeviceNorMuonWithAuxAdam`` defaults)."""
 
 
 def normuon(
@@ -68,33 +68,4 @@ def normuon(
         *((neurons,) if normalize_neurons else ()),
         ScaleByShape(rule=shape_scale),
         AddWeightDecay(),
-    )
-
-
-def normuon_adamw(
-    *,
-    hidden: Chain | None = None,
-    adamw_lr_scale: float = NORMUON_ADAMW_LR_SCALE,
-    adamw_weight_decay: float = 0.0,
-    adamw_betas: tuple[float, float] = (0.9, 0.95),
-    adamw_eps: float = 1e-10,
-) -> Plan:
-    """NorMuon for hidden matrices, AdamW for embeddings, heads, biases and norm gains.
-
-    ``hidden`` is the hidden route's chain (default ``normuon()``). The optimizer's lr and weight
-    decay apply to the NorMuon route; AdamW runs at ``adamw_lr_scale`` times that lr.
-
-    Differences from the reference (zichongli5/NorMuon@d45c9a4 ``SingleDeviceNorMuonWithAuxAdam``):
-    AdamW's lr is a ratio of NorMuon's (0.015: the reference's 3e-4 / 0.02) instead of an absolute
-    value; the roles come from ``orthoptim.routing.classify`` instead of hand-made groups.
-
-    References: zichongli5/NorMuon@d45c9a4280d758e2cf0b2b8333765d040e953937 normuon.py.
-    """
-    return with_adamw(
-        hidden if hidden is not None else normuon(),
-        name="normuon",
-        adamw_lr_scale=adamw_lr_scale,
-        adamw_weight_decay=adamw_weight_decay,
-        adamw_betas=adamw_betas,
-        adamw_eps=adamw_eps,
     )

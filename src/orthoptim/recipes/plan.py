@@ -1,18 +1,41 @@
-"""Plans: which chain updates which parameter role.
+"""Plans: which chain updates which parameter role, and the one way to complete a matrix optimizer
+with AdamW for a whole model.
 
 A ``Plan`` is an ordered tuple of ``Route``\\s; each route owns a chain, the roles it updates, and
 how its learning rate and weight decay relate to the optimizer's. Roles are ``"hidden"``
 (matrices inside the network), ``"embedding"``, ``"head"`` (output layer) and ``"vector"``
 (biases, norm gains, scalars); ``orthoptim.routing.classify`` assigns them.
+
+Learning rates: every param group's ``lr`` is the optimizer's (scheduled) lr, and its
+``lr_scale`` is its route's lr relative to the first route's; the step applies
+``group_lr(group) = lr * lr_scale``. A torch scheduler that sets absolute values (``OneCycleLR``,
+``CyclicLR``, ``CosineAnnealingLR``'s ``eta_min``) therefore moves every route together and keeps
+the relation between them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES
+from orthoptim.recipes.baselines import adamw
+from orthoptim.transforms import chain
 from orthoptim.transforms.base import Chain
+from orthoptim.transforms.variance import MarsCorrection
+
+NON_HIDDEN_ROLES: tuple[str, ...] = ("embedding", "head", "vector")
+LR_SCALE_KEY = "lr_scale"
+"""Param-group key: the group's lr relative to the optimizer's scheduled lr (``group_lr``)."""
+
+
+def group_lr(group: Mapping[str, Any]) -> float:
+    """The lr a param group's step uses: its (scheduled) ``lr`` times its route's ``lr_scale``."""
+    return float(group["lr"]) * float(group.get(LR_SCALE_KEY, 1.0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,14 +46,19 @@ class Route:
         name: the route's name, stored in each of its param groups as ``group["route"]``.
         chain: the update rule.
         roles: the roles it updates.
-        lr_scale: its groups' lr is the optimizer's lr times this.
+        lr_scale: its lr is the optimizer's lr times this (1 when neither this nor ``lr`` is
+            given).
+        lr: its lr as an absolute value at the optimizer's initial lr; schedulers then scale it
+            with the optimizer's lr (its groups get ``lr_scale = lr / optimizer lr``). At most
+            one of ``lr`` and ``lr_scale``.
         weight_decay: its groups' weight decay; ``None`` takes the optimizer's.
     """
 
     name: str
     chain: Chain
     roles: tuple[str, ...] = ROLES
-    lr_scale: float = 1.0
+    lr_scale: float | None = None
+    lr: float | None = None
     weight_decay: float | None = None
 
     def __post_init__(self) -> None:
@@ -44,14 +72,39 @@ class Route:
         for role in self.roles:
             if role not in ROLES:
                 raise ValueError(f"route {self.name!r}: role must be one of {ROLES}, got {role!r}")
-        check_positive(f"route {self.name!r} lr_scale", self.lr_scale)
+        if self.lr is not None and self.lr_scale is not None:
+            raise ValueError(
+                f"route {self.name!r}: give its lr as lr (absolute) or lr_scale (relative), not "
+                f"both (got lr={self.lr}, lr_scale={self.lr_scale})"
+            )
+        if self.lr_scale is not None:
+            check_positive(f"route {self.name!r} lr_scale", self.lr_scale)
+        if self.lr is not None:
+            check_positive(f"route {self.name!r} lr", self.lr)
         if self.weight_decay is not None:
             check_finite_nonnegative(f"route {self.name!r} weight_decay", self.weight_decay)
+
+    def scale_at(self, lr: float) -> float:
+        """Its lr relative to the optimizer's when the optimizer's lr is ``lr``."""
+        if self.lr is None:
+            return 1.0 if self.lr_scale is None else self.lr_scale
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(
+                f"route {self.name!r} has an absolute lr ({self.lr:g}), which is kept relative to "
+                f"the optimizer's lr so that schedulers move both; that needs a positive lr, "
+                f"got {lr}"
+            )
+        return self.lr / lr
+
+    def describe_lr(self) -> str:
+        """``lr x 0.015`` or ``lr 0.008`` (absolute), for ``explain`` and ``show``."""
+        return f"lr {self.lr:g}" if self.lr is not None else f"lr x {self.scale_at(1.0):g}"
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Routes that together cover every role exactly once."""
+    """Routes that together cover every role exactly once; the first route runs at the
+    optimizer's lr."""
 
     routes: tuple[Route, ...]
 
@@ -88,3 +141,102 @@ class Plan:
             if route.name == name:
                 return route
         raise KeyError(f"no route {name!r}; routes: {[r.name for r in self.routes]}")
+
+
+PLAN_OPTIONS: tuple[str, ...] = (
+    "adamw_lr",
+    "adamw_lr_scale",
+    "adamw_weight_decay",
+    "adamw_betas",
+    "adamw_eps",
+)
+"""The whole-model plan's options, accepted by ``orthoptim.build`` beside the recipe's."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdamWRoute:
+    """The AdamW route that completes a matrix optimizer for a whole model.
+
+    Args:
+        lr_scale: AdamW's lr relative to the matrix optimizer's (the family's published pairing).
+        lr: AdamW's lr as an absolute value instead (the migrating user's AdamW lr). At most one
+            of ``lr`` and ``lr_scale`` is set; ``options`` replaces one by the other.
+        betas: AdamW's betas.
+        eps: AdamW's epsilon.
+        weight_decay: AdamW's decoupled weight decay (embeddings, head, biases, norm gains).
+        roles: the roles AdamW updates; the matrix optimizer gets the others.
+    """
+
+    lr_scale: float | None = 1.0
+    lr: float | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-10
+    weight_decay: float = 0.0
+    roles: tuple[str, ...] = NON_HIDDEN_ROLES
+
+    def defaults(self) -> dict[str, Any]:
+        """``PLAN_OPTIONS`` and their values in this route."""
+        return {
+            "adamw_lr": self.lr,
+            "adamw_lr_scale": self.lr_scale,
+            "adamw_weight_decay": self.weight_decay,
+            "adamw_betas": self.betas,
+            "adamw_eps": self.eps,
+        }
+
+    def options(self, given: Mapping[str, Any]) -> AdamWRoute:
+        """This route with the ``PLAN_OPTIONS`` in ``given`` applied. ``adamw_lr`` replaces the
+        family's ``lr_scale`` and the reverse; both at once raise ``ValueError``."""
+        unknown = sorted(set(given) - set(PLAN_OPTIONS))
+        if unknown:
+            raise TypeError(f"unknown plan option(s) {unknown}; allowed: {list(PLAN_OPTIONS)}")
+        lr, lr_scale = given.get("adamw_lr"), given.get("adamw_lr_scale")
+        if lr is not None and lr_scale is not None:
+            raise ValueError(
+                "give the AdamW route's lr as adamw_lr (absolute, e.g. your AdamW lr) or "
+                f"adamw_lr_scale (relative to lr), not both; got adamw_lr={lr}, "
+                f"adamw_lr_scale={lr_scale}"
+            )
+        changes: dict[str, Any] = {}
+        if lr is not None:
+            changes |= {"lr": lr, "lr_scale": None}
+        if lr_scale is not None:
+            changes |= {"lr": None, "lr_scale": lr_scale}
+        for key in ("weight_decay", "betas", "eps"):
+            if given.get(f"adamw_{key}") is not None:
+                changes[key] = given[f"adamw_{key}"]
+        if "betas" in changes:
+            changes["betas"] = tuple(changes["betas"])
+        return dataclasses.replace(self, **changes)
+
+
+def with_adamw(main: Chain, *, name: str, adamw_route: AdamWRoute | None = None) -> Plan:
+    """A whole-model plan: ``main`` for the roles AdamW does not take, AdamW for the rest.
+
+    This is the only way the library completes a matrix optimizer for a whole model; each
+    registered matrix optimizer declares its ``AdamWRoute`` (``orthoptim.specs``), and
+    ``orthoptim.build(name, model, adamw_lr=...)`` applies the user's ``PLAN_OPTIONS`` to it.
+    When ``main`` needs the gradient at the previous parameters (exact MARS), the AdamW route
+    records its previous point too (``MarsCorrection(gamma=0)``, an identity), so the closure's
+    second evaluation sees the whole model at its previous parameters.
+    """
+    if not isinstance(main, Chain):
+        raise TypeError(f"the main route must be a Chain such as recipes.{name}(), got {main!r}")
+    aux = AdamWRoute() if adamw_route is None else adamw_route
+    rest = adamw(betas=aux.betas, eps=aux.eps)
+    if any(getattr(t, "needs_closure", False) for t in main.transforms):
+        record = MarsCorrection(gamma=0.0, beta1=aux.betas[0], clip=None, variant="exact")
+        rest = chain(record, rest)
+    return Plan(
+        (
+            Route(name=name, chain=main, roles=tuple(r for r in ROLES if r not in aux.roles)),
+            Route(
+                name="adamw",
+                chain=rest,
+                roles=aux.roles,
+                lr_scale=aux.lr_scale,
+                lr=aux.lr,
+                weight_decay=aux.weight_decay,
+            ),
+        )
+    )

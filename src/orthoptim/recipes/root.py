@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from orthoptim.recipes.muon import with_adamw
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
@@ -53,12 +52,6 @@ def root(
     )
 
 
-def root_adamw(hidden: Chain | None = None) -> Plan:
-    """ROOT for hidden matrices, AdamW at the same lr (Moonlight's pairing, as the ROOT
-    reference) with betas (0.9, 0.95), eps 1e-8 and no decay for embeddings, heads and gains."""
-    return with_adamw(
-        hidden if hidden is not None else root(),
-        name="root",
-        adamw_lr_scale=1.0,
-        adamw_eps=1e-8,
-    )
+ROOT_ADAMW = AdamWRoute(lr_scale=1.0, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+"""AdamW at ROOT's lr (Moonlight's pairing, as the ROOT reference), betas (0.9, 0.95), eps 1e-8,
+no decay for embeddings, heads and gains."""

@@ -57,7 +57,7 @@ class Orthogonalize(TransformBase):
             "Orthogonalize",
             tuple(p.shape),
             name,
-            "route vectors to another chain (e.g. build(..., model) or the muon_adamw plan)",
+            "route vectors to another chain (e.g. build(..., model), which brings AdamW for them)",
         )
 
     def cost(self, shape: tuple[int, ...]) -> float:
