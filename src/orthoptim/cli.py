@@ -41,6 +41,8 @@ def _race(args: argparse.Namespace) -> int:
     from orthoptim.bench.tasks import TASKS
 
     quick = sweep.QUICK if args.quick else {}
+    if args.final_from is not None and not args.final:
+        raise ValueError("--from DIR adds the final to the race in DIR; it needs --final")
     config = sweep.RaceConfig(
         tasks=tuple(args.task) if args.task else TASKS,
         specs=tuple(args.spec) if args.spec else None,
@@ -48,6 +50,8 @@ def _race(args: argparse.Namespace) -> int:
         lr_points=args.lr_grid if args.lr_grid is not None else quick.get("lr_points", 5),
         lr_span=args.lr_span,
         seeds=args.seeds if args.seeds is not None else quick.get("seeds", 3),
+        adamw_route=args.adamw_route,
+        extend_edges=not args.no_extend,
         quick=args.quick,
         data=args.data,
         steps=args.steps,
@@ -56,7 +60,11 @@ def _race(args: argparse.Namespace) -> int:
         threads=args.threads if args.threads is not None else 1,
     )
     try:
-        out = sweep.race(config)
+        out = args.final_from if args.final_from is not None else sweep.race(config)
+        if args.final:
+            from orthoptim.bench.final import run_final
+
+            run_final(out, config)
     except MissingExtra as err:
         print(f"orthoptim: error: {err}", file=sys.stderr)
         return 2
@@ -124,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
     show.set_defaults(run=_show)
     route = sub.add_parser("route", help="the routing table of an optimizer on a built-in model")
     route.add_argument("--model", choices=sorted(MODELS), default="tiny_gpt")
-    route.add_argument("--spec", default="muon_adamw", help="registry name")
+    route.add_argument("--spec", default="muon", help="registry name")
     route.set_defaults(run=_route)
     _race_parser(sub)
     _speed_parser(sub)
@@ -158,6 +166,32 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
     race.add_argument("--lr-grid", type=int, help="lr grid points (default 5; quick 3)")
     race.add_argument(
         "--lr-span", type=float, default=8.0, help="grid spans x1/SPAN..xSPAN (default 8)"
+    )
+    race.add_argument(
+        "--adamw-route",
+        choices=("tuned", "ratio", "sweep"),
+        default="tuned",
+        help="lr of every plan's AdamW route (embeddings, head, norms): tuned = the lr AdamW's "
+        "own sweep picked on the task (default); ratio = the family's fixed ratio of the matrix "
+        "lr; sweep = a coarse second axis around AdamW's pick",
+    )
+    race.add_argument(
+        "--no-extend",
+        action="store_true",
+        help="do not extend a sweep whose picked lr sits at an edge of the grid",
+    )
+    race.add_argument(
+        "--final",
+        action="store_true",
+        help="then the final: lm_medium (a 3M-parameter GPT) for the 5 best racers, adamw, "
+        "muon and the peers, into the same folder (about an hour on 2 CPU cores)",
+    )
+    race.add_argument(
+        "--from",
+        dest="final_from",
+        type=Path,
+        metavar="DIR",
+        help="with --final: add the final to the finished race in DIR instead of racing again",
     )
     race.add_argument("--quick", action="store_true", help="small tasks, under a minute")
     race.add_argument("--steps", type=int, help="override every task's number of steps")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from orthoptim.bench import records, tasks
-from orthoptim.bench.sweep import QUICK, lr_factors
+from orthoptim.bench.selection import pick
+from orthoptim.bench.sweep import MAX_EXTENSIONS, QUICK, grid_step, lr_factors
 from orthoptim.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +42,7 @@ def check_pngs(directory: Path) -> list[str]:
 def test_quick_race_writes_records_report_and_plots(quick_race: tuple[Path, str]) -> None:
     out, stdout = quick_race
     assert {p.name for p in out.iterdir()} >= {records.RECORDS, "report.md"}
-    kinds = ("curves", "time_to_target")
+    kinds = ("curves", "curves_all", "time_to_target")
     expected = sorted(f"{t}_{kind}.png" for t in tasks.TASKS for kind in kinds)
     assert check_pngs(out) == expected
     for task in tasks.TASKS:
@@ -57,17 +58,27 @@ def test_quick_race_records_follow_the_protocol(quick_race: tuple[Path, str]) ->
     assert race["lr_factors"] == factors and race["seeds"] == QUICK["seeds"] and race["quick"]
     skipped = {(s["task"], s["racer"]) for s in race["skipped"]}
     runs = Counter((r["task"], r["racer"]) for r in recs)
+    extra = Counter((r["task"], r["racer"]) for r in recs if r["extension"])
+    assert race["adamw_route"] == "tuned" and race["max_extensions"] == MAX_EXTENSIONS
     for task in race["tasks"]:
         for racer in race["racers"]:
             want = 0 if (task, racer) in skipped else len(factors) + QUICK["seeds"] - 1
-            assert runs[(task, racer)] == want, (task, racer)
+            assert runs[(task, racer)] == want + extra[(task, racer)], (task, racer)
+            assert extra[(task, racer)] <= 2 * MAX_EXTENSIONS
+    step = grid_step(factors)
     for (task, racer), _ in runs.items():
         mine = [r for r in recs if r["task"] == task and r["racer"] == racer]
-        sweep = sorted(r["lr_factor"] for r in mine if r["phase"] == "sweep")
-        assert sweep == pytest.approx(factors)
+        base = sorted(r["lr_factor"] for r in mine if r["phase"] == "sweep" and not r["extension"])
+        assert base == pytest.approx(factors)
+        for r in mine:  # an extension continues the grid beyond an edge, by its own factor
+            if r["extension"]:
+                k = r["extension"]
+                beyond = (max(factors) * step**k, min(factors) / step**k)
+                assert any(r["lr_factor"] == pytest.approx(b) for b in beyond)
         seeds = [r for r in mine if r["phase"] == "seed"]
         assert [r["seed"] for r in seeds] == list(range(1, QUICK["seeds"]))
-        assert all(r["lr_factor"] in sweep for r in seeds)
+        swept = [r["lr_factor"] for r in mine if r["phase"] == "sweep"]
+        assert all(r["lr_factor"] in swept for r in seeds)
     for rec in recs:
         assert rec["env"]["threads"] == 1 and rec["env"]["torch"]
         assert rec["error"] is None, rec["error"]
@@ -75,6 +86,18 @@ def test_quick_race_records_follow_the_protocol(quick_race: tuple[Path, str]) ->
             assert rec["recipe"] and rec["memory"]["state_bytes"] > 0
             assert rec["curve"][-1]["step"] == rec["steps"]
     assert any(r["peer"] for r in recs) and any(r["racer"] == "adamw" for r in recs)
+    # Every plan's AdamW route ran at the lr AdamW's own sweep picked on that task.
+    for task in race["tasks"]:
+        mine = [r for r in recs if r["task"] == task]
+        adamw = pick(
+            [r for r in mine if (r["racer"], r["phase"]) == ("adamw", "sweep")],
+            mine[0]["select_metric"],
+        )
+        plans = [r for r in recs if r["task"] == task and r["adamw_lr"] is not None]
+        assert "muon" in {r["racer"] for r in plans}
+        assert all(r["adamw_lr"] == pytest.approx(adamw["lr"]) for r in plans)
+        assert all(r["adamw_lr"] is None for r in recs if r["racer"] in ("adamw", "sgd"))
+    assert any(r["racer"] == "torch:muon" and r["adamw_lr"] is not None for r in recs)
     assert "scikit-learn" in next(r for r in recs if r["task"] == "digits")["task_config"]["source"]
 
 
@@ -85,5 +108,5 @@ def test_report_re_renders_from_records_alone(quick_race: tuple[Path, str], caps
         path.unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == original
-    assert len(check_pngs(out)) == 2 * len(tasks.TASKS)
+    assert len(check_pngs(out)) == 3 * len(tasks.TASKS)
     assert "lm: target" in capsys.readouterr().out

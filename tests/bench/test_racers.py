@@ -23,6 +23,7 @@ def test_every_registry_spec_races_or_is_an_alias() -> None:
         assert (a.lr, a.weight_decay) == (k.lr, k.weight_decay)
     for r in racers:
         assert not r.peer and r.lr == registry.get(r.name).lr
+        assert r.has_adamw_route == (registry.get(r.name).adamw is not None)
 
 
 def test_adamw_always_races_as_baseline() -> None:
@@ -47,12 +48,15 @@ def test_torch_peers_build_with_the_same_routing_as_our_plan() -> None:
     racers = {r.name: r for r in peer_racers(["adamw", "muon"])[0]}
     model = TinyGPT(dim=16, depth=1, context=8)
     hidden, rest = split_hidden(model)
-    opt = racers["torch:muon"].make(model, 0.02)
+    assert racers["torch:muon"].has_adamw_route and not racers["torch:adamw_fused"].has_adamw_route
+    opt = racers["torch:muon"].make(model, 0.02, None)  # the family ratio
     config = configuration(opt)
     assert [c["class"].rsplit(".", 1)[1] for c in config] == ["Muon", "AdamW"]
     assert config[0]["groups"][0]["n_tensors"] == len(hidden)
     assert config[1]["groups"][0]["lr"] == pytest.approx(0.02 * muon_defaults().adamw_lr_scale)
-    fused = configuration(racers["torch:adamw_fused"].make(model, 1e-3))[0]["groups"][0]
+    config = configuration(racers["torch:muon"].make(model, 0.02, 8e-3))  # the race's choice
+    assert config[1]["groups"][0]["lr"] == pytest.approx(8e-3)
+    fused = configuration(racers["torch:adamw_fused"].make(model, 1e-3, None))[0]["groups"][0]
     assert fused["fused"] is True and fused["n_tensors"] == len(hidden) + len(rest)
 
 
@@ -60,7 +64,7 @@ def test_torch_muon_refuses_conv_kernels() -> None:
     pytest.importorskip("sklearn")
     racers = {r.name: r for r in peer_racers(["muon"])[0]}
     with pytest.raises(ValueError, match="2-D"):
-        racers["torch:muon"].make(tasks.make("digits", quick=True).model(0), 0.02)
+        racers["torch:muon"].make(tasks.make("digits", quick=True).model(0), 0.02, None)
 
 
 @pytest.mark.parametrize("name", ["heavyball:muon", "pytorch_optimizer:muon", "heavyball:adamw"])
@@ -70,7 +74,7 @@ def test_package_peers_step_when_installed(name: str) -> None:
         pytest.skip(f"{name.split(':')[0]} is not installed")
     model = TinyGPT(dim=16, depth=1, context=8)
     before = [p.detach().clone() for p in model.parameters()]
-    opt = racers[name].make(model, racers[name].lr)
+    opt = racers[name].make(model, racers[name].lr, 1e-3 if racers[name].has_adamw_route else None)
     x = torch.randint(0, 256, (2, 8))
     torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
     opt.step()

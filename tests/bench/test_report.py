@@ -73,7 +73,7 @@ def test_markdown_has_protocol_environment_tables_claims_and_notes() -> None:
         "## Protocol",
         "| 0.1.0 | 0123456789 | 2.13.0 | 3.11.7 | 1 | Test CPU",
         "## toy",
-        "| muon | 0.02 (x2) edge | 3/3 | 6 [5-7] | 0.12 [0.1-0.14] | 1.00 [1.00-1.00] | "
+        "| muon | 0.02 (x2) edge | - | 3/3 | 6 [5-7] | 0.12 [0.1-0.14] | 1.00 [1.00-1.00] | "
         "0.50 [0.50-0.50] |",
         "| muon | 0.9 | 0.6 | **0.4** |",
         "![toy curves](toy_curves.png)",
@@ -117,7 +117,7 @@ def test_render_draws_valid_pngs(tmp_path: Path) -> None:
     write(tmp_path, race())
     report.render(tmp_path)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["toy_curves.png", "toy_time_to_target.png"]
+    assert pngs == ["toy_curves.png", "toy_curves_all.png", "toy_time_to_target.png"]
     for name in pngs:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE

@@ -80,7 +80,7 @@ def test_a_target_never_met_leaves_none() -> None:
 def test_state_bytes_are_exact() -> None:
     out = run(Scripted(), racer("adamw"), 1e-3, seed=0)
     # AdamW: exp_avg and exp_avg_sq (16 float32 each) and a step counter
-    opt = racer("adamw").make(Counter(), 1e-3)
+    opt = racer("adamw").make(Counter(), 1e-3, None)
     model_state = 2 * 16 * 4
     assert model_state <= out["memory"]["state_bytes"] <= model_state + 8
     assert state_bytes(opt) == 0  # nothing before the first step

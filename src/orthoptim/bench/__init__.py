@@ -1,1 +1,8 @@
-"""Layer 4: models and tasks for the arena (imports the library, never the reverse)."""
+"""Layer 4: models, tasks and the arena (imports the library, never the reverse).
+
+``race`` runs the arena's protocol on a model and data you supply (``orthoptim.bench.api``).
+"""
+
+from orthoptim.bench.api import race
+
+__all__ = ["race"]

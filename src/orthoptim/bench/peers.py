@@ -92,6 +92,8 @@ def muon_defaults() -> MuonDefaults:
     if len(rest) != 1:
         raise ValueError("muon's plan routes the non-hidden roles to more than one chain")
     other = plan.route_for("vector")
+    if spec.adamw is None or spec.adamw.lr_scale is None:
+        raise ValueError("muon's AdamW route has no default ratio to mirror")
     mom, ortho = _only(hidden.chain, Momentum), _only(hidden.chain, Orthogonalize)
     if mom.kind != "ema":
         raise ValueError("peers mirror EMA momentum only")
@@ -104,7 +106,7 @@ def muon_defaults() -> MuonDefaults:
         ns_steps=ortho.ns_steps,
         coeffs=ortho.coeffs,
         shape_rule=_only(hidden.chain, ScaleByShape).rule,
-        adamw_lr_scale=other.lr_scale,
+        adamw_lr_scale=spec.adamw.lr_scale,
         adamw_weight_decay=spec.weight_decay if other.weight_decay is None else other.weight_decay,
         adamw_betas=tuple(adam.betas),
         adamw_eps=adam.eps,
@@ -119,7 +121,12 @@ def split_hidden(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return hidden, rest
 
 
-def _torch_adamw(model: nn.Module, lr: float) -> Any:
+def _adamw_lr(d: MuonDefaults, lr: float, adamw_lr: float | None) -> float:
+    """The AdamW route's lr: the race's absolute choice, or Muon's default ratio of ``lr``."""
+    return lr * d.adamw_lr_scale if adamw_lr is None else adamw_lr
+
+
+def _torch_adamw(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
     spec = registry.get("adamw")
     adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
     return torch.optim.AdamW(
@@ -132,7 +139,7 @@ def _torch_adamw(model: nn.Module, lr: float) -> Any:
     )
 
 
-def _torch_muon(model: nn.Module, lr: float) -> Any:
+def _torch_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
     d = muon_defaults()
     hidden, rest = split_hidden(model)
     if any(p.ndim != 2 for p in hidden):
@@ -161,7 +168,7 @@ def _torch_muon(model: nn.Module, lr: float) -> Any:
         opts.append(
             torch.optim.AdamW(
                 rest,
-                lr=lr * d.adamw_lr_scale,
+                lr=_adamw_lr(d, lr, adamw_lr),
                 betas=d.adamw_betas,
                 eps=d.adamw_eps,
                 weight_decay=d.adamw_weight_decay,
@@ -175,7 +182,7 @@ def _heavyball() -> Any:
     return hb, importlib.import_module("heavyball.utils")
 
 
-def _heavyball_muon(model: nn.Module, lr: float) -> Any:
+def _heavyball_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
     hb, utils = _heavyball()
     d = muon_defaults()
     if d.shape_rule != "keller":
@@ -197,7 +204,7 @@ def _heavyball_muon(model: nn.Module, lr: float) -> Any:
     if rest:
         adamw = hb.AdamW(
             rest,
-            lr=lr * d.adamw_lr_scale,
+            lr=_adamw_lr(d, lr, adamw_lr),
             betas=d.adamw_betas,
             eps=d.adamw_eps,
             weight_decay=d.adamw_weight_decay,
@@ -207,7 +214,7 @@ def _heavyball_muon(model: nn.Module, lr: float) -> Any:
     return Pair(*opts)
 
 
-def _heavyball_adamw(model: nn.Module, lr: float) -> Any:
+def _heavyball_adamw(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
     hb, utils = _heavyball()
     spec = registry.get("adamw")
     adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
@@ -222,7 +229,7 @@ def _heavyball_adamw(model: nn.Module, lr: float) -> Any:
     return _Eager(opt, utils)
 
 
-def _pytorch_optimizer_muon(model: nn.Module, lr: float) -> Any:
+def _pytorch_optimizer_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
     po = importlib.import_module("pytorch_optimizer")
     d = muon_defaults()
     coeffs = {"keller_quintic": "original"}.get(d.coeffs)
@@ -240,7 +247,7 @@ def _pytorch_optimizer_muon(model: nn.Module, lr: float) -> Any:
         ns_steps=d.ns_steps,
         ns_coeffs=coeffs,
         use_adjusted_lr=adjusted,
-        adamw_lr=lr * d.adamw_lr_scale,
+        adamw_lr=_adamw_lr(d, lr, adamw_lr),
         adamw_betas=d.adamw_betas,
         adamw_wd=d.adamw_weight_decay,
         adamw_eps=d.adamw_eps,
@@ -261,7 +268,7 @@ def peer_racers(mirrored: Sequence[str]) -> tuple[list[Racer], list[str]]:
     """Installed peers of the algorithms in ``mirrored``, and notes on the ones left out."""
     racers, notes = [], []
     for name, dist, mirrors, make in _PEERS:
-        if mirrors not in mirrored and not (mirrors == "muon" and "muon_adamw" in mirrored):
+        if mirrors not in mirrored:
             continue
         version = version_of(dist)
         if version is None:
@@ -275,6 +282,7 @@ def peer_racers(mirrored: Sequence[str]) -> tuple[list[Racer], list[str]]:
                 library=f"{dist} {version}",
                 mirrors=mirrors,
                 make=make,
+                adamw_lr_scale=muon_defaults().adamw_lr_scale if mirrors == "muon" else None,
             )
         )
     if version_of("pytorch-optimizer") is not None and "adamw" in mirrored:

@@ -1,8 +1,9 @@
 """Who races: every selected registry spec, plus the measuring helpers every racer shares.
 
 A registry spec races through ``registry.build``, so a new ``Spec`` races automatically; specs
-whose whole-model optimizer is identical (same plan ``repr``, lr and weight decay, e.g.
-``muon_adamw`` and ``muon``) race once. Peers from other libraries live in
+whose whole-model optimizer is identical (same plan ``repr``, lr and weight decay) race once.
+A racer with an AdamW route (a whole-model plan) is built with that route's absolute lr, which
+the race chooses (``orthoptim.bench.sweep``). Peers from other libraries live in
 ``orthoptim.bench.peers``. ``state_bytes`` and ``configuration`` work on any torch optimizer,
 ours, a peer, or a ``Pair`` of them.
 """
@@ -38,7 +39,9 @@ class Pair:
             opt.step()
 
 
-Make = Callable[[nn.Module, float], Any]
+Make = Callable[[nn.Module, float, "float | None"], Any]
+"""``make(model, lr, adamw_lr)``: ``adamw_lr`` is the AdamW route's absolute lr (``None`` for
+a racer without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +54,12 @@ class Racer:
         peer: whether it is another library's implementation.
         library: ``"<distribution> <version>"``.
         mirrors: the registry name of the algorithm (its own name for a spec).
-        make: ``make(model, lr)`` -> an object with ``zero_grad`` and ``step`` (and ``state``
-            or ``optimizers``); raises ``ValueError`` if it cannot optimize the model.
+        make: ``make(model, lr, adamw_lr)`` -> an object with ``zero_grad`` and ``step`` (and
+            ``state`` or ``optimizers``); raises ``ValueError`` if it cannot optimize the model.
         needs_closure: ``step`` takes a closure that re-evaluates the loss.
+        adamw_lr_scale: for a racer whose optimizer is a plan with an AdamW route (embeddings,
+            head, biases, norms), that route's default lr relative to ``lr`` (the family's
+            published pairing; the race's ``--adamw-route ratio``); ``None`` without a route.
     """
 
     name: str
@@ -63,6 +69,11 @@ class Racer:
     mirrors: str
     make: Make
     needs_closure: bool = False
+    adamw_lr_scale: float | None = None
+
+    @property
+    def has_adamw_route(self) -> bool:
+        return self.adamw_lr_scale is not None
 
 
 def optimizers_of(opt: Any) -> list[torch.optim.Optimizer]:
@@ -130,8 +141,10 @@ def configuration(opt: Any) -> list[dict[str, Any]]:
 def _spec_racer(name: str) -> Racer:
     spec = registry.get(name)
 
-    def make(model: nn.Module, lr: float) -> Any:
-        return registry.build(name, model, lr=lr)
+    def make(model: nn.Module, lr: float, adamw_lr: float | None) -> Any:
+        if adamw_lr is None or spec.adamw is None:
+            return registry.build(name, model, lr=lr)
+        return registry.build(name, model, lr=lr, adamw_lr=adamw_lr)
 
     return Racer(
         name=name,
@@ -141,6 +154,7 @@ def _spec_racer(name: str) -> Racer:
         mirrors=name,
         make=make,
         needs_closure=spec.needs_closure,
+        adamw_lr_scale=None if spec.adamw is None else spec.adamw.lr_scale,
     )
 
 

@@ -55,6 +55,12 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "env": (dict,),
     "finished_at": (str,),
 }
+OPTIONAL: dict[str, tuple[type, ...]] = {
+    "adamw_lr": (float, int, type(None)),
+    "adamw_lr_factor": (float, int, type(None)),
+    "extension": (int,),
+}
+"""Keys added after schema 1 was curated: checked when present (older records lack them)."""
 RACE_KEYS = (
     "id",
     "command",
@@ -83,6 +89,12 @@ def validate(record: Mapping[str, Any]) -> None:
             raise RecordError(f"record lacks {key!r}")
         value = record[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise RecordError(f"record {key!r} is {type(value).__name__}, want {types}")
+    for key, types in OPTIONAL.items():
+        value = record.get(key)
+        if key in record and (
+            not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        ):
             raise RecordError(f"record {key!r} is {type(value).__name__}, want {types}")
     if record["schema"] != SCHEMA_VERSION:
         raise RecordError(f"schema {record['schema']}, this orthoptim reads {SCHEMA_VERSION}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from orthoptim.bench import records
 from orthoptim.bench.claims import UNCLAIMED_NOTE, claims_for
@@ -28,6 +29,7 @@ def _ms(s: float | None) -> str:
 HEADER = (
     "optimizer",
     "lr (x default)",
+    "AdamW-route lr",
     "reached",
     "steps to target",
     "time to target s",
@@ -52,6 +54,7 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
             (
                 row.label,
                 f"{row.lr:.3g} (x{row.lr_factor:.3g}){' edge' if row.at_edge else ''}",
+                _route_lr(row),
                 f"{reached}/{row.steps_to_target.of}",
                 row.steps_to_target.show("{:.0f}"),
                 row.time_to_target.show("{:.3g}"),
@@ -64,6 +67,14 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
             )
         )
     return out
+
+
+def _route_lr(row: Row) -> str:
+    """The AdamW route's lr of a plan (``x f`` of AdamW's pick in a two-axis sweep)."""
+    if row.adamw_lr is None:
+        return "-"
+    factor = row.adamw_lr_factor
+    return f"{row.adamw_lr:.3g}" + ("" if factor in (None, 1.0) else f" (x{factor:g})")
 
 
 def _header(rows: Sequence[Row]) -> tuple[str, ...]:
@@ -145,6 +156,27 @@ def _claims(summary: Mapping[str, Sequence[Row]]) -> list[str]:
     return lines
 
 
+def _route_rule(race: Mapping[str, Any]) -> str:
+    """The protocol line on the AdamW route of plans (records before it ran at the ratio)."""
+    rule = race.get("adamw_route", "ratio")
+    if rule == "tuned":
+        return (
+            "The AdamW route of every plan (embeddings, head, biases, norms of a matrix "
+            "optimizer, ours and the peers') runs at the lr AdamW's own sweep picked on the task "
+            "(column `AdamW-route lr`); AdamW's sweep runs first.\n"
+        )
+    if rule == "sweep":
+        factors = ", ".join(f"x{f:g}" for f in race.get("route_factors", []))
+        return (
+            "The AdamW route of every plan is swept too: a second axis at "
+            f"{factors} the lr AdamW's own sweep picked on the task (column `AdamW-route lr`).\n"
+        )
+    return (
+        "The AdamW route of every plan runs at its family's fixed ratio of the matrix lr "
+        "(`adamw_lr_scale`, e.g. 0.015 for Muon).\n"
+    )
+
+
 def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> str:
     """The whole ``report.md``: protocol, environment, one section per task, claims, notes."""
     first = recs[0]
@@ -159,7 +191,17 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
         "",
         f"- Every optimizer gets the same lr sweep: {len(race['lr_factors'])} points ({factors}) "
         "around its registry default (peers: the default of the algorithm they mirror), seed 0.",
-        "- The lr is picked on the held-out metric at the end of the run (named in each sweep "
+        "- "
+        + _route_rule(race)
+        + (
+            f"- Edges: while a racer's pick is the largest or smallest lr of its sweep, the grid "
+            f"extends by its own factor in that direction, up to {race['max_extensions']} points "
+            "per side, until the pick is interior or the run beyond it diverges; a pick still at "
+            "an edge is marked `edge`.\n"
+            if race.get("max_extensions")
+            else "- Edges: no extension (a pick at an edge of the grid is marked `edge`).\n"
+        )
+        + "- The lr is picked on the held-out metric at the end of the run (named in each sweep "
         "table); then seeds "
         f"0..{race['seeds'] - 1} at that lr (the sweep's seed-0 run is seed 0).",
         "- Time to target: training time (forward, backward, optimizer step; evaluation "
@@ -218,12 +260,17 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
             "",
             f"![{task} curves]({task}_curves.png)",
             "",
+            f"![{task} every racer, by family]({task}_curves_all.png)",
+            "",
             f"![{task} time to target]({task}_time_to_target.png)",
             "",
         ]
         for row in rows:
             if row.at_edge:
-                lines.append(f"- {row.label}: the picked lr is at the edge of the grid.")
+                lines.append(
+                    f"- {row.label}: the picked lr is still at an edge of its sweep "
+                    f"({row.extensions} point(s) added beyond the base grid)."
+                )
             for err in dict.fromkeys(row.errors):
                 lines.append(f"- {row.label}: a run failed: {err}")
         lines.append("")

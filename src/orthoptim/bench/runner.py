@@ -117,9 +117,11 @@ def run(
     lr: float,
     seed: int,
     *,
+    adamw_lr: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train ``task`` with ``racer`` at ``lr`` from ``seed``; the measured part of a record.
+    """Train ``task`` with ``racer`` at ``lr`` (and its AdamW route at ``adamw_lr``) from
+    ``seed``; the measured part of a record.
 
     Returns ``recipe`` (exact configuration), ``curve`` (step 0 and every ``eval_every`` steps:
     training time so far, mean training loss since the last point, validation metrics),
@@ -130,7 +132,7 @@ def run(
     seed_everything(seed)
     model = task.model(seed)
     model.train()
-    opt = racer.make(model, lr)
+    opt = racer.make(model, lr, adamw_lr)
     batches = task.batches(seed)
     reset_ok = reset_peak_rss()
     rss_start = status_kib("VmRSS")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orthoptim.bench.racers import BASELINE
-from orthoptim.bench.selection import final_value, pick
+from orthoptim.bench.selection import final_value, pick, same_point
 
 Record = Mapping[str, Any]
 
@@ -68,7 +68,10 @@ class Row:
     mirrors: str
     lr: float
     lr_factor: float
-    at_edge: bool
+    adamw_lr: float | None  # the AdamW route's lr (plans only)
+    adamw_lr_factor: float | None  # of AdamW's pick, in a two-axis sweep
+    at_edge: bool  # the picked lr is the largest or smallest of its sweep
+    extensions: int  # grid points added beyond the base grid (the edge rule)
     seeds: tuple[Record, ...]
     sweep: tuple[tuple[float, float | None, bool], ...]  # (factor, final select, diverged)
     steps_to_target: Spread
@@ -114,9 +117,10 @@ def _row(task: str, racer: str, runs: Sequence[Record], sweep: Sequence[Record])
     metric, target = first["select_metric"], first["target"]["metric"]
     chosen = pick(sweep, metric)
     factor = chosen["lr_factor"]
-    seeds = [chosen] + [r for r in runs if r["phase"] == "seed" and r["lr_factor"] == factor]
+    seeds = [chosen] + [r for r in runs if r["phase"] == "seed" and same_point(r, chosen)]
     seeds.sort(key=lambda r: r["seed"])
-    grid = first["race"]["lr_factors"]
+    line = [r for r in sweep if r.get("adamw_lr_factor") == chosen.get("adamw_lr_factor")]
+    grid = [r["lr_factor"] for r in line]
     sign = 1.0 if first["target"]["mode"] == "min" else -1.0
 
     def fin(r: Record, m: str) -> float | None:
@@ -131,11 +135,14 @@ def _row(task: str, racer: str, runs: Sequence[Record], sweep: Sequence[Record])
         mirrors=first["mirrors"],
         lr=chosen["lr"],
         lr_factor=factor,
-        at_edge=len(grid) > 1 and factor in (min(grid), max(grid)),
+        adamw_lr=chosen.get("adamw_lr"),
+        adamw_lr_factor=chosen.get("adamw_lr_factor"),
+        at_edge=len(grid) > 1 and any(math.isclose(factor, g) for g in (min(grid), max(grid))),
+        extensions=sum(1 for r in sweep if r.get("extension")),
         seeds=tuple(seeds),
         sweep=tuple(
             (r["lr_factor"], fin(r, metric), bool(r["diverged"]))
-            for r in sorted(sweep, key=lambda r: r["lr_factor"])
+            for r in sorted(line, key=lambda r: r["lr_factor"])
         ),
         steps_to_target=Spread.of_values([r["steps_to_target"] for r in seeds]),
         time_to_target=Spread.of_values([r["time_to_target_s"] for r in seeds]),

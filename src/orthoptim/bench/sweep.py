@@ -1,17 +1,26 @@
 """The race: an equal lr sweep per racer, the lr picked on validation, then seeds at that lr.
 
-Protocol, per task and racer (every racer gets the same budget):
+Protocol, per task (every racer gets the same budget and the same rules):
 
-1. Sweep: the log-spaced factors ``lr_factors(points, span)`` (``x1/span ... x span``) times the
-   racer's registry default lr, one run each at seed 0.
-2. Pick: the lr whose run ends with the lowest ``task.select_metric`` on held-out data
-   (diverged runs rank last; a tie goes to the factor nearer 1).
-3. Seeds: seeds ``1 .. seeds-1`` at the picked lr; the sweep's seed-0 run at that lr is the
-   first seed (runs are deterministic given lr and seed, so re-running it would repeat it).
+1. AdamW first: the log-spaced factors ``lr_factors(points, span)`` (``x1/span ... x span``)
+   times its registry default lr, one run each at seed 0, extended at the edges (4.).
+2. The AdamW route of every racer whose optimizer is a plan (a matrix optimizer with AdamW for
+   embeddings, head, biases and norms; ours and the peers' Muon + AdamW) runs at the lr AdamW's
+   sweep picked on this task (``adamw_route="tuned"``, the migrating user's protocol: keep the
+   AdamW lr, sweep the matrix lr). ``"ratio"`` runs the route at the family's published ratio
+   of the matrix lr instead (the protocol before this rule); ``"sweep"`` adds a coarse second
+   axis, the route at ``ROUTE_FACTORS`` times AdamW's pick.
+3. Every other racer sweeps the same factors times its own default lr (interleaved: all racers
+   at one grid point, then the next, so a change in machine load spreads over every racer).
+4. Edges: while a racer's picked lr is the largest (smallest) of its sweep, its grid extends by
+   the grid's own factor in that direction, up to ``MAX_EXTENSIONS`` points per side, until the
+   pick is interior or the run beyond it diverges; a pick still at an edge is flagged.
+5. Pick: the run ending with the lowest ``task.select_metric`` on held-out data (diverged runs
+   rank last; ties go to the factor nearer 1). Seeds ``1 .. seeds-1`` run at the picked lr; the
+   sweep's seed-0 run is the first seed (runs are deterministic given lr and seed).
 
-Runs are interleaved (all racers at one grid point, then the next), so a change in machine load
-spreads over every racer instead of hitting one. Each run is appended to ``records.jsonl`` as
-soon as it ends; the report is rendered from that file alone.
+Each run is appended to ``records.jsonl`` as soon as it ends; the report is rendered from that
+file alone.
 """
 
 from __future__ import annotations
@@ -25,16 +34,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from orthoptim.bench import records, report, tasks
 from orthoptim.bench._optional import require
 from orthoptim.bench.peers import peer_racers
-from orthoptim.bench.racers import Racer, spec_racers
+from orthoptim.bench.racers import BASELINE, Racer, spec_racers
 from orthoptim.bench.runner import run, train_step
-from orthoptim.bench.selection import pick
+from orthoptim.bench.selection import final_value, pick
+from orthoptim.bench.tasks.base import Task
+
+AdamWRouteRule = Literal["tuned", "ratio", "sweep"]
+ADAMW_ROUTE_RULES: tuple[str, ...] = ("tuned", "ratio", "sweep")
+ROUTE_FACTORS: tuple[float, ...] = (0.25, 1.0, 4.0)
+"""``adamw_route="sweep"``: the AdamW route's lr at these factors of AdamW's picked lr."""
+MAX_EXTENSIONS = 3
+"""Extra grid points per side while the picked lr sits at an edge of the sweep."""
 
 
 def lr_factors(points: int, span: float) -> list[float]:
@@ -49,6 +66,15 @@ def lr_factors(points: int, span: float) -> list[float]:
     return [span ** (2 * i / (points - 1) - 1) for i in range(points)]
 
 
+def grid_step(factors: Sequence[float]) -> float | None:
+    """The factor between neighbouring grid points (the edge rule extends by it); ``None`` for a
+    grid of one point or of equal points, which has no direction to extend in."""
+    if len(factors) < 2:
+        return None
+    step = factors[1] / factors[0]
+    return step if step > 1 + 1e-9 else None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RaceConfig:
     """What to race and how.
@@ -60,6 +86,10 @@ class RaceConfig:
         lr_points: points of the lr grid.
         lr_span: the grid spans ``x1/lr_span ... x lr_span`` the default lr.
         seeds: seeds at the picked lr (the sweep's seed-0 run is the first).
+        adamw_route: the lr of every plan's AdamW route: ``"tuned"`` (AdamW's pick on the
+            task), ``"ratio"`` (the family's ratio of the matrix lr) or ``"sweep"`` (a coarse
+            second axis around AdamW's pick); see the module docstring.
+        extend_edges: extend a sweep whose pick sits at an edge (``MAX_EXTENSIONS`` per side).
         quick: small task configurations (``orthoptim race --quick``).
         data: a user text file or image folder for the one real task selected.
         steps: override every task's number of steps.
@@ -78,6 +108,8 @@ class RaceConfig:
     lr_points: int = 5
     lr_span: float = 8.0
     seeds: int = 3
+    adamw_route: AdamWRouteRule = "tuned"
+    extend_edges: bool = True
     quick: bool = False
     data: str | None = None
     steps: int | None = None
@@ -91,9 +123,19 @@ QUICK = {"lr_points": 3, "seeds": 2}
 """``--quick`` defaults where the user gives none: 3 lr points, 2 seeds."""
 
 
-def _make_tasks(config: RaceConfig) -> list[tasks.Task]:
+def check(config: RaceConfig) -> None:
+    """``ValueError`` for a configuration the race cannot run, before anything runs."""
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
+    if config.adamw_route not in ADAMW_ROUTE_RULES:
+        raise ValueError(
+            f"adamw_route must be one of {ADAMW_ROUTE_RULES}, got {config.adamw_route!r}"
+        )
+    lr_factors(config.lr_points, config.lr_span)
+
+
+def _make_tasks(config: RaceConfig) -> list[tasks.Task]:
+    check(config)
     names = list(dict.fromkeys(config.tasks))
     if config.data is not None:
         real = [n for n in names if n in tasks.REAL]
@@ -113,7 +155,9 @@ def _make_tasks(config: RaceConfig) -> list[tasks.Task]:
     ]
 
 
-def _racers(config: RaceConfig) -> tuple[list[Racer], dict[str, str], list[str]]:
+def select_racers(config: RaceConfig) -> tuple[list[Racer], dict[str, str], list[str]]:
+    """The racers ``config.specs`` selects (AdamW always), their installed peers, the aliases
+    raced once and notes on peers left out."""
     racers, aliases = spec_racers(config.specs)
     notes: list[str] = []
     if config.peers:
@@ -130,7 +174,7 @@ def _probe(task: tasks.Task, racer: Racer) -> float | str:
     drives the progress bar's ETA; nothing reported comes from it."""
     try:
         model = task.model(0)
-        opt = racer.make(model, racer.lr)
+        opt = racer.make(model, racer.lr, _ratio_adamw_lr(racer, racer.lr))
     except (ValueError, TypeError) as err:
         return str(err)
     batches = task.batches(0)
@@ -167,15 +211,57 @@ class Entry:
 
 
 def race(config: RaceConfig) -> Path:
-    """Run the race, write ``records.jsonl``, ``report.md`` and plots to the output folder, print
-    the headline table, and return the folder."""
+    """Run the race on ``config.tasks``, write ``records.jsonl``, ``report.md`` and plots to the
+    output folder, print the headline table, and return the folder."""
+    return run_race(_make_tasks(config), config)
+
+
+def run_race(
+    task_list: Sequence[Task], config: RaceConfig, racers: Sequence[Racer] | None = None
+) -> Path:
+    """The race on these tasks (built-in or a user's, ``orthoptim.bench.api``) with the
+    racers ``config`` selects, or ``racers`` where given (the final's)."""
+    check(config)
     require("matplotlib", "the race's plots")  # fail now, not after the race
     if config.progress:
         require("tqdm", "the race's progress bar")
-    task_list = _make_tasks(config)
-    racers, aliases, notes = _racers(config)
+    if racers is None:
+        selected, aliases, notes = select_racers(config)
+    else:
+        selected, aliases, notes = list(racers), {}, []
     factors = lr_factors(config.lr_points, config.lr_span)
     out = _out_dir(config.out)
+    _run(task_list, selected, aliases, notes, factors, config, out)
+    print(report.render(out))
+    return out
+
+
+def run_more(
+    out: Path,
+    task_list: Sequence[Task],
+    racers: Sequence[Racer],
+    notes: list[str],
+    config: RaceConfig,
+) -> None:
+    """Race more tasks into an existing race folder ``out`` (the final), appending records."""
+    check(config)
+    require("matplotlib", "the race's plots")
+    if not (out / records.RECORDS).is_file():
+        raise ValueError(f"{out} holds no {records.RECORDS} to add to")
+    factors = lr_factors(config.lr_points, config.lr_span)
+    _run(task_list, racers, {}, notes, factors, config, out)
+
+
+def _run(
+    task_list: Sequence[Task],
+    racers: Sequence[Racer],
+    aliases: dict[str, str],
+    notes: list[str],
+    factors: Sequence[float],
+    config: RaceConfig,
+    out: Path,
+) -> None:
+    """Race every task into ``out / records.jsonl`` (appending)."""
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -185,7 +271,7 @@ def race(config: RaceConfig) -> Path:
         race_info = {
             "id": out.name,
             "command": config.command or shlex.join(["orthoptim", *sys.argv[1:]]),
-            "lr_factors": factors,
+            "lr_factors": list(factors),
             "lr_span": config.lr_span,
             "seeds": config.seeds,
             "quick": config.quick,
@@ -194,19 +280,33 @@ def race(config: RaceConfig) -> Path:
             "aliases": aliases,
             "skipped": skipped,
             "notes": notes,
+            "adamw_route": config.adamw_route,
+            "route_factors": list(ROUTE_FACTORS) if config.adamw_route == "sweep" else [1.0],
+            "max_extensions": MAX_EXTENSIONS if config.extend_edges else 0,
         }
-        runs_per_racer = len(factors) + config.seeds - 1
-        total = runs_per_racer * sum(sum(e.cost.values()) for e in entries)
+        routes = len(ROUTE_FACTORS) if config.adamw_route == "sweep" else 1
+        total = sum(
+            cost * (len(factors) * (routes if _route_of(e, name) else 1) + config.seeds - 1)
+            for e in entries
+            for name, cost in e.cost.items()
+        )
         bar = _progress_bar(total) if config.progress else None
         env = records.environment()
         for entry in entries:
-            _race_task(entry, factors, config.seeds, race_info, env, out / records.RECORDS, bar)
+            _TaskRace(entry, factors, config, race_info, env, out / records.RECORDS, bar).run()
     finally:
         torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
-    print(report.render(out))
-    return out
+
+
+def _route_of(entry: Entry, name: str) -> bool:
+    return next(r for r in entry.racers if r.name == name).has_adamw_route
+
+
+def _ratio_adamw_lr(racer: Racer, lr: float) -> float | None:
+    """The AdamW route's lr at the family's ratio of ``lr`` (``None`` without a route)."""
+    return None if racer.adamw_lr_scale is None else lr * racer.adamw_lr_scale
 
 
 def _enter(
@@ -230,25 +330,113 @@ def _enter(
     return entries, skipped
 
 
-def _race_task(
-    entry: Entry,
-    factors: Sequence[float],
-    seeds: int,
-    race_info: dict[str, Any],
-    env: dict[str, Any],
-    path: Path,
-    bar: Any,
-) -> None:
-    """Sweep every racer over ``factors`` (interleaved), pick each one's lr, then run seeds."""
-    task = entry.task
+class _TaskRace:
+    """One task's race: AdamW's sweep, everyone else's, the edge extensions, then the seeds."""
 
-    def one(racer: Racer, factor: float, seed: int, phase: str) -> dict[str, Any]:
+    def __init__(
+        self,
+        entry: Entry,
+        factors: Sequence[float],
+        config: RaceConfig,
+        race_info: dict[str, Any],
+        env: dict[str, Any],
+        path: Path,
+        bar: Any,
+    ) -> None:
+        self.entry, self.task, self.factors, self.config = entry, entry.task, factors, config
+        self.race_info, self.env, self.path, self.bar = race_info, env, path, bar
+        self.sweeps: dict[str, list[dict[str, Any]]] = {r.name: [] for r in entry.racers}
+        self.adamw_lr: float | None = None  # AdamW's pick on this task, for the plans' route
+
+    def run(self) -> None:
+        first = [r for r in self.entry.racers if r.name == BASELINE]
+        rest = [r for r in self.entry.racers if r.name != BASELINE]
+        self._sweep(first)
+        if first and self.config.adamw_route != "ratio":
+            chosen = pick(self.sweeps[BASELINE], self.task.select_metric)
+            if math.isfinite(final_value(chosen, self.task.select_metric)):
+                self.adamw_lr = chosen["lr"]
+        self._sweep(rest)
+        chosen = {
+            name: pick(runs, self.task.select_metric) for name, runs in self.sweeps.items() if runs
+        }
+        for seed in range(1, self.config.seeds):
+            for racer in self.entry.racers:
+                if racer.name in chosen:
+                    c = chosen[racer.name]
+                    self._one(racer, c["lr_factor"], c.get("adamw_lr_factor"), seed, "seed", 0)
+
+    def _route_factors(self, racer: Racer) -> list[float | None]:
+        """The AdamW route's factors of AdamW's pick this racer sweeps; ``[None]``: the route
+        runs at the family ratio (``"ratio"``, or AdamW found no finite lr) or there is none."""
+        if not racer.has_adamw_route or self.adamw_lr is None:
+            return [None]
+        return list(ROUTE_FACTORS) if self.config.adamw_route == "sweep" else [1.0]
+
+    def _sweep(self, racers: Sequence[Racer]) -> None:
+        """The grid (interleaved), then edge extensions in rounds over the racers still at
+        an edge."""
+        for factor in self.factors:
+            for racer in racers:
+                for route in self._route_factors(racer):
+                    self.sweeps[racer.name].append(self._one(racer, factor, route, 0, "sweep", 0))
+        step = grid_step(self.factors)
+        if step is None or not self.config.extend_edges:
+            return
+        done: dict[tuple[str, int], int] = {}
+        while True:
+            todo = []
+            for racer in racers:
+                move = self._extension(self.sweeps[racer.name], step)
+                if move is not None and done.get((racer.name, move[2]), 0) < MAX_EXTENSIONS:
+                    todo.append((racer, move))
+            if not todo:
+                return
+            for racer, (factor, route, side) in todo:
+                n = done[(racer.name, side)] = done.get((racer.name, side), 0) + 1
+                if self.bar is not None:
+                    self.bar.total += self.entry.cost[racer.name]
+                self.sweeps[racer.name].append(self._one(racer, factor, route, 0, "sweep", n))
+
+    def _extension(
+        self, runs: Sequence[dict[str, Any]], step: float
+    ) -> tuple[float, float | None, int] | None:
+        """``(factor, route factor, side)`` of the next point beyond the picked lr's edge, or
+        ``None`` when the pick is interior (or nothing finished)."""
+        metric = self.task.select_metric
+        chosen = pick(runs, metric)
+        if not math.isfinite(final_value(chosen, metric)):
+            return None
+        route = chosen.get("adamw_lr_factor")
+        line = [r["lr_factor"] for r in runs if r.get("adamw_lr_factor") == route]
+        if math.isclose(chosen["lr_factor"], max(line)):
+            return max(line) * step, route, 1
+        if math.isclose(chosen["lr_factor"], min(line)):
+            return min(line) / step, route, -1
+        return None
+
+    def _one(
+        self,
+        racer: Racer,
+        factor: float,
+        route: float | None,
+        seed: int,
+        phase: str,
+        extension: int,
+    ) -> dict[str, Any]:
+        task, entry, bar = self.task, self.entry, self.bar
         lr = racer.lr * factor
+        adamw_lr = (
+            _ratio_adamw_lr(racer, lr)
+            if route is None or self.adamw_lr is None
+            else self.adamw_lr * route
+        )
         if bar is not None:
-            bar.set_description_str(f"{task.name} {racer.name} lr={lr:.3g} seed={seed}")
+            shown = "" if adamw_lr is None else f" adamw_lr={adamw_lr:.3g}"
+            bar.set_description_str(f"{task.name} {racer.name} lr={lr:.3g}{shown} seed={seed}")
         record = {
             "schema": records.SCHEMA_VERSION,
-            "race": race_info,
+            "race": self.race_info,
             "task": task.name,
             "task_config": entry.described,
             "racer": racer.name,
@@ -259,33 +447,27 @@ def _race_task(
             "lr": lr,
             "lr_factor": factor,
             "lr_center": racer.lr,
+            "adamw_lr": adamw_lr,
+            "adamw_lr_factor": route,
+            "extension": extension,
             "seed": seed,
             "steps": task.steps,
             "target": task.target.as_dict(),
             "select_metric": task.select_metric,
             "error": None,
-            "env": env,
+            "env": self.env,
         }
         tick = _Tick(bar, task.steps, entry.cost[racer.name])
         try:
-            record |= run(task, racer, lr, seed, progress=tick)
+            record |= run(task, racer, lr, seed, adamw_lr=adamw_lr, progress=tick)
         except (RuntimeError, ValueError, TypeError, FloatingPointError) as err:
             # A library that crashes on this problem loses the run, not the whole race.
             record |= _failed(f"{type(err).__name__}: {err}")
         tick.finish()
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         record["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-        records.append(path, record)
+        records.append(self.path, record)
         return records.plain(record)
-
-    sweeps: dict[str, list[dict[str, Any]]] = {r.name: [] for r in entry.racers}
-    for factor in factors:
-        for racer in entry.racers:
-            sweeps[racer.name].append(one(racer, factor, 0, "sweep"))
-    chosen = {name: pick(runs, task.select_metric)["lr_factor"] for name, runs in sweeps.items()}
-    for seed in range(1, seeds):
-        for racer in entry.racers:
-            one(racer, chosen[racer.name], seed, "seed")
 
 
 def _failed(error: str) -> dict[str, Any]:
