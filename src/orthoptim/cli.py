@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _race_parser(sub: argparse._SubParsersAction) -> None:
-    from orthoptim.bench.tasks import TASKS
+    from orthoptim.bench.tasks import FINAL, TASKS
 
     race = sub.add_parser(
         "race",
@@ -157,9 +157,9 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
     race.add_argument(
         "--task",
         nargs="+",
-        choices=TASKS,
+        choices=TASKS + FINAL,
         metavar="TASK",
-        help=f"tasks: {', '.join(TASKS)} (default: all)",
+        help=f"tasks: {', '.join(TASKS + FINAL)} (default: {', '.join(TASKS)})",
     )
     race.add_argument("--spec", nargs="+", help="registry name patterns (default: all)")
     race.add_argument("--seeds", type=int, help="seeds at the picked lr (default 3; quick 2)")

@@ -235,3 +235,40 @@ def test_the_python_api_races_a_users_model(tmp_path: Path) -> None:
         orthoptim.bench.race(
             model_fn, batches, evaluate, loss_fn=loss_fn, target=("val_mse", 0.9, "max"), steps=5
         )
+
+
+def test_the_race_your_model_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, str(root / "examples" / "race_your_model.py"), "--quick"]
+    command += ["--specs", "muon", "--out", str(tmp_path / "wine")]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    recs = records.read(tmp_path / "wine" / records.RECORDS)
+    assert {r["task"] for r in recs} == {"wine_mlp"} and {r["racer"] for r in recs} >= {"muon"}
+
+
+def test_finalists_are_the_best_five_by_median_time_ratio_plus_adamw_muon_and_peers() -> None:
+    from orthoptim.bench.final import FINALISTS, centred, finalists, standing
+    from tests.bench.synthetic import record
+
+    recs = []
+    # Two small tasks; racer k reaches the target in 10 + k steps at 0.01 s (AdamW: 10), so
+    # the ratios order the racers; "never" misses every target and "muon" is slow.
+    names = [f"r{k}" for k in range(1, 8)]
+    for task in ("lm", "digits"):
+        recs.append(record("adamw", task=task, steps_to_target=10))
+        recs.append(record("muon", task=task, steps_to_target=40))
+        recs.append(record("never", task=task, steps_to_target=None))
+        recs.append(record("torch:muon", task=task, steps_to_target=30, peer=True))
+        for k, name in enumerate(names, start=1):
+            recs.append(record(name, task=task, steps_to_target=10 + k, factor=2.0))
+    rows = summary.summarize(recs)
+    ranks = standing(rows, ["lm", "digits"])
+    assert ranks["r1"] == pytest.approx(1.1) and ranks["never"] == math.inf
+    chosen = finalists(rows, ["lm", "digits"])
+    assert chosen == ["adamw", "muon", *names[:FINALISTS], "torch:muon"]
+    racer = _racer("r1", 0.5)
+    assert centred([racer], rows)[0].lr == pytest.approx(0.02)  # its pick on lm: 0.01 x 2

@@ -1,25 +1,49 @@
-"""``lm``: a small GPT on real English text that ships with every CPython.
+"""``lm`` and ``lm_medium``: byte-level GPTs on real English text that ships with every CPython.
 
-Data: ``pydoc_data/topics.py`` of the running CPython, part of every CPython install (verified
-with CPython 3.11.7: a 757 KB file holding 465 K characters of the Python language reference in
-79 topics; other versions hold other text, so ``task_config.source`` names the version and
-``data_sha256`` fingerprints the bytes). Byte-level (vocabulary 256, UTF-8). Held out by topic:
-topics taken in CRC-32 order of their names until 10% of the characters, so the split is the
-same on every machine with the same Python. A user text file (``--data PATH``) is split by
-position instead: its last 10% is held out.
+Two built-in corpora (``LanguageModel.corpus``), both read from the running CPython, so nothing
+is downloaded and nothing is bundled:
+
+- ``"pydoc_topics"`` (task ``lm``): ``pydoc_data/topics.py``, part of every CPython install
+  (verified with CPython 3.11.7: a 757 KB file holding 465 K characters of the Python language
+  reference in 79 topics). Held out by topic.
+- ``"stdlib"`` (task ``lm_medium``): the docstrings of the standard library's pure-Python
+  modules plus the pydoc topics (CPython 3.11.7: 573 files with docstrings, 1.68 M characters,
+  plus the 465 K characters of topics: 2.15 MB of UTF-8, built in about 3 s on one core and
+  cached per process). Docstrings rather than the source itself because they are the stdlib's
+  English prose, the same kind of text as the topics, so ``lm_medium`` is ``lm`` scaled up
+  rather than a different problem; and 2 MB is enough that a run of ``lm_medium`` (0.5 M
+  training bytes) sees most bytes at most once, so held-out loss measures optimization rather
+  than memorization. The source (about 10 MB, mostly code) would be more text but a different
+  task. Docstrings are read as Python defines them, without importing anything: ``ast.parse``
+  of each ``.py`` file, then ``ast.get_docstring`` (cleaned like ``inspect.cleandoc``) of the
+  module, every class and every function, in source order. Tests, IDLE, demos, bundled wheels
+  and installed packages are skipped (``_SKIP_DIRS``), as are files that do not parse. Held out
+  by document: each stdlib file is one document and each pydoc topic another (3.11.7: 81 of
+  652 held out, 65 files and 16 topics, 246 KB or 11.5% of the bytes; the 10% is overshot by
+  the last document taken).
+
+Both are split the same way: documents taken in CRC-32 order of their names until 10% of the
+characters are held out, so the split is the same on every machine with the same Python and no
+held-out document contributes a byte to training. Other versions hold other text, so
+``task_config.source`` names the version and the held-out documents, and ``data_sha256``
+fingerprints the bytes. Byte-level (vocabulary 256, UTF-8). A user text file (``--data PATH``) is
+split by position instead: its last 10% is held out.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import math
+import os
 import platform
+import sysconfig
 import zlib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,42 +51,142 @@ from torch import Tensor, nn
 from orthoptim.bench.models import TinyGPT
 from orthoptim.bench.tasks.base import Target, seeded
 
+CorpusName = Literal["pydoc_topics", "stdlib"]
+
 
 @dataclass(frozen=True, slots=True)
 class Corpus:
-    """A byte corpus split into training and held-out parts, with where it came from."""
+    """A byte corpus split into training and held-out parts, with where it came from.
+
+    ``train_docs`` / ``val_docs`` name the documents (topics, stdlib files) in each part; both are
+    empty for a user text file, which is split by position.
+    """
 
     train: Tensor
     val: Tensor
     source: str
     sha256: str
+    train_docs: tuple[str, ...] = ()
+    val_docs: tuple[str, ...] = ()
+
+
+def _split_by_document(docs: dict[str, str], val_fraction: float) -> Corpus:
+    """Hold out whole documents, in CRC-32 order of their names, until ``val_fraction`` of the
+    characters; ``source`` is left for the caller. A hash order rather than a sorted one so the
+    held-out part is not one corner of the alphabet (one package, one letter of topics)."""
+    total = sum(len(text) for text in docs.values())
+    held: list[str] = []
+    size = 0
+    for name in sorted(docs, key=lambda k: (zlib.crc32(k.encode()), k)):
+        if size >= val_fraction * total:
+            break
+        held.append(name)
+        size += len(docs[name])
+    kept = set(held)
+    train_docs = tuple(k for k in sorted(docs) if k not in kept)
+    val_docs = tuple(sorted(held))
+    train = "\n\n".join(docs[k] for k in train_docs)
+    val = "\n\n".join(docs[k] for k in val_docs)
+    data = (train + "\x00" + val).encode()
+    return Corpus(
+        train=torch.frombuffer(bytearray(train.encode()), dtype=torch.uint8),
+        val=torch.frombuffer(bytearray(val.encode()), dtype=torch.uint8),
+        source="",
+        sha256=hashlib.sha256(data).hexdigest()[:16],
+        train_docs=train_docs,
+        val_docs=val_docs,
+    )
 
 
 def _pydoc_topics(val_fraction: float) -> Corpus:
     from pydoc_data import topics as module
 
     topics: dict[str, str] = module.topics
-    total = sum(len(text) for text in topics.values())
-    held: list[str] = []
-    size = 0
-    for name in sorted(topics, key=lambda k: (zlib.crc32(k.encode()), k)):
-        if size >= val_fraction * total:
-            break
-        held.append(name)
-        size += len(topics[name])
-    train = "\n\n".join(topics[k] for k in sorted(topics) if k not in held)
-    val = "\n\n".join(topics[k] for k in sorted(held))
-    data = (train + "\x00" + val).encode()
+    c = _split_by_document(topics, val_fraction)
     source = (
         f"CPython {platform.python_version()} pydoc_data/topics.py: {len(topics)} topics, "
-        f"{len(held)} held out by topic ({', '.join(sorted(held)[:4])}, ...)"
+        f"{len(c.val_docs)} held out by topic ({', '.join(c.val_docs[:4])}, ...)"
     )
-    return Corpus(
-        train=torch.frombuffer(bytearray(train.encode()), dtype=torch.uint8),
-        val=torch.frombuffer(bytearray(val.encode()), dtype=torch.uint8),
-        source=source,
-        sha256=hashlib.sha256(data).hexdigest()[:16],
+    return replace(c, source=source)
+
+
+# Directory names skipped anywhere under the stdlib: test suites (their docstrings describe
+# tests, and lib2to3's test data holds deliberately broken files), IDLE and turtle demos
+# (applications, not library text), bundled wheels, installed third-party packages (they differ
+# per machine, which would break the same-split-everywhere promise), and pydoc_data (its topics
+# are added as separate documents).
+_SKIP_DIRS: frozenset[str] = frozenset(
+    {
+        "test",
+        "tests",
+        "idlelib",
+        "turtledemo",
+        "ensurepip",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "pydoc_data",
+    }
+)
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _docstrings(node: ast.AST) -> Iterator[str]:
+    """Docstrings of ``node`` and of the classes and functions defined in it, in source order."""
+    if isinstance(node, _DOCUMENTED):
+        doc = ast.get_docstring(node)
+        if doc:
+            yield doc
+    for child in ast.iter_child_nodes(node):
+        # Only statements can define classes or functions; skipping expressions halves the walk.
+        if isinstance(child, ast.stmt):
+            yield from _docstrings(child)
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_docstrings() -> dict[str, str]:
+    """``{path relative to the stdlib (POSIX): its docstrings joined by blank lines}`` for every
+    pure-Python standard-library module that parses and has a docstring (see ``_SKIP_DIRS``)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        # Pruned in place so os.walk never descends into the (large) test suites; sorted so the
+        # walk order, and with it nothing else, varies between file systems.
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("config-"))
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = Path(folder, name)
+            try:
+                tree = ast.parse(path.read_bytes(), filename=str(path))
+            except (SyntaxError, ValueError, RecursionError, OSError):
+                continue  # a file the running Python cannot parse is not one it can document
+            text = "\n\n".join(_docstrings(tree))
+            if text:
+                docs[path.relative_to(root).as_posix()] = text
+    return docs
+
+
+def _stdlib(val_fraction: float) -> Corpus:
+    from pydoc_data import topics as module
+
+    files = stdlib_docstrings()
+    if not files:
+        raise ValueError(f"lm: no docstrings found under {sysconfig.get_paths()['stdlib']}")
+    topics: dict[str, str] = module.topics
+    docs = {**files, **{f"pydoc_data/topics.py:{k}": v for k, v in topics.items()}}
+    c = _split_by_document(docs, val_fraction)
+    held_files = [k for k in c.val_docs if k in files]
+    source = (
+        f"CPython {platform.python_version()} standard library docstrings ({len(files)} files) "
+        f"and pydoc_data/topics.py ({len(topics)} topics): {len(c.val_docs)} documents held out "
+        f"by file ({len(held_files)} files: {', '.join(held_files[:4])}, ...; "
+        f"{len(c.val_docs) - len(held_files)} topics)"
     )
+    return replace(c, source=source)
+
+
+_BUILTIN: dict[str, Callable[[float], Corpus]] = {"pydoc_topics": _pydoc_topics, "stdlib": _stdlib}
 
 
 def _text_file(path: Path, val_fraction: float) -> Corpus:
@@ -77,10 +201,15 @@ def _text_file(path: Path, val_fraction: float) -> Corpus:
 
 
 @functools.lru_cache(maxsize=4)
-def corpus(data: str | None = None, val_fraction: float = 0.1) -> Corpus:
-    """The corpus: CPython's pydoc topics, or the user's text file ``data``."""
+def corpus(
+    data: str | None = None, val_fraction: float = 0.1, *, name: CorpusName = "pydoc_topics"
+) -> Corpus:
+    """The built-in corpus ``name`` of the running CPython, or the user's text file ``data``
+    (which then replaces it). Cached: the stdlib corpus takes seconds to parse."""
     if data is None:
-        return _pydoc_topics(val_fraction)
+        if name not in _BUILTIN:
+            raise ValueError(f"lm: unknown corpus {name!r} (known: {', '.join(_BUILTIN)})")
+        return _BUILTIN[name](val_fraction)
     path = Path(data)
     if not path.is_file():
         raise ValueError(f"lm --data must be a text file, got {data!r}")
@@ -89,12 +218,13 @@ def corpus(data: str | None = None, val_fraction: float = 0.1) -> Corpus:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LanguageModel:
-    """Next-byte prediction with ``TinyGPT`` (embeddings, 2 pre-norm blocks, untied head).
+    """Next-byte prediction with ``TinyGPT`` (embeddings, pre-norm blocks, untied head).
 
-    Metric: held-out cross-entropy in nats per byte (``val_loss``; ``val_bpb`` in bits). The
-    target is a stated validation loss. Data: see the module docstring (CPython's
-    ``pydoc_data/topics.py``; the version is the Python running the race, recorded in each
-    record's ``env.python`` and ``task_config.source``).
+    Metric: held-out cross-entropy in nats per byte (``val_loss``; ``val_bpb`` in bits), on
+    ``eval_windows`` fixed windows spread evenly over the held-out bytes. The target is a stated
+    validation loss. Data: ``corpus`` (see the module docstring; the version is the Python
+    running the race, recorded in each record's ``env.python`` and ``task_config.source``).
+    The defaults are task ``lm``; ``medium()`` configures ``lm_medium``.
     """
 
     name: str = "lm"
@@ -108,21 +238,25 @@ class LanguageModel:
     eval_windows: int = 64
     target: Target = field(default_factory=lambda: Target("val_loss", 2.5, "min"))
     select_metric: str = "val_loss"
+    corpus: CorpusName = "pydoc_topics"
     data: str | None = None
     val_fraction: float = 0.1
 
     def _corpus(self) -> Corpus:
-        c = corpus(self.data, self.val_fraction)
+        c = corpus(self.data, self.val_fraction, name=self.corpus)
         need = self.context + 2
         if len(c.train) < need or len(c.val) < need:
-            raise ValueError(f"lm: each split needs at least {need} bytes ({c.source})")
+            raise ValueError(f"{self.name}: each split needs at least {need} bytes ({c.source})")
         return c
 
-    def model(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
+    def _gpt(self) -> TinyGPT:
         return TinyGPT(
             vocab=256, dim=self.dim, depth=self.depth, heads=self.heads, context=self.context
         )
+
+    def model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return self._gpt()
 
     def batches(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         windows = self._corpus().train.unfold(0, self.context + 1, 1)
@@ -149,8 +283,23 @@ class LanguageModel:
         loss = total / len(rows)
         return {"val_loss": loss, "val_bpb": loss / math.log(2)}
 
+    def parameter_counts(self) -> tuple[int, int]:
+        """``(parameters, of which in hidden matrices)`` of the model, by ``routing.classify``
+        (the share an orthogonalizing optimizer acts on). Built on the meta device: no memory,
+        and the global RNG that ``model(seed)`` seeds is left alone."""
+        from orthoptim.routing import classify
+
+        with torch.device("meta"):
+            gpt = self._gpt()
+        roles = classify(gpt)
+        sizes = dict(gpt.named_parameters())
+        total = sum(p.numel() for p in sizes.values())
+        hidden = sum(sizes[k].numel() for k, role in roles.items() if role == "hidden")
+        return total, hidden
+
     def describe(self) -> dict[str, Any]:
         c = self._corpus()
+        total, hidden = self.parameter_counts()
         return {
             **asdict(self),
             "target": self.target.as_dict(),
@@ -159,5 +308,54 @@ class LanguageModel:
             "train_bytes": len(c.train),
             "val_bytes": len(c.val),
             "model": f"TinyGPT(vocab=256, dim={self.dim}, depth={self.depth}, "
-            f"heads={self.heads}, context={self.context})",
+            f"heads={self.heads}, context={self.context}): {total:,} parameters, "
+            f"{hidden / total:.0%} in hidden matrices",
         }
+
+
+def medium() -> LanguageModel:
+    """``lm_medium``, the final of the race: ``TinyGPT`` with dim 256, depth 4, 4 heads, context
+    128 (3,319,296 parameters, 95% in hidden matrices, so the race measures what a matrix-aware
+    optimizer does to the matrices) on the ``"stdlib"`` corpus, batch 8, 500 steps.
+
+    Sized on 2 CPU cores at 1 torch thread (CPython 3.11.7, torch 2.13): a step takes 0.21 s
+    (AdamW's optimizer step 8 ms of it), so a run trains for about 105 s, and 20 evaluations on
+    96 fixed held-out windows add about 18 s (120-124 s a run, measured). At that budget the
+    model sees 0.5 M bytes, a quarter of the training split, and is far from converged: AdamW's
+    validation loss is still falling fast at step 500. Batch 8 rather than 16 so that the same
+    budget buys 500 optimizer steps rather than 250: more steps for optimizers to differ in.
+
+    The target is where AdamW, at its best lr, is 65-70% through the run, past the plateau near
+    2.6-2.7 (where a flat curve would let noise decide the crossing) and into the steep part,
+    where a step saved is clearly resolved.
+    Measured with the race's own run (``runner.run(tasks.make("lm_medium"),
+    racers._spec_racer("adamw"), 1e-3, seed)`` at ``torch.set_num_threads(1)``), val_loss::
+
+        step    0    50   100   150   200   250   300   325   350   375   400   450   500
+        seed 0  5.72 2.85 2.74 2.72 2.69 2.66 2.64 2.61 2.55 2.48 2.42 2.33 2.28
+        seed 1  5.67 2.87 2.77 2.72 2.69 2.64 2.61 2.55 2.50 2.44 2.40 2.33 2.25
+        seed 2  5.79 2.86 2.76 2.74 2.68 2.65 2.60 2.52 2.45 2.41 2.36 2.29 2.23
+
+    so val_loss 2.55 is first reached at step 350, 350 and 325. The lr came from a first sweep
+    (``orthoptim.build("adamw", model, lr=lr)``, the same training loop, seed 0, 128 evaluation
+    windows, hence slightly different numbers), val_loss::
+
+        step     100   200   300   350   400   450   500
+        lr 3e-4  2.80  2.68  2.64  2.62  2.60  2.59  2.57
+        lr 1e-3  2.72  2.64  2.58  2.50  2.39  2.29  2.24
+        lr 3e-3  2.76  2.70  2.68  2.66  2.62  2.56  2.41
+        lr 1e-2  3.00  2.92  2.87  2.88  2.86  2.87  2.86
+    """
+    return LanguageModel(
+        name="lm_medium",
+        corpus="stdlib",
+        steps=500,
+        batch_size=8,
+        context=128,
+        dim=256,
+        depth=4,
+        heads=4,
+        eval_every=25,
+        eval_windows=96,
+        target=Target("val_loss", 2.55, "min"),
+    )
