@@ -110,3 +110,32 @@ def test_report_re_renders_from_records_alone(quick_race: tuple[Path, str], caps
     assert (out / "report.md").read_text() == original
     assert len(check_pngs(out)) == 3 * len(tasks.TASKS)
     assert "lm: target" in capsys.readouterr().out
+
+
+def test_the_final_adds_lm_medium_for_the_finalists(quick_race: tuple[Path, str], tmp_path) -> None:
+    import shutil
+
+    from orthoptim.bench.final import ALWAYS, FINAL_LR_POINTS, finalists
+    from orthoptim.bench.summary import summarize
+
+    out, _ = quick_race
+    copy = tmp_path / "with_final"
+    shutil.copytree(out, copy)
+    before = summarize(records.read(copy / records.RECORDS))
+    expected = finalists(before, list(tasks.TASKS))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["race", "--quick", "--final", "--from", str(copy)]) == 0
+    recs = records.read(copy / records.RECORDS)
+    final = [r for r in recs if r["task"] == "lm_medium"]
+    assert {r["racer"] for r in final} == set(expected) >= set(ALWAYS)
+    lm = {row.racer: row.lr for row in before["lm"]}
+    for r in final:
+        assert r["lr_center"] == pytest.approx(lm[r["racer"]])  # centred on the lm pick
+        assert r["race"]["lr_factors"] == pytest.approx(lr_factors(FINAL_LR_POINTS, 2.0))
+    assert "## lm_medium" in (copy / "report.md").read_text()
+    assert (copy / "lm_medium_curves.png").is_file()
+
+
+def test_from_needs_final(capsys) -> None:
+    assert main(["race", "--from", "somewhere"]) == 2
+    assert "needs --final" in capsys.readouterr().err

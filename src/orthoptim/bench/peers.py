@@ -13,7 +13,9 @@ to the recipe); what a peer cannot express is stated in its configuration record
   ``use_muon=False`` groups. (Its ``AdamW`` is ``torch.optim.AdamW`` re-exported, so it does not
   race twice.)
 
-Every peer routes parameters with ``orthoptim.routing.classify``, as our plans do.
+Every peer routes parameters with ``orthoptim.routing.classify``, as our plans do. The Muon
+peers' AdamW is built at the lr the race gives the AdamW route of every plan (``make(model, lr,
+adamw_lr)``; with ``adamw_lr=None``, ``muon``'s default ratio of ``lr``).
 """
 
 from __future__ import annotations
