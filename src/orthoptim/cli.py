@@ -149,9 +149,11 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
     race = sub.add_parser(
         "race",
         help="race optimizers on real tasks: lr sweep, seeds, records, report, plots",
-        description="Each optimizer gets the same log-spaced lr sweep around its registry "
-        "default, the lr is picked on held-out data, then seeds run at that lr. Writes "
-        "records.jsonl, report.md and PNG plots. No argument: the default race (~15 min on "
+        description="AdamW sweeps first; every plan's AdamW route (embeddings, head, norms) "
+        "runs at the lr it picked. Each optimizer gets the same log-spaced lr sweep around its "
+        "registry default, extended while the pick sits at an edge; the lr is picked on "
+        "held-out data, then seeds run at that lr. Writes "
+        "records.jsonl, report.md and PNG plots. No argument: the default race (~21 min on "
         "2 CPU cores); --quick: under a minute.",
     )
     race.add_argument(

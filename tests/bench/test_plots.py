@@ -184,3 +184,21 @@ def test_curated_race_headlines_are_small_and_distinctly_coloured() -> None:
         lo, hi = plots.y_limits(medians, target["value"], target["mode"])
         assert lo < target["value"] < hi, task
         assert math.isfinite(lo) and math.isfinite(hi)
+
+
+def test_the_flops_axis_is_step_times_training_flops_per_step() -> None:
+    from orthoptim.bench.plots import _band, _has_flops
+    from tests.bench.synthetic import race
+
+    recs = race()
+    rows = summarize(recs)["toy"]
+    assert not _has_flops(rows)  # records from before the runner counted FLOPs
+    assert _band(rows[0].seeds, "val_loss", "flops") == ([], [], [], [])
+    for rec in recs:
+        rec["flops"] = {"model_step": 100, "optimizer_step": 20.0}
+    rows = summarize(recs)["toy"]
+    assert _has_flops(rows)
+    xs, *_ = _band(rows[0].seeds, "val_loss", "flops")
+    steps, *_ = _band(rows[0].seeds, "val_loss", "step")
+    assert xs == [120.0 * s for s in steps]
+    assert rows[0].opt_flops == 20.0 and rows[0].train_flops == 120.0

@@ -113,3 +113,22 @@ def test_real_task_run_has_timing_memory_and_configuration() -> None:
 def test_peak_rss_is_reported() -> None:
     rss = peak_rss_bytes()
     assert rss is None or rss > 2**20
+
+
+def test_flops_per_step_are_recorded_for_model_and_optimizer() -> None:
+    from orthoptim.bench.flops import optimizer_step_flops, training_step_flops
+
+    task = tasks.make("lm", quick=True)
+    out = run(task, racer("muon"), 0.02, seed=0)
+    flops = out["flops"]
+    model = task.model(0)
+    hidden = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "emb" not in n)
+    tokens = task.batch_size * task.context
+    # forward + backward of the linear layers: at least 6 FLOPs per weight and token
+    assert flops["model_step"] >= 6 * tokens * (hidden - model.lm_head.weight.numel())
+    assert flops["optimizer_step"] == optimizer_step_flops("muon", model) > 0
+    record = {"flops": flops, "timing": out["timing"]}
+    assert training_step_flops(record) == flops["model_step"] + flops["optimizer_step"]
+    adamw = optimizer_step_flops("adamw", model)
+    assert adamw is not None and adamw < flops["optimizer_step"]  # no Newton-Schulz products
+    assert optimizer_step_flops("not:registered", model) is None

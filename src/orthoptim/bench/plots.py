@@ -4,8 +4,10 @@ Per task, three figures, all on the task's target metric:
 
 - ``<task>_curves.png``, the headline: at most ``HEADLINE`` racers (AdamW and Muon, drawn thick,
   the best racer of each family, then peers of AdamW/Muon while room remains), against step and
-  against training wall-clock, zoomed on the target (dotted line); median over seeds with a
-  min..max band, peers dashed. A race has ~27 racers: drawn together they are unreadable.
+  against training wall-clock and, where the runs recorded them, against training FLOPs (model
+  forward and backward plus the optimizer's estimate, ``orthoptim.bench.flops``), zoomed on the
+  target (dotted line); median over seeds with a min..max band, peers dashed. A race has ~27
+  racers: drawn together they are unreadable.
 - ``<task>_curves_all.png``: small multiples, one panel per family with every racer of it,
   AdamW as a thin reference in every panel, all panels on the same y-range.
 - ``<task>_time_to_target.png``: every racer's median time to target with min..max whiskers,
@@ -29,6 +31,7 @@ from typing import Any
 
 from orthoptim import registry
 from orthoptim.bench._optional import require
+from orthoptim.bench.flops import training_step_flops
 from orthoptim.bench.racers import BASELINE
 from orthoptim.bench.summary import Row, baseline
 
@@ -231,16 +234,24 @@ def y_limits(
 
 
 def _band(seeds: Sequence[Mapping[str, Any]], metric: str, axis: str) -> tuple[list[float], ...]:
-    """(x, median, lo, hi) at the evaluation points all seeds share (``axis``: step or time)."""
+    """(x, median, lo, hi) at the evaluation points all seeds share (``axis``: step, time, or
+    flops: step times the run's training FLOPs per step)."""
+    per_step = [training_step_flops(r) for r in seeds]
+    if axis == "flops" and any(f is None for f in per_step):
+        return [], [], [], []
     curves = [
-        [p for p in r["curve"] if p.get(metric) is not None and math.isfinite(p[metric])]
-        for r in seeds
+        [
+            {**p, "flops": p["step"] * (f or 0.0)}
+            for p in r["curve"]
+            if p.get(metric) is not None and math.isfinite(p[metric])
+        ]
+        for r, f in zip(seeds, per_step, strict=True)
     ]
     curves = [c for c in curves if c]
     if not curves:
         return [], [], [], []
     n = min(len(c) for c in curves)
-    key = "step" if axis == "step" else "time_s"
+    key = {"step": "step", "time": "time_s", "flops": "flops"}[axis]
     xs, med, lo, hi = [], [], [], []
     for i in range(n):
         values = [c[i][metric] for c in curves]
@@ -342,6 +353,17 @@ def _finish_axes(
     ax.grid(alpha=0.3)
 
 
+AXIS_LABELS = {
+    "step": "step",
+    "time": "training wall-clock (s)",
+    "flops": "training FLOPs (model fwd+bwd matmuls + optimizer estimate)",
+}
+
+
+def _has_flops(rows: Sequence[Row]) -> bool:
+    return all(training_step_flops(r) is not None for row in rows for r in row.seeds)
+
+
 def curves(rows: Sequence[Row], path: Path) -> None:
     """The headline: the racers of ``select_headline`` against step (left) and training
     wall-clock (right), zoomed on the target; the legend sits under the panels."""
@@ -353,11 +375,15 @@ def curves(rows: Sequence[Row], path: Path) -> None:
     medians = _medians(shown, metric)
     log = _use_log(medians, mode)
     limits = y_limits(medians, target["value"], mode, log)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), layout="constrained")
-    for ax, axis in zip(axes, ("step", "time"), strict=True):
+    # Loss against training FLOPs (model + optimizer) where every shown run recorded them.
+    axes_of = ("step", "time") + (("flops",) if _has_flops(shown) else ())
+    fig, axes = plt.subplots(
+        1, len(axes_of), figsize=(6.5 * len(axes_of), 6.2), layout="constrained"
+    )
+    for ax, axis in zip(axes, axes_of, strict=True):
         _draw(ax, shown, colors, metric, axis, with_family=True)
         _finish_axes(ax, target, limits, log)
-        ax.set_xlabel("step" if axis == "step" else "training wall-clock (s)")
+        ax.set_xlabel(AXIS_LABELS[axis])
         ax.set_ylabel(metric)
     axes[0].plot([], [], color="k", ls=":", lw=1.3, label=f"target {metric} = {target['value']}")
     handles, labels = axes[0].get_legend_handles_labels()  # the right panel's are the same

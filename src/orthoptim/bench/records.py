@@ -59,6 +59,7 @@ OPTIONAL: dict[str, tuple[type, ...]] = {
     "adamw_lr": (float, int, type(None)),
     "adamw_lr_factor": (float, int, type(None)),
     "extension": (int,),
+    "flops": (dict,),
 }
 """Keys added after schema 1 was curated: checked when present (older records lack them)."""
 RACE_KEYS = (

@@ -37,6 +37,7 @@ HEADER = (
     "steps / AdamW",
     "final {metric}",
     "opt step ms (share)",
+    "opt GFLOP/step (share)",
     "state",
     "peak RSS",
 )
@@ -62,11 +63,19 @@ def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
                 "-" if s is None else s.show("{:.2f}"),
                 row.final_target.show("{:.4g}"),
                 _ms(row.opt_step_s) + share,
+                _gflop(row),
                 _kib(row.state_bytes),
                 _mib(row.peak_rss_bytes),
             )
         )
     return out
+
+
+def _gflop(row: Row) -> str:
+    """Estimated optimizer GFLOP per step and its share of the step's FLOPs (model + it)."""
+    if row.opt_flops is None or not row.train_flops:
+        return "-"
+    return f"{row.opt_flops / 1e9:.3g} ({row.opt_flops / row.train_flops:.0%})"
 
 
 def _route_lr(row: Row) -> str:
@@ -210,6 +219,9 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
         "`(k/n)`: seeds that reached it.",
         "- Ratios pair seed s with AdamW's seed s (below 1: faster than AdamW).",
         "- Opt step: median optimizer-step time and its share of the median whole step. "
+        "Opt GFLOP/step: the optimizer's estimated FLOPs per step (`Transform.cost`; peers: "
+        "the algorithm they mirror) and their share of the step's FLOPs with the model's "
+        "forward and backward matmuls (torch's FLOP counter). "
         "State: exact bytes of the optimizer's state tensors. Peak RSS: process high-water "
         "mark during the run.",
         "",

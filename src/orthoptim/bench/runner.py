@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from orthoptim.bench.flops import model_step_flops, optimizer_step_flops
 from orthoptim.bench.racers import Racer, configuration, state_bytes
 from orthoptim.bench.tasks.base import Task
 from orthoptim.optim import NonFiniteGradientError
@@ -126,7 +127,8 @@ def run(
     Returns ``recipe`` (exact configuration), ``curve`` (step 0 and every ``eval_every`` steps:
     training time so far, mean training loss since the last point, validation metrics),
     ``final``, ``steps_to_target`` / ``time_to_target_s`` (first evaluation meeting the target;
-    ``None`` if never), ``diverged``, ``timing`` and ``memory``. A non-finite training loss stops
+    ``None`` if never), ``diverged``, ``timing``, ``flops`` (per training step, model and
+    optimizer: ``orthoptim.bench.flops``) and ``memory``. A non-finite training loss stops
     the run and marks it diverged.
     """
     seed_everything(seed)
@@ -175,6 +177,11 @@ def run(
                 break
             if steps_to_target is None and task.target.reached(metrics):
                 steps_to_target, time_to_target = step, train_s
+    wall_s = time.perf_counter() - wall0
+    flops = {  # after the run, outside every timed region
+        "model_step": model_step_flops(task, model, next(batches)),
+        "optimizer_step": optimizer_step_flops(racer.mirrors, model),
+    }
     final = {k: v for k, v in curve[-1].items() if k not in ("step", "time_s", "train_loss")}
     if diverged:
         final = dict.fromkeys(final)
@@ -190,12 +197,13 @@ def run(
         "diverged": diverged,
         "timing": {
             "train_s": train_s,
-            "wall_s": time.perf_counter() - wall0,
+            "wall_s": wall_s,
             "step_s_median": step_median,
             "opt_step_s_median": opt_median,
             "opt_share": opt_median / step_median if opt_median and step_median else None,
             "opt_includes_gradients": racer.needs_closure,
         },
+        "flops": flops,
         "memory": {
             "state_bytes": state_bytes(opt),
             "peak_rss_bytes": peak_rss_bytes(),

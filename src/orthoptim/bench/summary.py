@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orthoptim.bench.flops import training_step_flops
 from orthoptim.bench.racers import BASELINE
 from orthoptim.bench.selection import final_value, pick, same_point
 
@@ -83,6 +84,8 @@ class Row:
     opt_share: float | None
     state_bytes: int | None
     peak_rss_bytes: int | None
+    opt_flops: float | None  # estimated optimizer FLOPs per step (orthoptim.bench.flops)
+    train_flops: float | None  # model fwd+bwd plus optimizer FLOPs per step
     errors: tuple[str, ...] = field(default=())
 
     @property
@@ -153,6 +156,8 @@ def _row(task: str, racer: str, runs: Sequence[Record], sweep: Sequence[Record])
         opt_share=_median([r["timing"]["opt_share"] for r in seeds]),
         state_bytes=max((r["memory"]["state_bytes"] or 0 for r in seeds), default=None),
         peak_rss_bytes=max((r["memory"]["peak_rss_bytes"] or 0 for r in seeds), default=None),
+        opt_flops=(chosen.get("flops") or {}).get("optimizer_step"),
+        train_flops=training_step_flops(chosen),
         errors=tuple(r["error"] for r in runs if r["error"]),
     )
 
