@@ -78,6 +78,19 @@ def _gflop(row: Row) -> str:
     return f"{row.opt_flops / 1e9:.3g} ({row.opt_flops / row.train_flops:.0%})"
 
 
+def _grid_line(rows: Sequence[Row]) -> str:
+    """The task's lr grid (the final's differs from the small tasks': narrower, centred on each
+    racer's pick on ``lm``) and its seeds."""
+    race = rows[0].seeds[0]["race"]
+    factors = ", ".join(f"x{f:.3g}" for f in race["lr_factors"])
+    seeds = max(len(r.seeds) for r in rows)
+    return (
+        f"- LR grid: {factors} times each racer's centre lr (`lr_center` in the records: the "
+        "registry default, or in the final the racer's pick on `lm`), extended at edges; "
+        f"{seeds} seed(s) at the pick ({race['seeds']} planned)."
+    )
+
+
 def _route_lr(row: Row) -> str:
     """The AdamW route's lr of a plan (``x f`` of AdamW's pick in a two-axis sweep)."""
     if row.adamw_lr is None:
@@ -265,6 +278,7 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
             f"{cfg.get('eval_every')}.",
             f"- Data: {cfg.get('source', '-')}.",
             f"- Target: {t['metric']} {'<=' if t['mode'] == 'min' else '>='} {t['value']}.",
+            _grid_line(rows),
             "",
             markdown_table(_header(rows), table_rows(rows)),
             "",
