@@ -96,10 +96,8 @@ class Spec:
         """The plan ``build`` uses for an ``nn.Module``: every parameter gets an update rule."""
         recipe_options, plan_options = self._split(options)
         made = self.recipe(**recipe_options)
-        if isinstance(made, Plan):
-            return made
-        if self.adamw is None:
-            return Plan.single(made)
+        if isinstance(made, Plan) or self.adamw is None:
+            return made if isinstance(made, Plan) else Plan.single(made)
         return with_adamw(made, name=self.name, adamw_route=self.adamw.options(plan_options))
 
     def default_plan(self, hidden: Chain) -> Plan:
