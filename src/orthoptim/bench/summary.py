@@ -71,7 +71,7 @@ class Row:
     lr_factor: float
     adamw_lr: float | None  # the AdamW route's lr (plans only)
     adamw_lr_factor: float | None  # of AdamW's pick, in a two-axis sweep
-    at_edge: bool  # the picked lr is the largest or smallest of its sweep
+    at_edge: bool  # the picked lr is the largest or smallest of its sweep (not bracketed)
     extensions: int  # grid points added beyond the base grid (the edge rule)
     seeds: tuple[Record, ...]
     sweep: tuple[tuple[float, float | None, bool], ...]  # (factor, final select, diverged)
@@ -140,7 +140,7 @@ def _row(task: str, racer: str, runs: Sequence[Record], sweep: Sequence[Record])
         lr_factor=factor,
         adamw_lr=chosen.get("adamw_lr"),
         adamw_lr_factor=chosen.get("adamw_lr_factor"),
-        at_edge=len(grid) > 1 and any(math.isclose(factor, g) for g in (min(grid), max(grid))),
+        at_edge=any(math.isclose(factor, g) for g in (min(grid), max(grid))),  # unbracketed
         extensions=sum(1 for r in sweep if r.get("extension")),
         seeds=tuple(seeds),
         sweep=tuple(
