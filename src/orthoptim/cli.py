@@ -193,7 +193,8 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
         dest="final_from",
         type=Path,
         metavar="DIR",
-        help="with --final: add the final to the finished race in DIR instead of racing again",
+        help="with --final: add the final to the finished race in DIR instead of racing again "
+        "(an interrupted final resumes: its recorded runs are read back)",
     )
     race.add_argument("--quick", action="store_true", help="small tasks, under a minute")
     race.add_argument("--steps", type=int, help="override every task's number of steps")

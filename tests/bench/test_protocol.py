@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,9 +91,8 @@ def _task(name_of: dict[int, str]) -> UserTask:
     )
 
 
-def _race(tmp_path: Path, adamw_route: str) -> list[dict[str, Any]]:
-    """Race the stub racers; each model learns its racer's name from the make call."""
-    name_of: dict[int, str] = {}
+def _stub_racers(name_of: dict[int, str]) -> list[Racer]:
+    """The stub racers; each model they build is entered in ``name_of`` under its racer."""
     racers = []
     for name, scale in (("adamw", None), ("plan", 0.015), ("edgy", None), ("cliff", None)):
         inner = _racer(name, CENTRE[name], scale)
@@ -102,6 +102,13 @@ def _race(tmp_path: Path, adamw_route: str) -> list[dict[str, Any]]:
             return i.make(model, lr, adamw_lr)
 
         racers.append(Racer(**{**_fields(inner), "make": make}))
+    return racers
+
+
+def _race(tmp_path: Path, adamw_route: str) -> list[dict[str, Any]]:
+    """Race the stub racers; each model learns its racer's name from the make call."""
+    name_of: dict[int, str] = {}
+    racers = _stub_racers(name_of)
     config = RaceConfig(
         lr_points=3,
         lr_span=2.0,
@@ -272,3 +279,27 @@ def test_finalists_are_the_best_five_by_median_time_ratio_plus_adamw_muon_and_pe
     assert chosen == ["adamw", "muon", *names[:FINALISTS], "torch:muon"]
     racer = _racer("r1", 0.5)
     assert centred([racer], rows)[0].lr == pytest.approx(0.02)  # its pick on lm: 0.01 x 2
+
+
+def test_an_interrupted_task_resumes_from_its_records(tmp_path: Path) -> None:
+    """``run_more`` into a folder that already holds some of the task's runs (a final stopped
+    by hand, run again with ``--final --from DIR``) reads them back and runs only the rest."""
+    from orthoptim.bench.sweep import run_more
+
+    full = _race(tmp_path, "tuned")
+    path = tmp_path / "tuned" / records.RECORDS
+    kept = full[: len(full) // 2]
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    name_of: dict[int, str] = {}
+    racers = _stub_racers(name_of)
+    config = RaceConfig(lr_points=3, lr_span=2.0, seeds=2, peers=False, progress=False)
+    run_more(tmp_path / "tuned", [_task(name_of)], racers, [], config)
+    resumed = records.read(path)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["racer"], r["phase"], r["lr_factor"], r["adamw_lr_factor"], r["seed"]
+
+    assert sorted(map(key, resumed)) == sorted(map(key, full))  # nothing twice, nothing missing
+    assert resumed[: len(kept)] == kept
+    finals = {key(r): r["final"] for r in full}
+    assert all(r["final"] == finals[key(r)] for r in resumed)

@@ -6,7 +6,8 @@ plus ``adamw``, ``muon`` and every peer that raced. Where: each finalist's lr gr
 the lr it picked on the small ``lm`` task (its registry default where it did not race ``lm``),
 ``FINAL_LR_POINTS`` points spanning ``x1/FINAL_LR_SPAN .. x FINAL_LR_SPAN``, with the race's edge
 rule and AdamW-route rule (``orthoptim.bench.sweep``). The final's records go into the same
-``records.jsonl`` as the small tasks, so one report holds every task.
+``records.jsonl`` as the small tasks, so one report holds every task; run again on the same
+folder, an interrupted final resumes (``sweep._TaskRace`` reads its recorded runs back).
 """
 
 from __future__ import annotations

@@ -347,6 +347,14 @@ class _TaskRace:
         self.race_info, self.env, self.path, self.bar = race_info, env, path, bar
         self.sweeps: dict[str, list[dict[str, Any]]] = {r.name: [] for r in entry.racers}
         self.adamw_lr: float | None = None  # AdamW's pick on this task, for the plans' route
+        # Runs of this task already in the records (an interrupted final run again with
+        # --final --from DIR): read back instead of run again; runs are deterministic given
+        # racer, lr and seed, so the protocol takes the same path through them.
+        self.done = {
+            _run_key(r["racer"], r["phase"], r["lr_factor"], r.get("adamw_lr_factor"), r["seed"]): r
+            for r in (records.read(path) if path.is_file() else [])
+            if r["task"] == self.task.name and not r["error"]
+        }
 
     def run(self) -> None:
         first = [r for r in self.entry.racers if r.name == BASELINE]
@@ -425,6 +433,10 @@ class _TaskRace:
         extension: int,
     ) -> dict[str, Any]:
         task, entry, bar = self.task, self.entry, self.bar
+        done = self.done.get(_run_key(racer.name, phase, factor, route, seed))
+        if done is not None and math.isclose(done["lr_center"], racer.lr):
+            _Tick(bar, task.steps, entry.cost[racer.name]).finish()
+            return done
         lr = racer.lr * factor
         adamw_lr = (
             _ratio_adamw_lr(racer, lr)
@@ -468,6 +480,13 @@ class _TaskRace:
         record["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         records.append(self.path, record)
         return records.plain(record)
+
+
+def _run_key(
+    racer: str, phase: str, factor: float, route: float | None, seed: int
+) -> tuple[str, str, float, float | None, int]:
+    """Identifies a run within a task (factors rounded: they are products of floats)."""
+    return racer, phase, round(factor, 9), None if route is None else round(route, 9), seed
 
 
 def _failed(error: str) -> dict[str, Any]:
