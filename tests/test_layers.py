@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "distributed": 4,
     "fused": 4,
     "routing": 4,
+    "model_trace": 4,
     "registry": 4,
     "specs": 4,
     "bench": 5,

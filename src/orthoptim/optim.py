@@ -3,28 +3,68 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
+from orthoptim import routing as _routing
 from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative, check_positive
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect, local_tensor
+from orthoptim.functional.layout import DEFAULT_LAYOUT, check_layout
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.fused import FusedAdamW
-from orthoptim.recipes.plan import LR_SCALE_KEY, Plan, Route, group_lr
-from orthoptim.routing import classify, describe, param_groups
+from orthoptim.recipes.plan import (
+    LAYOUT_KEY,
+    LR_SCALE_KEY,
+    MOMENT_KEYS,
+    Plan,
+    Route,
+    exposed_moments,
+    group_layout,
+    group_lr,
+    live_chain,
+    moment_key,
+)
+from orthoptim.routing import (
+    HEAD_NAMES,
+    NOTE_KEY,
+    describe,
+    is_named_parameters,
+    param_groups,
+)
 from orthoptim.transforms.base import Chain, Ctx, explain
 
 GROUP_KEYS: frozenset[str] = frozenset(
-    {"params", "param_names", "lr", LR_SCALE_KEY, "weight_decay", "role", "route", "initial_lr"}
+    {
+        "params",
+        "param_names",
+        "lr",
+        LR_SCALE_KEY,
+        LAYOUT_KEY,
+        "weight_decay",
+        "role",
+        "route",
+        "initial_lr",
+        NOTE_KEY,
+        *MOMENT_KEYS,
+    }
 )
 NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip")
 NonFinitePolicy = Literal["raise", "skip"]
 PLAN_STATE_KEY = "orthoptim_plan"
 SKIPPED_STATE_KEY = "orthoptim_skipped_steps"
+
+
+def _number(value: float | Tensor) -> float:
+    """A hyperparameter given as a number or a one-element tensor (torch accepts both)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"lr must be a number or a one-element tensor, got {value.shape}")
+        return float(value.item())
+    return value
 
 
 def _names(group: Mapping[str, Any]) -> list[str]:
@@ -102,7 +142,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         recipe: a ``Chain`` (applied to every parameter) or a ``Plan``.
         lr: learning rate of the plan's first route; other routes run relative to it.
         weight_decay: weight decay for routes that do not set their own.
-        overrides: ``{glob: role}`` routing overrides (only with an ``nn.Module``).
+        overrides: ``{glob: role}`` routing overrides (with an ``nn.Module`` or named
+            parameters; ``routing.classify``).
+        head_names: module names that mark the output layer (``routing.HEAD_NAMES``).
+        layouts: ``{glob: layout}`` corrections of ``routing.layouts`` (how a weight stores its
+            matrix; the matrix transforms see it in ``(out, in)`` order).
+        example_input: what ``model(...)`` takes: routing by one traced forward
+            (``model_trace``) instead of by names.
+        reroutes: ``{parameter name: reason}``: parameters their role's route cannot update,
+            sent to the route for vectors with the reason as the group's ``note``.
         nonfinite: what a step does when any gradient holds NaN or Inf, or a value whose square
             overflows (``|g| > 1.8e19`` in float32 and 16-bit, where second moments, norms and
             Kronecker factors would become Inf). ``"raise"``: raise
@@ -133,6 +181,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         lr: float,
         weight_decay: float = 0.0,
         overrides: Mapping[str, str] | None = None,
+        head_names: Sequence[str] = HEAD_NAMES,
+        layouts: Mapping[str, str] | None = None,
+        example_input: Any = None,
+        reroutes: Mapping[str, str] | None = None,
         nonfinite: NonFinitePolicy = "raise",
         process_group: Any = None,
         fast_paths: bool = True,
@@ -144,27 +196,52 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.nonfinite = nonfinite
         self.fast_paths = fast_paths
         self.skipped_steps = 0
-        check_finite_nonnegative("lr", lr)
+        check_finite_nonnegative("lr", _number(lr))
         check_finite_nonnegative("weight_decay", weight_decay)
         if isinstance(recipe, Chain):
             recipe = Plan.single(recipe)
         if not isinstance(recipe, Plan):
             raise TypeError(f"recipe must be a Chain or a Plan, got {type(recipe).__name__}")
         self.plan = recipe
-        if isinstance(params, nn.Module):
-            roles = classify(params, overrides)
-            groups: list[dict[str, Any]] = param_groups(
-                list(params.named_parameters()), roles, recipe, lr=lr, weight_decay=weight_decay
-            )
-        elif overrides is not None:
-            raise ValueError("overrides route by parameter name and need an nn.Module")
+        items = params if isinstance(params, nn.Module) else list(cast(Iterable[Any], params))
+        routing, named_params = None, []
+        if isinstance(items, nn.Module):
+            routing = _routing.route(items, overrides, head_names, layouts, example_input)
+            named_params = list(items.named_parameters())
+        elif is_named_parameters(items) and recipe.needs_roles:
+            if example_input is not None:
+                raise ValueError("example_input traces a forward and needs the nn.Module")
+            named_params = cast(list[tuple[str, Tensor]], items)
+            routing = _routing.route_named(named_params, overrides, head_names, layouts)
         else:
-            groups = list(cast(Iterable[Any], params))
-            if groups and not isinstance(groups[0], dict):
-                groups = [{"params": groups}]
+            given = [
+                k for k, v in (("overrides", overrides), ("layouts", layouts)) if v is not None
+            ] + (["example_input"] if example_input is not None else [])
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} route parameters of a model: pass the nn.Module "
+                    "(or model.named_parameters() for overrides and layouts)"
+                )
+        if routing is None:
+            groups = items if not items or isinstance(items[0], dict) else [{"params": items}]
+        else:
+            groups = param_groups(
+                named_params,
+                routing.roles,
+                recipe,
+                lr=lr,
+                weight_decay=weight_decay,
+                layouts=routing.layouts,
+                reroutes=reroutes,
+            )
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
-        super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
+        defaults: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+        main = recipe.routes[0].chain
+        self.moment_key = moment_key(main)
+        if self.moment_key is not None:  # torch's schedulers look for it in the defaults
+            defaults[self.moment_key] = exposed_moments(main, self.moment_key)
+        super().__init__(groups, defaults)
         self.distributed: DistributedStep | None = detect(
             params, self.param_groups, self.plan, process_group, replicate_state
         )
@@ -180,11 +257,30 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         group = dict(param_group)
         params = group["params"]
+        if isinstance(params, set):
+            raise TypeError("params must be an ordered collection (a list), not a set")
         params = [params] if isinstance(params, Tensor) else list(params)
-        if params and isinstance(params[0], tuple):
+        if any(isinstance(x, tuple) for x in params):
+            if not is_named_parameters(params):
+                raise TypeError(
+                    "params must be all tensors or all (name, tensor) pairs, as "
+                    "model.named_parameters() gives"
+                )
             group["param_names"] = [name for name, _ in params]
             params = [p for _, p in params]
         group["params"] = params
+        if len({id(p) for p in params}) != len(params):
+            first = {id(p): i for i, p in reversed(list(enumerate(params)))}
+            twice = next(i for i, p in enumerate(params) if first[id(p)] != i)
+            raise ValueError(
+                f"parameter {_names(group)[twice] or f'#{twice}'} appears twice in one param "
+                "group: its update would be applied twice"
+            )
+        if self.param_groups:  # torch wants every group with names, or none
+            if "param_names" in self.param_groups[0]:
+                group.setdefault("param_names", [""] * len(params))
+            else:
+                group.pop("param_names", None)
         route = self._route_of(group)
         group["route"] = route.name
         group.setdefault("role", None)
@@ -195,8 +291,12 @@ class ChainOptimizer(torch.optim.Optimizer):
             group.setdefault(LR_SCALE_KEY, route.scale_at(self.defaults["lr"]))
         if route.weight_decay is not None:
             group.setdefault("weight_decay", route.weight_decay)
-        check_finite_nonnegative("lr", group["lr"])
+        key = getattr(self, "moment_key", None)
+        if key is not None and route.chain.moments:
+            group.setdefault(key, exposed_moments(route.chain, key))
+        check_finite_nonnegative("lr", _number(group["lr"]))
         check_positive(LR_SCALE_KEY, group[LR_SCALE_KEY])
+        layout = group_layout(group)
         check_finite_nonnegative("weight_decay", group.get("weight_decay", 0.0))
         for name, p in zip(_names(group), params, strict=True):
             if not isinstance(p, Tensor):
@@ -206,6 +306,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                     f"parameter {name or '<unnamed>'} has dtype {p.dtype}; orthoptim optimizes "
                     "real floating-point tensors"
                 )
+            if p.ndim >= 2 or layout != DEFAULT_LAYOUT:
+                check_layout(layout, tuple(p.shape), name)
             route.chain.validate(p, name)
         super().add_param_group(group)
         if getattr(self, "distributed", None) is not None:
@@ -331,7 +433,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         # on CPU than torch._foreach_norm(ord=inf) (1.8 vs 24 ms, 18.9M).
         extremes, limits = [], []
         for g in grads:
-            if g.numel():
+            if g.numel() and not g.is_meta:  # meta tensors hold no values to check
                 extremes.extend(e.double() for e in torch.aminmax(g))
                 limits.extend([_square_limit(g)] * 2)
         if not extremes:
@@ -362,14 +464,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         params: list[tuple[str, Tensor]],
         at_previous: Mapping[Tensor, Tensor] | None = None,
     ) -> None:
-        chain = self.plan.route_named(group["route"]).chain
+        chain = live_chain(self.plan.route_named(group["route"]).chain, group)
         lr, weight_decay = group_lr(group), float(group["weight_decay"])
+        layout = group_layout(group)
         states = []
         for _, p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state.update(chain.init(p))
+                state.update(chain.init(p, layout))
             state["step"] += 1
             states.append(state)
         tensors = [p for _, p in params]
@@ -386,6 +489,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 cast(Tensor, p.grad),
                 name,
                 None if at_previous is None else at_previous.get(p),
+                layout,
             )
             for (name, p), state in zip(params, states, strict=True)
         ]
@@ -403,6 +507,37 @@ class ChainOptimizer(torch.optim.Optimizer):
         scratch = _Scratch([c.grad for c in ctxs])
         for p, state, c in zip(tensors, states, ctxs, strict=True):
             p.add_(chain.apply(scratch.copy_of(c.grad), state, c), alpha=-lr)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and ``pickle`` keep: every attribute but torch's hook dicts.
+
+        torch's own ``__getstate__`` keeps only ``defaults``, ``state`` and ``param_groups``,
+        which would lose the plan and everything else ``__init__`` sets; its ``__setstate__``
+        re-creates the hook dicts empty (registered hooks belong to the original, as in torch).
+        A distributed optimizer cannot be copied: its ``DistributedStep`` holds a process group
+        and the owners of this process's parameters.
+        """
+        if self.__dict__.get("distributed") is not None:
+            raise TypeError(
+                "a distributed ChainOptimizer cannot be deep-copied or pickled: its "
+                "DistributedStep holds a process group and the owners of this process's "
+                "parameters; save state_dict() and load it into an optimizer built on the copy"
+            )
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if not (k.startswith("_optimizer_") and k.endswith("_hooks"))
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """torch's (re-creates the hook dicts, patches ``step``; ``load_state_dict`` calls it
+        too), leaving ``defaults`` as they were: torch adds ``differentiable`` to them, which
+        ``add_param_group`` would then copy into every new group."""
+        defaults = state.get("defaults", self.__dict__.get("defaults", {}))
+        had_differentiable = "differentiable" in defaults
+        super().__setstate__(state)
+        if not had_differentiable:
+            self.defaults.pop("differentiable", None)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus each route's chain ``repr`` (checked on load) and the count
@@ -436,6 +571,13 @@ class ChainOptimizer(torch.optim.Optimizer):
                 if self.state[p][key].dtype != like.dtype:
                     saved = state_dict["state"][index][key]
                     self.state[p][key] = saved.to(device=p.device, dtype=like.dtype, copy=True)
+        # torch's own optimizers accept a Python number as ``step`` (older and hand-edited
+        # checkpoints) and torch loads it as it is; the step reads it as the float32 0-d tensor
+        # ``_step_group`` creates, so turn it into one.
+        for buffers in self.state.values():
+            step = buffers.get("step")
+            if step is not None and not isinstance(step, Tensor):
+                buffers["step"] = torch.tensor(float(step), dtype=torch.float32)
         self.skipped_steps = int(state_dict.get(SKIPPED_STATE_KEY, 0))
 
     def _expected_buffers(
@@ -462,7 +604,9 @@ class ChainOptimizer(torch.optim.Optimizer):
                 if not buffers:
                     continue
                 # Meta tensors: the buffers a fresh init would create, without allocating them.
-                fresh = chain.init(torch.empty(p.shape, dtype=p.dtype, device="meta"))
+                fresh = chain.init(
+                    torch.empty(p.shape, dtype=p.dtype, device="meta"), group_layout(group)
+                )
                 keys = None if self.distributed is None else self.distributed.local_keys(chain, p)
                 fresh = {k: v for k, v in fresh.items() if keys is None or k in keys}
                 expected = {k: tuple(v.shape) for k, v in fresh.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -14,9 +15,10 @@ from orthoptim._types import ParamsLike
 from orthoptim.distributed import is_distributed
 from orthoptim.optim import ChainOptimizer, NonFinitePolicy
 from orthoptim.recipes import Plan
+from orthoptim.routing import HEAD_NAMES, is_named_parameters
 from orthoptim.specs import REGISTRY, Spec
 from orthoptim.transforms import Chain, explain
-from orthoptim.transforms.capture import attach_captures
+from orthoptim.transforms.capture import attach_captures, uncapturable_params
 
 __all__ = ["REGISTRY", "Spec", "build", "get", "names", "show"]
 
@@ -56,6 +58,10 @@ def build(
     nonfinite: NonFinitePolicy = "raise",
     process_group: Any = None,
     fast_paths: bool = True,
+    overrides: Mapping[str, str] | None = None,
+    head_names: Sequence[str] = HEAD_NAMES,
+    layouts: Mapping[str, str] | None = None,
+    example_input: Any = None,
     **recipe_options: Any,
 ) -> ChainOptimizer:
     """Build the registered optimizer ``name``: the entry point of users, the CLI and the arena.
@@ -83,6 +89,14 @@ def build(
             (``ChainOptimizer``; DDP models and FSDP2 parameters are detected without it).
         fast_paths: run a route whose chain a torch kernel computes in one pass (AdamW) with
             that kernel (``ChainOptimizer``); ``False``: always the eager chain.
+        overrides: ``{parameter name or glob: role}``, correcting ``routing.classify``
+            (``ValueError`` naming a pattern that matches nothing or an unknown role).
+        head_names: module names that mark the output layer (``routing.HEAD_NAMES``).
+        layouts: ``{parameter name or glob: layout}``, how a weight stores its matrix
+            (``"in_out"`` for ``y = x W``; ``functional.layout``), correcting
+            ``routing.layouts``.
+        example_input: what ``model(...)`` takes for a small batch: routing then finds heads,
+            tables and layouts by one traced forward (``model_trace``) instead of by names.
         **recipe_options: keyword options of the recipe and, for a whole model, of its AdamW
             route (``TypeError`` for unknown ones).
     """
@@ -95,11 +109,18 @@ def build(
             f"{name} reads layer inputs and output gradients through module hooks, so it needs "
             f"the nn.Module: orthoptim.build({name!r}, model), not tensors or param groups"
         )
-    if isinstance(params_or_model, nn.Module) or _has_roles(params_or_model):
+    if (
+        isinstance(params_or_model, nn.Module)
+        or _has_roles(params_or_model)
+        or is_named_parameters(params_or_model)
+    ):
         recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
     else:
         recipe = spec.make(recipe_options)
     chains = [r.chain for r in recipe.routes] if isinstance(recipe, Plan) else [recipe]
+    # Layers the hooks cannot see go to the AdamW route, saying why: never a preconditioner
+    # that silently stays the identity.
+    reroutes = uncapturable_params(params_or_model) if spec.needs_module else None
     captures = attach_captures(chains, params_or_model) if spec.needs_module else []
     try:
         return ChainOptimizer(
@@ -107,6 +128,11 @@ def build(
             recipe,
             lr=spec.lr if lr is None else lr,
             weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
+            overrides=overrides,
+            head_names=head_names,
+            layouts=layouts,
+            example_input=example_input,
+            reroutes=reroutes,
             nonfinite=nonfinite,
             process_group=process_group,
             fast_paths=fast_paths,

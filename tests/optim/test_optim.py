@@ -175,8 +175,8 @@ def test_unknown_recipe_option_is_a_type_error_listing_allowed() -> None:
 
 
 def test_unknown_group_key_raises() -> None:
-    with pytest.raises(ValueError, match=r"unknown param group keys \['momentum'\]"):
-        ChainOptimizer([{"params": [torch.zeros(2)], "momentum": 0.9}], sgd_plain(), lr=0.1)
+    with pytest.raises(ValueError, match=r"unknown param group keys \['nesterov'\]"):
+        ChainOptimizer([{"params": [torch.zeros(2)], "nesterov": True}], sgd_plain(), lr=0.1)
 
 
 def test_unknown_name_suggests_close_matches() -> None:

@@ -35,7 +35,7 @@ from orthoptim.distributed.owners import assign_owners, split_chain
 from orthoptim.distributed.parts import Layout, UnsupportedLayoutError, init_range, local_tensor
 from orthoptim.distributed.replicated import ReplicatedSteps
 from orthoptim.distributed.sharded import ShardedSteps
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.plan import Plan, group_layout
 from orthoptim.transforms.base import Chain
 
 __all__ = ["DistributedStep", "UnsupportedLayoutError", "detect", "is_distributed", "local_tensor"]
@@ -137,7 +137,8 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
         for group in groups:
             chain, lo, hi = self.split(group["route"])
             if lo < hi:
-                jobs += [(chain.cost(tuple(p.shape)), p) for p in group["params"]]
+                layout = group_layout(group)
+                jobs += [(chain.cost(tuple(p.shape), layout), p) for p in group["params"]]
         jobs = [(c, p) for c, p in jobs if id(p) not in self.owners]
         shapes = [tuple(p.shape) for _, p in jobs]
         ranks = assign_owners([c for c, _ in jobs], self.world, self._loads, shapes)

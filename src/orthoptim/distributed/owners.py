@@ -11,15 +11,9 @@ from orthoptim.transforms.base import Chain
 
 
 def split_chain(chain: Chain) -> tuple[int, int]:
-    """``(lo, hi)``: the chain's transforms ``[0, lo)`` and ``[hi, n)`` are element-wise (they
-    run on any shard), ``[lo, hi)`` is its matrix core (it needs the whole matrix on one rank).
-    ``lo == hi == n`` for a chain that is element-wise throughout."""
-    flags = [t.elementwise for t in chain.transforms]
-    if all(flags):
-        return len(flags), len(flags)
-    lo = flags.index(False)
-    hi = len(flags) - flags[::-1].index(False)
-    return lo, hi
+    """``(lo, hi)``: the chain's element-wise prefix ``[0, lo)`` and tail ``[hi, n)`` run on any
+    shard, its matrix core ``[lo, hi)`` on the whole matrix on one rank (``Chain.core``)."""
+    return chain.core
 
 
 def assign_owners(

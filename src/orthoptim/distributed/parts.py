@@ -13,8 +13,9 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from orthoptim.distributed.owners import split_chain
+from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.plan import Plan
-from orthoptim.transforms.base import Chain, Ctx, _Namespaced
+from orthoptim.transforms.base import Chain, Ctx
 
 Layout = Literal["replicated", "sharded"]
 
@@ -43,6 +44,7 @@ class Job:
     lr: float
     lo: int
     hi: int
+    layout: str = DEFAULT_LAYOUT
     items: list[Item] = field(default_factory=list)
 
 
@@ -92,23 +94,20 @@ class LocalState(MutableMapping[str, Tensor]):
 
 
 def run_range(chain: Chain, lo: int, hi: int, items: Sequence[Item], local: bool) -> None:
-    """Transforms ``[lo, hi)`` of ``chain`` over ``items``, transform-major, updating ``u``."""
+    """Transforms ``[lo, hi)`` of ``chain`` over ``items``, transform-major, updating ``u``
+    (``Chain.apply_range``: the matrix core in ``(out, in)`` order)."""
     if lo == hi or not items:
         return
-    us = [it.u for it in items]
     states = [LocalState(it.state) if local else it.state for it in items]
-    ctxs = [it.ctx for it in items]
-    for prefix, t in zip(chain.prefixes[lo:hi], chain.transforms[lo:hi], strict=True):
-        us = t.apply_many(us, [_Namespaced(s, prefix) for s in states], ctxs)
+    us = chain.apply_range(lo, hi, [it.u for it in items], states, [it.ctx for it in items])
     for it, u in zip(items, us, strict=True):
         it.u = u
 
 
-def init_range(chain: Chain, lo: int, hi: int, p: Tensor) -> dict[str, Tensor]:
-    out = {}
-    for prefix, t in zip(chain.prefixes[lo:hi], chain.transforms[lo:hi], strict=True):
-        out.update({f"{prefix}.{k}": v for k, v in t.init(p).items()})
-    return out
+def init_range(
+    chain: Chain, lo: int, hi: int, p: Tensor, layout: str = DEFAULT_LAYOUT
+) -> dict[str, Tensor]:
+    return chain.init_range(lo, hi, p, layout)
 
 
 def local_tensor(t: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from orthoptim.distributed.parts import (
     rounds_of,
     run_range,
 )
-from orthoptim.recipes.plan import group_lr
+from orthoptim.recipes.plan import group_layout, group_lr, live_chain
 from orthoptim.transforms.base import Ctx
 
 
@@ -91,10 +91,11 @@ class ReplicatedSteps(Topology):
         out: dict[int, Any] = {}
         for index, (group, params) in enumerate(work):
             chain, lo, hi = self.split(group["route"])
+            chain = live_chain(chain, group)
             if not params or lo == hi:
                 continue
             lr, wd = group_lr(group), float(group["weight_decay"])
-            job = Job(chain, lr, lo, hi)
+            job = Job(chain, lr, lo, hi, group_layout(group))
             n = len(chain.transforms)
             for name, p in params:
                 st = state[p]
@@ -102,7 +103,7 @@ class ReplicatedSteps(Topology):
                     st["step"] = torch.tensor(0.0, dtype=torch.float32)
                     st.update(init_range(chain, 0, lo, p))
                     if self.owns(p):
-                        st.update(init_range(chain, lo, n, p))
+                        st.update(init_range(chain, lo, n, p, job.layout))
                 st["step"] += 1
                 grad = cast(Tensor, p.grad)
                 ctx = Ctx(
@@ -113,6 +114,7 @@ class ReplicatedSteps(Topology):
                     grad=grad,
                     name=name,
                     grad_at_previous=at_previous.get(p),
+                    layout=job.layout,
                 )
                 u = grad.clone(memory_format=torch.preserve_format)
                 job.items.append(Item(name, p, st, ctx, u, self.owners[id(p)]))

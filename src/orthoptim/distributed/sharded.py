@@ -24,7 +24,7 @@ from orthoptim.distributed.parts import (
     shard_rows,
     split_rows,
 )
-from orthoptim.recipes.plan import group_lr
+from orthoptim.recipes.plan import group_layout, group_lr, live_chain
 from orthoptim.transforms.base import Chain, Ctx
 
 
@@ -43,14 +43,15 @@ class ShardedSteps(Topology):
             if not params:
                 continue
             chain, lo, hi = self.split(group["route"])
+            chain = live_chain(chain, group)
             lr, wd = group_lr(group), float(group["weight_decay"])
-            job = Job(chain, lr, lo, hi)
+            job = Job(chain, lr, lo, hi, group_layout(group))
             for name, p in params:
                 st = state[p]
                 owner = self.owners.get(id(p), self.rank)
                 if not st:
                     st["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    self._init_sharded(chain, lo, hi, p, st, owner)
+                    self._init_sharded(chain, lo, hi, p, st, owner, job.layout)
                 st["step"] += 1
                 local, grad = p.to_local(), cast(DTensor, p.grad).to_local()
                 previous = at_previous.get(p)
@@ -62,6 +63,7 @@ class ShardedSteps(Topology):
                     grad=grad,
                     name=name,
                     grad_at_previous=None if previous is None else local_tensor(previous),
+                    layout=job.layout,
                 )
                 u = grad.clone(memory_format=torch.preserve_format)
                 job.items.append(Item(name, p, st, ctx, u, owner))
@@ -69,7 +71,14 @@ class ShardedSteps(Topology):
         self._sharded(jobs)
 
     def _init_sharded(
-        self, chain: Chain, lo: int, hi: int, p: Tensor, st: MutableMapping[str, Tensor], owner: int
+        self,
+        chain: Chain,
+        lo: int,
+        hi: int,
+        p: Tensor,
+        st: MutableMapping[str, Tensor],
+        owner: int,
+        layout: str,
     ) -> None:
         """Element-wise buffers sharded like ``p`` (DTensors); core buffers, full size, on the
         owner only."""
@@ -90,7 +99,13 @@ class ShardedSteps(Topology):
             )
         if owner == self.rank:
             st.update(
-                init_range(chain, lo, hi, torch.zeros(d.shape, dtype=d.dtype, device=local.device))
+                init_range(
+                    chain,
+                    lo,
+                    hi,
+                    torch.zeros(d.shape, dtype=d.dtype, device=local.device),
+                    layout,
+                )
             )
 
     def _sharded(self, jobs: list[Job]) -> None:
@@ -158,6 +173,7 @@ class ShardedSteps(Topology):
                         param=param,
                         grad=grad,
                         name=it.name,
+                        layout=job.layout,
                     )
                     cores.append(Item(it.name, it.p, it.state, ctx, u, it.owner))
                 run_range(job.chain, job.lo, job.hi, cores, local=False)

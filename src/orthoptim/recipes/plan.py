@@ -23,6 +23,7 @@ from typing import Any
 
 from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES
+from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.baselines import adamw
 from orthoptim.transforms import chain
 from orthoptim.transforms.base import Chain
@@ -30,7 +31,46 @@ from orthoptim.transforms.variance import MarsCorrection
 
 NON_HIDDEN_ROLES: tuple[str, ...] = ("embedding", "head", "vector")
 LR_SCALE_KEY = "lr_scale"
+LAYOUT_KEY = "layout"
 """Param-group key: the group's lr relative to the optimizer's scheduled lr (``group_lr``)."""
+
+
+def group_layout(group: Mapping[str, Any]) -> str:
+    """How a param group's parameters store their matrices (``functional.layout``)."""
+    return str(group.get(LAYOUT_KEY, DEFAULT_LAYOUT))
+
+
+MOMENT_KEYS: tuple[str, ...] = ("momentum", "betas")
+"""The param-group keys of live moment coefficients, as torch's optimizers name them: SGD and
+Muon's ``momentum``, Adam's ``betas``; torch's ``OneCycleLR`` and ``CyclicLR`` cycle them."""
+
+
+def moment_key(chain: Chain) -> str | None:
+    """The key a group of ``chain`` exposes its moments under: ``"momentum"`` for one
+    coefficient, ``"betas"`` for two, ``None`` without any."""
+    count = len(chain.moments)
+    return None if count == 0 else ("momentum" if count == 1 else "betas")
+
+
+def exposed_moments(chain: Chain, key: str) -> float | tuple[float, ...]:
+    """``chain``'s moments as the group entry ``key`` holds them (``momentum``: the first)."""
+    return chain.moments[0] if key == "momentum" else tuple(chain.moments)
+
+
+def live_chain(chain: Chain, group: Mapping[str, Any]) -> Chain:
+    """``chain`` with the moment coefficients its param group holds now: ``betas`` sets the
+    first ones, ``momentum`` the first (in an Adam group: ``beta1``, as a scheduler cycling
+    ``momentum`` over a whole plan sets it). ``chain`` itself when they are unchanged."""
+    moments = chain.moments
+    if not moments:
+        return chain
+    live = list(moments)
+    if "betas" in group:
+        betas = tuple(group["betas"])
+        live[: len(betas)] = [float(b) for b in betas[: len(live)]]
+    if "momentum" in group:
+        live[0] = float(group["momentum"])
+    return chain if tuple(live) == moments else chain.with_moments(tuple(live))
 
 
 def group_lr(group: Mapping[str, Any]) -> float:

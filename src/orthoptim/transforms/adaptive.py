@@ -18,11 +18,11 @@ from orthoptim.functional.moments import (
     ema_square_,
     stats_dtype,
 )
-from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.base import BetasMoments, Ctx, TransformBase
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ScaleByAdam(TransformBase):
+class ScaleByAdam(BetasMoments, TransformBase):
     r"""Adam's direction (Kingma & Ba, arXiv 1412.6980), with bias correction.
 
     ``m <- b1 m + (1-b1) u``, ``v <- b2 v + (1-b2) u^2``, numerator ``n = m`` (or with

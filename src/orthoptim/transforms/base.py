@@ -8,14 +8,17 @@ copy owned by the chain, so a transform may change it in place; it never writes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from orthoptim._types import State
+from orthoptim.functional.layout import DEFAULT_LAYOUT, is_stacked, matrices, matrix_shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,11 @@ class Ctx:
         grad_at_previous: the gradient at the parameter's previous value on the current batch,
             which ``ChainOptimizer.step(closure)`` evaluates for transforms that set
             ``needs_closure`` (exact MARS) from their second step on; ``None`` otherwise.
+        layout: how the parameter stores its matrix (``functional.layout``). The chain's matrix
+            core (``Chain.core``) sees ``param``, ``grad`` and the update in ``(out, in)`` order
+            whatever the layout, and a stacked parameter one matrix at a time.
+        stored: the parameter as the module stores it, where ``param`` is a view of it in
+            ``(out, in)`` order; ``None`` where ``param`` is the parameter itself.
     """
 
     step: int
@@ -41,6 +49,14 @@ class Ctx:
     grad: Tensor
     name: str = ""
     grad_at_previous: Tensor | None = None
+    layout: str = DEFAULT_LAYOUT
+    stored: Tensor | None = None
+
+    @property
+    def parameter(self) -> Tensor:
+        """The parameter tensor itself (what per-parameter lookups, such as a layer capture's,
+        are keyed by), also where ``param`` is a view of it in ``(out, in)`` order."""
+        return self.param if self.stored is None else self.stored
 
 
 @runtime_checkable
@@ -61,6 +77,9 @@ class Transform(Protocol):
     def validate(self, p: Tensor, name: str) -> None: ...
 
     def cost(self, shape: tuple[int, ...]) -> float: ...
+
+    @property
+    def moments(self) -> tuple[float, ...]: ...
 
 
 class TransformBase:
@@ -95,6 +114,45 @@ class TransformBase:
         default, one FLOP per element, suits element-wise transforms."""
         return float(math.prod(shape))
 
+    @property
+    def moments(self) -> tuple[float, ...]:
+        """The moment coefficients a param group exposes live (``momentum`` is the first,
+        ``betas`` all of them), so torch schedulers can move them: ``()`` for none."""
+        return ()
+
+    def with_moments(self, moments: tuple[float, ...]) -> TransformBase:
+        """This transform with ``moments`` in place of its own (validated like the fields)."""
+        raise TypeError(f"{type(self).__name__} has no moment coefficients")
+
+
+class BetasMoments:
+    """Moment coefficients from a ``betas`` field ``(b1, b2)`` (Adam, SOAP, Lion)."""
+
+    __slots__ = ()
+    betas: tuple[float, float]
+
+    @property
+    def moments(self) -> tuple[float, ...]:
+        return tuple(self.betas)
+
+    def with_moments(self, moments: tuple[float, ...]) -> BetasMoments:
+        betas = (float(moments[0]), float(moments[1]) if len(moments) > 1 else self.betas[1])
+        return dataclasses.replace(self, betas=betas)  # type: ignore[type-var]
+
+
+class MomentumMoments:
+    """The moment coefficient from a ``momentum`` field (Shampoo's grafted momentum)."""
+
+    __slots__ = ()
+    momentum: float
+
+    @property
+    def moments(self) -> tuple[float, ...]:
+        return (self.momentum,) if self.momentum else ()
+
+    def with_moments(self, moments: tuple[float, ...]) -> MomentumMoments:
+        return dataclasses.replace(self, momentum=float(moments[0]))  # type: ignore[type-var]
+
 
 class _Namespaced(MutableMapping[str, Tensor]):
     """The buffers of one transform inside a chain's flat state: ``"<prefix>.<name>"`` keys."""
@@ -120,6 +178,43 @@ class _Namespaced(MutableMapping[str, Tensor]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+class _Slice(MutableMapping[str, Tensor]):
+    """Matrix ``index`` of a stacked parameter's state: each buffer's slice along dimension 0
+    (a view, so in-place updates land in the stack; an assigned buffer is copied into it)."""
+
+    __slots__ = ("_index", "_state")
+
+    def __init__(self, state: State, index: int) -> None:
+        self._state = state
+        self._index = index
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._state[name][self._index]
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        self._state[name][self._index].copy_(value)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("a stacked parameter's buffers are deleted for every matrix at once")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+
+def _oriented_ctx(c: Ctx, param: Tensor, grad: Tensor, previous: Tensor | None) -> Ctx:
+    return dataclasses.replace(
+        c,
+        param=param,
+        grad=grad,
+        grad_at_previous=previous,
+        layout=DEFAULT_LAYOUT,
+        stored=c.parameter,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +250,42 @@ class Chain(TransformBase):
     def formula(self) -> str:  # type: ignore[override]
         return r"\;\to\;".join(t.formula for t in self.transforms)
 
-    def init(self, p: Tensor) -> dict[str, Tensor]:
+    @property
+    def core(self) -> tuple[int, int]:
+        """``(lo, hi)``: transforms ``[0, lo)`` and ``[hi, n)`` are element-wise (they run on any
+        shard, in any layout), ``[lo, hi)`` is the matrix core (it reads the whole matrix, in
+        ``(out, in)`` order). ``lo == hi == n`` for a chain that is element-wise throughout."""
+        flags = [t.elementwise for t in self.transforms]
+        if all(flags):
+            return len(flags), len(flags)
+        lo = flags.index(False)
+        return lo, len(flags) - flags[::-1].index(False)
+
+    def init(self, p: Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, Tensor]:
+        return self.init_range(0, len(self.transforms), p, layout)
+
+    def init_range(
+        self, lo: int, hi: int, p: Tensor, layout: str = DEFAULT_LAYOUT
+    ) -> dict[str, Tensor]:
+        """The buffers of transforms ``[lo, hi)`` for ``p``: the matrix core's in ``(out, in)``
+        order (stacked along dimension 0 for a stacked layout), the others shaped like ``p``."""
+        core_lo, core_hi = self.core
+        views: list[Tensor] | None = None
         state: dict[str, Tensor] = {}
-        for prefix, t in zip(self.prefixes, self.transforms, strict=True):
-            for name, buffer in t.init(p).items():
+        for index in range(lo, hi):
+            prefix, t = self.prefixes[index], self.transforms[index]
+            if layout == DEFAULT_LAYOUT or not core_lo <= index < core_hi:
+                buffers = t.init(p)
+            else:
+                if views is None:
+                    views = [m.contiguous() for m in matrices(p, layout)]
+                per_matrix = [t.init(m) for m in views]
+                buffers = (
+                    {k: torch.stack([b[k] for b in per_matrix]) for k in per_matrix[0]}
+                    if is_stacked(layout)
+                    else per_matrix[0]
+                )
+            for name, buffer in buffers.items():
                 state[f"{prefix}.{name}"] = buffer
         return state
 
@@ -166,16 +293,94 @@ class Chain(TransformBase):
         return self.apply_many([u], [s], [c])[0]
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
-        for prefix, t in zip(self.prefixes, self.transforms, strict=True):
+        return self.apply_range(0, len(self.transforms), us, ss, cs)
+
+    def apply_range(
+        self, lo: int, hi: int, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        """Transforms ``[lo, hi)`` over the updates, transform-major; the matrix core's see each
+        update, parameter and gradient in ``(out, in)`` order (``Ctx.layout``)."""
+        core_lo, core_hi = self.core
+        a, b = max(lo, core_lo), min(hi, core_hi)
+        if a >= b or all(c.layout == DEFAULT_LAYOUT for c in cs):
+            return self._run(lo, hi, us, ss, cs)
+        us = self._run(lo, a, us, ss, cs)
+        us = self._run_in_matrix_order(a, b, us, ss, cs)
+        return self._run(b, hi, us, ss, cs)
+
+    def _run(
+        self, lo: int, hi: int, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        for prefix, t in zip(self.prefixes[lo:hi], self.transforms[lo:hi], strict=True):
             us = t.apply_many(us, [_Namespaced(s, prefix) for s in ss], cs)
         return us
+
+    def _run_in_matrix_order(
+        self, lo: int, hi: int, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        """``_run`` on each parameter's ``(out, in)`` matrices; results written back in its
+        layout."""
+        owners: list[tuple[int, Tensor | None]] = []
+        flat_us: list[Tensor] = []
+        flat_ss: list[State] = []
+        flat_cs: list[Ctx] = []
+        for i, (u, s, c) in enumerate(zip(us, ss, cs, strict=True)):
+            if c.layout == DEFAULT_LAYOUT:
+                owners.append((i, None))
+                flat_us.append(u)
+                flat_ss.append(s)
+                flat_cs.append(c)
+                continue
+            previous = (
+                [None] * len(matrices(u, c.layout))
+                if c.grad_at_previous is None
+                else matrices(c.grad_at_previous, c.layout)
+            )
+            views = zip(
+                matrices(u, c.layout),
+                matrices(c.param, c.layout),
+                matrices(c.grad, c.layout),
+                previous,
+                strict=True,
+            )
+            for index, (view, param, grad, prev) in enumerate(views):
+                owners.append((i, view))
+                flat_us.append(view.contiguous())
+                flat_ss.append(_Slice(s, index) if is_stacked(c.layout) else s)
+                flat_cs.append(_oriented_ctx(c, param, grad, prev))
+        results = self._run(lo, hi, flat_us, flat_ss, flat_cs)
+        out = list(us)
+        for (i, view), result in zip(owners, results, strict=True):
+            if view is None:
+                out[i] = result
+            else:
+                view.copy_(result)
+        return out
 
     def validate(self, p: Tensor, name: str) -> None:
         for t in self.transforms:
             t.validate(p, name)
 
-    def cost(self, shape: tuple[int, ...]) -> float:
-        return sum(t.cost(shape) for t in self.transforms)
+    def cost(self, shape: tuple[int, ...], layout: str = DEFAULT_LAYOUT) -> float:
+        """FLOPs of one step on a parameter of ``shape``: the matrix core's on each of its
+        ``(out, in)`` matrices."""
+        lo, hi = self.core
+        matrix, count = matrix_shape(shape, layout)
+        return sum(
+            count * t.cost(matrix) if lo <= i < hi else t.cost(shape)
+            for i, t in enumerate(self.transforms)
+        )
+
+    @property
+    def moments(self) -> tuple[float, ...]:  # type: ignore[override]
+        """The first transform's moment coefficients that has any (``TransformBase.moments``)."""
+        return next((t.moments for t in self.transforms if t.moments), ())
+
+    def with_moments(self, moments: tuple[float, ...]) -> Chain:
+        """This chain with ``moments`` in its first transform that has moment coefficients."""
+        index = next(i for i, t in enumerate(self.transforms) if t.moments)
+        replaced = self.transforms[index].with_moments(moments)  # type: ignore[attr-defined]
+        return Chain((*self.transforms[:index], replaced, *self.transforms[index + 1 :]))
 
     @property
     def groupwise(self) -> bool:

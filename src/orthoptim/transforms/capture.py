@@ -13,6 +13,7 @@ hold it only weakly, so a model never keeps an optimizer's capture alive).
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,35 +28,173 @@ from torch.utils.weak import WeakIdKeyDictionary
 from orthoptim.functional.moments import stats_dtype
 
 
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    """Whether ``m`` is (a subclass of) Hugging Face's ``Conv1D``, recognised by name so that
+    transformers stays optional."""
+    return any(
+        c.__module__ == "transformers.pytorch_utils" and c.__name__ == "Conv1D"
+        for c in type(m).__mro__
+    )
+
+
+def _is_dense(m: nn.Module) -> bool:
+    """A layer applying its weight to the last dim of its input: ``nn.Linear`` or ``Conv1D``."""
+    return isinstance(m, nn.Linear) or _is_hf_conv1d(m)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
+    """The mean unfolded column of the mean image ``xbar`` (channels, *spatial).
+
+    Unfolding is linear, so this equals the mean over batch and output positions of the unfolded
+    input; one strided slice per kernel offset costs O(C K L), not the O(N C K L) of unfolding the
+    batch.
+    """
+    kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+    nd = len(kernel)
+    xbar = nn.functional.pad(xbar, m._reversed_padding_repeated_twice)  # type: ignore[arg-type]
+    positions = [
+        (xbar.shape[1 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in range(nd)
+    ]
+    columns = []
+    for offset in itertools.product(*(range(k) for k in kernel)):  # row-major, as in the weight
+        window = tuple(
+            slice(o * dil, o * dil + st * (n - 1) + 1, st)
+            for o, dil, st, n in zip(offset, dilation, stride, positions, strict=True)
+        )
+        columns.append(xbar[(slice(None), *window)].flatten(1))
+    # (C, K, L) is the unfolded mean image, rows in the weight's column order (in-channel-major,
+    # then kernel offset); reducing it as one (C K, L) block keeps Conv2d's numbers bit-exact.
+    return torch.stack(columns, 1).flatten(0, 1).mean(1)
+
+
 def _input_mean(m: nn.Module, x: Tensor) -> Tensor:
     """Batch (and token / patch) average of the layer input: a vector of the weight's columns."""
     x = x.detach()
     x = x.to(stats_dtype(x))
-    if isinstance(m, nn.Linear):
+    if _is_dense(m):
         return x.reshape(-1, x.shape[-1]).mean(0)
-    xbar = (x if x.dim() == 4 else x.unsqueeze(0)).mean(0, keepdim=True)
-    # Unfolding is linear, so the mean patch is the unfolded mean image: O(K L), not O(N K L).
-    xbar = nn.functional.pad(xbar, m._reversed_padding_repeated_twice)  # type: ignore[arg-type]
-    patches = nn.functional.unfold(xbar, m.kernel_size, m.dilation, 0, m.stride)  # type: ignore[arg-type]
-    return patches.mean(-1)[0]
+    batched = x.dim() == len(m.kernel_size) + 2
+    return _conv_patch_mean(m, x.mean(0) if batched else x)
 
 
 def _output_grad_sum(m: nn.Module, grad: Tensor) -> Tensor:
     """Sum over the batch (mean over conv positions) of the output gradient: the reference's
     ``n * mean`` that undoes a mean-reduced loss."""
     grad = grad.detach().to(stats_dtype(grad))
-    if isinstance(m, nn.Linear):
+    if _is_dense(m):
         return grad.reshape(-1, grad.shape[-1]).sum(0)
-    grad = grad if grad.dim() == 4 else grad.unsqueeze(0)
-    return grad.sum(0).mean((1, 2))
+    grad = grad if grad.dim() == len(m.kernel_size) + 2 else grad.unsqueeze(0)
+    return grad.sum(0).mean(tuple(range(1, grad.dim() - 1)))
 
 
-def _capturable(m: nn.Module) -> bool:
-    if isinstance(m, nn.Linear):
-        return True
-    return (
-        isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
-    )  # other convs' weight columns are not the zero-padded unfolded input
+def _layer_reason(m: nn.Module, parent: nn.Module | None = None) -> str | None:
+    """Why the capture cannot record ``m``'s weight statistics, or ``None`` when it can: the one
+    rule behind both the hooks ``attach`` installs and ``uncapturable_reason``."""
+    name = type(m).__name__
+    if isinstance(parent, nn.MultiheadAttention) and m is parent.out_proj:
+        return (
+            "out_proj of a MultiheadAttention is applied inside F.multi_head_attention_forward, "
+            "never through its own forward, so module hooks cannot see its inputs and output "
+            "gradients"
+        )
+    if _is_dense(m):
+        return None
+    if isinstance(m, _CONVS):
+        if m.groups != 1:
+            return f"groups={m.groups}: the weight's columns are not the layer's unfolded input"
+        if m.padding_mode != "zeros":
+            return (
+                f"padding_mode={m.padding_mode!r}: the capture's mean patch assumes zero padding, "
+                "so it would not match the weight's columns"
+            )
+        return None
+    if isinstance(m, nn.MultiheadAttention):
+        return (
+            "MultiheadAttention computes its projections inside F.multi_head_attention_forward, "
+            "where module hooks cannot see their inputs and output gradients"
+        )
+    if isinstance(m, nn.RNNBase):
+        return (
+            f"{name} applies its weights inside the fused recurrent kernel at every time step, "
+            "where module hooks cannot see the per-step inputs and output gradients"
+        )
+    if isinstance(m, nn.RNNCellBase):
+        return (
+            f"{name} applies its weights inside a fused cell kernel, where module hooks cannot "
+            "see the gate pre-activations' gradients"
+        )
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return (
+            f"{name}'s weight is (in, out, *kernel), the adjoint of a convolution: its columns "
+            "are not the layer's unfolded input"
+        )
+    if isinstance(m, nn.Bilinear):
+        return (
+            "Bilinear's weight is (out, in1, in2), a form in two inputs, not a matrix applied to "
+            "one input"
+        )
+    return f"{name} is not a layer type MKOR captures (Linear, Conv1d/2d/3d, transformers Conv1D)"
+
+
+def _capturable(m: nn.Module, parent: nn.Module | None = None) -> bool:
+    return _layer_reason(m, parent) is None
+
+
+def uncapturable_reason(
+    module: nn.Module, param_name: str, *, parent: nn.Module | None = None
+) -> str | None:
+    """``None`` when the capture records statistics for ``module``'s own parameter
+    ``param_name`` (e.g. ``"weight"``); otherwise one sentence saying why not, for a routing table.
+
+    ``parent`` is the module that holds ``module``, when known: some layers (``out_proj`` of
+    ``nn.MultiheadAttention``) are capturable on their own but never run their forward inside
+    their parent. ``uncapturable_params`` supplies it for a whole model.
+    """
+    reason = _layer_reason(module, parent)
+    if reason is None and param_name != "weight":
+        return (
+            f"{param_name} is not the layer's weight: MKOR's factors describe only the weight's "
+            "rows and columns"
+        )
+    return reason
+
+
+def uncapturable_params(model: nn.Module) -> dict[str, str]:
+    """Full name -> reason for every parameter of ``model`` with two or more dims that the
+    capture cannot serve (names as ``model.named_parameters()`` gives them).
+
+    A weight shared by several layers (tied embeddings) is served only when every layer using
+    it is captured: statistics of some of its uses would not describe its whole gradient.
+    """
+    return _survey(model)[1]
+
+
+def _survey(model: nn.Module) -> tuple[list[nn.Module], dict[str, str]]:
+    """The layers ``attach`` hooks and the uncapturable parameters, decided together."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    layers: list[nn.Module] = []
+    reasons: dict[int, str] = {}
+    captured: set[int] = set()
+    for m in model.modules():
+        parent = parents.get(id(m))
+        if _capturable(m, parent):
+            layers.append(m)
+            captured.add(id(m.weight))
+        for pname, p in m.named_parameters(recurse=False):
+            reason = uncapturable_reason(m, pname, parent=parent)
+            if p.dim() >= 2 and reason is not None:
+                reasons.setdefault(id(p), reason)
+    layers = [m for m in layers if id(m.weight) not in reasons]
+    out = {}
+    for pid, reason in reasons.items():
+        if pid in captured:
+            reason = f"it is shared with a layer the capture cannot see: {reason}"
+        out[names[pid]] = reason
+    return layers, out
 
 
 @dataclass(slots=True)
@@ -77,13 +216,14 @@ class _Slot:
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
 class ActivationCapture:
-    """Per weight of every ``nn.Linear`` / ``nn.Conv2d``: the mean layer input ``a`` and the summed
-    output gradient ``g`` of the backward passes since the last ``take`` (averaged over
-    accumulated micro-batches).
+    """Per weight of every ``nn.Linear``, transformers ``Conv1D`` and zero-padded ungrouped
+    ``nn.Conv1d/2d/3d``: the mean layer input ``a`` (over the weight's matrix-view columns; for
+    ``Conv1D``, whose weight is stored ``(in, out)``, over its rows) and the summed output gradient
+    ``g`` of the backward passes since the last ``take`` (averaged over accumulated micro-batches).
 
     Recording needs autograd: a forward under ``torch.no_grad`` (evaluation) records nothing, and
-    a forward without a backward leaves nothing behind. Grouped and non-zero-padded convolutions
-    are not captured (their statistics would not match the weight's columns).
+    a forward without a backward leaves nothing behind. Every other weight keeps MKOR's identity
+    factors; ``uncapturable_params`` says which and why.
     """
 
     _slots: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
@@ -99,10 +239,10 @@ class ActivationCapture:
         if self.attached:
             raise RuntimeError("this capture is already attached; call remove() first")
         ref = weakref.ref(self)
-        for m in model.modules():
-            if _capturable(m) and m.weight is not None:
+        for m in _survey(model)[0]:
+            if m.weight not in self._slots:  # a weight shared by layers gets one slot
                 self._slots[m.weight] = _Slot()
-                self._handles.append(m.register_forward_hook(partial(_on_forward, ref)))
+            self._handles.append(m.register_forward_hook(partial(_on_forward, ref)))
         # Dropping the capture (with its optimizer) takes the hooks off the model.
         self._finalizer = weakref.finalize(self, _remove_all, list(self._handles))
 

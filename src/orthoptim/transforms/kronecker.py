@@ -42,7 +42,7 @@ from orthoptim.functional.moments import (
     ema_,
     ema_square_,
 )
-from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.base import BetasMoments, Ctx, MomentumMoments, TransformBase
 
 Grafting = Literal["adam", "none"]
 GRAFTINGS: tuple[str, ...] = ("adam", "none")
@@ -91,7 +91,7 @@ def _check_factor_beta(value: float) -> None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ShampooPrecondition(TransformBase):
+class ShampooPrecondition(MomentumMoments, TransformBase):
     r"""Shampoo (Gupta et al., arXiv 1802.09568) as in Distributed Shampoo (arXiv 2309.06497).
 
     Per step, with ``G`` the incoming update's matrix view: ``L <- b L + (1-b) G G^T``,
@@ -197,7 +197,7 @@ class ShampooPrecondition(TransformBase):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AdamInEigenbasis(TransformBase):
+class AdamInEigenbasis(BetasMoments, TransformBase):
     r"""SOAP (Vyas et al., arXiv 2409.11321): Adam run in the eigenbasis of Shampoo's factors.
 
     ``L <- b L + (1-b) G G^T``, ``R <- b R + (1-b) G^T G`` (``b = shampoo_beta``); the first step

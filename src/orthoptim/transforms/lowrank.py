@@ -35,7 +35,7 @@ from orthoptim.functional.projection import (
     rotate_moments,
     subspace_rank,
 )
-from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.base import BetasMoments, Ctx, TransformBase
 
 RefreshMoments = Literal["keep", "reset", "rotate"]
 REFRESH_MOMENTS: tuple[str, ...] = ("keep", "reset", "rotate")
@@ -44,7 +44,7 @@ RESIDUALS: tuple[str, ...] = ("none", "sgd", "sign_sgd")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LowRankAdam(TransformBase):
+class LowRankAdam(BetasMoments, TransformBase):
     r"""Adam on ``G P`` (``P``: ``n x r``, orthonormal columns, ``n`` the shorter side of the
     matrix view), projected back: ``u <- scale * Adam(G P) P^T [+ residual_scale * rule(G - G P
     P^T)]`` with ``rule`` the identity (``"sgd"``) or ``sign`` (``"sign_sgd"``, FRUGAL).

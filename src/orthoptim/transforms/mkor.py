@@ -93,7 +93,7 @@ class MKORPrecondition(TransformBase):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         left, right = s["L_inv"], s["R_inv"]
-        stats = self.capture.take(c.param)
+        stats = self.capture.take(c.parameter)
         if stats is not None and (stats[0].numel(), stats[1].numel()) == (
             right.shape[0],
             left.shape[0],
@@ -182,7 +182,7 @@ class MKORHybridPrecondition(TransformBase):
         s["prev_param"].copy_(param)
         s["prev_grad"].copy_(grad)
         if bool(s["switched"]):  # one sync: after the switch the factors cost nothing
-            self.capture.take(c.param)  # drop the statistics nobody will use
+            self.capture.take(c.parameter)  # drop the statistics nobody will use
             return u
         return self.inner.apply(u, s, c)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -51,6 +52,13 @@ class Momentum(TransformBase):
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         return {"m": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    @property
+    def moments(self) -> tuple[float, ...]:
+        return (self.beta,)
+
+    def with_moments(self, moments: tuple[float, ...]) -> Momentum:
+        return dataclasses.replace(self, beta=float(moments[0]))
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         m = s["m"]

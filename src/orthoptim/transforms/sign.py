@@ -11,11 +11,11 @@ from torch import Tensor
 from orthoptim._checks import check_betas
 from orthoptim._types import State
 from orthoptim.functional.moments import ema_, stats_dtype
-from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.base import BetasMoments, Ctx, TransformBase
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LionSign(TransformBase):
+class LionSign(BetasMoments, TransformBase):
     r"""Lion's update (Chen et al., arXiv 2302.06675), without the decay.
 
     ``u <- sign(b1 m + (1-b1) u)``, then ``m <- b2 m + (1-b2) u``. With ``b1 == b2`` the output
