@@ -189,13 +189,13 @@ def test_a_nonfinite_shard_raises_on_every_rank(ranks: Ranks, mode: str) -> None
 
 
 def test_bytes_sent_and_owner_column(ranks: Ranks) -> None:
-    # DDP, muon on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) and gate (1x7) on
-    # rank 1. One all-gather per round (one shape bucket of each owner): round 0 pads to fc1's
-    # 104 values (fc2 has 91), round 1 carries gate's 7; each rank sends its buffers once.
-    assert ranks.run(W.sent_bytes, "ddp") == [111 * 4, 111 * 4]
-    # FSDP2: rank 0 sends its shards of fc2 (4 rows of 13) and gate (1 row of 7) to rank 1 and
-    # rank 1's 6 rows of fc1 (x8) back: 59 + 48 floats; rank 1 the mirror image.
-    assert ranks.run(W.sent_bytes, "fsdp") == [107 * 4, 107 * 4]
+    # DDP, muon on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) on rank 1 (gate, 1x7, has
+    # one dimension larger than 1: a vector, on the AdamW route). One all-gather round (one
+    # shape bucket of each owner) pads to fc1's 104 values (fc2 has 91).
+    assert ranks.run(W.sent_bytes, "ddp") == [104 * 4, 104 * 4]
+    # FSDP2: rank 0 sends its shards of fc2 (4 rows of 13) to rank 1 and rank 1's 6 rows of
+    # fc1 (x8) back: 52 + 48 floats; rank 1 the mirror image.
+    assert ranks.run(W.sent_bytes, "fsdp") == [100 * 4, 100 * 4]
     table = ranks.run(W.describe)[0]
     assert table.splitlines()[0].split()[-1] == "owner"
     assert {line.split()[-1] for line in table.splitlines()[2:]} == {"0", "1", "all"}

@@ -123,6 +123,8 @@ def test_fifty_steps_reach_the_same_loss(name: str) -> None:
     conv_loss, linear_loss = final
     start = torch.log(torch.tensor(float(VOCAB))).item()
     assert linear_loss < 0.9 * start, f"{name} did not train: {linear_loss:.3f}"
-    assert abs(conv_loss - linear_loss) <= 0.02 * linear_loss, (
+    # The issue asks for 2%; the layouts make the two runs equal to round-off, and with the
+    # layout ignored they differ by about 2% (muon) to 5% (normuon), so hold them to 0.1%.
+    assert abs(conv_loss - linear_loss) <= 1e-3 * linear_loss, (
         f"{name}: Conv1D GPT-2 ends at {conv_loss:.4f}, its Linear twin at {linear_loss:.4f}"
     )

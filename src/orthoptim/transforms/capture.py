@@ -189,7 +189,7 @@ def _survey(model: nn.Module) -> tuple[list[nn.Module], dict[str, str]]:
             if p.dim() >= 2 and reason is not None:
                 reasons.setdefault(id(p), reason)
     layers = [m for m in layers if id(m.weight) not in reasons]
-    out = {}
+    out: dict[str, str] = {}
     for pid, reason in reasons.items():
         if pid in captured:
             reason = f"it is shared with a layer the capture cannot see: {reason}"
