@@ -68,7 +68,6 @@ _VIEWS = {
     torch.chunk,
     Tensor.split,
     torch.split,
-    Tensor.__getitem__,
 }
 
 
@@ -79,9 +78,8 @@ class Usage:
     matmul_layout: str | None = None
     """``"out_in"`` / ``"in_out"`` (or ``"stacked_..."``) when it was the weight of a product."""
     lookup: bool = False
-    """It was an embedding table (``F.embedding``)."""
-    elementwise: bool = False
-    """It entered some other operation (an addition, a normalisation's gain, a concatenation)."""
+    """It was an embedding table (``F.embedding``). A parameter with neither entered only other
+    operations (an addition, a normalisation's gain, a concatenation)."""
 
 
 @dataclass
@@ -161,8 +159,8 @@ class _Recorder(TorchFunctionMode):
         weights = self._record_weights(func, args, kwargs)
         for a in flat_in:
             src = self.source(a)
-            if src is not None and all(src.param is not w for w in weights):
-                self.use(src.param).elementwise = True
+            if src is not None:
+                self.use(src.param)  # recorded as used, whatever the operation
         node = _Node([a for a in flat_in if self.source(a) is None], weights)
         for o in flat_out:
             earlier = self.producers.get(id(o))

@@ -9,7 +9,6 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from orthoptim import routing as _routing
 from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative, check_positive
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect, local_tensor
@@ -34,7 +33,9 @@ from orthoptim.routing import (
     describe,
     is_named_parameters,
     param_groups,
+    route_named,
 )
+from orthoptim.routing import route as route_model
 from orthoptim.transforms.base import Chain, Ctx, explain
 
 GROUP_KEYS: frozenset[str] = frozenset(
@@ -206,13 +207,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         items = params if isinstance(params, nn.Module) else list(cast(Iterable[Any], params))
         routing, named_params = None, []
         if isinstance(items, nn.Module):
-            routing = _routing.route(items, overrides, head_names, layouts, example_input)
+            routing = route_model(items, overrides, head_names, layouts, example_input)
             named_params = list(items.named_parameters())
         elif is_named_parameters(items) and recipe.needs_roles:
             if example_input is not None:
                 raise ValueError("example_input traces a forward and needs the nn.Module")
             named_params = cast(list[tuple[str, Tensor]], items)
-            routing = _routing.route_named(named_params, overrides, head_names, layouts)
+            routing = route_named(named_params, overrides, head_names, layouts)
         else:
             given = [
                 k for k, v in (("overrides", overrides), ("layouts", layouts)) if v is not None
@@ -291,9 +292,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             group.setdefault(LR_SCALE_KEY, route.scale_at(self.defaults["lr"]))
         if route.weight_decay is not None:
             group.setdefault("weight_decay", route.weight_decay)
-        key = getattr(self, "moment_key", None)
-        if key is not None and route.chain.moments:
-            group.setdefault(key, exposed_moments(route.chain, key))
+        if self.moment_key is not None and route.chain.moments:  # set before torch's __init__
+            group.setdefault(self.moment_key, exposed_moments(route.chain, self.moment_key))
         check_finite_nonnegative("lr", _number(group["lr"]))
         check_positive(LR_SCALE_KEY, group[LR_SCALE_KEY])
         layout = group_layout(group)

@@ -38,6 +38,7 @@ from orthoptim._types import ROLES
 from orthoptim.functional.layout import DEFAULT_LAYOUT, LAYOUTS, check_layout
 from orthoptim.model_trace import Trace, trace
 from orthoptim.recipes.plan import LAYOUT_KEY, LR_SCALE_KEY, Plan, group_layout, group_lr
+from orthoptim.transforms.capture import CONVS, is_dense, is_hf_conv1d
 
 HEAD_NAMES: tuple[str, ...] = (
     "lm_head",
@@ -85,13 +86,6 @@ def param_owners(model: nn.Module) -> dict[str, Owner]:
     return out
 
 
-def _is_hf_conv1d(m: nn.Module) -> bool:
-    return any(
-        k.__name__ == "Conv1D" and k.__module__ == "transformers.pytorch_utils"
-        for k in type(m).__mro__
-    )
-
-
 def _layer_layout(owner: Owner, p: Tensor) -> str | None:
     """The layout the owning layer's type gives ``p``; ``None`` when it is not a known layer's
     weight."""
@@ -99,11 +93,11 @@ def _layer_layout(owner: Owner, p: Tensor) -> str | None:
     declared = getattr(type(m), LAYOUT_DECLARATION, None)
     if isinstance(declared, Mapping) and attribute in declared:
         return str(declared[attribute])
-    if attribute == "weight" and _is_hf_conv1d(m):
+    if attribute == "weight" and is_hf_conv1d(m):
         return "in_out"
     if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
         return "in_out" if attribute == "weight" else None
-    if isinstance(m, (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if isinstance(m, (nn.Linear, nn.Bilinear, *CONVS)):
         return DEFAULT_LAYOUT if attribute == "weight" else None
     if isinstance(m, (nn.MultiheadAttention, nn.RNNBase)):
         return DEFAULT_LAYOUT if "weight" in attribute else None
@@ -115,11 +109,7 @@ def _layer_layout(owner: Owner, p: Tensor) -> str | None:
 
 
 def _matrix_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _is_hf_conv1d(m)
-    ]
+    return [(name, m) for name, m in model.named_modules() if is_dense(m) or isinstance(m, CONVS)]
 
 
 def _in_block(name: str, modules: Mapping[str, nn.Module]) -> bool:
@@ -136,7 +126,7 @@ def _features(m: nn.Module) -> tuple[int, int]:
     """``(in, out)`` features of a matrix layer."""
     if isinstance(m, nn.Linear):
         return m.in_features, m.out_features
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if isinstance(m, CONVS):
         return m.in_channels, m.out_channels
     return int(m.weight.shape[0]), int(m.weight.shape[1])  # Hugging Face Conv1D: (in, out)
 
@@ -161,7 +151,7 @@ def named_heads(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> set
             heads.add(id(inside[-1].weight))
     if heads:
         return heads
-    linears = [(n, m) for n, m in layers if isinstance(m, nn.Linear) or _is_hf_conv1d(m)]
+    linears = [(n, m) for n, m in layers if is_dense(m)]
     inputs = {_features(m)[0] for _, m in layers}
     sinks = [m for n, m in linears if _features(m)[1] not in inputs and not _in_block(n, modules)]
     if sinks:

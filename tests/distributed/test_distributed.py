@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from orthoptim.distributed import assign_owners, split_chain
+from orthoptim.distributed import assign_owners
 from orthoptim.recipes import adamw, muon
 from orthoptim.registry import REGISTRY, build, get
 from tests.distributed import workers as W
@@ -76,10 +76,10 @@ def test_lpt_is_deterministic_and_balanced() -> None:
     assert assign_owners([1.0], 2, loads_before) == [1]  # later parameters keep earlier owners
 
 
-def test_split_chain_finds_the_matrix_core() -> None:
+def test_chain_core_finds_the_matrix_core() -> None:
     chain = muon()  # Momentum > Orthogonalize > ScaleByShape > AddWeightDecay
-    assert split_chain(chain) == (1, 3)
-    assert split_chain(adamw()) == (2, 2)
+    assert chain.core == (1, 3)
+    assert adamw().core == (2, 2)
 
 
 def test_single_process_has_no_distributed_step() -> None:

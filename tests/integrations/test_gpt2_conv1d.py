@@ -18,8 +18,10 @@ import orthoptim
 
 pytest.importorskip("transformers")
 
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
+
+from tests.integrations.zoo import gpt2_config
 
 VOCAB, BATCH, SEQ, STEPS, N_BATCHES = 128, 8, 32, 50, 4
 OPTIMIZERS = ("muon", "normuon")
@@ -32,19 +34,7 @@ def conv1d_names(model: nn.Module) -> list[str]:
 def gpt2_and_linear_twin() -> tuple[nn.Module, nn.Module]:
     """A seeded tiny GPT-2 and a copy whose ``Conv1D`` layers are ``nn.Linear`` twins."""
     torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=64,
-        n_embd=64,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(gpt2_config(vocab=VOCAB, n_positions=64, n_embd=64))
     twin = copy.deepcopy(model)
     for name in conv1d_names(twin):
         conv = twin.get_submodule(name)

@@ -173,16 +173,14 @@ _LLAMA_SIZES = {
 # --- Hugging Face transformers --------------------------------------------------------------
 
 
-@case(requires="transformers")
-def gpt2() -> Built:
-    """GPT-2: ``Conv1D`` weights stored ``(in, out)``; the LM head is tied to ``wte``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def gpt2_config(*, vocab: int, n_positions: int, n_embd: int) -> Any:
+    """A tiny two-layer GPT-2 config without dropout (token ids inside the vocabulary)."""
+    from transformers import GPT2Config
 
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=128,
-        n_positions=32,
-        n_embd=32,
+    return GPT2Config(
+        vocab_size=vocab,
+        n_positions=n_positions,
+        n_embd=n_embd,
         n_layer=2,
         n_head=2,
         resid_pdrop=0.0,
@@ -191,6 +189,15 @@ def gpt2() -> Built:
         bos_token_id=0,
         eos_token_id=0,
     )
+
+
+@case(requires="transformers")
+def gpt2() -> Built:
+    """GPT-2: ``Conv1D`` weights stored ``(in, out)``; the LM head is tied to ``wte``."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = gpt2_config(vocab=128, n_positions=32, n_embd=32)
     rules: list[Rule] = [
         ("transformer.wte.weight", "embedding", None),  # also the (tied) LM head
         ("transformer.wpe.weight", "embedding", None),

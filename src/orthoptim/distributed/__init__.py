@@ -16,7 +16,7 @@ from orthoptim.distributed.engine import (
     is_distributed,
     local_tensor,
 )
-from orthoptim.distributed.owners import assign_owners, split_chain
+from orthoptim.distributed.owners import assign_owners
 
 __all__ = [
     "DistributedStep",
@@ -25,5 +25,4 @@ __all__ = [
     "detect",
     "is_distributed",
     "local_tensor",
-    "split_chain",
 ]

@@ -31,8 +31,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
-from orthoptim.distributed.owners import assign_owners, split_chain
-from orthoptim.distributed.parts import Layout, UnsupportedLayoutError, init_range, local_tensor
+from orthoptim.distributed.owners import assign_owners
+from orthoptim.distributed.parts import Layout, UnsupportedLayoutError, local_tensor
 from orthoptim.distributed.replicated import ReplicatedSteps
 from orthoptim.distributed.sharded import ShardedSteps
 from orthoptim.recipes.plan import Plan, group_layout
@@ -147,15 +147,15 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
     def local_keys(self, chain: Chain, p: Tensor) -> set[str] | None:
         """The state keys (besides ``step``) this rank keeps for ``p``; ``None``: all of the
         chain's, as in a single process."""
-        lo, hi = split_chain(chain)
+        lo, hi = chain.core
         if lo == hi or (self.layout == "replicated" and self.owns(p)):
             return None
         meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
         if self.layout == "replicated":
-            return set(init_range(chain, 0, lo, meta)) if self.replicate_state else set()
+            return set(chain.init_range(0, lo, meta)) if self.replicate_state else set()
         n = len(chain.transforms)
-        keys = set(init_range(chain, 0, lo, meta)) | set(init_range(chain, hi, n, meta))
-        return keys | set(init_range(chain, lo, hi, meta)) if self.owns(p) else keys
+        keys = set(chain.init_range(0, lo, meta)) | set(chain.init_range(hi, n, meta))
+        return keys | set(chain.init_range(lo, hi, meta)) if self.owns(p) else keys
 
     def all_finite(self, grads: list[Tensor], check: Callable[[list[Tensor]], bool]) -> bool:
         """Whether every gradient is finite on every rank: one all-reduce of a flag, so that all

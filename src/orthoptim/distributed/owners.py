@@ -10,12 +10,6 @@ from functools import cache
 from orthoptim.transforms.base import Chain
 
 
-def split_chain(chain: Chain) -> tuple[int, int]:
-    """``(lo, hi)``: the chain's element-wise prefix ``[0, lo)`` and tail ``[hi, n)`` run on any
-    shard, its matrix core ``[lo, hi)`` on the whole matrix on one rank (``Chain.core``)."""
-    return chain.core
-
-
 def assign_owners(
     costs: Sequence[float],
     world: int,

@@ -12,7 +12,6 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from orthoptim.distributed.owners import split_chain
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.plan import Plan
 from orthoptim.transforms.base import Chain, Ctx
@@ -104,12 +103,6 @@ def run_range(chain: Chain, lo: int, hi: int, items: Sequence[Item], local: bool
         it.u = u
 
 
-def init_range(
-    chain: Chain, lo: int, hi: int, p: Tensor, layout: str = DEFAULT_LAYOUT
-) -> dict[str, Tensor]:
-    return chain.init_range(lo, hi, p, layout)
-
-
 def local_tensor(t: Tensor) -> Tensor:
     """This rank's shard of a DTensor; any other tensor as it is."""
     return t.to_local() if isinstance(t, DTensor) else t
@@ -151,9 +144,9 @@ class Topology:
     sent_bytes: int
 
     def split(self, route: str) -> tuple[Chain, int, int]:
-        """The route's chain and its ``(lo, hi)`` split (``split_chain``)."""
+        """The route's chain and its ``(lo, hi)`` split (``Chain.core``)."""
         chain = self.plan.route_named(route).chain
-        return (chain, *split_chain(chain))
+        return (chain, *chain.core)
 
     def owns(self, p: Tensor) -> bool:
         """Whether this rank computes ``p``'s matrix step (element-wise chains: every rank)."""

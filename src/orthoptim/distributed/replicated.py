@@ -16,7 +16,6 @@ from orthoptim.distributed.parts import (
     Job,
     Topology,
     all_gather_single,
-    init_range,
     rounds_of,
     run_range,
 )
@@ -101,9 +100,9 @@ class ReplicatedSteps(Topology):
                 st = state[p]
                 if not st:
                     st["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    st.update(init_range(chain, 0, lo, p))
+                    st.update(chain.init_range(0, lo, p))
                     if self.owns(p):
-                        st.update(init_range(chain, lo, n, p, job.layout))
+                        st.update(chain.init_range(lo, n, p, job.layout))
                 st["step"] += 1
                 grad = cast(Tensor, p.grad)
                 ctx = Ctx(

@@ -17,7 +17,6 @@ from orthoptim.distributed.parts import (
     Item,
     Job,
     Topology,
-    init_range,
     local_tensor,
     rounds_of,
     run_range,
@@ -86,8 +85,8 @@ class ShardedSteps(Topology):
         local = d.to_local()
         n = len(chain.transforms)
         for key, buf in {
-            **init_range(chain, 0, lo, local),
-            **init_range(chain, hi, n, local),
+            **chain.init_range(0, lo, local),
+            **chain.init_range(hi, n, local),
         }.items():
             if buf.shape != local.shape:
                 raise ValueError(
@@ -98,15 +97,8 @@ class ShardedSteps(Topology):
                 buf, d.device_mesh, d.placements, run_check=False, shape=d.shape, stride=d.stride()
             )
         if owner == self.rank:
-            st.update(
-                init_range(
-                    chain,
-                    lo,
-                    hi,
-                    torch.zeros(d.shape, dtype=d.dtype, device=local.device),
-                    layout,
-                )
-            )
+            full = torch.zeros(d.shape, dtype=d.dtype, device=local.device)
+            st.update(chain.init_range(lo, hi, full, layout))
 
     def _sharded(self, jobs: list[Job]) -> None:
         for job in jobs:

@@ -228,6 +228,11 @@ class Chain(TransformBase):
     key: ClassVar[str] = "chain"
     transforms: tuple[Transform, ...]
     prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    core: tuple[int, int] = field(init=False, repr=False, compare=False)
+    """``(lo, hi)``: transforms ``[0, lo)`` and ``[hi, n)`` are element-wise (they run on any
+    shard, in any layout), ``[lo, hi)`` is the matrix core (it reads the whole matrix, in
+    ``(out, in)`` order). ``lo == hi == n`` for a chain that is element-wise throughout. Set at
+    construction: every step of every parameter reads it."""
 
     def __post_init__(self) -> None:
         flat: list[Transform] = []
@@ -245,21 +250,14 @@ class Chain(TransformBase):
             prefixes.append(t.key if seen[t.key] == 1 else f"{t.key}#{seen[t.key]}")
         object.__setattr__(self, "transforms", tuple(flat))
         object.__setattr__(self, "prefixes", tuple(prefixes))
+        flags = [t.elementwise for t in flat]
+        n = len(flags)
+        core = (n, n) if all(flags) else (flags.index(False), n - flags[::-1].index(False))
+        object.__setattr__(self, "core", core)
 
     @property
     def formula(self) -> str:  # type: ignore[override]
         return r"\;\to\;".join(t.formula for t in self.transforms)
-
-    @property
-    def core(self) -> tuple[int, int]:
-        """``(lo, hi)``: transforms ``[0, lo)`` and ``[hi, n)`` are element-wise (they run on any
-        shard, in any layout), ``[lo, hi)`` is the matrix core (it reads the whole matrix, in
-        ``(out, in)`` order). ``lo == hi == n`` for a chain that is element-wise throughout."""
-        flags = [t.elementwise for t in self.transforms]
-        if all(flags):
-            return len(flags), len(flags)
-        lo = flags.index(False)
-        return lo, len(flags) - flags[::-1].index(False)
 
     def init(self, p: Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, Tensor]:
         return self.init_range(0, len(self.transforms), p, layout)
@@ -331,13 +329,14 @@ class Chain(TransformBase):
                 flat_ss.append(s)
                 flat_cs.append(c)
                 continue
+            updates = matrices(u, c.layout)
             previous = (
-                [None] * len(matrices(u, c.layout))
+                [None] * len(updates)
                 if c.grad_at_previous is None
                 else matrices(c.grad_at_previous, c.layout)
             )
             views = zip(
-                matrices(u, c.layout),
+                updates,
                 matrices(c.param, c.layout),
                 matrices(c.grad, c.layout),
                 previous,

@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from orthoptim.functional.moments import stats_dtype
 
 
-def _is_hf_conv1d(m: nn.Module) -> bool:
+def is_hf_conv1d(m: nn.Module) -> bool:
     """Whether ``m`` is (a subclass of) Hugging Face's ``Conv1D``, recognised by name so that
     transformers stays optional."""
     return any(
@@ -37,12 +37,13 @@ def _is_hf_conv1d(m: nn.Module) -> bool:
     )
 
 
-def _is_dense(m: nn.Module) -> bool:
+def is_dense(m: nn.Module) -> bool:
     """A layer applying its weight to the last dim of its input: ``nn.Linear`` or ``Conv1D``."""
-    return isinstance(m, nn.Linear) or _is_hf_conv1d(m)
+    return isinstance(m, nn.Linear) or is_hf_conv1d(m)
 
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""The convolutions whose weight is ``(out, in, *kernel)`` over the unfolded input."""
 
 
 def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
@@ -74,7 +75,7 @@ def _input_mean(m: nn.Module, x: Tensor) -> Tensor:
     """Batch (and token / patch) average of the layer input: a vector of the weight's columns."""
     x = x.detach()
     x = x.to(stats_dtype(x))
-    if _is_dense(m):
+    if is_dense(m):
         return x.reshape(-1, x.shape[-1]).mean(0)
     batched = x.dim() == len(m.kernel_size) + 2
     return _conv_patch_mean(m, x.mean(0) if batched else x)
@@ -84,7 +85,7 @@ def _output_grad_sum(m: nn.Module, grad: Tensor) -> Tensor:
     """Sum over the batch (mean over conv positions) of the output gradient: the reference's
     ``n * mean`` that undoes a mean-reduced loss."""
     grad = grad.detach().to(stats_dtype(grad))
-    if _is_dense(m):
+    if is_dense(m):
         return grad.reshape(-1, grad.shape[-1]).sum(0)
     grad = grad if grad.dim() == len(m.kernel_size) + 2 else grad.unsqueeze(0)
     return grad.sum(0).mean(tuple(range(1, grad.dim() - 1)))
@@ -100,9 +101,9 @@ def _layer_reason(m: nn.Module, parent: nn.Module | None = None) -> str | None:
             "never through its own forward, so module hooks cannot see its inputs and output "
             "gradients"
         )
-    if _is_dense(m):
+    if is_dense(m):
         return None
-    if isinstance(m, _CONVS):
+    if isinstance(m, CONVS):
         if m.groups != 1:
             return f"groups={m.groups}: the weight's columns are not the layer's unfolded input"
         if m.padding_mode != "zeros":
