@@ -8,6 +8,7 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative, check_positive
 from orthoptim._types import ParamsLike
@@ -56,7 +57,14 @@ GROUP_KEYS: frozenset[str] = frozenset(
 NONFINITE_POLICIES: tuple[str, ...] = ("raise", "skip")
 NonFinitePolicy = Literal["raise", "skip"]
 PLAN_STATE_KEY = "orthoptim_plan"
+"""The top-level plan entry of checkpoints written before the group entries below (still read;
+their skipped-step count sat at the top level under ``SKIPPED_STATE_KEY``)."""
+CHAIN_KEY = "orthoptim_chain"
+OPTIMIZER_KEY = "orthoptim_optimizer"
 SKIPPED_STATE_KEY = "orthoptim_skipped_steps"
+SAVED_ONLY_KEYS: tuple[str, ...] = (CHAIN_KEY, OPTIMIZER_KEY, SKIPPED_STATE_KEY)
+"""Entries ``state_dict`` writes into each saved group (DCP and ``get_state_dict`` keep only
+``state`` and ``param_groups``): what wrote the checkpoint, dropped again on load."""
 
 
 def _number(value: float | Tensor) -> float:
@@ -152,6 +160,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             (``model_trace``) instead of by names.
         reroutes: ``{parameter name: reason}``: parameters their role's route cannot update,
             sent to the route for vectors with the reason as the group's ``note``.
+        name: the registry name (``build`` sets it): saved in state dicts and checked on load.
         nonfinite: what a step does when any gradient holds NaN or Inf, or a value whose square
             overflows (``|g| > 1.8e19`` in float32 and 16-bit, where second moments, norms and
             Kronecker factors would become Inf). ``"raise"``: raise
@@ -186,6 +195,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         layouts: Mapping[str, str] | None = None,
         example_input: Any = None,
         reroutes: Mapping[str, str] | None = None,
+        name: str | None = None,
         nonfinite: NonFinitePolicy = "raise",
         process_group: Any = None,
         fast_paths: bool = True,
@@ -196,6 +206,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         check_bool("replicate_state", replicate_state)
         self.nonfinite = nonfinite
         self.fast_paths = fast_paths
+        self.name = name
         self.skipped_steps = 0
         check_finite_nonnegative("lr", _number(lr))
         check_finite_nonnegative("weight_decay", weight_decay)
@@ -246,6 +257,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.distributed: DistributedStep | None = detect(
             params, self.param_groups, self.plan, process_group, replicate_state
         )
+        if self.distributed is not None and any(
+            getattr(t, "needs_closure", False) for r in recipe.routes for t in r.chain.transforms
+        ):
+            raise ValueError(
+                "a transform of this plan needs the gradient at the previous parameters (MARS "
+                "variant='exact', one extra closure() per step), which the distributed step "
+                "does not evaluate: use MARS variant='approximate' under DDP or FSDP2, or train "
+                "in one process"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Check and route ``param_group``, then let torch add it; nothing changes on error."""
@@ -540,37 +560,63 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.defaults.pop("differentiable", None)
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus each route's chain ``repr`` (checked on load) and the count
-        of skipped steps."""
+        """torch's state dict, complete on every rank, and in each saved group what the
+        checkpoint was written by: the route's chain ``repr`` (options included; checked on
+        load), the optimizer's registry name and the count of skipped steps. Group entries
+        travel through ``get_state_dict`` / DCP and consolidated (full) state dicts alike.
+
+        Distributed, every buffer of every parameter is in every rank's state dict, whichever
+        rank owns it (``DistributedStep.consolidated``, a collective: call it on every rank, as
+        ``get_state_dict`` does), so a checkpoint loads at any world size; FSDP2's element-wise
+        buffers stay DTensor shards for ``get_state_dict`` to gather or DCP to write in place.
+        """
         state = super().state_dict()
-        state[PLAN_STATE_KEY] = {r.name: repr(r.chain) for r in self.plan.routes}
-        state[SKIPPED_STATE_KEY] = self.skipped_steps
+        if self.distributed is not None:
+            gathered = self.distributed.consolidated(self.state, self.param_groups)
+            order = [id(p) for group in self.param_groups for p in group["params"]]
+            for index, pid in enumerate(order):
+                if pid in gathered:  # a new dict: torch's entries are the live state's own
+                    state["state"][index] = {**state["state"][index], **gathered[pid]}
+        for saved, group in zip(state["param_groups"], self.param_groups, strict=True):
+            saved[CHAIN_KEY] = repr(self.plan.route_named(group["route"]).chain)
+            saved[OPTIMIZER_KEY] = self.name
+            saved[SKIPPED_STATE_KEY] = self.skipped_steps
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict saved by the same optimizer on the same parameter shapes.
+        """Load a state dict saved by the same optimizer on the same parameter shapes, at any
+        world size: a complete (consolidated) one, or one rank's own (DCP's sharded form).
 
-        ``ValueError`` if it was saved by a different plan, or if a saved buffer's shape differs
-        from the one this optimizer would create for the parameter it maps to (a different
-        model); torch itself only compares the number of parameters per group.
+        ``ValueError`` if it was saved by a different optimizer or plan (registry name, route
+        names or chains differ), or if a saved buffer's shape differs from the one this
+        optimizer would create for the parameter it maps to (a different model); torch itself
+        only compares the number of parameters per group.
         """
-        saved = state_dict.get(PLAN_STATE_KEY)
-        mine = {r.name: repr(r.chain) for r in self.plan.routes}
-        if saved is not None and saved != mine:
-            raise ValueError(
-                f"state dict was saved by a different optimizer:\n  saved: {saved}\n  this: {mine}"
-            )
+        self._check_writer(state_dict)
         expected = self._expected_buffers(state_dict)
-        extra = (PLAN_STATE_KEY, SKIPPED_STATE_KEY)
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extra})
-        # torch casts every floating buffer to its parameter's dtype; a transform may keep a
-        # buffer in another dtype (ScaleByAdam keeps float32 moments for 16-bit parameters), so
-        # restore those from the saved tensors, bit for bit.
-        for index, (p, fresh) in expected.items():
-            for key, like in fresh.items():
-                if self.state[p][key].dtype != like.dtype:
+        legacy = (PLAN_STATE_KEY, SKIPPED_STATE_KEY)  # top-level entries torch does not know
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in legacy})
+        for group in self.param_groups:  # what the checkpoint says about itself, not settings
+            for key in SAVED_ONLY_KEYS:
+                group.pop(key, None)
+        for index, (p, fresh, kept, sharded) in expected.items():
+            buffers = self.state[p]
+            for key in [k for k in buffers if k != "step" and k not in kept]:
+                del buffers[key]  # another rank owns it
+            for key in kept:
+                # torch casts every floating buffer to its parameter's dtype; a transform may
+                # keep a buffer in another dtype (ScaleByAdam keeps float32 moments for 16-bit
+                # parameters), so restore those from the saved tensors, bit for bit.
+                if buffers[key].dtype != fresh[key].dtype:
                     saved = state_dict["state"][index][key]
-                    self.state[p][key] = saved.to(device=p.device, dtype=like.dtype, copy=True)
+                    buffers[key] = saved.to(
+                        device=buffers[key].device, dtype=fresh[key].dtype, copy=True
+                    )
+                if key in sharded and not isinstance(buffers[key], DTensor):
+                    # a consolidated checkpoint's full buffer: this rank's FSDP2 shard of it
+                    buffers[key] = distribute_tensor(
+                        buffers[key], p.device_mesh, p.placements, src_data_rank=None
+                    )
         # torch's own optimizers accept a Python number as ``step`` (older and hand-edited
         # checkpoints) and torch loads it as it is; the step reads it as the float32 0-d tensor
         # ``_step_group`` creates, so turn it into one.
@@ -578,13 +624,38 @@ class ChainOptimizer(torch.optim.Optimizer):
             step = buffers.get("step")
             if step is not None and not isinstance(step, Tensor):
                 buffers["step"] = torch.tensor(float(step), dtype=torch.float32)
-        self.skipped_steps = int(state_dict.get(SKIPPED_STATE_KEY, 0))
+        groups = state_dict["param_groups"]
+        skipped = groups[0].get(SKIPPED_STATE_KEY) if groups else None
+        self.skipped_steps = int(
+            state_dict.get(SKIPPED_STATE_KEY, 0) if skipped is None else skipped
+        )
+
+    def _check_writer(self, state_dict: Mapping[str, Any]) -> None:
+        """``ValueError`` unless ``state_dict`` was written by this optimizer and plan."""
+        saved_groups = state_dict["param_groups"]
+        names = {g.get(OPTIMIZER_KEY) for g in saved_groups} - {None}
+        if self.name is not None and names and names != {self.name}:
+            raise ValueError(
+                f"state dict was saved by a different optimizer: {', '.join(sorted(names))}, "
+                f"this is {self.name}"
+            )
+        mine = {r.name: repr(r.chain) for r in self.plan.routes}
+        saved = state_dict.get(PLAN_STATE_KEY)  # checkpoints written before the group entries
+        if saved is None and any(CHAIN_KEY in g for g in saved_groups):
+            saved = {g["route"]: g[CHAIN_KEY] for g in saved_groups}
+            mine = {g["route"]: mine[g["route"]] for g in self.param_groups}
+        if saved is not None and saved != mine:
+            raise ValueError(
+                f"state dict was saved by a different optimizer:\n  saved: {saved}\n  this: {mine}"
+            )
 
     def _expected_buffers(
         self, state_dict: Mapping[str, Any]
-    ) -> dict[Any, tuple[Tensor, dict[str, Tensor]]]:
-        """For each saved parameter index with state: its parameter here and the (meta) buffers
-        a fresh init would create; ``ValueError`` where the saved buffers do not fit."""
+    ) -> dict[Any, tuple[Tensor, dict[str, Tensor], set[str], set[str]]]:
+        """For each saved parameter index with state: its parameter here, the (meta) buffers a
+        fresh init would create, the keys this rank keeps, and those it keeps as FSDP2 shards
+        (element-wise buffers of a DTensor parameter); ``ValueError`` where the saved buffers
+        are neither all of them (a complete state dict) nor this rank's own."""
         out = {}
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
@@ -608,15 +679,19 @@ class ChainOptimizer(torch.optim.Optimizer):
                     torch.empty(p.shape, dtype=p.dtype, device="meta"), group_layout(group)
                 )
                 keys = None if self.distributed is None else self.distributed.local_keys(chain, p)
-                fresh = {k: v for k, v in fresh.items() if keys is None or k in keys}
-                expected = {k: tuple(v.shape) for k, v in fresh.items()}
+                kept = set(fresh) if keys is None else keys
                 found = {k: tuple(v.shape) for k, v in buffers.items() if k != "step"}
-                if found != expected:
+                complete = {k: tuple(v.shape) for k, v in fresh.items()}
+                own = {k: v for k, v in complete.items() if k in kept}
+                if found not in (complete, own):
                     raise ValueError(
                         f"state dict does not fit parameter {name or index} of shape "
-                        f"{tuple(p.shape)}: saved buffers {found}, expected {expected}"
+                        f"{tuple(p.shape)}: saved buffers {found}, expected {complete}"
                     )
-                out[index] = (p, fresh)
+                sharded = (
+                    set() if self.distributed is None else self.distributed.shard_keys(chain, p)
+                )
+                out[index] = (p, fresh, kept, sharded)
         return out
 
     def explain(self) -> str:

@@ -133,6 +133,7 @@ def build(
             layouts=layouts,
             example_input=example_input,
             reroutes=reroutes,
+            name=spec.name,
             nonfinite=nonfinite,
             process_group=process_group,
             fast_paths=fast_paths,

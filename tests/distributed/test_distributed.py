@@ -152,6 +152,76 @@ def test_dcp_resume_and_reshard(ranks: Ranks, tmp_path: Path, mode: str) -> None
             assert matrix <= tolerance(name), (name, label)
 
 
+FULL_FORMS = (("ddp", "set"), ("ddp", "load"), ("fsdp", "set"), ("fsdp", "load"))
+
+
+@pytest.mark.parametrize(("mode", "form"), FULL_FORMS)
+def test_consolidated_checkpoints_are_complete_and_resume_at_any_world_size(
+    ranks: Ranks, tmp_path: Path, mode: str, form: str
+) -> None:
+    """A consolidated checkpoint ("set": ``get_state_dict(full_state_dict=True, cpu_offload=
+    True)`` restored by ``set_state_dict``; "load": ``opt.state_dict()`` on every rank restored
+    by ``opt.load_state_dict``) holds every buffer of every parameter, whichever rank owns it,
+    and resumes bit-exactly at 2 ranks, and at 1 process from 2 ranks and at 2 ranks from 1
+    process within the matrix tolerance. FSDP2's own ``opt.state_dict()`` keeps DTensor shards
+    (DCP's form), so under FSDP2 "load" is the 1-process checkpoint loaded into 2 ranks."""
+    for name in DISTRIBUTABLE:
+        two, one = str(tmp_path / f"{name}-2.pt"), str(tmp_path / f"{name}-1.pt")
+        single = W.single_full_save(name, one, 2, form, fast_paths=mode == "ddp")
+        checks = [("1->2", ranks.run(W.full_resume, mode, name, one, 2, form)[0], single)]
+        if (mode, form) != ("fsdp", "load"):
+            uninterrupted = ranks.run(W.full_save, mode, name, two, 2, form)[0]
+            assert W.saved_buffers(two) == W.saved_buffers(one), name
+            resumed = ranks.run(W.full_resume, mode, name, two, 2, form)[0]
+            assert all(torch.equal(resumed[n], t) for n, t in uninterrupted.items()), name
+            to_one = W.single_full_resume(name, two, 2, form, fast_paths=mode == "ddp")
+            checks.append(("2->1", to_one, uninterrupted))
+        for label, got, want in checks:
+            elementwise, matrix = compare(name, got, want)
+            print(f"{name} {mode} {form} {label}: {elementwise:.2e} {matrix:.2e}")
+            assert elementwise == 0.0, (name, label)
+            assert matrix <= tolerance(name), (name, label)
+
+
+@pytest.mark.parametrize(("saved", "resumed"), [("fsdp", "ddp"), ("ddp", "fsdp")])
+def test_a_consolidated_checkpoint_moves_between_fsdp2_and_ddp(
+    ranks: Ranks, tmp_path: Path, saved: str, resumed: str
+) -> None:
+    """Within the tolerance: FSDP2's shards run the eager chain, DDP the fused AdamW kernel."""
+    for name in DISTRIBUTABLE:
+        path = str(tmp_path / f"{name}.pt")
+        uninterrupted = ranks.run(W.full_save, saved, name, path, 2, "set")[0]
+        got = ranks.run(W.full_resume, resumed, name, path, 2, "set")[0]
+        elementwise, matrix = compare(name, got, uninterrupted)
+        print(f"{name} {saved}->{resumed}: {elementwise:.2e} {matrix:.2e}")
+        assert max(elementwise, matrix) <= tolerance(name), name
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_skipped_steps_and_the_writer_travel_through_dcp_and_full_state_dicts(
+    ranks: Ranks, tmp_path: Path, mode: str
+) -> None:
+    out = ranks.run(W.writer_travels, mode, str(tmp_path / "ck"))
+    for rank_out in out:
+        assert rank_out["dcp"] == rank_out["full"] == 1
+        assert "saved by a different optimizer" in rank_out["dcp_other"]
+        assert "saved by a different optimizer" in rank_out["full_other"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_buffer_that_cannot_be_gathered_fails_the_save_on_every_rank(
+    ranks: Ranks, mode: str
+) -> None:
+    messages = ranks.run(W.gather_misfit, mode)
+    assert all("incomplete checkpoint" in m for m in messages)
+    assert any("normuon.v_row: (1, 1)" in m for m in messages)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exact_mars_is_refused_at_build(ranks: Ranks, mode: str) -> None:
+    assert all("variant='exact'" in m for m in ranks.run(W.exact_mars_error, mode))
+
+
 def test_state_is_rank_symmetric_where_dcp_needs_it(ranks: Ranks) -> None:
     """Every rank keeps ``step`` for every parameter; FSDP2 shards element-wise buffers on every
     rank; a matrix core's buffers (NorMuon's v_row) and DDP's whole matrix state live on their

@@ -212,6 +212,178 @@ def single_resume(name: str, path: str, steps: int, fast_paths: bool) -> dict[st
     return {n: p.detach().clone() for n, p in m.named_parameters()}
 
 
+# -- consolidated (full) state dicts ------------------------------------------------------------
+# Two forms: "set": ``get_state_dict(..., full_state_dict=True, cpu_offload=True)`` saved by rank
+# 0 and restored with ``set_state_dict``; "load": ``opt.state_dict()`` (every rank under DDP)
+# restored with ``opt.load_state_dict``, the model with its plain ``state_dict``.
+
+
+def _full_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _unwrapped(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def _full_checkpoint(m: nn.Module, opt: Any, form: str) -> dict[str, Any]:
+    if form == "set":
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(m, opt, options=_full_options())
+        return {"model": msd, "optim": osd}
+    return {"model": _unwrapped(m).state_dict(), "optim": opt.state_dict()}
+
+
+def _restore_full(m: nn.Module, opt: Any, checkpoint: dict[str, Any], form: str) -> None:
+    if form == "set":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(
+            m,
+            opt,
+            model_state_dict=checkpoint["model"],
+            optim_state_dict=checkpoint["optim"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(m, checkpoint["model"], options=StateDictOptions(full_state_dict=True))
+    opt.load_state_dict(checkpoint["optim"])
+
+
+def full_save(
+    rank: int, mode: str, name: str, path: str, steps: int, form: str
+) -> dict[str, Tensor]:
+    """Train ``steps`` steps, save a consolidated checkpoint (rank 0 writes), train one more;
+    the parameters after it."""
+    m, opt = _dcp_objects(mode, name)
+    _train(m, opt, rank, range(steps), 1, mode)
+    checkpoint = _full_checkpoint(m, opt, form)
+    if rank == 0:
+        torch.save(checkpoint, path)
+    dist.barrier()
+    _train(m, opt, rank, range(steps, steps + 1), 1, mode)
+    return _full(m)
+
+
+def full_resume(
+    rank: int, mode: str, name: str, path: str, steps: int, form: str
+) -> dict[str, Tensor]:
+    """Fresh model and optimizer, restore the consolidated checkpoint, train step ``steps``."""
+    m, opt = _dcp_objects(mode, name)
+    _restore_full(m, opt, torch.load(path, weights_only=False), form)
+    _train(m, opt, rank, range(steps, steps + 1), 1, mode)
+    return _full(m)
+
+
+def single_full_save(
+    name: str, path: str, steps: int, form: str, fast_paths: bool = True
+) -> dict[str, Tensor]:
+    """The single-process run on the data-parallel gradients, saving a consolidated checkpoint."""
+    m = model()
+    opt = build(name, m, fast_paths=fast_paths)
+    for step in range(steps):
+        reference_grads(m, step, 1)
+        opt.step()
+    torch.save(_full_checkpoint(m, opt, form), path)
+    reference_grads(m, steps, 1)
+    opt.step()
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def single_full_resume(
+    name: str, path: str, steps: int, form: str, fast_paths: bool = True
+) -> dict[str, Tensor]:
+    m = model()
+    opt = build(name, m, fast_paths=fast_paths)
+    _restore_full(m, opt, torch.load(path, weights_only=False), form)
+    reference_grads(m, steps, 1)
+    opt.step()
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
+def saved_buffers(path: str) -> dict[str, set[str]]:
+    """``{parameter: buffer keys}`` of a consolidated checkpoint (either form)."""
+    optim = torch.load(path, weights_only=False)["optim"]
+    names = {}
+    for group in optim["param_groups"]:
+        names.update(zip(group["params"], group.get("param_names") or group["params"], strict=True))
+    return {str(names.get(k, k)).removeprefix("module."): set(v) for k, v in optim["state"].items()}
+
+
+def writer_travels(rank: int, mode: str, path: str) -> dict[str, Any]:
+    """A skipped step, the plan and the optimizer's name through DCP and through a consolidated
+    state dict: the resumed optimizer's count, and the errors of loading into another plan."""
+    import math
+
+    m = wrap(mode)
+    opt = build("muon", m, nonfinite="skip")
+    _train(m, opt, rank, range(1), 1, mode)
+    loss(m, batch(1, rank)).backward()
+    if rank == 0:  # one rank's shard: every rank skips together
+        from torch.distributed.tensor import DTensor
+
+        grad = next(iter(m.parameters())).grad
+        (grad.to_local() if isinstance(grad, DTensor) else grad).view(-1)[0] = math.nan
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _save(m, opt, path)
+    checkpoint = _full_checkpoint(m, opt, "set")  # with cpu_offload, only rank 0 holds it
+    if rank == 0:
+        torch.save(checkpoint, path + ".pt")
+    dist.barrier()
+    full = torch.load(path + ".pt", weights_only=False)
+    out: dict[str, Any] = {}
+    fresh_m = wrap(mode)
+    fresh = build("muon", fresh_m, nonfinite="skip")
+    _load(fresh_m, fresh, path)
+    out["dcp"] = fresh.skipped_steps
+    fresh_m = wrap(mode)
+    fresh = build("muon", fresh_m, nonfinite="skip")
+    _restore_full(fresh_m, fresh, full, "set")
+    out["full"] = fresh.skipped_steps
+    for label, restore in (
+        ("dcp_other", lambda o, mm: _load(mm, o, path)),
+        ("full_other", lambda o, mm: _restore_full(mm, o, full, "set")),
+    ):
+        other_m = wrap(mode)
+        other = build("muon", other_m, coeffs="polar_express_paper")  # same buffers
+        try:
+            restore(other, other_m)
+            out[label] = ""
+        except ValueError as err:
+            out[label] = str(err)
+    return out
+
+
+def gather_misfit(rank: int, mode: str) -> str:
+    """``state_dict()``'s error on every rank when an owner's buffer is not what its transform's
+    init gives (here: NorMuon's ``v_row`` of the owner's matrices cut short)."""
+    m = wrap(mode)
+    opt = build("normuon", m)
+    _train(m, opt, rank, range(1), 1, mode)
+    for p, state in opt.state.items():
+        if "normuon.v_row" in state and opt.distributed.owns(p):
+            state["normuon.v_row"] = state["normuon.v_row"][:1]
+    try:
+        opt.state_dict()
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+def exact_mars_error(rank: int, mode: str) -> str:
+    try:
+        build("mars_adamw", wrap(mode), variant="exact")
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def barrier(rank: int) -> int:
     dist.barrier()
     return rank

@@ -207,7 +207,8 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
     train(model, opt, range(2, 4))  # training continues as if the bad batch never came
     train(twin, twin_opt, range(2, 4))
     assert_same(snapshot(model, opt), snapshot(twin, twin_opt))
-    assert opt.state_dict()["orthoptim_skipped_steps"] == 1
+    # in every saved group, where DCP and get_state_dict keep it
+    assert all(g["orthoptim_skipped_steps"] == 1 for g in opt.state_dict()["param_groups"])
     resumed = orthoptim.build(name, mlp(), nonfinite="skip")
     resumed.load_state_dict(opt.state_dict())
     assert resumed.skipped_steps == 1

@@ -147,15 +147,91 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
     def local_keys(self, chain: Chain, p: Tensor) -> set[str] | None:
         """The state keys (besides ``step``) this rank keeps for ``p``; ``None``: all of the
         chain's, as in a single process."""
+        return self._kept_keys(chain, p, self.owns(p))
+
+    def _kept_keys(self, chain: Chain, p: Tensor, owner: bool) -> set[str] | None:
+        """The state keys an owner (``owner``) or another rank keeps for ``p``."""
         lo, hi = chain.core
-        if lo == hi or (self.layout == "replicated" and self.owns(p)):
+        if lo == hi or (self.layout == "replicated" and owner):
             return None
         meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
         if self.layout == "replicated":
             return set(chain.init_range(0, lo, meta)) if self.replicate_state else set()
+        keys = self._elementwise_keys(chain, meta)
+        return keys | set(chain.init_range(lo, hi, meta)) if owner else keys
+
+    def shard_keys(self, chain: Chain, p: Tensor) -> set[str]:
+        """The state keys of ``p`` kept as FSDP2 DTensor shards: its element-wise buffers."""
+        if self.layout != "sharded":
+            return set()
+        return self._elementwise_keys(chain, torch.empty(p.shape, dtype=p.dtype, device="meta"))
+
+    @staticmethod
+    def _elementwise_keys(chain: Chain, meta: Tensor) -> set[str]:
+        lo, hi = chain.core
         n = len(chain.transforms)
-        keys = set(chain.init_range(0, lo, meta)) | set(chain.init_range(hi, n, meta))
-        return keys | set(chain.init_range(lo, hi, meta)) if self.owns(p) else keys
+        return set(chain.init_range(0, lo, meta)) | set(chain.init_range(hi, n, meta))
+
+    def consolidated(
+        self, state: Mapping[Tensor, Mapping[str, Tensor]], groups: Sequence[Mapping[str, Any]]
+    ) -> dict[int, dict[str, Tensor]]:
+        """``{id(p): buffers}``: the buffers this rank does not keep, from their owners, so that
+        every rank's state dict holds every buffer of every parameter (a consolidated checkpoint
+        loads at any world size).
+
+        Collective: every rank must call it (``state_dict`` does, on every rank), and does the
+        same broadcasts in the same order, one per owner-only buffer, on the parameters' device.
+        Before any is sent, owners check each buffer against the shape and dtype a fresh init
+        gives, and one all-reduce makes every rank raise ``ValueError`` if one does not fit:
+        a checkpoint is never written incomplete.
+        """
+        jobs: list[tuple[Tensor, str, int, Tensor, str]] = []
+        for name, p, chain, layout in self._matrix_params(groups):
+            if "step" not in state.get(p, {}):
+                continue  # not stepped yet: no rank holds buffers for it
+            owner = self.owners[id(p)]
+            fresh = chain.init(torch.empty(p.shape, dtype=p.dtype, device="meta"), layout)
+            kept = self._kept_keys(chain, p, owner=False)
+            for key in sorted(k for k in fresh if kept is not None and k not in kept):
+                jobs.append((p, key, owner, fresh[key], name))
+        if not jobs:  # the same on every rank: nothing to gather, no collective
+            return {}
+        device = local_tensor(jobs[0][0]).device
+        misfits = []
+        for p, key, owner, like, name in jobs:
+            if owner == self.rank:
+                mine = state[p].get(key)
+                if mine is None or mine.shape != like.shape or mine.dtype != like.dtype:
+                    found = "none" if mine is None else f"{tuple(mine.shape)} {mine.dtype}"
+                    misfits.append(f"{name or tuple(p.shape)} {key}: {found}")
+        flag = torch.tensor([float(len(misfits))], device=device)
+        dist.all_reduce(flag, group=self.group)
+        if flag.item():
+            where = "; ".join(misfits) or "on another rank"
+            raise ValueError(
+                "state_dict() cannot gather every buffer of every parameter (a buffer does not "
+                f"have the shape and dtype its transform's init gives: {where}), so it would "
+                "write an incomplete checkpoint; nothing was saved"
+            )
+        out: dict[int, dict[str, Tensor]] = {}
+        for p, key, owner, like, _ in jobs:
+            if owner == self.rank:
+                tensor = state[p][key]
+            else:
+                tensor = torch.empty(like.shape, dtype=like.dtype, device=local_tensor(p).device)
+                out.setdefault(id(p), {})[key] = tensor
+            dist.broadcast(tensor, src=dist.get_global_rank(self.group, owner), group=self.group)
+        return out
+
+    def _matrix_params(
+        self, groups: Sequence[Mapping[str, Any]]
+    ) -> Iterator[tuple[str, Tensor, Chain, str]]:
+        """``(name, p, chain, layout)`` of every parameter with an owner, in group order."""
+        for group in groups:
+            chain, lo, hi = self.split(group["route"])
+            if lo < hi:
+                for name, p in _dparams([group]):
+                    yield name, p, chain, group_layout(group)
 
     def all_finite(self, grads: list[Tensor], check: Callable[[list[Tensor]], bool]) -> bool:
         """Whether every gradient is finite on every rank: one all-reduce of a flag, so that all
