@@ -208,6 +208,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.fast_paths = fast_paths
         self.name = name
         self.skipped_steps = 0
+        self._gathered: dict[int, dict[str, Tensor]] | None = None
         check_finite_nonnegative("lr", _number(lr))
         check_finite_nonnegative("weight_decay", weight_decay)
         if isinstance(recipe, Chain):
@@ -352,6 +353,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
+        self._gathered = None  # what consolidate_state_dict gathered describes the last step
         loss = None
         at_previous = self._grads_at_previous_points(closure)
         if closure is not None:
@@ -569,10 +571,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         rank owns it (``DistributedStep.consolidated``, a collective: call it on every rank, as
         ``get_state_dict`` does), so a checkpoint loads at any world size; FSDP2's element-wise
         buffers stay DTensor shards for ``get_state_dict`` to gather or DCP to write in place.
+        To save from one rank only, call ``consolidate_state_dict()`` on every rank first.
         """
         state = super().state_dict()
         if self.distributed is not None:
-            gathered = self.distributed.consolidated(self.state, self.param_groups)
+            gathered = self._gathered
+            if gathered is None:
+                gathered = self.distributed.consolidated(self.state, self.param_groups)
             order = [id(p) for group in self.param_groups for p in group["params"]]
             for index, pid in enumerate(order):
                 if pid in gathered:  # a new dict: torch's entries are the live state's own
@@ -582,6 +587,15 @@ class ChainOptimizer(torch.optim.Optimizer):
             saved[OPTIMIZER_KEY] = self.name
             saved[SKIPPED_STATE_KEY] = self.skipped_steps
         return state
+
+    def consolidate_state_dict(self) -> None:
+        """Gather on every rank the buffers other ranks own (a collective: call it on every
+        rank), so that a ``state_dict()`` on one rank alone, as HF Trainer and many scripts
+        save under DDP, is complete without communication. Valid until the next ``step()``
+        (torch's ``ZeroRedundancyOptimizer`` has the same call); nothing to do in one process.
+        """
+        if self.distributed is not None:
+            self._gathered = self.distributed.consolidated(self.state, self.param_groups)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by the same optimizer on the same parameter shapes, at any
@@ -593,6 +607,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         only compares the number of parameters per group.
         """
         self._check_writer(state_dict)
+        self._gathered = None
         expected = self._expected_buffers(state_dict)
         legacy = (PLAN_STATE_KEY, SKIPPED_STATE_KEY)  # top-level entries torch does not know
         super().load_state_dict({k: v for k, v in state_dict.items() if k not in legacy})

@@ -217,6 +217,26 @@ def test_a_buffer_that_cannot_be_gathered_fails_the_save_on_every_rank(
     assert any("normuon.v_row: (1, 1)" in m for m in messages)
 
 
+def test_one_rank_saves_alone_after_consolidating_and_fails_fast_without() -> None:
+    """HF Trainer saves ``optimizer.state_dict()`` on rank 0 only under DDP. After
+    ``consolidate_state_dict()`` on every rank that dict is complete; without it rank 0 raises
+    instead of waiting forever in the gather. (Own pair of ranks: a timed-out barrier leaves
+    the group unusable.)"""
+    pair = Ranks()
+    try:
+        complete, _ = pair.run(W.save_alone, True)
+        single = build("normuon", W.model())
+        for p in single.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        single.step()
+        assert complete[0] == set(single.state_dict()["state"][0])
+        assert all("normuon.v_row" in keys for i, keys in complete.items() if i < 2)
+        message, _ = pair.run(W.save_alone, False)
+        assert "every rank must call it" in message and "consolidate_state_dict" in message
+    finally:
+        pair.close(force=True)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_exact_mars_is_refused_at_build(ranks: Ranks, mode: str) -> None:
     assert all("variant='exact'" in m for m in ranks.run(W.exact_mars_error, mode))

@@ -376,6 +376,29 @@ def gather_misfit(rank: int, mode: str) -> str:
     return ""
 
 
+def save_alone(rank: int, consolidate: bool) -> Any:
+    """Under DDP, rank 0 alone calls ``state_dict()`` (HF Trainer's save): after
+    ``consolidate_state_dict()`` on every rank, the buffer keys per parameter; without it, the
+    error (the wait shortened to 3 s)."""
+    from datetime import timedelta
+
+    from orthoptim.distributed import engine
+
+    engine.STATE_DICT_TIMEOUT = timedelta(seconds=3)
+    m = wrap("ddp")
+    opt = build("normuon", m)
+    _train(m, opt, rank, range(1), 1, "ddp")
+    if consolidate:
+        opt.consolidate_state_dict()
+    if rank != 0:
+        return None
+    try:
+        state = opt.state_dict()["state"]
+    except RuntimeError as err:
+        return str(err)
+    return {index: set(buffers) for index, buffers in state.items()}
+
+
 def exact_mars_error(rank: int, mode: str) -> str:
     try:
         build("mars_adamw", wrap(mode), variant="exact")

@@ -21,7 +21,7 @@ for name in ("muon", "normuon", "adamw"):
     torch.manual_seed(0)
     grads = [torch.randn_like(p) for p in model.parameters()]
     times = []
-    for i in range(60):
+    for _ in range(60):
         for p, g in zip(model.parameters(), grads, strict=True):
             p.grad = g
         t0 = time.perf_counter()

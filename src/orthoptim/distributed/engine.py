@@ -24,6 +24,7 @@ are DTensors, and owner-only buffers are plain tensors under keys written by the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 import torch
@@ -39,6 +40,10 @@ from orthoptim.recipes.plan import Plan, group_layout
 from orthoptim.transforms.base import Chain
 
 __all__ = ["DistributedStep", "UnsupportedLayoutError", "detect", "is_distributed", "local_tensor"]
+
+STATE_DICT_TIMEOUT = timedelta(minutes=5)
+"""How long ``state_dict()`` waits under gloo for every rank to call it before it raises (a rank
+that saves alone, as HF Trainer's DDP save does, would otherwise wait in a collective)."""
 
 
 def _dparams(groups: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, Tensor]]:
@@ -196,6 +201,7 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
                 jobs.append((p, key, owner, fresh[key], name))
         if not jobs:  # the same on every rank: nothing to gather, no collective
             return {}
+        self._rendezvous()
         device = local_tensor(jobs[0][0]).device
         misfits = []
         for p, key, owner, like, name in jobs:
@@ -222,6 +228,22 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
                 out.setdefault(id(p), {})[key] = tensor
             dist.broadcast(tensor, src=dist.get_global_rank(self.group, owner), group=self.group)
         return out
+
+    def _rendezvous(self) -> None:
+        """Wait for every rank to gather: under gloo, ``RuntimeError`` after
+        ``STATE_DICT_TIMEOUT`` naming the ranks that did not come (other backends wait on their
+        own timeout)."""
+        if dist.get_backend(self.group) != "gloo":
+            dist.barrier(group=self.group)
+            return
+        try:
+            dist.monitored_barrier(self.group, timeout=STATE_DICT_TIMEOUT, wait_all_ranks=True)
+        except RuntimeError as err:
+            raise RuntimeError(
+                "state_dict() gathers the buffers other ranks own, so every rank must call it "
+                "(or call opt.consolidate_state_dict() on every rank first; then state_dict() "
+                f"on one rank, such as HF Trainer's DDP save, is complete): {err}"
+            ) from None
 
     def _matrix_params(
         self, groups: Sequence[Mapping[str, Any]]
