@@ -258,8 +258,10 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
     def all_finite(self, grads: list[Tensor], check: Callable[[list[Tensor]], bool]) -> bool:
         """Whether every gradient is finite on every rank: one all-reduce of a flag, so that all
         ranks raise or skip together (shards differ between ranks, and a replicated gradient
-        may have been changed on one rank only)."""
-        flag = torch.tensor([0.0 if check([local_tensor(g) for g in grads]) else 1.0])
+        may have been changed on one rank only). The flag lives on the gradients' device: an
+        NCCL group has no CPU backend."""
+        local = [local_tensor(g) for g in grads]
+        flag = torch.tensor([0.0 if check(local) else 1.0], device=local[0].device)
         dist.all_reduce(flag, group=self.group)
         return bool(flag.item() == 0.0)
 
