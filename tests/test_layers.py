@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "optim": 4,
     "distributed": 4,
     "fused": 4,
+    "nonfinite": 4,
     "routing": 4,
     "model_trace": 4,
     "registry": 4,

@@ -7,7 +7,8 @@ Quick start::
 """
 
 from orthoptim import functional, recipes, registry, routing, transforms
-from orthoptim.optim import ChainOptimizer, NonFiniteGradientError
+from orthoptim.nonfinite import NonFiniteGradientError
+from orthoptim.optim import ChainOptimizer
 from orthoptim.recipes import Plan, Route
 from orthoptim.registry import Spec, build, names
 from orthoptim.routing import classify

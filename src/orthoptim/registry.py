@@ -13,7 +13,8 @@ from torch import nn
 
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import is_distributed
-from orthoptim.optim import ChainOptimizer, NonFinitePolicy
+from orthoptim.nonfinite import NonFinitePolicy
+from orthoptim.optim import ChainOptimizer
 from orthoptim.recipes import Plan
 from orthoptim.routing import HEAD_NAMES, is_named_parameters
 from orthoptim.specs import REGISTRY, Spec

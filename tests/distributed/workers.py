@@ -470,7 +470,7 @@ def errors(rank: int) -> dict[str, str]:
 
 def nonfinite(rank: int, mode: str) -> str:
     """A NaN in rank 1's shard only: every rank must raise, none may hang."""
-    from orthoptim.optim import NonFiniteGradientError
+    from orthoptim.nonfinite import NonFiniteGradientError
 
     m = wrap(mode)
     opt = build("muon", m)

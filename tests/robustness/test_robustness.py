@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import orthoptim
+import orthoptim.nonfinite
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
 from tests.helpers import loss, mlp, straight_and_resumed
@@ -345,7 +346,7 @@ def test_adam_moments_of_16_bit_parameters_are_float32() -> None:
 
 
 def test_finite_check_handles_empty_huge_and_mixed_dtype_gradients() -> None:
-    check = orthoptim.ChainOptimizer._all_finite
+    check = orthoptim.nonfinite.all_finite
     huge = torch.full((2,), 1e150, dtype=torch.float64)  # its square fits in float64 only
     assert check([torch.empty(0), huge, torch.ones(3, dtype=torch.bfloat16)])
     assert check([])

@@ -23,7 +23,7 @@ import torch
 from orthoptim.bench.flops import model_step_flops, optimizer_step_flops
 from orthoptim.bench.racers import Racer, configuration, state_bytes
 from orthoptim.bench.tasks.base import Task
-from orthoptim.optim import NonFiniteGradientError
+from orthoptim.nonfinite import NonFiniteGradientError
 
 Progress = Callable[[int, float], None]
 """``progress(step, train_loss)``, called after every training step."""

@@ -63,7 +63,7 @@ from orthoptim.bench.speed_report import (
     render,
     summarize,
 )
-from orthoptim.optim import ChainOptimizer
+from orthoptim.nonfinite import all_finite
 
 # One d=512 GPT block's hidden matrices (qkv, attention out, MLP up, MLP down), 6 blocks: 18.9M.
 LAYER_SHAPES: tuple[Shape, ...] = ((1536, 512), (512, 512), (2048, 512), (512, 2048))
@@ -161,7 +161,7 @@ class NonFiniteCheck:
         self.params = params
 
     def step(self) -> bool:
-        return ChainOptimizer._all_finite([p.grad for p in self.params if p.grad is not None])
+        return all_finite([p.grad for p in self.params if p.grad is not None])
 
 
 def not_timed() -> dict[str, str]:

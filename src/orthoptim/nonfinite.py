@@ -1,0 +1,90 @@
+"""The non-finite gradient policy: one check before a step writes anything, and what a step
+does when it fails (``ChainOptimizer(nonfinite=...)``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, cast, get_args
+
+import torch
+from torch import Tensor
+
+from orthoptim.distributed import DistributedStep, local_tensor
+from orthoptim.functional.moments import stats_dtype
+
+NonFinitePolicy = Literal["raise", "skip"]
+NONFINITE_POLICIES: tuple[str, ...] = get_args(NonFinitePolicy)
+
+
+class NonFiniteGradientError(RuntimeError):
+    """A gradient holds NaN or Inf, or a value whose square overflows (``|g| > 1.8e19`` in
+    float32 and 16-bit, ``1.3e154`` in float64); raised before any parameter or state changes."""
+
+
+def square_limit(grad: Tensor) -> float:
+    """The largest |g| whose square the dtype statistics are kept in (float32 for 16-bit
+    gradients) still holds: second moments, norms and Kronecker factors square the gradient."""
+    return math.sqrt(torch.finfo(stats_dtype(grad)).max)
+
+
+def all_finite(grads: Sequence[Tensor]) -> bool:
+    """Whether every gradient entry is finite and its square is too.
+
+    A square that overflows is as bad as an Inf: second moments, Frobenius norms and
+    Kronecker factors all square the gradient, so beyond ``sqrt(max)`` of the dtype the
+    statistics are computed in (float32 for 16-bit gradients; 1.8e19) they become Inf.
+    """
+    # A tensor's min and max bound all its elements (NaN propagates, and unlike a 2-norm
+    # they cannot overflow); one fused pass per gradient, one sync. Measured 13x cheaper
+    # on CPU than torch._foreach_norm(ord=inf) (1.8 vs 24 ms, 18.9M).
+    extremes, limits = [], []
+    for g in grads:
+        if g.numel() and not g.is_meta:  # meta tensors hold no values to check
+            extremes.extend(e.double() for e in torch.aminmax(g))
+            limits.extend([square_limit(g)] * 2)
+    if not extremes:
+        return True
+    bound = torch.tensor(limits, dtype=torch.float64, device=extremes[0].device)
+    return bool((torch.stack(extremes).abs() <= bound).all())
+
+
+def fault(grad: Tensor) -> str:
+    """What makes ``grad`` unusable, in words (for the error message)."""
+    if not torch.isfinite(grad).all():
+        return "NaN or Inf"
+    limit = square_limit(grad)
+    return (
+        f"|g| = {grad.abs().max().item():.3g}, whose square overflows {stats_dtype(grad)} "
+        f"(the limit is {limit:.3g})"
+    )
+
+
+def step_is_finite(grads: list[Tensor], distributed: DistributedStep | None) -> bool:
+    """Whether every gradient of this step is usable, on every rank where distributed (all
+    ranks then raise or skip together)."""
+    if not grads:
+        return True
+    if distributed is None:
+        return all_finite(grads)
+    return distributed.all_finite(grads, all_finite)
+
+
+def raise_for(
+    work: Iterable[tuple[Mapping[str, Any], Sequence[tuple[str, Tensor]]]],
+) -> None:
+    """Raise ``NonFiniteGradientError`` naming the first parameter of ``work`` whose gradient
+    fails the check (on another rank where none here does)."""
+    name, why = next(
+        (
+            (n or f"<unnamed {tuple(p.shape)}>", fault(local_tensor(cast(Tensor, p.grad))))
+            for _, params in work
+            for n, p in params
+            if not all_finite([local_tensor(cast(Tensor, p.grad))])
+        ),
+        ("<one held by another rank>", "NaN, Inf or a value whose square overflows"),
+    )
+    raise NonFiniteGradientError(
+        f"gradient of parameter {name} holds {why}; nothing was updated (pass "
+        "nonfinite='skip' to skip such steps instead)"
+    )
