@@ -240,9 +240,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.distributed: DistributedStep | None = detect(
             params, self.param_groups, self.plan, process_group, replicate_state
         )
-        if self.distributed is not None and any(
-            getattr(t, "needs_closure", False) for r in recipe.routes for t in r.chain.transforms
-        ):
+        if self.distributed is not None and recipe.needs_closure:
             raise ValueError(
                 "a transform of this plan needs the gradient at the previous parameters (MARS "
                 "variant='exact', one extra closure() per step), which the distributed step "
@@ -365,24 +363,19 @@ class ChainOptimizer(torch.optim.Optimizer):
         must zero the gradients itself (as for torch.optim.LBFGS)."""
         points: list[tuple[str, Tensor, Tensor]] = []
         for group in self.param_groups:
-            chain = self.plan.route_named(group["route"]).chain
-            keys = [
-                f"{prefix}.{t.previous_point}"  # type: ignore[attr-defined]
-                for prefix, t in zip(chain.prefixes, chain.transforms, strict=True)
-                if getattr(t, "needs_closure", False)
-            ]
-            if not keys:
+            key = self.plan.route_named(group["route"]).chain.previous_point
+            if key is None:
                 continue
             if closure is None:
                 raise ValueError(
                     f"route {group['route']!r} needs the gradient at the previous parameters "
-                    f"({keys[0].split('.')[0]}, e.g. MARS variant='exact'): call step(closure) "
+                    f"({key.split('.')[0]}, e.g. MARS variant='exact'): call step(closure) "
                     "with a closure that zeroes the gradients, computes the loss and calls "
                     "backward()"
                 )
             for name, p in zip(_names(group), group["params"], strict=True):
-                if keys[0] in self.state.get(p, {}):
-                    points.append((name, p, self.state[p][keys[0]]))
+                if key in self.state.get(p, {}):
+                    points.append((name, p, self.state[p][key]))
         if not points or closure is None:
             return {}
         current = [p.detach().clone() for _, p, _ in points]

@@ -104,12 +104,6 @@ def build(
     spec = get(name)
     if not isinstance(params_or_model, nn.Module):
         params_or_model = list(params_or_model)  # read more than once below; may be a generator
-    check_distributable(spec, params_or_model, process_group)
-    if spec.needs_module and not isinstance(params_or_model, nn.Module):
-        raise ValueError(
-            f"{name} reads layer inputs and output gradients through module hooks, so it needs "
-            f"the nn.Module: orthoptim.build({name!r}, model), not tensors or param groups"
-        )
     if (
         isinstance(params_or_model, nn.Module)
         or _has_roles(params_or_model)
@@ -118,11 +112,17 @@ def build(
         recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
     else:
         recipe = spec.make(recipe_options)
+    check_distributable(spec, recipe, params_or_model, process_group)
+    if recipe.needs_module and not isinstance(params_or_model, nn.Module):
+        raise ValueError(
+            f"{name} reads layer inputs and output gradients through module hooks, so it needs "
+            f"the nn.Module: orthoptim.build({name!r}, model), not tensors or param groups"
+        )
     chains = [r.chain for r in recipe.routes] if isinstance(recipe, Plan) else [recipe]
     # Layers the hooks cannot see go to the AdamW route, saying why: never a preconditioner
     # that silently stays the identity.
-    reroutes = uncapturable_params(params_or_model) if spec.needs_module else None
-    captures = attach_captures(chains, params_or_model) if spec.needs_module else []
+    reroutes = uncapturable_params(params_or_model) if recipe.needs_module else None
+    captures = attach_captures(chains, params_or_model) if recipe.needs_module else []
     try:
         return ChainOptimizer(
             params_or_model,
@@ -150,12 +150,15 @@ def _has_roles(params: list[Any]) -> bool:
     return any(isinstance(g, dict) and g.get("role") is not None for g in params)
 
 
-def check_distributable(spec: Spec, params_or_model: ParamsLike, process_group: Any) -> None:
-    """``ValueError`` if ``spec`` cannot run distributed and these parameters would be."""
+def check_distributable(
+    spec: Spec, recipe: Chain | Plan, params_or_model: ParamsLike, process_group: Any
+) -> None:
+    """``ValueError`` if ``spec``'s ``recipe`` cannot run distributed and these parameters
+    would be."""
     reason = spec.single_process_only or (
         "it reads layer activations through module hooks, and each rank's hooks see only its "
         "own batch"
-        if spec.needs_module
+        if recipe.needs_module
         else None
     )
     if reason is not None and is_distributed(params_or_model, process_group):

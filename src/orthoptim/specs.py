@@ -40,15 +40,16 @@ class Spec:
         paper: citation with arXiv id where one exists.
         reference: the implementation its conventions are pinned to.
         tags: free-form labels (``"orthogonal"``, ``"adaptive"``, ``"plan"``, ...).
-        needs_closure: whether ``step`` needs a closure (two gradient evaluations).
         adamw: for an optimizer meant for matrices only, the AdamW route that completes it for a
             whole model (``recipes.plan.with_adamw``: its roles -> AdamW, the rest -> it);
             ``None`` for optimizers that handle every parameter.
-        needs_module: whether it reads layer activations (MKOR): ``build`` then needs the
-            ``nn.Module`` and attaches the chain's ``ActivationCapture`` hooks to it.
         single_process_only: why it cannot run under a distributed step (``None``: it can);
-            ``build`` raises with it on a distributed model or process group. Specs with
-            ``needs_module`` are single-process only too (each rank's hooks see its own batch).
+            ``build`` raises with it on a distributed model or process group. Optimizers whose
+            chain ``needs_module`` are single-process only too (each rank's hooks see its own
+            batch).
+
+    ``needs_closure`` and ``needs_module`` are not declared here: they are properties of the
+    transforms (``TransformBase``), read off the default whole-model plan.
     """
 
     name: str
@@ -58,10 +59,20 @@ class Spec:
     paper: str
     reference: str | None
     tags: frozenset[str] = frozenset()
-    needs_closure: bool = False
     adamw: AdamWRoute | None = None
-    needs_module: bool = False
     single_process_only: str | None = None
+
+    @property
+    def needs_closure(self) -> bool:
+        """Whether ``step`` needs a closure at the default options (``Plan.needs_closure``;
+        an option may change it: ``mars_adamw(variant="exact")``)."""
+        return self.whole_model_plan().needs_closure
+
+    @property
+    def needs_module(self) -> bool:
+        """Whether it reads layer activations through module hooks (``Plan.needs_module``):
+        ``build`` then needs the ``nn.Module`` and attaches the hooks to it."""
+        return self.whole_model_plan().needs_module
 
     def options(self) -> dict[str, Any]:
         """The recipe's keyword options and their defaults, then the whole-model plan's
@@ -274,7 +285,6 @@ REGISTRY: tuple[Spec, ...] = (
         reference="Mohammad-Mozaffari/mkor@3a0e3bb mkor/mkor.py MKOR",
         tags=frozenset({"kronecker", "second-order", "activations", "matrix"}),
         adamw=MKOR_ADAMW,
-        needs_module=True,
     ),
     Spec(
         name="mkor_h",
@@ -284,7 +294,6 @@ REGISTRY: tuple[Spec, ...] = (
         reference="no MKOR-H code in Mohammad-Mozaffari/mkor@3a0e3bb; switching rule is ours",
         tags=frozenset({"kronecker", "second-order", "activations", "hybrid", "matrix"}),
         adamw=MKOR_ADAMW,
-        needs_module=True,
     ),
     # -- activation-Kronecker family (MKOR, MKOR-H) --
     Spec(

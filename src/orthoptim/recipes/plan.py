@@ -166,6 +166,16 @@ class Plan:
         return Plan((Route(name=name, chain=chain),))
 
     @property
+    def needs_closure(self) -> bool:
+        """Whether ``step`` needs a closure (a route's chain evaluates a second gradient)."""
+        return any(r.chain.needs_closure for r in self.routes)
+
+    @property
+    def needs_module(self) -> bool:
+        """Whether a route's chain reads layer activations through module hooks."""
+        return any(r.chain.needs_module for r in self.routes)
+
+    @property
     def needs_roles(self) -> bool:
         """Whether parameters must be classified (more than one route)."""
         return len(self.routes) > 1
@@ -264,7 +274,7 @@ def with_adamw(main: Chain, *, name: str, adamw_route: AdamWRoute | None = None)
         raise TypeError(f"the main route must be a Chain such as recipes.{name}(), got {main!r}")
     aux = AdamWRoute() if adamw_route is None else adamw_route
     rest = adamw(betas=aux.betas, eps=aux.eps)
-    if any(getattr(t, "needs_closure", False) for t in main.transforms):
+    if main.needs_closure:
         record = MarsCorrection(gamma=0.0, beta1=aux.betas[0], clip=None, variant="exact")
         rest = chain(record, rest)
     return Plan(

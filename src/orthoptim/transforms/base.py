@@ -81,6 +81,15 @@ class Transform(Protocol):
     @property
     def moments(self) -> tuple[float, ...]: ...
 
+    @property
+    def previous_point(self) -> str | None: ...
+
+    @property
+    def needs_closure(self) -> bool: ...
+
+    @property
+    def needs_module(self) -> bool: ...
+
 
 class TransformBase:
     """Defaults for the optional parts of ``Transform``; subclasses are frozen dataclasses.
@@ -119,6 +128,28 @@ class TransformBase:
         """The moment coefficients a param group exposes live (``momentum`` is the first,
         ``betas`` all of them), so torch schedulers can move them: ``()`` for none."""
         return ()
+
+    # Capabilities: what the shell must do for this transform beyond calling ``apply``. Declared
+    # here once; ``Chain``, ``Plan`` and ``Spec`` derive theirs from their transforms.
+
+    @property
+    def previous_point(self) -> str | None:
+        """The buffer holding the parameter's previous value, where ``step(closure)`` evaluates
+        the gradient a second time for ``Ctx.grad_at_previous`` (exact MARS); ``None``: no
+        second evaluation."""
+        return None
+
+    @property
+    def needs_closure(self) -> bool:
+        """Whether ``step`` needs a closure: a second gradient evaluation per step."""
+        return self.previous_point is not None
+
+    @property
+    def needs_module(self) -> bool:
+        """Whether it reads layer activations through module hooks (its ``capture``, attached
+        by ``build`` to the ``nn.Module``): it cannot step on bare tensors, and each rank's
+        hooks see only that rank's batch."""
+        return False
 
     def with_moments(self, moments: tuple[float, ...]) -> TransformBase:
         """This transform with ``moments`` in place of its own (validated like the fields)."""
@@ -380,6 +411,22 @@ class Chain(TransformBase):
         index = next(i for i, t in enumerate(self.transforms) if t.moments)
         replaced = self.transforms[index].with_moments(moments)  # type: ignore[attr-defined]
         return Chain((*self.transforms[:index], replaced, *self.transforms[index + 1 :]))
+
+    @property
+    def previous_point(self) -> str | None:  # type: ignore[override]
+        """The namespaced state key of the first transform's ``previous_point``."""
+        return next(
+            (
+                f"{prefix}.{t.previous_point}"
+                for prefix, t in zip(self.prefixes, self.transforms, strict=True)
+                if t.previous_point is not None
+            ),
+            None,
+        )
+
+    @property
+    def needs_module(self) -> bool:  # type: ignore[override]
+        return any(t.needs_module for t in self.transforms)
 
     @property
     def groupwise(self) -> bool:

@@ -298,12 +298,7 @@ def _remove_all(handles: Iterable[RemovableHandle]) -> None:
 
 def attach_captures(chains: Iterable[Any], model: nn.Module) -> list[ActivationCapture]:
     """Attach every transform's ``capture`` in ``chains`` to ``model``; returns them."""
-    found = [
-        t.capture
-        for chain in chains
-        for t in chain.transforms
-        if isinstance(getattr(t, "capture", None), ActivationCapture)
-    ]
+    found = [t.capture for chain in chains for t in chain.transforms if t.needs_module]
     for capture in found:
         capture.attach(model)
     return found

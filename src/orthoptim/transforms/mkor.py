@@ -71,6 +71,10 @@ class MKORPrecondition(TransformBase):
     inverse_update: InverseUpdate = "paper"
     capture: ActivationCapture = field(default_factory=ActivationCapture, repr=False, compare=False)
 
+    @property
+    def needs_module(self) -> bool:
+        return True
+
     def __post_init__(self) -> None:
         check_beta("factor_beta", self.factor_beta)
         if self.factor_beta == 0:
@@ -152,6 +156,10 @@ class MKORHybridPrecondition(TransformBase):
     @property
     def capture(self) -> ActivationCapture:
         return self.inner.capture
+
+    @property
+    def needs_module(self) -> bool:
+        return True
 
     def validate(self, p: Tensor, name: str) -> None:
         self.inner.validate(p, name)

@@ -49,7 +49,6 @@ class MarsCorrection(TransformBase):
         r"c \leftarrow u + \gamma \tfrac{\beta_1}{1-\beta_1}(u - g_{\mathrm{prev}});\;"
         r"u \leftarrow c \min(1, \mathrm{clip} / \|c\|_F)"
     )
-    previous_point: ClassVar[str] = "prev_param"  # the buffer step(closure) reads (exact)
     gamma: float = 0.025
     beta1: float = 0.95
     clip: float | None = 1.0
@@ -65,9 +64,9 @@ class MarsCorrection(TransformBase):
         check_choice("first_step", self.first_step, FIRST_STEPS)
 
     @property
-    def needs_closure(self) -> bool:
-        """Whether ``step`` must evaluate the closure at the previous parameters too."""
-        return self.variant == "exact"
+    def previous_point(self) -> str | None:
+        """``prev_param`` for ``"exact"``: ``step(closure)`` evaluates the gradient there."""
+        return "prev_param" if self.variant == "exact" else None
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         if self.variant == "exact":  # x_0 = x_1 as in the paper; overwritten by every apply
