@@ -22,6 +22,10 @@ LAYERS: dict[str, int] = {
     "distributed": 4,
     "fused": 4,
     "nonfinite": 4,
+    "groups": 4,
+    "checkpoint": 4,
+    "previous_point": 4,
+    "eager": 4,
     "routing": 4,
     "model_trace": 4,
     "registry": 4,
@@ -90,3 +94,67 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     targets = imported_modules(bad)
     assert targets == ["orthoptim.registry"]
     assert layer_of(targets[0]) > layer_of("orthoptim.functional.bad")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``{module: the orthoptim modules it imports}``, where ``from orthoptim.a import b`` counts
+    as importing ``orthoptim.a.b`` when ``b`` is a module, else ``orthoptim.a``."""
+    known = {m for m, _ in modules()}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in known
+                    else node.module
+                    for a in node.names
+                ]
+            else:
+                continue
+            targets |= {n for n in names if n in known and n != module}
+        graph[module] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (its modules in order, the first repeated at the end), or
+    ``None``; a package's ``__init__`` re-exporting its modules is not a cycle with them."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        path.append(module)
+        for target in sorted(graph[module]):
+            if module.startswith(target + "."):
+                continue  # a module importing from its own package's __init__
+            found = visit(target)
+            if found:
+                return found
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        found = visit(module)
+        if found:
+            return found
+    return None
+
+
+def test_no_import_cycle_inside_the_package() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_sees_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -1,4 +1,5 @@
-"""Parameter routing: each parameter's role and matrix layout, and the param groups a plan makes.
+"""Parameter routing: each parameter's role and matrix layout (``groups`` turns them into param
+groups).
 
 Roles (``classify``), first match wins:
   1. a user override: ``{glob: role}``, matched against the parameter name with ``fnmatch``;
@@ -37,7 +38,6 @@ from torch import Tensor, nn
 from orthoptim._types import ROLES
 from orthoptim.functional.layout import DEFAULT_LAYOUT, LAYOUTS, check_layout
 from orthoptim.model_trace import Trace, trace
-from orthoptim.recipes.plan import LAYOUT_KEY, LR_SCALE_KEY, Plan, group_layout, group_lr
 from orthoptim.transforms.capture import CONVS, is_dense, is_hf_conv1d
 
 HEAD_NAMES: tuple[str, ...] = (
@@ -334,95 +334,3 @@ def route(
         _classify(model, overrides, head_names, traced),
         _layouts(model, layout_overrides, traced),
     )
-
-
-def param_groups(
-    named_params: Sequence[tuple[str, Tensor]],
-    roles: Mapping[str, str],
-    plan: Plan,
-    *,
-    lr: float,
-    weight_decay: float,
-    layouts: Mapping[str, str] | None = None,
-    reroutes: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """One torch param group per non-empty (role, layout, note), roles in the order of
-    ``ROLES``.
-
-    Each group is ``{"params", "param_names", "role", "layout", "route", "lr", "lr_scale",
-    "weight_decay"}``: ``lr`` is the optimizer's (schedulers set it) and ``lr_scale`` the route's
-    lr relative to it, so LR schedulers, per-group overrides and ``state_dict`` work unchanged.
-    ``reroutes`` (``{name: reason}``) sends parameters that their role's route cannot update
-    (a layer MKOR's hooks cannot see) to the plan's route for vectors, with the reason kept as
-    the group's ``"note"`` (shown by ``describe``).
-    """
-    layouts, notes = layouts or {}, reroutes or {}
-    groups = []
-    for role in ROLES:
-        members = [(n, p) for n, p in named_params if roles[n] == role]
-        elsewhere = plan.route_for(role) is not plan.route_for("vector")
-        reroutes = {n: notes[n] for n, _ in members if elsewhere and n in notes}
-        keys = dict.fromkeys((layouts.get(n, DEFAULT_LAYOUT), reroutes.get(n)) for n, _ in members)
-        for layout, note in keys:
-            mine = [
-                (n, p)
-                for n, p in members
-                if (layouts.get(n, DEFAULT_LAYOUT), reroutes.get(n)) == (layout, note)
-            ]
-            route = plan.route_for(role if note is None else "vector")
-            wd = weight_decay if route.weight_decay is None else route.weight_decay
-            group = {
-                "params": [p for _, p in mine],
-                "param_names": [n for n, _ in mine],
-                "role": role,
-                LAYOUT_KEY: layout,
-                "route": route.name,
-                "lr": lr,
-                LR_SCALE_KEY: route.scale_at(lr),
-                "weight_decay": wd,
-            }
-            if note is not None:
-                group[NOTE_KEY] = note
-            groups.append(group)
-    return groups
-
-
-def describe(
-    groups: Sequence[Mapping[str, Any]], plan: Plan, owners: Mapping[int, int] | None = None
-) -> str:
-    """A text table of the routing: name, shape, role, route, chain, lr, weight decay, and with
-    ``owners`` (``{id(p): rank}``, from a distributed step) the rank that computes each matrix
-    step ("all": element-wise chains run on every rank or shard)."""
-    header = ("parameter", "shape", "role", "route", "chain", "lr", "wd")
-    rows: list[tuple[str, ...]] = [header + (("owner",) if owners is not None else ())]
-    notes = list(dict.fromkeys(g[NOTE_KEY] for g in groups if g.get(NOTE_KEY)))
-    for gi, group in enumerate(groups):
-        chain = plan.route_named(group["route"]).chain
-        summary = " > ".join(type(t).__name__ for t in chain.transforms) or "identity"
-        names = group.get("param_names") or [f"group{gi}[{i}]" for i in range(len(group["params"]))]
-        layout = group_layout(group)
-        for name, p in zip(names, group["params"], strict=True):
-            shape = "x".join(str(d) for d in p.shape) or "scalar"
-            if layout != DEFAULT_LAYOUT:
-                shape += f" ({layout})"
-            rows.append(
-                (
-                    name,
-                    shape,
-                    str(group.get("role") or "-"),
-                    group["route"]
-                    + (f" [{notes.index(group[NOTE_KEY]) + 1}]" if group.get(NOTE_KEY) else ""),
-                    summary,
-                    f"{group_lr(group):.3g}",
-                    f"{group['weight_decay']:.3g}",
-                )
-                + ((str(owners.get(id(p), "all")),) if owners is not None else ())
-            )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [f"[{i}] not on its role's route: {note}" for i, note in enumerate(notes, 1)]
-    return "\n".join(lines)

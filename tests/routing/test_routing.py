@@ -8,10 +8,11 @@ from torch import nn
 
 import orthoptim
 from orthoptim.bench.models import SmallCNN, TinyGPT
+from orthoptim.groups import describe, param_groups
 from orthoptim.recipes import Plan, Route, adamw, muon
 from orthoptim.recipes.plan import group_lr
 from orthoptim.registry import get
-from orthoptim.routing import classify, describe, param_groups
+from orthoptim.routing import classify
 
 
 def test_tiny_gpt_roles() -> None:
