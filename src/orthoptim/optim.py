@@ -40,7 +40,7 @@ from orthoptim.recipes.plan import (
     moment_key,
 )
 from orthoptim.routing import HEAD_NAMES
-from orthoptim.transforms.base import Chain, explain
+from orthoptim.transforms.base import Chain
 
 
 class ChainOptimizer(torch.optim.Optimizer):
@@ -300,17 +300,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.skipped_steps = checkpoint.restore(self.state, self.param_groups, state_dict, expected)
 
     def explain(self) -> str:
-        """The update rule of every route, one line per transform."""
-        blocks = []
-        for route in self.plan.routes:
-            wd = "optimizer's" if route.weight_decay is None else f"{route.weight_decay:g}"
-            header = (
-                f"route {route.name} ({', '.join(route.roles)}): {route.describe_lr()}, "
-                f"weight decay {wd}"
-            )
-            body = "\n".join("  " + line for line in explain(route.chain).splitlines())
-            blocks.append(f"{header}\n{body}")
-        return "\n".join(blocks)
+        """The update rule of every route, one line per transform (``Plan.explain``)."""
+        return self.plan.explain()
 
     def describe(self) -> str:
         """The routing table: each parameter's role, route, chain, the lr its step uses now

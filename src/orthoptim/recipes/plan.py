@@ -26,7 +26,7 @@ from orthoptim._types import ROLES
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.baselines import adamw
 from orthoptim.transforms import chain
-from orthoptim.transforms.base import Chain
+from orthoptim.transforms.base import Chain, explain
 from orthoptim.transforms.variance import MarsCorrection
 
 NON_HIDDEN_ROLES: tuple[str, ...] = ("embedding", "head", "vector")
@@ -164,6 +164,19 @@ class Plan:
     def single(chain: Chain, name: str = "main") -> Plan:
         """One chain for every parameter."""
         return Plan((Route(name=name, chain=chain),))
+
+    def explain(self) -> str:
+        """The update rule of every route, one line per transform."""
+        blocks = []
+        for route in self.routes:
+            wd = "optimizer's" if route.weight_decay is None else f"{route.weight_decay:g}"
+            header = (
+                f"route {route.name} ({', '.join(route.roles)}): {route.describe_lr()}, "
+                f"weight decay {wd}"
+            )
+            body = "\n".join("  " + line for line in explain(route.chain).splitlines())
+            blocks.append(f"{header}\n{body}")
+        return "\n".join(blocks)
 
     @property
     def needs_closure(self) -> bool:
