@@ -71,10 +71,10 @@ def run_chain(
             p.add_(u, alpha=-lr)
         return
     # One parameter at a time, from the gradient's working copy to the update: one working
-    # copy is alive at once instead of one per parameter (the Muon step's transient peak on
-    # the 24 default matrices, benchmarks/records/2026-11-25_step-speed-2), and the copies
-    # share one buffer instead of a fresh full-size tensor per parameter, whose allocation
-    # and first touch cost 1-10% of a Muon step (benchmarks/records/2026-11-25_step-speed-3).
+    # copy is alive at once instead of one per parameter (the transient peak,
+    # benchmarks/records/2026-11-25_step-speed-2), and the copies share one buffer instead of
+    # a fresh full-size tensor per parameter, whose allocation and first touch show in the
+    # step time (benchmarks/records/2026-11-25_step-speed-3).
     scratch = _Scratch([c.grad for c in ctxs])
     for p, state, c in zip(tensors, states, ctxs, strict=True):
         p.add_(chain.apply(scratch.copy_of(c.grad), state, c), alpha=-lr)

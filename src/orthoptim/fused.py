@@ -27,7 +27,7 @@ class FusedAdamW:
     """``adamw()`` (``ScaleByAdam`` then ``AddWeightDecay``) as torch's fused AdamW kernel.
 
     One pass over each parameter, gradient and moment instead of the chain's working copy and
-    its element-wise passes (5.2x faster than the eager chain on 23.1M parameters on CPU,
+    its element-wise passes (timed against the eager chain in
     benchmarks/records/2026-11-25_step-speed-2). The kernel applies the decay as
     ``theta (1 - lr lambda)`` before the Adam step, the chain as one ``theta - lr (d + lambda
     theta)``: equal to round-off. It reads and writes the chain's own state buffers, so
