@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "distributed": 4,
     "fused": 4,
     "nonfinite": 4,
+    "amp": 4,
     "groups": 4,
     "checkpoint": 4,
     "previous_point": 4,
@@ -108,9 +109,7 @@ def import_graph() -> dict[str, set[str]]:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [
-                    f"{node.module}.{a.name}"
-                    if f"{node.module}.{a.name}" in known
-                    else node.module
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
                     for a in node.names
                 ]
             else:

@@ -69,9 +69,16 @@ class FusedAdamW:
         )
 
     def step(
-        self, params: Sequence[Tensor], states: Sequence[State], lr: float, weight_decay: float
+        self,
+        params: Sequence[Tensor],
+        states: Sequence[State],
+        lr: float,
+        weight_decay: float,
+        grad_scale: Tensor | None = None,
     ) -> None:
-        """One AdamW step of every parameter; ``state["step"]`` already counts this step."""
+        """One AdamW step of every parameter; ``state["step"]`` already counts this step. With
+        ``grad_scale`` (``torch.amp.GradScaler``), the kernel unscales each gradient as it reads
+        it, and writes it back unscaled."""
         by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
@@ -90,4 +97,7 @@ class FusedAdamW:
                 eps=self.eps,
                 amsgrad=False,
                 maximize=False,
+                grad_scale=None
+                if grad_scale is None
+                else grad_scale.to(params[indices[0]].device, torch.float32),
             )

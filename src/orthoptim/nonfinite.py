@@ -13,7 +13,7 @@ from torch import Tensor
 from orthoptim.distributed import DistributedStep, local_tensor
 from orthoptim.functional.moments import stats_dtype
 
-NonFinitePolicy = Literal["raise", "skip"]
+NonFinitePolicy = Literal["raise", "skip", "off"]
 NONFINITE_POLICIES: tuple[str, ...] = get_args(NonFinitePolicy)
 
 

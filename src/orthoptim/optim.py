@@ -14,7 +14,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from orthoptim import checkpoint
+from orthoptim import amp, checkpoint
 from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect
@@ -82,7 +82,12 @@ class ChainOptimizer(torch.optim.Optimizer):
             Kronecker factors would become Inf). ``"raise"``: raise
             ``NonFiniteGradientError`` naming the parameter, with parameters and state untouched.
             ``"skip"``: skip the whole step (every group) and count it in ``skipped_steps``,
-            which ``state_dict`` saves. The check is one min/max pass over each gradient.
+            which ``state_dict`` saves. The check is one min/max pass over each gradient and
+            one host read. ``"off"``: no check, torch.optim's behaviour: a NaN or Inf reaches
+            the parameters and the state. Under ``torch.amp.GradScaler`` the scaler's check
+            replaces this one (``orthoptim.amp``): a step it finds non-finite is skipped and
+            counted, whatever the policy, and the gradients are unscaled once, inside the
+            fused AdamW kernel where a route runs it.
         process_group: share the matrix steps of replicated parameters over this group's ranks
             (plain data parallel); a ``DistributedDataParallel`` model uses its own group, and
             FSDP2 (DTensor) parameters their mesh's. ``None`` without either: every rank
@@ -98,6 +103,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         distributed: the ``DistributedStep`` sharing out the matrix steps, ``None`` in a single
             process.
     """
+
+    _step_supports_amp_scaling = True  # GradScaler.step: see orthoptim.amp
 
     def __init__(
         self,
@@ -172,6 +179,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
         self._gathered = None  # what consolidate_state_dict gathered describes the last step
+        grad_scale, found_inf = amp.scaler_inputs(self)
         loss = None
         at_previous = grads_at_previous_points(
             self.state, self.param_groups, self.plan, closure, self.nonfinite
@@ -182,24 +190,34 @@ class ChainOptimizer(torch.optim.Optimizer):
         work = [(group, with_grads(group)) for group in self.param_groups]
         grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
         grads += at_previous.values()  # "skip" skips a step with non-finite ones too
-        if not step_is_finite(grads, self.distributed):
-            if self.nonfinite == "skip":
+        if not self._usable(grads, found_inf):
+            if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
                 return loss
             raise_for(work)
+        amp.unscale_(list(at_previous.values()), grad_scale)
         if self.distributed is not None:
+            amp.unscale_(grads[: len(grads) - len(at_previous)], grad_scale)
             self.distributed.step(self.state, work, at_previous, self._step_group)
             return loss
         for group, params in work:
             if params:
-                self._step_group(group, params, at_previous)
+                self._step_group(group, params, at_previous, grad_scale)
         return loss
+
+    def _usable(self, grads: list[Tensor], found_inf: Tensor | None) -> bool:
+        """Whether the step may write: the scaler's finding where a ``GradScaler`` steps this
+        optimizer (it checked every gradient already), else the non-finite policy's check."""
+        if found_inf is not None:
+            return amp.found_nothing(found_inf, grads, self.distributed)
+        return self.nonfinite == "off" or step_is_finite(grads, self.distributed)
 
     def _step_group(
         self,
         group: Mapping[str, Any],
         params: list[tuple[str, Tensor]],
         at_previous: Mapping[Tensor, Tensor] | None = None,
+        grad_scale: Tensor | None = None,
     ) -> None:
         chain = live_chain(self.plan.route_named(group["route"]).chain, group)
         lr, weight_decay = group_lr(group), float(group["weight_decay"])
@@ -215,8 +233,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         tensors = [p for _, p in params]
         fused = FusedAdamW.of(chain) if self.fast_paths else None
         if fused is not None and fused.supports(tensors, states):
-            fused.step(tensors, states, lr, weight_decay)
+            fused.step(tensors, states, lr, weight_decay, grad_scale)
             return
+        amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
         run_chain(chain, params, states, lr, weight_decay, layout, at_previous)
 
     def __getstate__(self) -> dict[str, Any]:

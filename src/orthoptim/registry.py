@@ -84,8 +84,8 @@ def build(
         params_or_model: an ``nn.Module``, tensors, ``(name, tensor)`` pairs, or param groups.
         lr: learning rate; the spec's default when ``None``.
         weight_decay: weight decay; the spec's default when ``None``.
-        nonfinite: ``"raise"`` or ``"skip"``, what a step with a NaN/Inf gradient does
-            (``ChainOptimizer``).
+        nonfinite: ``"raise"``, ``"skip"`` or ``"off"`` (torch.optim's: no check), what a step
+            with a NaN/Inf gradient does (``ChainOptimizer``).
         process_group: share the matrix steps of replicated parameters over this group
             (``ChainOptimizer``; DDP models and FSDP2 parameters are detected without it).
         fast_paths: run a route whose chain a torch kernel computes in one pass (AdamW) with

@@ -278,6 +278,12 @@ def test_a_nonfinite_shard_raises_on_every_rank(ranks: Ranks, mode: str) -> None
     assert "fc2.weight" in messages[1]
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_scaler_finding_on_one_rank_skips_every_rank(ranks: Ranks, mode: str) -> None:
+    results = ranks.run(W.scaler_found_inf, mode)
+    assert results == [{"unchanged": True, "skipped": 1, "moved": True}] * 2
+
+
 def test_bytes_sent_and_owner_column(ranks: Ranks) -> None:
     # DDP, muon on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) on rank 1 (gate, 1x7, has
     # one dimension larger than 1: a vector, on the AdamW route). One all-gather round (one

@@ -485,6 +485,47 @@ def nonfinite(rank: int, mode: str) -> str:
     return ""
 
 
+def local_values(t: Tensor) -> Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return (t.to_local() if isinstance(t, DTensor) else t).detach().clone()
+
+
+def scaler_found_inf(rank: int, mode: str) -> dict[str, Any]:
+    """``GradScaler`` finds an inf in rank 1's gradients only (its FSDP2 shard): every rank
+    must skip the step together, parameters and state untouched, and a clean step after it
+    must update every rank."""
+    m = wrap(mode)
+    opt = build("muon", m)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaler.scale(loss(m, batch(0, rank))).backward()
+    scaler.step(opt)
+    scaler.update()
+    before = [local_values(p) for p in m.parameters()]
+    state = [{k: local_values(v) for k, v in st.items()} for st in opt.state.values()]
+    opt.zero_grad()
+    scaler.scale(loss(m, batch(1, rank))).backward()
+    if rank == 1:
+        g = getattr(m, "module", m).fc2.weight.grad
+        (g.to_local() if hasattr(g, "to_local") else g).view(-1)[0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    unchanged = all(
+        torch.equal(a, local_values(p)) for a, p in zip(before, m.parameters(), strict=True)
+    ) and all(
+        torch.equal(v, local_values(st[k]))
+        for old, st in zip(state, opt.state.values(), strict=True)
+        for k, v in old.items()
+    )
+    opt.zero_grad()
+    scaler.scale(loss(m, batch(2, rank))).backward()
+    scaler.step(opt)
+    moved = any(
+        not torch.equal(a, local_values(p)) for a, p in zip(before, m.parameters(), strict=True)
+    )
+    return {"unchanged": unchanged, "skipped": opt.skipped_steps, "moved": moved}
+
+
 def state_keys(rank: int, mode: str, name: str) -> dict[str, list[str]]:
     m = wrap(mode)
     opt = build(name, m)

@@ -156,7 +156,7 @@ def test_invalid_lr_and_weight_decay(name, kwargs) -> None:
 def test_unknown_option_and_policy(name) -> None:
     with pytest.raises(TypeError, match="unknown option"):
         orthoptim.build(name, mlp(), lerning_rate=0.1)
-    with pytest.raises(ValueError, match=r"nonfinite must be one of \('raise', 'skip'\)"):
+    with pytest.raises(ValueError, match=r"nonfinite must be one of \('raise', 'skip', 'off'\)"):
         orthoptim.build(name, mlp(), nonfinite="ignore")
 
 
