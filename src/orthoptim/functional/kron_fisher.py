@@ -6,15 +6,22 @@ import torch
 from torch import Tensor
 
 
-def sym_power(a: Tensor, power: float) -> Tensor:
-    """``A^power`` of a symmetric positive semi-definite matrix via ``eigh``.
+def sym_powers(a: Tensor, powers: tuple[float, ...]) -> tuple[Tensor, ...]:
+    """``A^p`` for each ``p`` of ``powers``, of a symmetric positive semi-definite matrix, from
+    one ``eigh``.
 
     Eigenvalues below ``4 eps(dtype) lambda_max`` are lifted to that floor first: below it
     ``eigh`` cannot resolve them, and a negative rounding error must not reach a negative power.
     """
     w, v = torch.linalg.eigh(a)
     floor = 4 * torch.finfo(a.dtype).eps * w[-1].clamp_min(torch.finfo(a.dtype).tiny)
-    return (v * w.clamp_min(floor).pow(power)) @ v.mT
+    w = w.clamp_min(floor)
+    return tuple((v * w.pow(power)) @ v.mT for power in powers)
+
+
+def sym_power(a: Tensor, power: float) -> Tensor:
+    """``A^power`` of a symmetric positive semi-definite matrix (``sym_powers``)."""
+    return sym_powers(a, (power,))[0]
 
 
 def update_factor_(

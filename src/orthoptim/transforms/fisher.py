@@ -11,7 +11,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_choice, check_matrix, check_positive
 from orthoptim._types import State
-from orthoptim.functional.kron_fisher import sym_power, update_factor_
+from orthoptim.functional.kron_fisher import sym_powers, update_factor_
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.polar import matrix_view
 from orthoptim.transforms.base import Chain, Ctx, TransformBase
@@ -36,11 +36,13 @@ class FisherTrustRegion(TransformBase):
     orthogonalisation this is FISMO's step. Per step, alternately (``P``, then ``Q`` with the new
     ``P``): ``P <- trace-normalised(beta P + (1 - beta)(G Q^{-1} G^T / n + damping tr(P)/m I))``,
     and symmetrically ``Q`` from ``G^T P^{-1} G / m``; ``P = I``, ``Q = I`` at the start. Inverse
-    roots by ``eigh`` every step, in float32 for 16-bit parameters. Matrices are their
-    ``(out, in*kh*kw)`` view. ``factor_beta=1`` freezes the factors at the identity (``inner``
-    alone).
+    roots by ``eigh`` every step, in float32 for 16-bit parameters: two per step, one of each
+    new factor (``P^{-1}`` and ``P^{-1/2}`` from one, ``Q^{-1/2}`` and next step's ``Q^{-1}``
+    from the other). Matrices are their ``(out, in*kh*kw)`` view. ``factor_beta=1`` freezes the
+    factors at the identity (``inner`` alone, no decomposition).
 
-    State: ``P`` (m x m), ``Q`` (n x n), and ``inner``'s buffers under the same prefix.
+    State: ``P`` (m x m), ``Q`` (n x n), ``Q_inv`` (``Q^{-1}``, n x n, kept so that ``Q`` is
+    decomposed once per value), and ``inner``'s buffers under the same prefix.
 
     Args:
         inner: the chain run in whitened coordinates (FISMO: EMA momentum, then orthogonalise).
@@ -85,6 +87,7 @@ class FisherTrustRegion(TransformBase):
         state = {
             "P": torch.eye(m, dtype=dtype, device=p.device),
             "Q": torch.eye(n, dtype=dtype, device=p.device),
+            "Q_inv": torch.eye(n, dtype=dtype, device=p.device),
         }
         state.update(self.inner.init(p))
         return state
@@ -93,20 +96,23 @@ class FisherTrustRegion(TransformBase):
         return self.apply_many([u], [s], [c])[0]
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
+        if self.factor_beta == 1.0:  # P = Q = I for good: the inner chain alone
+            return self.inner.apply_many(us, ss, cs)
         roots, whitened = [], []
         for u, s in zip(us, ss, strict=True):
             g = matrix_view(u).to(stats_dtype(u))
             P, Q = s["P"], s["Q"]
-            if self.factor_beta < 1.0:
-                m, n = g.shape
-                stat = g
-                if self.factor_stats == "rms_normalized":
-                    rms = torch.linalg.vector_norm(g) / (m * n) ** 0.5
-                    stat = g / rms.clamp_min(torch.finfo(g.dtype).tiny)
-                kw = {"beta": self.factor_beta, "damping": self.damping}
-                update_factor_(P, stat, sym_power(Q, -1.0), scale=n, **kw)
-                update_factor_(Q, stat.mT, sym_power(P, -1.0), scale=m, **kw)
-            left, right = sym_power(P, -0.5), sym_power(Q, -0.5)
+            m, n = g.shape
+            stat = g
+            if self.factor_stats == "rms_normalized":
+                rms = torch.linalg.vector_norm(g) / (m * n) ** 0.5
+                stat = g / rms.clamp_min(torch.finfo(g.dtype).tiny)
+            kw = {"beta": self.factor_beta, "damping": self.damping}
+            update_factor_(P, stat, s["Q_inv"], scale=n, **kw)
+            p_inv, left = sym_powers(P, (-1.0, -0.5))
+            update_factor_(Q, stat.mT, p_inv, scale=m, **kw)
+            q_inv, right = sym_powers(Q, (-1.0, -0.5))
+            s["Q_inv"].copy_(q_inv)
             roots.append((left, right))
             whitened.append((left @ g @ right).to(u.dtype).reshape(u.shape))
         outs = self.inner.apply_many(whitened, ss, cs)
