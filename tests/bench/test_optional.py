@@ -15,9 +15,9 @@ SCRIPT = textwrap.dedent(
     import sys
     for name in ("matplotlib", "tqdm", "sklearn"):
         sys.modules[name] = None  # import raises ImportError
-    import orthoptim.bench.models, orthoptim.bench.plots, orthoptim.bench.report
-    import orthoptim.bench.sweep, orthoptim.bench.tasks, orthoptim.cli
-    from orthoptim.bench import records
+    import orthoptim.bench.models, orthoptim.bench.race.plots, orthoptim.bench.race.report
+    import orthoptim.bench.race.sweep, orthoptim.bench.race.tasks, orthoptim.cli
+    from orthoptim.bench.race import records
     from orthoptim.cli import main
     from tests.bench.synthetic import race
 

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from orthoptim.bench.models import TinyGPT
-from orthoptim.bench.tasks.base import Target, seeded
+from orthoptim.bench.race.tasks.base import Target, seeded
 
 CorpusName = Literal["pydoc_topics", "stdlib"]
 

@@ -11,57 +11,21 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from orthoptim.bench.flops import model_step_flops, optimizer_step_flops
-from orthoptim.bench.racers import Racer, configuration, state_bytes
-from orthoptim.bench.tasks.base import Task
+from orthoptim.bench.race.flops import model_step_flops, optimizer_step_flops
+from orthoptim.bench.race.racers import Racer, configuration, state_bytes
+from orthoptim.bench.race.tasks.base import Task
+from orthoptim.bench.shared.memory import peak_rss_bytes, reset_peak_rss, status_kib
 from orthoptim.nonfinite import NonFiniteGradientError
 
 Progress = Callable[[int, float], None]
 """``progress(step, train_loss)``, called after every training step."""
-
-_STATUS = Path("/proc/self/status")
-
-
-def status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``); ``None`` without ``/proc``."""
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark (Linux ``clear_refs`` 5); whether it worked."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int | None:
-    """The process's peak resident set size in bytes (``VmHWM``; ``ru_maxrss`` elsewhere)."""
-    kib = status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    try:
-        import resource
-    except ImportError:
-        return None
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -128,7 +92,7 @@ def run(
     training time so far, mean training loss since the last point, validation metrics),
     ``final``, ``steps_to_target`` / ``time_to_target_s`` (first evaluation meeting the target;
     ``None`` if never), ``diverged``, ``timing``, ``flops`` (per training step, model and
-    optimizer: ``orthoptim.bench.flops``) and ``memory``. A non-finite training loss stops
+    optimizer: ``orthoptim.bench.race.flops``) and ``memory``. A non-finite training loss stops
     the run and marks it diverged.
     """
     seed_everything(seed)

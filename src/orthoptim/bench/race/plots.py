@@ -5,7 +5,7 @@ Per task, three figures, all on the task's target metric:
 - ``<task>_curves.png``, the headline: at most ``HEADLINE`` racers (AdamW and Muon, drawn thick,
   the best racer of each family, then peers of AdamW/Muon while room remains), against step and
   against training wall-clock and, where the runs recorded them, against training FLOPs (model
-  forward and backward plus the optimizer's estimate, ``orthoptim.bench.flops``), zoomed on the
+  forward and backward plus the optimizer's estimate, ``orthoptim.bench.race.flops``), zoomed on the
   target (dotted line); median over seeds with a min..max band, peers dashed. A race has ~27
   racers: drawn together they are unreadable.
 - ``<task>_curves_all.png``: small multiples, one panel per family with every racer of it,
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from orthoptim import registry
-from orthoptim.bench._optional import require
-from orthoptim.bench.flops import training_step_flops
-from orthoptim.bench.racers import BASELINE
-from orthoptim.bench.summary import Row, baseline
+from orthoptim.bench.race.flops import training_step_flops
+from orthoptim.bench.race.racers import BASELINE
+from orthoptim.bench.race.summary import Row, baseline
+from orthoptim.bench.shared.optional import require
 
 MUON = "muon"
 EMPHASISED = (BASELINE, MUON)  # always in the headline, drawn thick: the two references

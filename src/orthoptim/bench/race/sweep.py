@@ -38,13 +38,13 @@ from typing import Any, Literal
 
 import torch
 
-from orthoptim.bench import records, report, tasks
-from orthoptim.bench._optional import require
-from orthoptim.bench.peers import peer_racers
-from orthoptim.bench.racers import BASELINE, Racer, spec_racers
-from orthoptim.bench.runner import run, train_step
-from orthoptim.bench.selection import final_value, pick
-from orthoptim.bench.tasks.base import Task
+from orthoptim.bench.race import records, report, tasks
+from orthoptim.bench.race.peers import peer_racers
+from orthoptim.bench.race.racers import BASELINE, Racer, spec_racers
+from orthoptim.bench.race.runner import run, train_step
+from orthoptim.bench.race.selection import final_value, pick
+from orthoptim.bench.race.tasks.base import Task
+from orthoptim.bench.shared.optional import require
 
 AdamWRouteRule = Literal["tuned", "ratio", "sweep"]
 ADAMW_ROUTE_RULES: tuple[str, ...] = ("tuned", "ratio", "sweep")
@@ -80,7 +80,7 @@ class RaceConfig:
     """What to race and how.
 
     Args:
-        tasks: task names (``orthoptim.bench.tasks.TASKS``).
+        tasks: task names (``orthoptim.bench.race.tasks.TASKS``).
         specs: registry name patterns (all when ``None``); ``adamw`` always races as baseline.
         peers: race installed peers of the selected algorithms.
         lr_points: points of the lr grid.
@@ -219,7 +219,7 @@ def race(config: RaceConfig) -> Path:
 def run_race(
     task_list: Sequence[Task], config: RaceConfig, racers: Sequence[Racer] | None = None
 ) -> Path:
-    """The race on these tasks (built-in or a user's, ``orthoptim.bench.api``) with the
+    """The race on these tasks (built-in or a user's, ``orthoptim.bench.race.api``) with the
     racers ``config`` selects, or ``racers`` where given (the final's)."""
     check(config)
     require("matplotlib", "the race's plots")  # fail now, not after the race
@@ -446,7 +446,7 @@ class _TaskRace:
         if bar is not None:
             shown = "" if adamw_lr is None else f" adamw_lr={adamw_lr:.3g}"
             bar.set_description_str(f"{task.name} {racer.name} lr={lr:.3g}{shown} seed={seed}")
-        record = {
+        head = {
             "schema": records.SCHEMA_VERSION,
             "race": self.race_info,
             "task": task.name,
@@ -471,13 +471,16 @@ class _TaskRace:
         }
         tick = _Tick(bar, task.steps, entry.cost[racer.name])
         try:
-            record |= run(task, racer, lr, seed, adamw_lr=adamw_lr, progress=tick)
+            measured = run(task, racer, lr, seed, adamw_lr=adamw_lr, progress=tick)
         except (RuntimeError, ValueError, TypeError, FloatingPointError) as err:
             # A library that crashes on this problem loses the run, not the whole race.
-            record |= _failed(f"{type(err).__name__}: {err}")
+            measured = _failed(f"{type(err).__name__}: {err}")
         tick.finish()
-        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        record["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        record = records.RaceRecord(
+            **(head | measured),
+            finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        ).as_dict()
         records.append(self.path, record)
         return records.plain(record)
 

@@ -7,19 +7,9 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from orthoptim.bench.speed import Result
-
-SPEED_SCHEMA = 1
-
-
-RECORD_KEYS: tuple[str, ...] = (
-    "schema", "kind", "run", "name", "library", "family", "params", "step_ms_median", "step_ms",
-    "flops", "state_bytes", "transient_peak_bytes", "error", "ratio_fastest_peer", "ratio_floor",
-    "ratio_muon", "state_bytes_per_param", "env", "finished_at",
-)  # fmt: skip
+from orthoptim.bench.speed.result import RECORD_KEYS, SPEED_SCHEMA, Result
 
 
 def read(path: Path) -> list[dict[str, Any]]:
