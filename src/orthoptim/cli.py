@@ -36,14 +36,14 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _race(args: argparse.Namespace) -> int:
-    from orthoptim.bench.race import sweep
+    from orthoptim.bench.race import protocol, sweep
     from orthoptim.bench.race.tasks import TASKS
     from orthoptim.bench.shared.optional import MissingExtra
 
-    quick = sweep.QUICK if args.quick else {}
+    quick = protocol.QUICK if args.quick else {}
     if args.final_from is not None and not args.final:
         raise ValueError("--from DIR adds the final to the race in DIR; it needs --final")
-    config = sweep.RaceConfig(
+    config = protocol.RaceConfig(
         tasks=tuple(args.task) if args.task else TASKS,
         specs=tuple(args.spec) if args.spec else None,
         peers=not args.no_peers,

@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent(
     for name in ("matplotlib", "tqdm", "sklearn"):
         sys.modules[name] = None  # import raises ImportError
     import orthoptim.bench.models, orthoptim.bench.race.plots, orthoptim.bench.race.report
+    import orthoptim.bench.race.figures
     import orthoptim.bench.race.sweep, orthoptim.bench.race.tasks, orthoptim.cli
     from orthoptim.bench.race import records
     from orthoptim.cli import main

@@ -17,8 +17,9 @@ from torch import nn
 
 from orthoptim.bench.race import records, report, summary
 from orthoptim.bench.race.api import UserTask
+from orthoptim.bench.race.protocol import MAX_EXTENSIONS, ROUTE_FACTORS, RaceConfig
 from orthoptim.bench.race.racers import Racer
-from orthoptim.bench.race.sweep import MAX_EXTENSIONS, ROUTE_FACTORS, RaceConfig, run_race
+from orthoptim.bench.race.sweep import run_race
 from orthoptim.bench.race.tasks.base import Target
 
 pytest.importorskip("matplotlib", reason="the race renders plots")

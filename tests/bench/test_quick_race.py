@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orthoptim.bench.race import records, tasks
+from orthoptim.bench.race.protocol import MAX_EXTENSIONS, QUICK, grid_step, lr_factors
 from orthoptim.bench.race.selection import pick
-from orthoptim.bench.race.sweep import MAX_EXTENSIONS, QUICK, grid_step, lr_factors
 from orthoptim.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
