@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench.race import records, report, summary
+from orthoptim.bench.arena import records, report, summary
 from orthoptim.bench.speed import report as speed_report
 
 FOLDERS = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "records").glob("*/"))

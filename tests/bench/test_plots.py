@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from orthoptim.bench.race import figures, plots, records
-from orthoptim.bench.race.summary import Row, Spread, summarize
+from orthoptim.bench.arena import figures, plots, records
+from orthoptim.bench.arena.summary import Row, Spread, summarize
 from tests.bench.synthetic import FACTORS, record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -187,7 +187,7 @@ def test_curated_race_headlines_are_small_and_distinctly_coloured() -> None:
 
 
 def test_the_flops_axis_is_step_times_training_flops_per_step() -> None:
-    from orthoptim.bench.race.figures import _band, _has_flops
+    from orthoptim.bench.arena.figures import _band, _has_flops
     from tests.bench.synthetic import race
 
     recs = race()

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from orthoptim import registry
+from orthoptim.bench.arena import tasks
+from orthoptim.bench.arena.peers import peer_racers, split_hidden
+from orthoptim.bench.arena.racers import BASELINE, configuration, spec_racers
 from orthoptim.bench.models import TinyGPT
-from orthoptim.bench.race import tasks
-from orthoptim.bench.race.peers import peer_racers, split_hidden
-from orthoptim.bench.race.racers import BASELINE, configuration, spec_racers
 from orthoptim.bench.shared.peers import muon_defaults
 
 

@@ -65,7 +65,7 @@ LAYER_SHAPES: tuple[Shape, ...] = ((1536, 512), (512, 512), (2048, 512), (512, 2
 LAYERS = 6
 # What the whole 23.1M-param model adds for AdamW: the 8192 x 512 token embedding (tied head).
 ADAMW_EXTRA: tuple[Shape, ...] = ((8192, 512),)
-# Entrant families timed head to head, in rounds of their own (see ``_run``).
+# Entrant families timed head to head, in rounds of their own (see ``_time_entries``).
 HEAD_FAMILIES: tuple[str, ...] = ("muon", "adamw", "check")
 
 
@@ -211,10 +211,9 @@ def run(config: SpeedConfig, echo: Callable[[str], None] = print) -> tuple[list[
     """Run the benchmark, print the table, write ``records.jsonl``; the results and folder.
 
     Run it once per process: the transient-memory measurement after the rounds makes glibc map
-    every block of 64 KiB or more on its own for the rest of the process (``mallopt``). A first
-    version of ``benchmarks/speed_repeats.py`` ran ten runs in one process: orthoptim's Muon step
-    went from 313 ms in the first to 329-379 ms in the others, torch's from 1.23x to 1.54-1.69x
-    the floor. It now starts a fresh process per run.
+    every block of 64 KiB or more on its own for the rest of the process (``mallopt``), which
+    slows every later run in it; ``benchmarks/speed_repeats.py`` starts a fresh process per run
+    (what one process did to ten runs: ``benchmarks/records/2026-11-25_step-speed-4/README.md``).
     """
     if config.steps < 1 or config.warmup < 0 or config.layers < 1 or config.threads < 1:
         raise ValueError("steps, layers and threads must be >= 1 and warmup >= 0")

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from orthoptim.bench.race.flops import model_step_flops, optimizer_step_flops
-from orthoptim.bench.race.racers import Racer, configuration, state_bytes
-from orthoptim.bench.race.tasks.base import Task
+from orthoptim.bench.arena.flops import model_step_flops, optimizer_step_flops
+from orthoptim.bench.arena.racers import Racer, configuration, state_bytes
+from orthoptim.bench.arena.tasks.base import Task
 from orthoptim.bench.shared.memory import peak_rss_bytes, reset_peak_rss, status_kib
 from orthoptim.nonfinite import NonFiniteGradientError
 
@@ -93,7 +93,7 @@ def run(
     training time so far, mean training loss since the last point, validation metrics),
     ``final``, ``steps_to_target`` / ``time_to_target_s`` (first evaluation meeting the target;
     ``None`` if never), ``diverged``, ``timing``, ``flops`` (per training step, model and
-    optimizer: ``orthoptim.bench.race.flops``) and ``memory``. A non-finite training loss stops
+    optimizer: ``orthoptim.bench.arena.flops``) and ``memory``. A non-finite training loss stops
     the run and marks it diverged.
     """
     seed_everything(seed)

@@ -5,9 +5,9 @@ Per task, three figures, all on the task's target metric:
 - ``<task>_curves.png``, the headline: at most ``HEADLINE`` racers (AdamW and Muon, drawn thick,
   the best racer of each family, then peers of AdamW/Muon while room remains), against step and
   against training wall-clock and, where the runs recorded them, against training FLOPs (model
-  forward and backward plus the optimizer's estimate, ``orthoptim.bench.race.flops``), zoomed on the
-  target (dotted line); median over seeds with a min..max band, peers dashed. A race has ~27
-  racers: drawn together they are unreadable.
+  forward and backward plus the optimizer's estimate, ``orthoptim.bench.arena.flops``), zoomed
+  on the target (dotted line); median over seeds with a min..max band, peers dashed. A race has
+  ~27 racers: drawn together they are unreadable.
 - ``<task>_curves_all.png``: small multiples, one panel per family with every racer of it,
   AdamW as a thin reference in every panel, all panels on the same y-range.
 - ``<task>_time_to_target.png``: every racer's median time to target with min..max whiskers,
@@ -17,7 +17,7 @@ Colours are assigned explicitly (tab10, then darker and lighter extras, then spa
 cycled, so no two lines of a figure (of a panel, in the small multiples) share a colour; a racer
 keeps its headline colour in the other two figures, and no other racer of the task gets it.
 The selection, family, colour and y-range rules are small pure functions in
-``orthoptim.bench.race.plots`` (``select_headline``, ``family``, ``row_family``,
+``orthoptim.bench.arena.plots`` (``select_headline``, ``family``, ``row_family``,
 ``assign_colors``, ``y_limits``), testable without drawing.
 """
 
@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orthoptim.bench.race.flops import training_step_flops
-from orthoptim.bench.race.plots import (
+from orthoptim.bench.arena.flops import training_step_flops
+from orthoptim.bench.arena.plots import (
     EMPHASISED,
     FAMILIES,
     FIXED,
@@ -43,8 +43,8 @@ from orthoptim.bench.race.plots import (
     time_limit,
     y_limits,
 )
-from orthoptim.bench.race.racers import BASELINE
-from orthoptim.bench.race.summary import Row, baseline
+from orthoptim.bench.arena.racers import BASELINE
+from orthoptim.bench.arena.summary import Row, baseline
 from orthoptim.bench.shared.optional import require
 
 UNSHOWN = "#d9d9d9"  # bars of racers that are not in the headline

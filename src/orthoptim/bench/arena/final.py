@@ -5,7 +5,7 @@ time to target relative to AdamW (a task whose target a racer missed counts as i
 plus ``adamw``, ``muon`` and every peer that raced. Where: each finalist's lr grid is centred on
 the lr it picked on the small ``lm`` task (its registry default where it did not race ``lm``),
 ``FINAL_LR_POINTS`` points spanning ``x1/FINAL_LR_SPAN .. x FINAL_LR_SPAN``, with the race's edge
-rule and AdamW-route rule (``orthoptim.bench.race.protocol``). The final's records go into the same
+rule and AdamW-route rule (``orthoptim.bench.arena.protocol``). The final's records go into the same
 ``records.jsonl`` as the small tasks, so one report holds every task; run again on the same
 folder, an interrupted final resumes (``task_race.TaskRace`` reads its recorded runs back).
 """
@@ -18,10 +18,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from orthoptim.bench.race import records, report, sweep, tasks
-from orthoptim.bench.race.protocol import RaceConfig
-from orthoptim.bench.race.racers import BASELINE, Racer
-from orthoptim.bench.race.summary import Row, baseline, ratio, summarize
+from orthoptim.bench.arena import records, report, sweep, tasks
+from orthoptim.bench.arena.protocol import RaceConfig
+from orthoptim.bench.arena.racers import BASELINE, Racer
+from orthoptim.bench.arena.summary import Row, baseline, ratio, summarize
 
 FINALISTS = 5
 FINAL_LR_POINTS = 3

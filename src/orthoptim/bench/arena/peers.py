@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from orthoptim import registry
-from orthoptim.bench.race.racers import Make, Pair, Racer
+from orthoptim.bench.arena.racers import Make, Pair, Racer
 from orthoptim.bench.shared.optional import version_of
 from orthoptim.bench.shared.peers import Eager, MuonDefaults, heavyball, muon_defaults, only
 from orthoptim.functional.coefficients import PRESETS

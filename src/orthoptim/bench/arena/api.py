@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from orthoptim.bench.race import sweep
-from orthoptim.bench.race.protocol import AdamWRouteRule, RaceConfig
-from orthoptim.bench.race.tasks.base import Mode, Target
+from orthoptim.bench.arena import sweep
+from orthoptim.bench.arena.protocol import AdamWRouteRule, RaceConfig
+from orthoptim.bench.arena.tasks.base import Mode, Target
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserTask:
-    """A race task made of a user's functions (``orthoptim.bench.race.tasks.base.Task``).
+    """A race task made of a user's functions (``orthoptim.bench.arena.tasks.base.Task``).
 
     ``model_fn()`` is called after ``torch.manual_seed(seed)``, so its initialisation follows
     the run's seed; ``batches_fn(seed)`` yields training batches; ``loss_fn(model, batch)``
@@ -111,7 +111,7 @@ def race(
         specs: registry name patterns (default: every optimizer); AdamW always races.
         name: the task's name in records and report.
         peers: race installed peers (torch.optim, heavyball, pytorch-optimizer).
-        lr_points, lr_span, seeds, adamw_route: the protocol (``orthoptim.bench.race.protocol``).
+        lr_points, lr_span, seeds, adamw_route: the protocol (``orthoptim.bench.arena.protocol``).
         out: output folder (``runs/<timestamp>`` by default).
         progress: show a progress bar.
         threads: torch CPU threads during the race (``None``: leave as is).

@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orthoptim.bench.race import records
-from orthoptim.bench.race.claims import UNCLAIMED_NOTE, claims_for
-from orthoptim.bench.race.summary import Record, Row, baseline, headline, ratio, summarize
+from orthoptim.bench.arena import records
+from orthoptim.bench.arena.claims import UNCLAIMED_NOTE, claims_for
+from orthoptim.bench.arena.summary import Record, Row, baseline, headline, ratio, summarize
 
 REPORT = "report.md"
 
@@ -368,7 +368,7 @@ def render(directory: Path, plots: bool = True) -> str:
     summary = summarize(recs)
     (directory / REPORT).write_text(markdown(recs, summary), encoding="utf-8")
     if plots:
-        from orthoptim.bench.race.figures import plot_all
+        from orthoptim.bench.arena.figures import plot_all
 
         plot_all(summary, directory)
     return terminal(summary) + "\n\n" + headline_text(summary)

@@ -1,7 +1,7 @@
 """The rules of a race's figures, pure functions testable without drawing: which racers the
 headline shows (``select_headline``), the family of a racer (``family``, ``row_family``), their
 colours (``assign_colors``, never cycled), the y-range zoomed on the target (``y_limits``) and the
-time axes (``time_limit``, ``bar_limit``). ``orthoptim.bench.race.figures`` draws the figures.
+time axes (``time_limit``, ``bar_limit``). ``orthoptim.bench.arena.figures`` draws the figures.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import statistics
 from collections.abc import Collection, Mapping, Sequence
 
 from orthoptim import registry
-from orthoptim.bench.race.racers import BASELINE
-from orthoptim.bench.race.summary import Row
+from orthoptim.bench.arena.racers import BASELINE
+from orthoptim.bench.arena.summary import Row
 
 MUON = "muon"
 EMPHASISED = (BASELINE, MUON)  # always in the headline, drawn thick: the two references

@@ -3,8 +3,8 @@
 A registry spec races through ``registry.build``, so a new ``Spec`` races automatically; specs
 whose whole-model optimizer is identical (same plan ``repr``, lr and weight decay) race once.
 A racer with an AdamW route (a whole-model plan) is built with that route's absolute lr, which
-the race chooses (``orthoptim.bench.race.sweep``). Peers from other libraries live in
-``orthoptim.bench.race.peers``. ``state_bytes`` and ``configuration`` work on any torch optimizer,
+the race chooses (``orthoptim.bench.arena.sweep``). Peers from other libraries live in
+``orthoptim.bench.arena.peers``. ``state_bytes`` and ``configuration`` work on any torch optimizer,
 ours, a peer, or a ``Pair`` of them.
 """
 

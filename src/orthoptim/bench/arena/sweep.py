@@ -1,7 +1,7 @@
 """Running the race (``race``, ``run_race``, ``run_more``): select the racers, probe what
-each run costs, then race every task (``orthoptim.bench.race.task_race``) into
+each run costs, then race every task (``orthoptim.bench.arena.task_race``) into
 ``records.jsonl`` and render the report. The protocol and its options:
-``orthoptim.bench.race.protocol``.
+``orthoptim.bench.arena.protocol``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from orthoptim.bench.race import records, report, tasks
-from orthoptim.bench.race.peers import peer_racers
-from orthoptim.bench.race.progress import progress_bar
-from orthoptim.bench.race.protocol import (
+from orthoptim.bench.arena import records, report, tasks
+from orthoptim.bench.arena.peers import peer_racers
+from orthoptim.bench.arena.progress import progress_bar
+from orthoptim.bench.arena.protocol import (
     MAX_EXTENSIONS,
     ROUTE_FACTORS,
     RaceConfig,
@@ -27,10 +27,10 @@ from orthoptim.bench.race.protocol import (
     lr_factors,
     ratio_adamw_lr,
 )
-from orthoptim.bench.race.racers import Racer, spec_racers
-from orthoptim.bench.race.runner import train_step
-from orthoptim.bench.race.task_race import Entry, TaskRace
-from orthoptim.bench.race.tasks.base import Task
+from orthoptim.bench.arena.racers import Racer, spec_racers
+from orthoptim.bench.arena.runner import train_step
+from orthoptim.bench.arena.task_race import Entry, TaskRace
+from orthoptim.bench.arena.tasks.base import Task
 from orthoptim.bench.shared.optional import require
 
 
@@ -108,7 +108,7 @@ def race(config: RaceConfig) -> Path:
 def run_race(
     task_list: Sequence[Task], config: RaceConfig, racers: Sequence[Racer] | None = None
 ) -> Path:
-    """The race on these tasks (built-in or a user's, ``orthoptim.bench.race.api``) with the
+    """The race on these tasks (built-in or a user's, ``orthoptim.bench.arena.api``) with the
     racers ``config`` selects, or ``racers`` where given (the final's)."""
     check(config)
     require("matplotlib", "the race's plots")  # fail now, not after the race

@@ -1,5 +1,5 @@
 """The race's protocol: an equal lr sweep per racer, the lr picked on validation, then seeds at
-that lr; its options (``RaceConfig``) and grid rules. ``orthoptim.bench.race.sweep`` runs it.
+that lr; its options (``RaceConfig``) and grid rules. ``orthoptim.bench.arena.sweep`` runs it.
 
 Protocol, per task (every racer gets the same budget and the same rules):
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from orthoptim.bench.race import tasks
-from orthoptim.bench.race.racers import Racer
+from orthoptim.bench.arena import tasks
+from orthoptim.bench.arena.racers import Racer
 
 AdamWRouteRule = Literal["tuned", "ratio", "sweep"]
 ADAMW_ROUTE_RULES: tuple[str, ...] = ("tuned", "ratio", "sweep")
@@ -69,7 +69,7 @@ class RaceConfig:
     """What to race and how.
 
     Args:
-        tasks: task names (``orthoptim.bench.race.tasks.TASKS``).
+        tasks: task names (``orthoptim.bench.arena.tasks.TASKS``).
         specs: registry name patterns (all when ``None``); ``adamw`` always races as baseline.
         peers: race installed peers of the selected algorithms.
         lr_points: points of the lr grid.

@@ -1,6 +1,6 @@
 """One task's race (``TaskRace``): AdamW's sweep, everyone else's, the edge extensions, then
 the seeds, each run appended to ``records.jsonl`` as it ends (the protocol:
-``orthoptim.bench.race.protocol``)."""
+``orthoptim.bench.arena.protocol``)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthoptim.bench.race import records, tasks
-from orthoptim.bench.race.progress import Tick
-from orthoptim.bench.race.protocol import (
+from orthoptim.bench.arena import records, tasks
+from orthoptim.bench.arena.progress import Tick
+from orthoptim.bench.arena.protocol import (
     MAX_EXTENSIONS,
     ROUTE_FACTORS,
     RaceConfig,
     grid_step,
     ratio_adamw_lr,
 )
-from orthoptim.bench.race.racers import BASELINE, Racer
-from orthoptim.bench.race.runner import run
-from orthoptim.bench.race.selection import final_value, pick
+from orthoptim.bench.arena.racers import BASELINE, Racer
+from orthoptim.bench.arena.runner import run
+from orthoptim.bench.arena.selection import final_value, pick
 
 
 @dataclass(frozen=True, slots=True)
