@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from orthoptim.bench.measure import fixed_params
-from orthoptim.bench.speed import LAYER_SHAPES, LAYERS
+from orthoptim.bench.speed.benchmark import LAYER_SHAPES, LAYERS
+from orthoptim.bench.speed.measure import fixed_params
 
 BETA, EPS, LR = 0.95, 1e-7, 0.02
 

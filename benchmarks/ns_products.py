@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 import orthoptim
-from orthoptim.bench.measure import MatmulProbe, fixed_params, set_grads
-from orthoptim.bench.speed import LAYER_SHAPES, LAYERS
+from orthoptim.bench.speed.benchmark import LAYER_SHAPES, LAYERS
+from orthoptim.bench.speed.measure import MatmulProbe, fixed_params, set_grads
 from orthoptim.functional import newton_schulz
 from orthoptim.functional.coefficients import resolve_preset
 

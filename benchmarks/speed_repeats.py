@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orthoptim.bench import speed_report
+from orthoptim.bench.speed import report as speed_report
 
 ROWS: tuple[tuple[str, str], ...] = (
     ("orthoptim:muon", "ratio_floor"),

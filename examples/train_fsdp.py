@@ -36,7 +36,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 import orthoptim
-from orthoptim.bench.tasks.lm import LanguageModel
+from orthoptim.bench.arena.tasks.lm import LanguageModel
 
 
 def sharded_model(task: LanguageModel, mesh: DeviceMesh) -> torch.nn.Module:

@@ -36,14 +36,14 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _race(args: argparse.Namespace) -> int:
-    from orthoptim.bench import sweep
-    from orthoptim.bench._optional import MissingExtra
-    from orthoptim.bench.tasks import TASKS
+    from orthoptim.bench.arena import protocol, sweep
+    from orthoptim.bench.arena.tasks import TASKS
+    from orthoptim.bench.shared.optional import MissingExtra
 
-    quick = sweep.QUICK if args.quick else {}
+    quick = protocol.QUICK if args.quick else {}
     if args.final_from is not None and not args.final:
         raise ValueError("--from DIR adds the final to the race in DIR; it needs --final")
-    config = sweep.RaceConfig(
+    config = protocol.RaceConfig(
         tasks=tuple(args.task) if args.task else TASKS,
         specs=tuple(args.spec) if args.spec else None,
         peers=not args.no_peers,
@@ -62,7 +62,7 @@ def _race(args: argparse.Namespace) -> int:
     try:
         out = args.final_from if args.final_from is not None else sweep.race(config)
         if args.final:
-            from orthoptim.bench.final import run_final
+            from orthoptim.bench.arena.final import run_final
 
             run_final(out, config)
     except MissingExtra as err:
@@ -73,10 +73,10 @@ def _race(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from orthoptim.bench import speed
+    from orthoptim.bench.speed import benchmark as speed
 
     if args.nproc is not None:
-        from orthoptim.bench import speed_dist
+        from orthoptim.bench.speed import dist as speed_dist
 
         rows = speed_dist.run(
             speed_dist.DistConfig(
@@ -108,8 +108,8 @@ def _speed(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from orthoptim.bench import report
-    from orthoptim.bench._optional import MissingExtra
+    from orthoptim.bench.arena import report
+    from orthoptim.bench.shared.optional import MissingExtra
 
     try:
         print(report.render(args.dir, plots=not args.no_plots))
@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _race_parser(sub: argparse._SubParsersAction) -> None:
-    from orthoptim.bench.tasks import FINAL, TASKS
+    from orthoptim.bench.arena.tasks import FINAL, TASKS
 
     race = sub.add_parser(
         "race",
@@ -153,8 +153,9 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
         "runs at the lr it picked. Each optimizer gets the same log-spaced lr sweep around its "
         "registry default, extended while the pick sits at an edge; the lr is picked on "
         "held-out data, then seeds run at that lr. Writes "
-        "records.jsonl, report.md and PNG plots. No argument: the default race (~21 min on "
-        "2 CPU cores); --quick: under a minute.",
+        "records.jsonl, report.md and PNG plots. No argument: the default race (tens of "
+        "minutes on 2 CPU cores; timed in benchmarks/records/*default-race*/README.md); "
+        "--quick: under a minute.",
     )
     race.add_argument(
         "--task",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orthoptim.bench import records
+from orthoptim.bench.arena import records
 
 FACTORS = [0.5, 1.0, 2.0]
 TARGET = {"metric": "val_loss", "value": 1.0, "mode": "min"}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import records, report, speed_report, summary
+from orthoptim.bench.arena import records, report, summary
+from orthoptim.bench.speed import report as speed_report
 
 FOLDERS = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "records").glob("*/"))
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import orthoptim
-from orthoptim.bench import tasks
-from orthoptim.bench.tasks.lm import _stdlib, corpus, stdlib_docstrings
+from orthoptim.bench.arena import tasks
+from orthoptim.bench.arena.tasks.lm import _stdlib, corpus, stdlib_docstrings
 from orthoptim.routing import classify
 
 

@@ -15,9 +15,10 @@ SCRIPT = textwrap.dedent(
     import sys
     for name in ("matplotlib", "tqdm", "sklearn"):
         sys.modules[name] = None  # import raises ImportError
-    import orthoptim.bench.models, orthoptim.bench.plots, orthoptim.bench.report
-    import orthoptim.bench.sweep, orthoptim.bench.tasks, orthoptim.cli
-    from orthoptim.bench import records
+    import orthoptim.bench.models, orthoptim.bench.arena.plots, orthoptim.bench.arena.report
+    import orthoptim.bench.arena.figures
+    import orthoptim.bench.arena.sweep, orthoptim.bench.arena.tasks, orthoptim.cli
+    from orthoptim.bench.arena import records
     from orthoptim.cli import main
     from tests.bench.synthetic import race
 

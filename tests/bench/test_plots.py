@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from orthoptim.bench import plots, records
-from orthoptim.bench.summary import Row, Spread, summarize
+from orthoptim.bench.arena import figures, plots, records
+from orthoptim.bench.arena.summary import Row, Spread, summarize
 from tests.bench.synthetic import FACTORS, record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -163,7 +163,7 @@ def test_plot_all_writes_three_pngs_per_task(tmp_path: Path) -> None:
     keep = {"adamw", "muon", "shampoo", "torch:muon"}  # few racers: drawing takes the time
     recs = [r for r in race_records("toy") + race_records("other") if r["racer"] in keep]
     summary = summarize(recs)
-    written = plots.plot_all(summary, tmp_path)
+    written = figures.plot_all(summary, tmp_path)
     kinds = ("curves", "curves_all", "time_to_target")
     assert written == [tmp_path / f"{t}_{k}.png" for t in ("toy", "other") for k in kinds]
     for path in written:
@@ -180,14 +180,14 @@ def test_curated_race_headlines_are_small_and_distinctly_coloured() -> None:
         families = {plots.row_family(r) for r in task_rows}
         assert families == {plots.BASELINES, plots.ORTHOGONAL, plots.KRONECKER, plots.NEIGHBOURS}
         target = task_rows[0].seeds[0]["target"]
-        medians = [plots._band(r.seeds, target["metric"], "step")[1] for r in shown]
+        medians = [figures._band(r.seeds, target["metric"], "step")[1] for r in shown]
         lo, hi = plots.y_limits(medians, target["value"], target["mode"])
         assert lo < target["value"] < hi, task
         assert math.isfinite(lo) and math.isfinite(hi)
 
 
 def test_the_flops_axis_is_step_times_training_flops_per_step() -> None:
-    from orthoptim.bench.plots import _band, _has_flops
+    from orthoptim.bench.arena.figures import _band, _has_flops
     from tests.bench.synthetic import race
 
     recs = race()

@@ -15,11 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from orthoptim.bench import records, report, summary
-from orthoptim.bench.api import UserTask
-from orthoptim.bench.racers import Racer
-from orthoptim.bench.sweep import MAX_EXTENSIONS, ROUTE_FACTORS, RaceConfig, run_race
-from orthoptim.bench.tasks.base import Target
+from orthoptim.bench.arena import records, report, summary
+from orthoptim.bench.arena.api import UserTask
+from orthoptim.bench.arena.protocol import MAX_EXTENSIONS, ROUTE_FACTORS, RaceConfig
+from orthoptim.bench.arena.racers import Racer
+from orthoptim.bench.arena.sweep import run_race
+from orthoptim.bench.arena.tasks.base import Target
 
 pytest.importorskip("matplotlib", reason="the race renders plots")
 
@@ -258,7 +259,7 @@ def test_the_race_your_model_example_runs(tmp_path: Path) -> None:
 
 
 def test_finalists_are_the_best_five_by_median_time_ratio_plus_adamw_muon_and_peers() -> None:
-    from orthoptim.bench.final import FINALISTS, centred, finalists, standing
+    from orthoptim.bench.arena.final import FINALISTS, centred, finalists, standing
     from tests.bench.synthetic import record
 
     recs = []
@@ -284,7 +285,7 @@ def test_finalists_are_the_best_five_by_median_time_ratio_plus_adamw_muon_and_pe
 def test_an_interrupted_task_resumes_from_its_records(tmp_path: Path) -> None:
     """``run_more`` into a folder that already holds some of the task's runs (a final stopped
     by hand, run again with ``--final --from DIR``) reads them back and runs only the rest."""
-    from orthoptim.bench.sweep import run_more
+    from orthoptim.bench.arena.sweep import run_more
 
     full = _race(tmp_path, "tuned")
     path = tmp_path / "tuned" / records.RECORDS

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import records, tasks
-from orthoptim.bench.selection import pick
-from orthoptim.bench.sweep import MAX_EXTENSIONS, QUICK, grid_step, lr_factors
+from orthoptim.bench.arena import records, tasks
+from orthoptim.bench.arena.protocol import MAX_EXTENSIONS, QUICK, grid_step, lr_factors
+from orthoptim.bench.arena.selection import pick
 from orthoptim.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -115,8 +115,8 @@ def test_report_re_renders_from_records_alone(quick_race: tuple[Path, str], caps
 def test_the_final_adds_lm_medium_for_the_finalists(quick_race: tuple[Path, str], tmp_path) -> None:
     import shutil
 
-    from orthoptim.bench.final import ALWAYS, FINAL_LR_POINTS, finalists
-    from orthoptim.bench.summary import summarize
+    from orthoptim.bench.arena.final import ALWAYS, FINAL_LR_POINTS, finalists
+    from orthoptim.bench.arena.summary import summarize
 
     out, _ = quick_race
     copy = tmp_path / "with_final"

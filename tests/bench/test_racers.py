@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from orthoptim import registry
-from orthoptim.bench import tasks
+from orthoptim.bench.arena import tasks
+from orthoptim.bench.arena.peers import peer_racers, split_hidden
+from orthoptim.bench.arena.racers import BASELINE, configuration, spec_racers
 from orthoptim.bench.models import TinyGPT
-from orthoptim.bench.peers import muon_defaults, peer_racers, split_hidden
-from orthoptim.bench.racers import BASELINE, configuration, spec_racers
+from orthoptim.bench.shared.peers import muon_defaults
 
 
 def test_every_registry_spec_races_or_is_an_alias() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import records
+from orthoptim.bench.arena import records
 from tests.bench.synthetic import record
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import records, report, summary
+from orthoptim.bench.arena import records, report, summary
 from tests.bench.synthetic import race, record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from orthoptim.bench import tasks
-from orthoptim.bench.racers import Pair, spec_racers, state_bytes
-from orthoptim.bench.runner import peak_rss_bytes, run
-from orthoptim.bench.tasks.base import Target
+from orthoptim.bench.arena import tasks
+from orthoptim.bench.arena.racers import Pair, spec_racers, state_bytes
+from orthoptim.bench.arena.runner import run
+from orthoptim.bench.arena.tasks.base import Target
+from orthoptim.bench.shared.memory import peak_rss_bytes
 
 
 class Counter(nn.Module):
@@ -116,7 +117,7 @@ def test_peak_rss_is_reported() -> None:
 
 
 def test_flops_per_step_are_recorded_for_model_and_optimizer() -> None:
-    from orthoptim.bench.flops import optimizer_step_flops, training_step_flops
+    from orthoptim.bench.arena.flops import optimizer_step_flops, training_step_flops
 
     task = tasks.make("lm", quick=True)
     out = run(task, racer("muon"), 0.02, seed=0)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from orthoptim.bench.selection import final_value, pick
-from orthoptim.bench.sweep import lr_factors
+from orthoptim.bench.arena.protocol import lr_factors
+from orthoptim.bench.arena.selection import final_value, pick
 from tests.bench.synthetic import record
 
 
@@ -58,7 +58,8 @@ def test_a_failed_run_is_never_picked() -> None:
 
 
 def test_data_needs_exactly_one_real_task(tmp_path) -> None:
-    from orthoptim.bench.sweep import RaceConfig, _make_tasks
+    from orthoptim.bench.arena.protocol import RaceConfig
+    from orthoptim.bench.arena.sweep import _make_tasks
 
     text = tmp_path / "t.txt"
     text.write_text("hello world " * 100)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from orthoptim.bench import tasks
-from orthoptim.bench.tasks.base import Target, shuffled_batches
-from orthoptim.bench.tasks.lm import corpus
+from orthoptim.bench.arena import tasks
+from orthoptim.bench.arena.tasks.base import Target, shuffled_batches
+from orthoptim.bench.arena.tasks.lm import corpus
 
 
 def test_target_reached_in_both_directions() -> None:
@@ -110,7 +110,7 @@ def test_digits_reads_a_user_image_folder(tmp_path: Path) -> None:
 
 
 def test_quadratic_metric_is_zero_at_the_optimum_and_one_at_zero() -> None:
-    from orthoptim.bench.tasks.synthetic import _quadratic_instance
+    from orthoptim.bench.arena.tasks.synthetic import _quadratic_instance
 
     task = tasks.make("quadratic", quick=True)
     model = task.model(0)

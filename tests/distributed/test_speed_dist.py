@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orthoptim.bench import speed_dist
+from orthoptim.bench.speed import dist as speed_dist
 from orthoptim.cli import main
 
 

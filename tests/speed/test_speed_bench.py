@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orthoptim.bench import speed, speed_report
+from orthoptim.bench.speed import benchmark as speed
+from orthoptim.bench.speed import report as speed_report
 from orthoptim.cli import main
 
 

@@ -1,4 +1,4 @@
-"""Add the per-step FLOPs (``orthoptim.bench.flops``) to this race's records.
+"""Add the per-step FLOPs (``orthoptim.bench.arena.flops``) to this race's records.
 
 The runs of this race were written before the runner recorded ``flops``; both parts are
 deterministic functions of the task's model and the racer's algorithm (matmul FLOPs of one
@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orthoptim.bench import records, tasks
-from orthoptim.bench.flops import model_step_flops, optimizer_step_flops
+from orthoptim.bench.arena import records, tasks
+from orthoptim.bench.arena.flops import model_step_flops, optimizer_step_flops
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,7 +11,7 @@ import time
 import torch
 
 import orthoptim
-import orthoptim.bench.tasks as tasks
+import orthoptim.bench.arena.tasks as tasks
 
 torch.set_num_threads(2)
 model = tasks.make("lm").model(0)

@@ -11,57 +11,22 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from orthoptim.bench.flops import model_step_flops, optimizer_step_flops
-from orthoptim.bench.racers import Racer, configuration, state_bytes
-from orthoptim.bench.tasks.base import Task
+from orthoptim.bench.arena.flops import model_step_flops, optimizer_step_flops
+from orthoptim.bench.arena.racers import Racer, configuration, state_bytes
+from orthoptim.bench.arena.tasks.base import Task
+from orthoptim.bench.shared.memory import peak_rss_bytes, reset_peak_rss, status_kib
 from orthoptim.nonfinite import NonFiniteGradientError
 
 Progress = Callable[[int, float], None]
 """``progress(step, train_loss)``, called after every training step."""
-
-_STATUS = Path("/proc/self/status")
-
-
-def status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``); ``None`` without ``/proc``."""
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark (Linux ``clear_refs`` 5); whether it worked."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int | None:
-    """The process's peak resident set size in bytes (``VmHWM``; ``ru_maxrss`` elsewhere)."""
-    kib = status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    try:
-        import resource
-    except ImportError:
-        return None
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -128,7 +93,7 @@ def run(
     training time so far, mean training loss since the last point, validation metrics),
     ``final``, ``steps_to_target`` / ``time_to_target_s`` (first evaluation meeting the target;
     ``None`` if never), ``diverged``, ``timing``, ``flops`` (per training step, model and
-    optimizer: ``orthoptim.bench.flops``) and ``memory``. A non-finite training loss stops
+    optimizer: ``orthoptim.bench.arena.flops``) and ``memory``. A non-finite training loss stops
     the run and marks it diverged.
     """
     seed_everything(seed)
@@ -138,71 +103,28 @@ def run(
     batches = task.batches(seed)
     reset_ok = reset_peak_rss()
     rss_start = status_kib("VmRSS")
-    curve: list[dict[str, Any]] = [
-        {"step": 0, "time_s": 0.0, "train_loss": None, **task.evaluate(model)}
-    ]
-    step_times: list[float] = []
-    opt_times: list[float] = []
-    train_s = 0.0
-    window: list[float] = []
-    steps_to_target = time_to_target = None
-    if task.target.reached(curve[0]):
-        steps_to_target, time_to_target = 0, 0.0
-    diverged = False
+    trace = _Trace([{"step": 0, "time_s": 0.0, "train_loss": None, **task.evaluate(model)}])
+    if task.target.reached(trace.curve[0]):
+        trace.steps_to_target, trace.time_to_target = 0, 0.0
     wall0 = time.perf_counter()
-    for step in range(1, task.steps + 1):
-        value, step_s, opt_s = train_step(task, racer, model, opt, next(batches))
-        if not math.isfinite(value):
-            diverged = True
-            break
-        step_times.append(step_s)
-        opt_times.append(opt_s)
-        train_s += step_s
-        window.append(value)
-        if progress is not None:
-            progress(step, value)
-        if step % task.eval_every == 0 or step == task.steps:
-            metrics = task.evaluate(model)
-            curve.append(
-                {
-                    "step": step,
-                    "time_s": train_s,
-                    "train_loss": statistics.fmean(window),
-                    **{k: _finite(v) for k, v in metrics.items()},
-                }
-            )
-            window = []
-            if any(not math.isfinite(v) for v in metrics.values()):
-                diverged = True
-                break
-            if steps_to_target is None and task.target.reached(metrics):
-                steps_to_target, time_to_target = step, train_s
+    _train(task, racer, model, opt, batches, trace, progress)
     wall_s = time.perf_counter() - wall0
     flops = {  # after the run, outside every timed region
         "model_step": model_step_flops(task, model, next(batches)),
         "optimizer_step": optimizer_step_flops(racer.mirrors, model),
     }
-    final = {k: v for k, v in curve[-1].items() if k not in ("step", "time_s", "train_loss")}
-    if diverged:
+    final = {k: v for k, v in trace.curve[-1].items() if k not in ("step", "time_s", "train_loss")}
+    if trace.diverged:
         final = dict.fromkeys(final)
-    opt_median = statistics.median(opt_times) if opt_times else None
-    step_median = statistics.median(step_times) if step_times else None
     return {
         "recipe": configuration(opt),
-        "curve": curve,
+        "curve": trace.curve,
         "final": final,
-        "steps_done": len(step_times),
-        "steps_to_target": steps_to_target,
-        "time_to_target_s": time_to_target,
-        "diverged": diverged,
-        "timing": {
-            "train_s": train_s,
-            "wall_s": wall_s,
-            "step_s_median": step_median,
-            "opt_step_s_median": opt_median,
-            "opt_share": opt_median / step_median if opt_median and step_median else None,
-            "opt_includes_gradients": racer.needs_closure,
-        },
+        "steps_done": len(trace.step_times),
+        "steps_to_target": trace.steps_to_target,
+        "time_to_target_s": trace.time_to_target,
+        "diverged": trace.diverged,
+        "timing": _timing(trace, wall_s, racer.needs_closure),
         "flops": flops,
         "memory": {
             "state_bytes": state_bytes(opt),
@@ -210,4 +132,72 @@ def run(
             "rss_start_bytes": None if rss_start is None else rss_start * 1024,
             "peak_is_per_run": reset_ok,
         },
+    }
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What a run's training loop records: the curve, step times, the target, divergence."""
+
+    curve: list[dict[str, Any]]
+    step_times: list[float] = field(default_factory=list)
+    opt_times: list[float] = field(default_factory=list)
+    train_s: float = 0.0
+    steps_to_target: int | None = None
+    time_to_target: float | None = None
+    diverged: bool = False
+
+
+def _train(
+    task: Task,
+    racer: Racer,
+    model: torch.nn.Module,
+    opt: Any,
+    batches: Any,
+    trace: _Trace,
+    progress: Progress | None,
+) -> None:
+    """The training steps, evaluated every ``eval_every``; a non-finite training loss or
+    metric stops the run and marks it diverged."""
+    window: list[float] = []
+    for step in range(1, task.steps + 1):
+        value, step_s, opt_s = train_step(task, racer, model, opt, next(batches))
+        if not math.isfinite(value):
+            trace.diverged = True
+            break
+        trace.step_times.append(step_s)
+        trace.opt_times.append(opt_s)
+        trace.train_s += step_s
+        window.append(value)
+        if progress is not None:
+            progress(step, value)
+        if step % task.eval_every == 0 or step == task.steps:
+            metrics = task.evaluate(model)
+            trace.curve.append(
+                {
+                    "step": step,
+                    "time_s": trace.train_s,
+                    "train_loss": statistics.fmean(window),
+                    **{k: _finite(v) for k, v in metrics.items()},
+                }
+            )
+            window = []
+            if any(not math.isfinite(v) for v in metrics.values()):
+                trace.diverged = True
+                break
+            if trace.steps_to_target is None and task.target.reached(metrics):
+                trace.steps_to_target, trace.time_to_target = step, trace.train_s
+
+
+def _timing(trace: _Trace, wall_s: float, closure: bool) -> dict[str, Any]:
+    """A record's ``timing``: training and wall seconds, median step and optimizer step."""
+    opt_median = statistics.median(trace.opt_times) if trace.opt_times else None
+    step_median = statistics.median(trace.step_times) if trace.step_times else None
+    return {
+        "train_s": trace.train_s,
+        "wall_s": wall_s,
+        "step_s_median": step_median,
+        "opt_step_s_median": opt_median,
+        "opt_share": opt_median / step_median if opt_median and step_median else None,
+        "opt_includes_gradients": closure,
     }

@@ -7,19 +7,9 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from orthoptim.bench.speed import Result
-
-SPEED_SCHEMA = 1
-
-
-RECORD_KEYS: tuple[str, ...] = (
-    "schema", "kind", "run", "name", "library", "family", "params", "step_ms_median", "step_ms",
-    "flops", "state_bytes", "transient_peak_bytes", "error", "ratio_fastest_peer", "ratio_floor",
-    "ratio_muon", "state_bytes_per_param", "env", "finished_at",
-)  # fmt: skip
+from orthoptim.bench.speed.result import RECORD_KEYS, SPEED_SCHEMA, Result
 
 
 def read(path: Path) -> list[dict[str, Any]]:
@@ -120,6 +110,14 @@ def render(
             f"{_fmt(row['ratio_muon'], '.2f'):>8}{_fmt(r.flops / 1e9, '.1f'):>8}"
             f"{_fmt(row['state_bytes_per_param'], '.2f'):>15}{_fmt(transient, '.1f'):>14}"
         )
+    lines += _notes(results)
+    return "\n".join(lines)
+
+
+def _notes(results: Sequence[Result]) -> list[str]:
+    """The lines under the table: where the other matrix optimizers were timed, and what the
+    non-finite check costs."""
+    out: list[str] = []
     later = next((r for r in results if r.entrant.family == "matrix" and r.rate_alongside), None)
     if later is not None:
         again = (
@@ -127,7 +125,7 @@ def render(
             if later.muon_ms_alongside is None
             else (f"orthoptim:muon again ({later.muon_ms_alongside:.1f} ms) and ")
         )
-        lines.append(
+        out.append(
             "the other orthoptim matrix optimizers ran their own rounds after the Muon and AdamW "
             f"entrants, beside {again}the probe ({later.rate_alongside / 1e9:.0f} GFLOP/s); "
             "their x floor and x muon use those"
@@ -141,8 +139,8 @@ def render(
         and r.entrant.name in ("orthoptim:muon", "orthoptim:adamw")
     ]
     if check is not None:
-        lines.append(
+        out.append(
             f"non-finite gradient check (in every orthoptim step above): {check.median_ms:.1f} ms"
             + (f" = {', '.join(shares)}" if shares else "")
         )
-    return "\n".join(lines)
+    return out

@@ -32,22 +32,21 @@ Protocol, all in one process so every entrant sees the same machine state:
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from orthoptim import registry
-from orthoptim.bench import speed_peers
-from orthoptim.bench._optional import version_of
-from orthoptim.bench.measure import (
+from orthoptim.bench.shared.environment import environment
+from orthoptim.bench.shared.optional import version_of
+from orthoptim.bench.speed import peers as speed_peers
+from orthoptim.bench.speed.measure import (
     MatmulProbe,
     Shape,
     count_flops,
@@ -57,12 +56,8 @@ from orthoptim.bench.measure import (
     state_bytes,
     transient_peak,
 )
-from orthoptim.bench.records import environment, plain
-from orthoptim.bench.speed_report import (
-    SPEED_SCHEMA,
-    render,
-    summarize,
-)
+from orthoptim.bench.speed.report import render, summarize
+from orthoptim.bench.speed.result import Entrant, Result, SpeedRecord
 from orthoptim.nonfinite import all_finite
 
 # One d=512 GPT block's hidden matrices (qkv, attention out, MLP up, MLP down), 6 blocks: 18.9M.
@@ -70,7 +65,7 @@ LAYER_SHAPES: tuple[Shape, ...] = ((1536, 512), (512, 512), (2048, 512), (512, 2
 LAYERS = 6
 # What the whole 23.1M-param model adds for AdamW: the 8192 x 512 token embedding (tied head).
 ADAMW_EXTRA: tuple[Shape, ...] = ((8192, 512),)
-# Entrant families timed head to head, in rounds of their own (see ``_run``).
+# Entrant families timed head to head, in rounds of their own (see ``_time_entries``).
 HEAD_FAMILIES: tuple[str, ...] = ("muon", "adamw", "check")
 
 
@@ -78,54 +73,6 @@ class Stepper(Protocol):
     """Anything with a ``step()``: a torch optimizer or a wrapper of several."""
 
     def step(self) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Entrant:
-    """One optimizer in the benchmark.
-
-    Args:
-        name: ``library:optimizer``.
-        library: the distribution it comes from.
-        family: ``"muon"`` or ``"adamw"`` (compared with peers of that family), or ``"matrix"``
-            (another orthoptim matrix optimizer, compared with orthoptim's ``muon``).
-        full_set: step the AdamW set (matrices + ``ADAMW_EXTRA``) instead of the matrices.
-        make: builds it on the given parameters.
-    """
-
-    name: str
-    library: str
-    family: str
-    full_set: bool
-    make: Callable[[list[torch.Tensor]], Any]
-    period: int = 1
-
-
-@dataclass(slots=True)
-class Result:
-    """What the benchmark measured for one entrant."""
-
-    entrant: Entrant
-    params: int
-    times_s: list[float] = field(default_factory=list)
-    flops: int = 0
-    state_bytes: int = 0
-    transient_bytes: int | None = None
-    error: str | None = None
-    # Measured in the same rounds as this entrant: the probe's bf16 rate (its FLOP floor's) and
-    # orthoptim:muon's median step (its "x muon"); None where the run had neither.
-    rate_alongside: float | None = None
-    muon_ms_alongside: float | None = None
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.times_s) * 1e3 if self.times_s else math.nan
-
-    @property
-    def mean_ms(self) -> float:
-        """The mean over the timed steps: over a whole refresh period for an optimizer with
-        periodic work (SOAP's eigenbasis, Shampoo's roots), its amortised cost."""
-        return statistics.fmean(self.times_s) * 1e3 if self.times_s else math.nan
 
 
 def parse_shapes(text: str) -> tuple[Shape, ...]:
@@ -264,10 +211,9 @@ def run(config: SpeedConfig, echo: Callable[[str], None] = print) -> tuple[list[
     """Run the benchmark, print the table, write ``records.jsonl``; the results and folder.
 
     Run it once per process: the transient-memory measurement after the rounds makes glibc map
-    every block of 64 KiB or more on its own for the rest of the process (``mallopt``). A first
-    version of ``benchmarks/speed_repeats.py`` ran ten runs in one process: orthoptim's Muon step
-    went from 313 ms in the first to 329-379 ms in the others, torch's from 1.23x to 1.54-1.69x
-    the floor. It now starts a fresh process per run.
+    every block of 64 KiB or more on its own for the rest of the process (``mallopt``), which
+    slows every later run in it; ``benchmarks/speed_repeats.py`` starts a fresh process per run
+    (what one process did to ten runs: ``benchmarks/records/2026-11-25_step-speed-4/README.md``).
     """
     if config.steps < 1 or config.warmup < 0 or config.layers < 1 or config.threads < 1:
         raise ValueError("steps, layers and threads must be >= 1 and warmup >= 0")
@@ -282,9 +228,46 @@ def run(config: SpeedConfig, echo: Callable[[str], None] = print) -> tuple[list[
 def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result], Path]:
     matrices = tuple(config.shapes) * config.layers
     full = matrices + tuple(config.adamw_extra)
+    entries = _build(entrants(config.specs, config.peers), matrices, full)
+    env = environment()  # before the rounds: its load average is the machine's, not ours
+    bf16 = matmul_rate(torch.bfloat16, config.rate_size)
+    fp32 = matmul_rate(torch.float32, config.rate_size)
+    # Products worth a quarter second at the best rate: about one Muon step on the default set.
+    repeats = max(1, round(0.25 * bf16 / (2 * config.rate_size**3)))
+    head_rate = _time_entries(
+        entries, config, MatmulProbe(torch.bfloat16, config.rate_size, repeats)
+    )
+    _measure_after(entries)
+    bf16_after = matmul_rate(torch.bfloat16, config.rate_size)
+    # The floor's rate is the probe's median over the timed rounds, as each step time is a
+    # median over them; the best-of rates before and after the rounds are kept for reference
+    # (the machine's best moment, which no median step is compared against).
+    rates = {"bf16_flops": head_rate, "fp32_flops": fp32,
+             "bf16_best": max(bf16, bf16_after), "bf16_first": bf16,
+             "bf16_last": bf16_after}  # fmt: skip
+    results = [result for result, _ in entries]
+    summary = summarize(results, rates["bf16_flops"])
+    out = config.out or Path("runs") / dt.datetime.now().strftime("speed-%Y-%m-%d_%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = _run_info(config, matrices, full, repeats, rates, summary["floor_ms"])
+    with (out / "records.jsonl").open("a", encoding="utf-8") as f:
+        for result in results:
+            row = summary["rows"][result.entrant.name]
+            f.write(SpeedRecord.of(result, row, run_info, env).json_line())
+    echo(render(results, summary, rates, run_info))
+    for name, why in run_info["not_timed"].items():
+        echo(f"not timed: orthoptim:{name} ({why})")
+    return results, out
+
+
+def _build(
+    chosen: Sequence[Entrant], matrices: tuple[Shape, ...], full: tuple[Shape, ...]
+) -> list[Entry]:
+    """Each entrant built on its own copy of the fixed parameters and gradients (its result
+    holds the error where it cannot be built)."""
     base = {False: fixed_params(matrices, 0), True: fixed_params(full, 0)}
-    results, steppers = [], []
-    for e in entrants(config.specs, config.peers):
+    entries: list[Entry] = []
+    for e in chosen:
         params0, grads0 = base[e.full_set]
         # Own copies: some peers write into the gradient (heavyball's in-place transforms).
         params, grads = [p.clone() for p in params0], [g.clone() for g in grads0]
@@ -295,15 +278,13 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
         except Exception as err:
             result.error = f"{type(err).__name__}: {err}"
             stepper = None
-        results.append(result)
-        steppers.append((stepper, params, grads))
-    env = environment()  # before the rounds: its load average is the machine's, not ours
-    bf16 = matmul_rate(torch.bfloat16, config.rate_size)
-    fp32 = matmul_rate(torch.float32, config.rate_size)
-    # Products worth a quarter second at the best rate: about one Muon step on the default set.
-    repeats = max(1, round(0.25 * bf16 / (2 * config.rate_size**3)))
-    probe = MatmulProbe(torch.bfloat16, config.rate_size, repeats)
-    entries = list(zip(results, steppers, strict=True))
+        entries.append((result, (stepper, params, grads)))
+    return entries
+
+
+def _time_entries(entries: list[Entry], config: SpeedConfig, probe: MatmulProbe) -> float:
+    """The timed rounds: the head-to-head entrants first, then the rest (see below); the
+    probe's median bf16 rate over the head-to-head rounds."""
     # The head-to-head entrants (Muon and AdamW of every library, the check) get rounds of their
     # own, with the probe, before the other matrix optimizers: a 15 s FISMO step or SOAP's
     # eigendecompositions between two Muon steps made single rounds of the full run swing by 20%.
@@ -316,7 +297,13 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     if rest:
         again = None if muon is None else (Result(muon[0].entrant, muon[0].params), muon[1])
         _time_phase(rest, again, config, probe)
-    for result, (stepper, params, grads) in zip(results, steppers, strict=True):
+    return head_rate
+
+
+def _measure_after(entries: Sequence[Entry]) -> None:
+    """After the timed rounds: each stepper's state bytes, one step's transient peak and its
+    matmul FLOPs (gradients reset before each)."""
+    for result, (stepper, params, grads) in entries:
         if stepper is None or result.error is not None:
             continue
         result.state_bytes = state_bytes(stepper, params)
@@ -324,17 +311,18 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
         result.transient_bytes = transient_peak(stepper.step)
         set_grads(params, grads)
         result.flops = count_flops(stepper.step, result.entrant.period, params, grads)
-    bf16_after = matmul_rate(torch.bfloat16, config.rate_size)
-    # The floor's rate is the probe's median over the timed rounds, as each step time is a
-    # median over them; the best-of rates before and after the rounds are kept for reference
-    # (the machine's best moment, which no median step is compared against).
-    rates = {"bf16_flops": head_rate, "fp32_flops": fp32,
-             "bf16_best": max(bf16, bf16_after), "bf16_first": bf16,
-             "bf16_last": bf16_after}  # fmt: skip
-    summary = summarize(results, rates["bf16_flops"])
-    out = config.out or Path("runs") / dt.datetime.now().strftime("speed-%Y-%m-%d_%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    run_info = {
+
+
+def _run_info(
+    config: SpeedConfig,
+    matrices: tuple[Shape, ...],
+    full: tuple[Shape, ...],
+    repeats: int,
+    rates: dict[str, float],
+    floor_ms: float,
+) -> dict[str, Any]:
+    """The run's protocol and rates, stored in every record (``run``)."""
+    return {
         "command": config.command,
         "shapes": [list(s) for s in config.shapes],
         "layers": config.layers,
@@ -347,41 +335,13 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
         "rate_size": config.rate_size,
         "rate_repeats": repeats,
         "rates": rates,
-        "floor_ms": summary["floor_ms"],
+        "floor_ms": floor_ms,
         "not_timed": {
             n: why for n, why in not_timed().items() if config.specs is None or n in config.specs
         },
         "transient_method": "VmHWM above VmRSS (Linux /proc) after mallopt(M_MMAP_THRESHOLD=64KiB) "
         "and malloc_trim(0)",
     }
-    with (out / "records.jsonl").open("a", encoding="utf-8") as f:
-        for result in results:
-            row = summary["rows"][result.entrant.name]
-            record = {
-                "schema": SPEED_SCHEMA,
-                "kind": "speed",
-                "run": run_info,
-                "name": result.entrant.name,
-                "library": result.entrant.library,
-                "family": result.entrant.family,
-                "params": result.params,
-                "step_ms_median": result.median_ms,
-                "step_ms_mean": result.mean_ms,
-                "period": result.entrant.period,
-                "step_ms": [t * 1e3 for t in result.times_s],
-                "flops": result.flops,
-                "state_bytes": result.state_bytes,
-                "transient_peak_bytes": result.transient_bytes,
-                "error": result.error,
-                **row,
-                "env": env,
-                "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            }
-            f.write(json.dumps(plain(record), allow_nan=False, sort_keys=True) + "\n")
-    echo(render(results, summary, rates, run_info))
-    for name, why in run_info["not_timed"].items():
-        echo(f"not timed: orthoptim:{name} ({why})")
-    return results, out
 
 
 def _time_phase(

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from orthoptim.bench._optional import require, version_of
+from orthoptim.bench.arena.tasks.base import Target, shuffled_batches
 from orthoptim.bench.models import SmallCNN
-from orthoptim.bench.tasks.base import Target, shuffled_batches
+from orthoptim.bench.shared.optional import require, version_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from orthoptim.bench.tasks.base import Target, seeded, shuffled_batches
+from orthoptim.bench.arena.tasks.base import Target, seeded, shuffled_batches
 
 
 class MatrixParameter(nn.Module):

@@ -203,7 +203,7 @@ def run(config: DistConfig, echo: Callable[[str], None] = print) -> dict[str, An
 
 def write(rows: dict[str, Any], out: Path) -> Path:
     """``rows`` with the environment, as ``out/speed_dist.json``; returns the file."""
-    from orthoptim.bench.records import environment
+    from orthoptim.bench.shared.environment import environment
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "speed_dist.json"
@@ -212,6 +212,6 @@ def write(rows: dict[str, Any], out: Path) -> Path:
 
 
 def shapes_or_default(text: str | None, default: Sequence[Shape]) -> tuple[Shape, ...]:
-    from orthoptim.bench.speed import parse_shapes
+    from orthoptim.bench.speed.benchmark import parse_shapes
 
     return parse_shapes(text) if text else tuple(default)

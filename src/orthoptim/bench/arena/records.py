@@ -9,59 +9,93 @@ so ``orthoptim report DIR`` can rebuild every table and plot from ``records.json
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
-import subprocess
-from collections.abc import Iterable, Mapping
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
-import torch
-
-from orthoptim.bench._optional import version_of
+# A race record's environment fingerprint and strict JSON (shared with the speed benchmark);
+# ``records.environment`` is where the race reads its fingerprint.
+from orthoptim.bench.shared.environment import environment as environment
+from orthoptim.bench.shared.environment import plain
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
 
-# key -> allowed types of its value (``type(None)`` where the value may be missing)
-SCHEMA: dict[str, tuple[type, ...]] = {
-    "schema": (int,),
-    "race": (dict,),
-    "task": (str,),
-    "task_config": (dict,),
-    "racer": (str,),
-    "peer": (bool,),
-    "library": (str,),
-    "mirrors": (str,),
-    "phase": (str,),
-    "lr": (float, int),
-    "lr_factor": (float, int),
-    "lr_center": (float, int),
-    "seed": (int,),
-    "steps": (int,),
-    "target": (dict,),
-    "select_metric": (str,),
-    "recipe": (list,),
-    "curve": (list,),
-    "final": (dict,),
-    "steps_done": (int,),
-    "steps_to_target": (int, type(None)),
-    "time_to_target_s": (float, int, type(None)),
-    "diverged": (bool,),
-    "error": (str, type(None)),
-    "timing": (dict,),
-    "memory": (dict,),
-    "env": (dict,),
-    "finished_at": (str,),
-}
-OPTIONAL: dict[str, tuple[type, ...]] = {
-    "adamw_lr": (float, int, type(None)),
-    "adamw_lr_factor": (float, int, type(None)),
-    "extension": (int,),
-    "flops": (dict,),
-}
-"""Keys added after schema 1 was curated: checked when present (older records lack them)."""
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaceRecord:
+    """One line of a race's ``records.jsonl``: one run. The sweep writes it (its protocol
+    fields, then the measured part from ``runner.run``); ``validate`` checks every line read
+    against these fields' types (``float | int``: any number; ``None`` where it may be
+    missing). The fields after ``finished_at`` came after schema 1 was curated: checked when
+    present, as older records lack them; ``flops`` is left out of a failed run's record."""
+
+    schema: int
+    race: dict[str, Any]
+    task: str
+    task_config: dict[str, Any]
+    racer: str
+    peer: bool
+    library: str
+    mirrors: str
+    phase: str
+    lr: float | int
+    lr_factor: float | int
+    lr_center: float | int
+    seed: int
+    steps: int
+    target: dict[str, Any]
+    select_metric: str
+    recipe: list[Any]
+    curve: list[Any]
+    final: dict[str, Any]
+    steps_done: int
+    steps_to_target: int | None
+    time_to_target_s: float | int | None
+    diverged: bool
+    error: str | None
+    timing: dict[str, Any]
+    memory: dict[str, Any]
+    env: dict[str, Any]
+    finished_at: str
+    adamw_lr: float | int | None
+    adamw_lr_factor: float | int | None
+    extension: int
+    flops: dict[str, Any] | None = None
+    loadavg_end: list[float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as a line holds it (``flops`` left out where the run has none)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out["flops"] is None:
+            del out["flops"]
+        return out
+
+
+def _types(hint: Any) -> tuple[type, ...]:
+    """The runtime types of a field's annotation (``float | int | None`` ->
+    ``(float, int, NoneType)``, ``dict[str, Any]`` -> ``(dict,)``)."""
+    if isinstance(hint, UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for arg in typing.get_args(hint) for t in _types(arg))
+    return (typing.get_origin(hint) or hint,)
+
+
+def _schema() -> tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]]]:
+    hints = typing.get_type_hints(RaceRecord)
+    names = [f.name for f in fields(RaceRecord)]
+    later = names.index("finished_at") + 1
+    required = {n: _types(hints[n]) for n in names[:later]}
+    optional = {n: _types(hints[n]) for n in names[later:]}
+    optional["flops"] = (dict,)  # left out rather than null
+    return required, optional
+
+
+SCHEMA, OPTIONAL = _schema()
+"""Key -> allowed types of its value: ``SCHEMA`` every record holds, ``OPTIONAL`` the keys added
+after schema 1 was curated (checked when present)."""
 RACE_KEYS = (
     "id",
     "command",
@@ -118,17 +152,6 @@ def validate(record: Mapping[str, Any]) -> None:
             raise RecordError("curve points need 'step' and 'time_s'")
 
 
-def plain(obj: Any) -> Any:
-    """``obj`` with tuples as lists and non-finite floats as ``None`` (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
-
-
 def append(path: Path, record: Mapping[str, Any]) -> None:
     """Validate ``record`` and append it to the JSONL file ``path`` as one line."""
     data = plain(record)
@@ -156,58 +179,3 @@ def read(path: Path) -> list[dict[str, Any]]:
     if not out:
         raise RecordError(f"{path} holds no records")
     return out
-
-
-def _git(args: Iterable[str]) -> str | None:
-    """Read-only git query about the checkout holding this package (``None`` outside one).
-    ``--no-optional-locks`` keeps ``status`` from refreshing the index."""
-    root = Path(__file__).resolve().parents[3]
-    try:
-        out = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict[str, Any]:
-    """Where and with what the race ran: versions, git sha, threads, CPU, load."""
-    sha = _git(["rev-parse", "HEAD"])
-    dirty = _git(["status", "--porcelain", "--untracked-files=no"])
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {
-        "orthoptim": version_of("orthoptim"),
-        "git_sha": sha,
-        "git_dirty": None if dirty is None else bool(dirty),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "device": "cpu",
-        "loadavg_start": load,
-        "packages": {
-            name: version_of(name)
-            for name in ("heavyball", "pytorch-optimizer", "scikit-learn", "numpy")
-        },
-    }

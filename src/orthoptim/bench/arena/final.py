@@ -5,9 +5,9 @@ time to target relative to AdamW (a task whose target a racer missed counts as i
 plus ``adamw``, ``muon`` and every peer that raced. Where: each finalist's lr grid is centred on
 the lr it picked on the small ``lm`` task (its registry default where it did not race ``lm``),
 ``FINAL_LR_POINTS`` points spanning ``x1/FINAL_LR_SPAN .. x FINAL_LR_SPAN``, with the race's edge
-rule and AdamW-route rule (``orthoptim.bench.sweep``). The final's records go into the same
+rule and AdamW-route rule (``orthoptim.bench.arena.protocol``). The final's records go into the same
 ``records.jsonl`` as the small tasks, so one report holds every task; run again on the same
-folder, an interrupted final resumes (``sweep._TaskRace`` reads its recorded runs back).
+folder, an interrupted final resumes (``task_race.TaskRace`` reads its recorded runs back).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from orthoptim.bench import records, report, sweep, tasks
-from orthoptim.bench.racers import BASELINE, Racer
-from orthoptim.bench.summary import Row, baseline, ratio, summarize
+from orthoptim.bench.arena import records, report, sweep, tasks
+from orthoptim.bench.arena.protocol import RaceConfig
+from orthoptim.bench.arena.racers import BASELINE, Racer
+from orthoptim.bench.arena.summary import Row, baseline, ratio, summarize
 
 FINALISTS = 5
 FINAL_LR_POINTS = 3
@@ -60,7 +61,7 @@ def centred(racers: Sequence[Racer], summary: Mapping[str, Sequence[Row]]) -> li
     return [dataclasses.replace(r, lr=picked.get(r.name, r.lr)) for r in racers]
 
 
-def run_final(directory: Path, config: sweep.RaceConfig) -> Path:
+def run_final(directory: Path, config: RaceConfig) -> Path:
     """Race ``lm_medium`` with the finalists of the race in ``directory``, appending to its
     ``records.jsonl``, and re-render its report."""
     recs = records.read(Path(directory) / records.RECORDS)

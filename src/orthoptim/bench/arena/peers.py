@@ -20,99 +20,20 @@ adamw_lr)``; with ``adamw_lr=None``, ``muon``'s default ratio of ``lr``).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from orthoptim import registry
-from orthoptim.bench._optional import version_of
-from orthoptim.bench.racers import Make, Pair, Racer
+from orthoptim.bench.arena.racers import Make, Pair, Racer
+from orthoptim.bench.shared.optional import version_of
+from orthoptim.bench.shared.peers import Eager, MuonDefaults, heavyball, muon_defaults, only
 from orthoptim.functional.coefficients import PRESETS
 from orthoptim.routing import classify
-from orthoptim.transforms import Momentum, Orthogonalize, ScaleByAdam, ScaleByShape
-
-
-class _Eager:
-    """Runs a heavyball optimizer with ``heavyball.utils.compile_mode = None`` (restored after)."""
-
-    def __init__(self, opt: Any, utils: Any) -> None:
-        self.optimizers = (opt,)
-        self._utils = utils
-
-    @contextlib.contextmanager
-    def _eager(self) -> Iterator[None]:
-        old, self._utils.compile_mode = self._utils.compile_mode, None
-        try:
-            yield
-        finally:
-            self._utils.compile_mode = old
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizers[0].zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        with self._eager():
-            self.optimizers[0].step()
-
-
-@dataclass(frozen=True, slots=True)
-class MuonDefaults:
-    """The registry's ``muon`` whole-model plan, in the terms peers understand."""
-
-    lr: float
-    weight_decay: float
-    momentum: float
-    nesterov: bool
-    ns_steps: int
-    coeffs: str
-    shape_rule: str
-    adamw_lr_scale: float
-    adamw_weight_decay: float
-    adamw_betas: tuple[float, float]
-    adamw_eps: float
-
-
-def _only(chain: Any, kind: type) -> Any:
-    found = [t for t in chain.transforms if isinstance(t, kind)]
-    if len(found) != 1:
-        raise ValueError(f"expected one {kind.__name__} in {chain!r}")
-    return found[0]
-
-
-def muon_defaults() -> MuonDefaults:
-    """Read ``muon``'s defaults from its plan; ``ValueError`` if the recipe no longer has the
-    Momentum > Orthogonalize > ScaleByShape / ScaleByAdam shape peers can mirror."""
-    spec = registry.get("muon")
-    plan = spec.whole_model_plan()
-    hidden = plan.route_for("hidden")
-    rest = {plan.route_for(role).name for role in ("embedding", "head", "vector")}
-    if len(rest) != 1:
-        raise ValueError("muon's plan routes the non-hidden roles to more than one chain")
-    other = plan.route_for("vector")
-    if spec.adamw is None or spec.adamw.lr_scale is None:
-        raise ValueError("muon's AdamW route has no default ratio to mirror")
-    mom, ortho = _only(hidden.chain, Momentum), _only(hidden.chain, Orthogonalize)
-    if mom.kind != "ema":
-        raise ValueError("peers mirror EMA momentum only")
-    adam = _only(other.chain, ScaleByAdam)
-    return MuonDefaults(
-        lr=spec.lr,
-        weight_decay=spec.weight_decay if hidden.weight_decay is None else hidden.weight_decay,
-        momentum=mom.beta,
-        nesterov=mom.nesterov,
-        ns_steps=ortho.ns_steps,
-        coeffs=ortho.coeffs,
-        shape_rule=_only(hidden.chain, ScaleByShape).rule,
-        adamw_lr_scale=spec.adamw.lr_scale,
-        adamw_weight_decay=spec.weight_decay if other.weight_decay is None else other.weight_decay,
-        adamw_betas=tuple(adam.betas),
-        adamw_eps=adam.eps,
-    )
+from orthoptim.transforms import ScaleByAdam
 
 
 def split_hidden(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -130,7 +51,7 @@ def _adamw_lr(d: MuonDefaults, lr: float, adamw_lr: float | None) -> float:
 
 def _torch_adamw(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
     spec = registry.get("adamw")
-    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
+    adam = only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
     return torch.optim.AdamW(
         model.parameters(),
         lr=lr,
@@ -179,13 +100,8 @@ def _torch_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> A
     return Pair(*opts)
 
 
-def _heavyball() -> Any:
-    hb = importlib.import_module("heavyball")
-    return hb, importlib.import_module("heavyball.utils")
-
-
 def _heavyball_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
-    hb, utils = _heavyball()
+    hb, utils = heavyball()
     d = muon_defaults()
     if d.shape_rule != "keller":
         raise ValueError(f"heavyball's Muon has only the Keller shape scale, not {d.shape_rule}")
@@ -202,7 +118,7 @@ def _heavyball_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) 
             nesterov=d.nesterov,
             warmup_steps=0,
         )
-        opts.append(_Eager(muon, utils))
+        opts.append(Eager(muon, utils))
     if rest:
         adamw = hb.AdamW(
             rest,
@@ -212,14 +128,14 @@ def _heavyball_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) 
             weight_decay=d.adamw_weight_decay,
             warmup_steps=0,
         )
-        opts.append(_Eager(adamw, utils))
+        opts.append(Eager(adamw, utils))
     return Pair(*opts)
 
 
 def _heavyball_adamw(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:
-    hb, utils = _heavyball()
+    hb, utils = heavyball()
     spec = registry.get("adamw")
-    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
+    adam = only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
     opt = hb.AdamW(
         model.parameters(),
         lr=lr,
@@ -228,7 +144,7 @@ def _heavyball_adamw(model: nn.Module, lr: float, adamw_lr: float | None = None)
         weight_decay=spec.weight_decay,
         warmup_steps=0,
     )
-    return _Eager(opt, utils)
+    return Eager(opt, utils)
 
 
 def _pytorch_optimizer_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> Any:

@@ -8,13 +8,13 @@ import ctypes
 import gc
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from orthoptim.bench.runner import reset_peak_rss, status_kib
+from orthoptim.bench.shared.memory import reset_peak_rss, status_kib, tensors_in
 
 Shape = tuple[int, int]
 
@@ -50,17 +50,6 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return product.flops / best
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
-
-
 def _optimizers(stepper: Any) -> list[Any]:
     if isinstance(stepper, torch.optim.Optimizer):
         return [stepper]
@@ -73,7 +62,7 @@ def state_bytes(stepper: Any, params: Sequence[torch.Tensor]) -> int:
     own = {p.data_ptr() for p in params}
     seen: dict[int, int] = {}
     for opt in _optimizers(stepper):
-        for t in _tensors(dict(opt.state)):
+        for t in tensors_in(dict(opt.state)):
             ptr = t.untyped_storage().data_ptr()
             if ptr not in own and t.ndim > 0:
                 seen[ptr] = t.untyped_storage().nbytes()

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from orthoptim.bench import sweep
-from orthoptim.bench.tasks.base import Mode, Target
+from orthoptim.bench.arena import sweep
+from orthoptim.bench.arena.protocol import AdamWRouteRule, RaceConfig
+from orthoptim.bench.arena.tasks.base import Mode, Target
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserTask:
-    """A race task made of a user's functions (``orthoptim.bench.tasks.base.Task``).
+    """A race task made of a user's functions (``orthoptim.bench.arena.tasks.base.Task``).
 
     ``model_fn()`` is called after ``torch.manual_seed(seed)``, so its initialisation follows
     the run's seed; ``batches_fn(seed)`` yields training batches; ``loss_fn(model, batch)``
@@ -87,11 +88,12 @@ def race(
     lr_points: int = 5,
     lr_span: float = 8.0,
     seeds: int = 3,
-    adamw_route: sweep.AdamWRouteRule = "tuned",
+    adamw_route: AdamWRouteRule = "tuned",
     out: Path | str | None = None,
     progress: bool = True,
     threads: int | None = 1,
 ) -> Path:
+    # Over 60 lines only by its keyword arguments and their documentation (the body is 20).
     """Race optimizers on your own model and data with the arena's protocol; returns the
     output folder (``records.jsonl``, ``report.md``, plots), as ``orthoptim race`` does.
 
@@ -109,19 +111,12 @@ def race(
         specs: registry name patterns (default: every optimizer); AdamW always races.
         name: the task's name in records and report.
         peers: race installed peers (torch.optim, heavyball, pytorch-optimizer).
-        lr_points, lr_span, seeds, adamw_route: the protocol (``orthoptim.bench.sweep``).
+        lr_points, lr_span, seeds, adamw_route: the protocol (``orthoptim.bench.arena.protocol``).
         out: output folder (``runs/<timestamp>`` by default).
         progress: show a progress bar.
         threads: torch CPU threads during the race (``None``: leave as is).
     """
-    goal = target if isinstance(target, Target) else Target(*target)
-    if select_metric is None:
-        if goal.mode != "min":
-            raise ValueError(
-                f"target {goal.metric!r} is maximised; give select_metric, a held-out metric "
-                "where lower is better (e.g. a validation loss), for the lr sweep to pick by"
-            )
-        select_metric = goal.metric
+    goal, select_metric = _goal(target, select_metric)
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
     task = UserTask(
@@ -135,7 +130,7 @@ def race(
         loss_fn=loss_fn,
         evaluate_fn=evaluate_fn,
     )
-    config = sweep.RaceConfig(
+    config = RaceConfig(
         tasks=(name,),
         specs=None if specs is None else tuple(specs),
         peers=peers,
@@ -149,3 +144,18 @@ def race(
         command=f"orthoptim.bench.race(..., name={name!r}, steps={steps}, specs={specs!r})",
     )
     return sweep.run_race([task], config)
+
+
+def _goal(
+    target: tuple[str, float, Mode] | Target, select_metric: str | None
+) -> tuple[Target, str]:
+    """The target, and the metric the lr sweep picks by (the target's, when it is minimised)."""
+    goal = target if isinstance(target, Target) else Target(*target)
+    if select_metric is None:
+        if goal.mode != "min":
+            raise ValueError(
+                f"target {goal.metric!r} is maximised; give select_metric, a held-out metric "
+                "where lower is better (e.g. a validation loss), for the lr sweep to pick by"
+            )
+        select_metric = goal.metric
+    return goal, select_metric

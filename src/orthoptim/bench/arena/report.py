@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orthoptim.bench import records
-from orthoptim.bench.claims import UNCLAIMED_NOTE, claims_for
-from orthoptim.bench.summary import Record, Row, baseline, headline, ratio, summarize
+from orthoptim.bench.arena import records
+from orthoptim.bench.arena.claims import UNCLAIMED_NOTE, claims_for
+from orthoptim.bench.arena.summary import Record, Row, baseline, headline, ratio, summarize
 
 REPORT = "report.md"
 
@@ -201,14 +201,24 @@ def _route_rule(race: Mapping[str, Any]) -> str:
 
 def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> str:
     """The whole ``report.md``: protocol, environment, one section per task, claims, notes."""
-    first = recs[0]
-    race, env = first["race"], first["env"]
+    race, env = recs[0]["race"], recs[0]["env"]
+    lines = [f"# orthoptim race {race['id']}", "", f"Command: `{race['command']}`", ""]
+    lines += _protocol(race)
+    lines += _headline_section(summary)
+    lines += _environment(env)
+    for task, rows in summary.items():
+        if rows:
+            lines += _task_section(task, rows)
+    lines += _claims(summary)
+    lines += _notes(race)
+    lines += _configurations(summary)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _protocol(race: Mapping[str, Any]) -> list[str]:
+    """The ``## Protocol`` section: grid, AdamW route, edges, pick, seeds, what is measured."""
     factors = ", ".join(f"x{f:.3g}" for f in race["lr_factors"])
-    lines = [
-        f"# orthoptim race {race['id']}",
-        "",
-        f"Command: `{race['command']}`",
-        "",
+    return [
         "## Protocol",
         "",
         f"- Every optimizer gets the same lr sweep: {len(race['lr_factors'])} points ({factors}) "
@@ -238,6 +248,11 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
         "State: exact bytes of the optimizer's state tensors. Peak RSS: process high-water "
         "mark during the run.",
         "",
+    ]
+
+
+def _headline_section(summary: Mapping[str, Sequence[Row]]) -> list[str]:
+    return [
         "## Headline: time to target relative to AdamW",
         "",
         "Median [min-max] over seeds of (training seconds to the target) / (AdamW's, same seed); "
@@ -247,6 +262,11 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
         "",
         markdown_table(("steps / AdamW", *summary), headline(summary, "steps")),
         "",
+    ]
+
+
+def _environment(env: Mapping[str, Any]) -> list[str]:
+    return [
         "## Environment",
         "",
         markdown_table(
@@ -267,41 +287,45 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
         "Packages: " + ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v),
         "",
     ]
-    for task, rows in summary.items():
-        if not rows:
-            continue
-        cfg, t = rows[0].seeds[0]["task_config"], rows[0].seeds[0]["target"]
-        lines += [
-            f"## {task}",
-            "",
-            f"- Model: {cfg.get('model', '-')}; {cfg.get('steps')} steps, evaluated every "
-            f"{cfg.get('eval_every')}.",
-            f"- Data: {cfg.get('source', '-')}.",
-            f"- Target: {t['metric']} {'<=' if t['mode'] == 'min' else '>='} {t['value']}.",
-            _grid_line(rows),
-            "",
-            markdown_table(_header(rows), table_rows(rows)),
-            "",
-            _sweep_table(rows),
-            "",
-            f"![{task} curves]({task}_curves.png)",
-            "",
-            f"![{task} every racer, by family]({task}_curves_all.png)",
-            "",
-            f"![{task} time to target]({task}_time_to_target.png)",
-            "",
-        ]
-        for row in rows:
-            if row.at_edge:
-                lines.append(
-                    f"- {row.label}: the picked lr is still at an edge of its sweep "
-                    f"({row.extensions} point(s) added beyond the base grid)."
-                )
-            for err in dict.fromkeys(row.errors):
-                lines.append(f"- {row.label}: a run failed: {err}")
-        lines.append("")
-    lines += _claims(summary)
-    lines += ["", "## Notes", ""]
+
+
+def _task_section(task: str, rows: Sequence[Row]) -> list[str]:
+    """One task: model, data, target, grid, its table, its sweep table, plots, edge notes."""
+    cfg, t = rows[0].seeds[0]["task_config"], rows[0].seeds[0]["target"]
+    lines = [
+        f"## {task}",
+        "",
+        f"- Model: {cfg.get('model', '-')}; {cfg.get('steps')} steps, evaluated every "
+        f"{cfg.get('eval_every')}.",
+        f"- Data: {cfg.get('source', '-')}.",
+        f"- Target: {t['metric']} {'<=' if t['mode'] == 'min' else '>='} {t['value']}.",
+        _grid_line(rows),
+        "",
+        markdown_table(_header(rows), table_rows(rows)),
+        "",
+        _sweep_table(rows),
+        "",
+        f"![{task} curves]({task}_curves.png)",
+        "",
+        f"![{task} every racer, by family]({task}_curves_all.png)",
+        "",
+        f"![{task} time to target]({task}_time_to_target.png)",
+        "",
+    ]
+    for row in rows:
+        if row.at_edge:
+            lines.append(
+                f"- {row.label}: the picked lr is still at an edge of its sweep "
+                f"({row.extensions} point(s) added beyond the base grid)."
+            )
+        for err in dict.fromkeys(row.errors):
+            lines.append(f"- {row.label}: a run failed: {err}")
+    lines.append("")
+    return lines
+
+
+def _notes(race: Mapping[str, Any]) -> list[str]:
+    lines = ["", "## Notes", ""]
     lines += [
         f"- {alias}: same whole-model optimizer as {kept} (plan repr, lr, weight decay); "
         f"raced once, as {kept}"
@@ -309,7 +333,12 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
     ]
     lines += [f"- {note}" for note in race.get("notes", [])]
     lines += [f"- {s['racer']} did not race {s['task']}: {s['reason']}" for s in race["skipped"]]
-    lines += [
+    return lines
+
+
+def _configurations(summary: Mapping[str, Sequence[Row]]) -> list[str]:
+    """Each racer's exact configuration, from its first seed run on the first task."""
+    lines = [
         "",
         "## Configurations",
         "",
@@ -328,7 +357,7 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
                 lines.append(f"  - `{opt['class']}`" + (f": `{recipe}`" if recipe else ""))
                 for g in opt["groups"]:
                     lines.append(f"    - group `{g}`")
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def render(directory: Path, plots: bool = True) -> str:
@@ -339,7 +368,7 @@ def render(directory: Path, plots: bool = True) -> str:
     summary = summarize(recs)
     (directory / REPORT).write_text(markdown(recs, summary), encoding="utf-8")
     if plots:
-        from orthoptim.bench.plots import plot_all
+        from orthoptim.bench.arena.figures import plot_all
 
         plot_all(summary, directory)
     return terminal(summary) + "\n\n" + headline_text(summary)

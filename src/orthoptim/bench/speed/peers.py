@@ -10,22 +10,19 @@ from typing import Any
 import torch
 
 from orthoptim import registry
+from orthoptim.bench.shared.peers import Eager, heavyball, muon_defaults, only
+from orthoptim.transforms import ScaleByAdam
 
 
 def _muon_hyper() -> dict[str, Any]:
     """The registry ``muon``'s hyperparameters, so every peer runs the same algorithm."""
-    from orthoptim.bench.peers import muon_defaults
-
     d = muon_defaults()
     return {"lr": d.lr, "momentum": d.momentum, "nesterov": d.nesterov, "ns_steps": d.ns_steps}
 
 
 def _adamw_hyper() -> dict[str, Any]:
-    from orthoptim.bench.peers import _only
-    from orthoptim.transforms import ScaleByAdam
-
     spec = registry.get("adamw")
-    adam = _only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
+    adam = only(spec.whole_model_plan().routes[0].chain, ScaleByAdam)
     return {"lr": spec.lr, "betas": adam.betas, "eps": adam.eps, "weight_decay": spec.weight_decay}
 
 
@@ -51,9 +48,7 @@ def torch_adamw(fused: bool) -> Callable[[list[torch.Tensor]], Any]:
 
 
 def heavyball_muon(params: list[torch.Tensor]) -> Any:
-    from orthoptim.bench.peers import _Eager, _heavyball
-
-    hb, utils = _heavyball()
+    hb, utils = heavyball()
     h = _muon_hyper()
     opt = hb.Muon(
         params,
@@ -64,13 +59,11 @@ def heavyball_muon(params: list[torch.Tensor]) -> Any:
         nesterov=h["nesterov"],
         warmup_steps=0,
     )
-    return _Eager(opt, utils)
+    return Eager(opt, utils)
 
 
 def heavyball_adamw(params: list[torch.Tensor]) -> Any:
-    from orthoptim.bench.peers import _Eager, _heavyball
-
-    hb, utils = _heavyball()
+    hb, utils = heavyball()
     h = _adamw_hyper()
     opt = hb.AdamW(
         params,
@@ -80,7 +73,7 @@ def heavyball_adamw(params: list[torch.Tensor]) -> Any:
         weight_decay=h["weight_decay"],
         warmup_steps=0,
     )
-    return _Eager(opt, utils)
+    return Eager(opt, utils)
 
 
 def pytorch_optimizer_muon(params: list[torch.Tensor]) -> Any:

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orthoptim.bench.flops import training_step_flops
-from orthoptim.bench.racers import BASELINE
-from orthoptim.bench.selection import final_value, pick, same_point
+from orthoptim.bench.arena.flops import training_step_flops
+from orthoptim.bench.arena.racers import BASELINE
+from orthoptim.bench.arena.selection import final_value, pick, same_point
 
 Record = Mapping[str, Any]
 
@@ -84,7 +84,7 @@ class Row:
     opt_share: float | None
     state_bytes: int | None
     peak_rss_bytes: int | None
-    opt_flops: float | None  # estimated optimizer FLOPs per step (orthoptim.bench.flops)
+    opt_flops: float | None  # estimated optimizer FLOPs per step (orthoptim.bench.arena.flops)
     train_flops: float | None  # model fwd+bwd plus optimizer FLOPs per step
     errors: tuple[str, ...] = field(default=())
 

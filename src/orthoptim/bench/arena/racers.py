@@ -3,14 +3,14 @@
 A registry spec races through ``registry.build``, so a new ``Spec`` races automatically; specs
 whose whole-model optimizer is identical (same plan ``repr``, lr and weight decay) race once.
 A racer with an AdamW route (a whole-model plan) is built with that route's absolute lr, which
-the race chooses (``orthoptim.bench.sweep``). Peers from other libraries live in
-``orthoptim.bench.peers``. ``state_bytes`` and ``configuration`` work on any torch optimizer,
+the race chooses (``orthoptim.bench.arena.sweep``). Peers from other libraries live in
+``orthoptim.bench.arena.peers``. ``state_bytes`` and ``configuration`` work on any torch optimizer,
 ours, a peer, or a ``Pair`` of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from orthoptim import registry
-from orthoptim.bench._optional import version_of
+from orthoptim.bench.shared.memory import tensors_in
+from orthoptim.bench.shared.optional import version_of
 from orthoptim.optim import ChainOptimizer
 
 BASELINE = "adamw"
@@ -82,22 +83,11 @@ def optimizers_of(opt: Any) -> list[torch.optim.Optimizer]:
     return [o for member in inner for o in optimizers_of(member)] if inner else [opt]
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensors(value)
-
-
 def state_bytes(opt: Any) -> int:
     """Exact bytes of every tensor in the optimizer state (each tensor counted once)."""
     seen: dict[int, int] = {}
     for o in optimizers_of(opt):
-        for t in _tensors(dict(o.state)):
+        for t in tensors_in(dict(o.state)):
             seen[id(t)] = t.numel() * t.element_size()
     return sum(seen.values())
 

@@ -8,8 +8,8 @@ is downloaded and nothing is bundled:
   reference in 79 topics). Held out by topic.
 - ``"stdlib"`` (task ``lm_medium``): the docstrings of the standard library's pure-Python
   modules plus the pydoc topics (CPython 3.11.7: 573 files with docstrings, 1.68 M characters,
-  plus the 465 K characters of topics: 2.15 MB of UTF-8, built in about 3 s on one core and
-  cached per process). Docstrings rather than the source itself because they are the stdlib's
+  plus the 465 K characters of topics: 2.15 MB of UTF-8, built once and cached per
+  process). Docstrings rather than the source itself because they are the stdlib's
   English prose, the same kind of text as the topics, so ``lm_medium`` is ``lm`` scaled up
   rather than a different problem; and 2 MB is enough that a run of ``lm_medium`` (0.5 M
   training bytes) sees most bytes at most once, so held-out loss measures optimization rather
@@ -48,8 +48,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from orthoptim.bench.arena.tasks.base import Target, seeded
 from orthoptim.bench.models import TinyGPT
-from orthoptim.bench.tasks.base import Target, seeded
 
 CorpusName = Literal["pydoc_topics", "stdlib"]
 
@@ -318,33 +318,14 @@ def medium() -> LanguageModel:
     128 (3,319,296 parameters, 95% in hidden matrices, so the race measures what a matrix-aware
     optimizer does to the matrices) on the ``"stdlib"`` corpus, batch 8, 500 steps.
 
-    Sized on 2 CPU cores at 1 torch thread (CPython 3.11.7, torch 2.13): a step takes 0.21 s
-    (AdamW's optimizer step 8 ms of it), so a run trains for about 105 s, and 20 evaluations on
-    96 fixed held-out windows add about 18 s (120-124 s a run, measured). At that budget the
-    model sees 0.5 M bytes, a quarter of the training split, and is far from converged: AdamW's
-    validation loss is still falling fast at step 500. Batch 8 rather than 16 so that the same
-    budget buys 500 optimizer steps rather than 250: more steps for optimizers to differ in.
-
-    The target is where AdamW, at its best lr, is 65-70% through the run, past the plateau near
-    2.6-2.7 (where a flat curve would let noise decide the crossing) and into the steep part,
-    where a step saved is clearly resolved.
-    Measured with the race's own run (``runner.run(tasks.make("lm_medium"),
-    racers._spec_racer("adamw"), 1e-3, seed)`` at ``torch.set_num_threads(1)``), val_loss::
-
-        step    0    50   100   150   200   250   300   325   350   375   400   450   500
-        seed 0  5.72 2.85 2.74 2.72 2.69 2.66 2.64 2.61 2.55 2.48 2.42 2.33 2.28
-        seed 1  5.67 2.87 2.77 2.72 2.69 2.64 2.61 2.55 2.50 2.44 2.40 2.33 2.25
-        seed 2  5.79 2.86 2.76 2.74 2.68 2.65 2.60 2.52 2.45 2.41 2.36 2.29 2.23
-
-    so val_loss 2.55 is first reached at step 350, 350 and 325. The lr came from a first sweep
-    (``orthoptim.build("adamw", model, lr=lr)``, the same training loop, seed 0, 128 evaluation
-    windows, hence slightly different numbers), val_loss::
-
-        step     100   200   300   350   400   450   500
-        lr 3e-4  2.80  2.68  2.64  2.62  2.60  2.59  2.57
-        lr 1e-3  2.72  2.64  2.58  2.50  2.39  2.29  2.24
-        lr 3e-3  2.76  2.70  2.68  2.66  2.62  2.56  2.41
-        lr 1e-2  3.00  2.92  2.87  2.88  2.86  2.87  2.86
+    Sized on 2 CPU cores at 1 torch thread so that a run takes about two minutes and the model
+    is far from converged at step 500. Batch 8 rather than 16 so that the same budget buys 500
+    optimizer steps rather than 250: more steps for optimizers to differ in. The target is where
+    AdamW, at its best lr, is about two thirds through the run, past the plateau (where a flat
+    curve would let noise decide the crossing) and into the steep part, where a step saved is
+    clearly resolved. The measurements behind these choices (step times, AdamW's curves per
+    seed and per lr): ``benchmarks/records/2026-12-06_default-race-3/README.md``, "How
+    ``lm_medium`` was sized".
     """
     return LanguageModel(
         name="lm_medium",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from orthoptim.bench.tasks.base import Target, Task
-from orthoptim.bench.tasks.images import Digits
-from orthoptim.bench.tasks.lm import CorpusName, LanguageModel, medium
-from orthoptim.bench.tasks.synthetic import MatrixSensing, Quadratic
+from orthoptim.bench.arena.tasks.base import Target, Task
+from orthoptim.bench.arena.tasks.images import Digits
+from orthoptim.bench.arena.tasks.lm import CorpusName, LanguageModel, medium
+from orthoptim.bench.arena.tasks.synthetic import MatrixSensing, Quadratic
 
 REAL: tuple[str, ...] = ("lm", "digits", "lm_medium")
 DIAGNOSTIC: tuple[str, ...] = ("quadratic", "matrix_sensing")

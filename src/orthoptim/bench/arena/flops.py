@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from orthoptim import registry
-from orthoptim.bench.tasks.base import Task
+from orthoptim.bench.arena.tasks.base import Task
 from orthoptim.routing import classify
 
 
