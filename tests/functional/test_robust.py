@@ -1,0 +1,44 @@
+"""Robust statistics: the quantile of magnitudes against ``torch.quantile``, ties included."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orthoptim.functional.robust import abs_quantile
+
+QUANTILES = st.one_of(
+    st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.97, 1.0]), st.floats(min_value=0.0, max_value=1.0)
+)
+
+
+@given(
+    n=st.integers(min_value=1, max_value=300),
+    q=QUANTILES,
+    ties=st.booleans(),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_abs_quantile_equals_torch_quantile(n: int, q: float, ties: bool, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 4, (n,), generator=g).double() if ties else torch.randn(n, generator=g)
+    x = x.double()
+    expected = torch.quantile(x.abs(), q)
+    torch.testing.assert_close(abs_quantile(x, q), expected, rtol=1e-12, atol=0)
+
+
+def test_abs_quantile_of_16_bit_input_is_float32_and_of_empty_input_zero() -> None:
+    x = torch.tensor([-3.0, 1.0, 2.0, -4.0], dtype=torch.bfloat16)
+    out = abs_quantile(x, 0.5)
+    assert out.dtype == torch.float32 and out.item() == 2.5
+    assert abs_quantile(torch.empty(0), 0.9).item() == 0.0
+
+
+def test_abs_quantile_beyond_torch_quantile_size_limit_matches_sorting() -> None:
+    x = torch.randn(2**24 + 3, generator=torch.Generator().manual_seed(0))
+    for q in (0.9, 0.25):
+        position = q * (x.numel() - 1)
+        lower = int(position)
+        ordered = x.abs().sort().values
+        expected = torch.lerp(ordered[lower], ordered[lower + 1], position - lower)
+        torch.testing.assert_close(abs_quantile(x, q), expected, rtol=0, atol=0)
