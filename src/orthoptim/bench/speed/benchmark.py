@@ -93,9 +93,9 @@ def refresh_period(name: str) -> int:
     return max([1, *(int(v) for v in periods)])
 
 
-def _orthoptim(name: str) -> Callable[[list[torch.Tensor]], Any]:
+def _orthoptim(name: str, nonfinite: str = "raise") -> Callable[[list[torch.Tensor]], Any]:
     def make(params: list[torch.Tensor]) -> Any:
-        return registry.build(name, params)
+        return registry.build(name, params, nonfinite=nonfinite)  # type: ignore[arg-type]
 
     return make
 
@@ -132,6 +132,10 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
         Entrant("orthoptim:muon", "orthoptim", "muon", False, _orthoptim("muon")),
         Entrant("orthoptim:adamw", "orthoptim", "adamw", True, _orthoptim("adamw")),
         Entrant("orthoptim:nonfinite_check", "orthoptim", "check", True, NonFiniteCheck),
+        # nonfinite="off": torch.optim's behaviour, no check (what the check costs, end to end)
+        Entrant(
+            "orthoptim:adamw_unchecked", "orthoptim", "adamw", True, _orthoptim("adamw", "off")
+        ),
     ]
     for name in registry.names(tag="matrix"):
         spec = registry.get(name)
@@ -148,7 +152,11 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
             )
         )
     if specs is not None:
-        out = [e for e in out if e.name.split(":", 1)[1] in specs or e.family == "check"]
+        out = [
+            e
+            for e in out
+            if e.name.split(":", 1)[1].removesuffix("_unchecked") in specs or e.family == "check"
+        ]
     if not peers:
         return out
     if hasattr(torch.optim, "Muon"):
