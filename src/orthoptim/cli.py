@@ -143,6 +143,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _race_protocol_args(race: argparse.ArgumentParser) -> None:
+    """The lr protocol of ``orthoptim race``: seeds, the sweep and the AdamW route's lr."""
+    race.add_argument("--seeds", type=int, help="seeds at the picked lr (default 3; quick 2)")
+    race.add_argument("--lr-grid", type=int, help="lr grid points (default 5; quick 3)")
+    race.add_argument(
+        "--lr-span", type=float, default=8.0, help="grid spans x1/SPAN..xSPAN (default 8)"
+    )
+    race.add_argument(
+        "--adamw-route",
+        choices=("tuned", "ratio", "sweep"),
+        default="tuned",
+        help="lr of every plan's AdamW route (embeddings, head, norms): tuned = the lr AdamW's "
+        "own sweep picked on the task (default); ratio = the family's fixed ratio of the matrix "
+        "lr; sweep = a coarse second axis around AdamW's pick",
+    )
+    race.add_argument(
+        "--no-extend",
+        action="store_true",
+        help="do not extend a sweep whose picked lr sits at an edge of the grid",
+    )
+
+
 def _race_parser(sub: argparse._SubParsersAction) -> None:
     from orthoptim.bench.arena.tasks import FINAL, TASKS
 
@@ -165,24 +187,7 @@ def _race_parser(sub: argparse._SubParsersAction) -> None:
         help=f"tasks: {', '.join(TASKS + FINAL)} (default: {', '.join(TASKS)})",
     )
     race.add_argument("--spec", nargs="+", help="registry name patterns (default: all)")
-    race.add_argument("--seeds", type=int, help="seeds at the picked lr (default 3; quick 2)")
-    race.add_argument("--lr-grid", type=int, help="lr grid points (default 5; quick 3)")
-    race.add_argument(
-        "--lr-span", type=float, default=8.0, help="grid spans x1/SPAN..xSPAN (default 8)"
-    )
-    race.add_argument(
-        "--adamw-route",
-        choices=("tuned", "ratio", "sweep"),
-        default="tuned",
-        help="lr of every plan's AdamW route (embeddings, head, norms): tuned = the lr AdamW's "
-        "own sweep picked on the task (default); ratio = the family's fixed ratio of the matrix "
-        "lr; sweep = a coarse second axis around AdamW's pick",
-    )
-    race.add_argument(
-        "--no-extend",
-        action="store_true",
-        help="do not extend a sweep whose picked lr sits at an edge of the grid",
-    )
+    _race_protocol_args(race)
     race.add_argument(
         "--final",
         action="store_true",

@@ -100,6 +100,9 @@ def _orthoptim(name: str, nonfinite: str = "raise") -> Callable[[list[torch.Tens
     return make
 
 
+_unchecked_adamw = _orthoptim("adamw", "off")  # torch.optim's behaviour: no non-finite check
+
+
 class NonFiniteCheck:
     """The shell's non-finite gradient check alone, as an entrant: what ``nonfinite="raise"``
     or ``"skip"`` (issue 6) costs every step of every orthoptim optimizer."""
@@ -132,10 +135,7 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
         Entrant("orthoptim:muon", "orthoptim", "muon", False, _orthoptim("muon")),
         Entrant("orthoptim:adamw", "orthoptim", "adamw", True, _orthoptim("adamw")),
         Entrant("orthoptim:nonfinite_check", "orthoptim", "check", True, NonFiniteCheck),
-        # nonfinite="off": torch.optim's behaviour, no check (what the check costs, end to end)
-        Entrant(
-            "orthoptim:adamw_unchecked", "orthoptim", "adamw", True, _orthoptim("adamw", "off")
-        ),
+        Entrant("orthoptim:adamw_unchecked", "orthoptim", "adamw", True, _unchecked_adamw),
     ]
     for name in registry.names(tag="matrix"):
         spec = registry.get(name)
