@@ -44,7 +44,6 @@ import torch
 
 from orthoptim import registry
 from orthoptim.bench.shared.environment import environment
-from orthoptim.bench.shared.optional import version_of
 from orthoptim.bench.speed import peers as speed_peers
 from orthoptim.bench.speed.measure import (
     MatmulProbe,
@@ -157,27 +156,7 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
             for e in out
             if e.name.split(":", 1)[1].removesuffix("_unchecked") in specs or e.family == "check"
         ]
-    if not peers:
-        return out
-    if hasattr(torch.optim, "Muon"):
-        out.append(Entrant("torch:muon", "torch", "muon", False, speed_peers.torch_muon))
-    out.append(Entrant("torch:adamw_fused", "torch", "adamw", True, speed_peers.torch_adamw(True)))
-    out.append(
-        Entrant("torch:adamw_foreach", "torch", "adamw", True, speed_peers.torch_adamw(False))
-    )
-    if version_of("heavyball") is not None:
-        out.append(
-            Entrant("heavyball:muon", "heavyball", "muon", False, speed_peers.heavyball_muon)
-        )
-        out.append(
-            Entrant("heavyball:adamw", "heavyball", "adamw", True, speed_peers.heavyball_adamw)
-        )
-    if version_of("pytorch-optimizer") is not None:
-        out.append(
-            Entrant("pytorch_optimizer:muon", "pytorch-optimizer", "muon", False,
-                    speed_peers.pytorch_optimizer_muon)
-        )  # fmt: skip
-    return out
+    return out + speed_peers.entrants() if peers else out
 
 
 # One entrant's result and what steps it: (stepper, parameters, gradients).

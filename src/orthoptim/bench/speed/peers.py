@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from orthoptim import registry
+from orthoptim.bench.shared.optional import version_of
 from orthoptim.bench.shared.peers import Eager, heavyball, muon_defaults, only
+from orthoptim.bench.speed.result import Entrant
 from orthoptim.transforms import ScaleByAdam
 
 
@@ -89,3 +91,21 @@ def pytorch_optimizer_muon(params: list[torch.Tensor]) -> Any:
         ns_coeffs="original",
         use_adjusted_lr=False,
     )
+
+
+def entrants() -> list[Entrant]:
+    """Every installed peer's Muon and AdamW (torch's fused and foreach AdamW always)."""
+    out = []
+    if hasattr(torch.optim, "Muon"):
+        out.append(Entrant("torch:muon", "torch", "muon", False, torch_muon))
+    out.append(Entrant("torch:adamw_fused", "torch", "adamw", True, torch_adamw(True)))
+    out.append(Entrant("torch:adamw_foreach", "torch", "adamw", True, torch_adamw(False)))
+    if version_of("heavyball") is not None:
+        out.append(Entrant("heavyball:muon", "heavyball", "muon", False, heavyball_muon))
+        out.append(Entrant("heavyball:adamw", "heavyball", "adamw", True, heavyball_adamw))
+    if version_of("pytorch-optimizer") is not None:
+        out.append(
+            Entrant("pytorch_optimizer:muon", "pytorch-optimizer", "muon", False,
+                    pytorch_optimizer_muon)
+        )  # fmt: skip
+    return out
