@@ -8,13 +8,13 @@ matrix products by applying an odd polynomial to the singular values, several ti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 PreNorm = Literal["frobenius", "frobenius_clamp"]
-PRE_NORMS: tuple[str, ...] = ("frobenius", "frobenius_clamp")
+PRE_NORMS: tuple[str, ...] = get_args(PreNorm)
 
 
 def matrix_view(x: Tensor) -> Tensor:
