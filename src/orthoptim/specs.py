@@ -19,8 +19,7 @@ from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
-from orthoptim.recipes.muon import MUON_ADAMW
-from orthoptim.recipes.muon_variants import muon_polar
+from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.neighbours import adamp, grams, sgdp
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon

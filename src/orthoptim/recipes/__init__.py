@@ -9,8 +9,7 @@ from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import mkor, mkor_h
-from orthoptim.recipes.muon import muon
-from orthoptim.recipes.muon_variants import muon_polar
+from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.neighbours import adamp, cautious, grams, sgdp
 from orthoptim.recipes.normuon import normuon

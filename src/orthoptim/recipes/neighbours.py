@@ -160,12 +160,10 @@ def cautious(
         )
     if not isinstance(recipe, Chain):
         raise TypeError(f"cautious() takes a Chain or a Plan, got {type(recipe).__name__}")
-    ts = list(recipe.transforms)
-    keys = [t.key for t in ts]
-    if after is None:
-        at = len(ts) - 1 if ts and isinstance(ts[-1], DECAY_CARRIERS) else len(ts)
-    elif after in keys:
-        at = keys.index(after) + 1
-    else:
-        raise ValueError(f"after must be the key of a transform in the chain {keys}, got {after!r}")
-    return chain(*ts[:at], CautiousMask(rescale=rescale), *ts[at:])
+    mask = CautiousMask(rescale=rescale)
+    if after is not None:
+        return recipe.insert(mask, after=after)
+    last = recipe.transforms[-1] if recipe.transforms else None
+    if isinstance(last, DECAY_CARRIERS):
+        return recipe.replace(recipe.prefixes[-1], chain(mask, last))
+    return chain(recipe, mask)
