@@ -1,5 +1,20 @@
 """Layer 3: one short function per optimizer, each a chain of transforms; ``plan.with_adamw``
-completes a matrix optimizer with AdamW for a whole model."""
+completes a matrix optimizer with AdamW for a whole model.
+
+Defaults are written once. A transform's dataclass field defaults are the source: a recipe
+keyword that sets a transform field takes that field's default, read with
+``options.default(Transform, "field")``; a recipe writes a literal default only where it departs
+from the transform's (Muon's momentum 0.95 against ``Momentum``'s 0.9) or where the keyword is
+the recipe's own (``normuon``'s ``normalize_neurons``). The recipe's signature, which
+``Spec.options()`` reads, thus shows every default, and a transform built directly (in tests, by
+hand) has the same ones.
+
+Variants are built from their base recipe's chain, not re-listed: ``Chain.insert`` and
+``Chain.replace`` edit a built chain by state key (``normuon``, ``mkor_h``, ``cautious``), and
+``options.extends(base, ...)`` gives a variant its base's keyword options (names, types, order,
+defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, ``muon_nalr``,
+``mkor_h``), so none repeats a default of its base.
+"""
 
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd

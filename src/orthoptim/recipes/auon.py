@@ -3,6 +3,7 @@ single step of) Newton-Schulz."""
 
 from __future__ import annotations
 
+from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.auon import ScaleByCoshRms
 from orthoptim.transforms.base import Chain, chain
@@ -23,8 +24,8 @@ def auon(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
-    gamma: float = 1.5,
-    normalize: bool = True,
+    gamma: float = default(ScaleByCoshRms, "gamma"),
+    normalize: bool = default(ScaleByCoshRms, "normalize"),
 ) -> Chain:
     """AuON (Maity 2025, arXiv 2509.24320): linear-time normalised momentum with a cosh brake.
 
@@ -72,8 +73,8 @@ def hybrid_auon(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
-    gamma: float = 1.5,
-    coeffs: str = "keller_quintic",
+    gamma: float = default(ScaleByCoshRms, "gamma"),
+    coeffs: str = default(Orthogonalize, "coeffs"),
     ns_steps: int = 1,
     compute_dtype: ComputeDtype = "float32",
 ) -> Chain:

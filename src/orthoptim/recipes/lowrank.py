@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.functional.projection import Projection
+from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.lowrank import LowRankAdam, RefreshMoments, Residual
@@ -11,13 +12,13 @@ from orthoptim.transforms.scaling import AddWeightDecay
 
 def lowrank_adamw(
     *,
-    projection: Projection = "dct",
-    rank_fraction: float = 0.25,
-    update_every: int = 200,
-    scale: float = 1.0,
-    refresh_moments: RefreshMoments = "keep",
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    projection: Projection = default(LowRankAdam, "projection"),
+    rank_fraction: float = default(LowRankAdam, "rank_fraction"),
+    update_every: int = default(LowRankAdam, "update_every"),
+    scale: float = default(LowRankAdam, "scale"),
+    refresh_moments: RefreshMoments = default(LowRankAdam, "refresh_moments"),
+    betas: tuple[float, float] = default(LowRankAdam, "betas"),
+    eps: float = default(LowRankAdam, "eps"),
 ) -> Chain:
     """Low-rank AdamW (GaLore, arXiv 2403.03507) with the SVD-free DCT projection (arXiv
     2505.17967) by default, for hidden matrices.
@@ -58,13 +59,13 @@ def lowrank_adamw(
 def frugal(
     *,
     projection: Projection = "svd",
-    rank_fraction: float = 0.25,
-    update_every: int = 200,
+    rank_fraction: float = default(LowRankAdam, "rank_fraction"),
+    update_every: int = default(LowRankAdam, "update_every"),
     residual: Residual = "sign_sgd",
-    residual_scale: float = 1.0,
+    residual_scale: float = default(LowRankAdam, "residual_scale"),
     refresh_moments: RefreshMoments = "reset",
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    betas: tuple[float, float] = default(LowRankAdam, "betas"),
+    eps: float = default(LowRankAdam, "eps"),
 ) -> Chain:
     """FRUGAL (Zmushko et al., arXiv 2411.07837): Adam in a subspace, signSGD on the rest.
 

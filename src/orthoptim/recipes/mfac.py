@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from orthoptim.recipes.options import default
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.mfac import MFacPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.scaling import AddWeightDecay
 
 
-def mfac(*, window: int = 16, damping: float = 1e-3, momentum: float = 0.9) -> Chain:
+def mfac(
+    *,
+    window: int = default(MFacPrecondition, "window"),
+    damping: float = default(MFacPrecondition, "damping"),
+    momentum: float = default(Momentum, "beta"),
+) -> Chain:
     """M-FAC optimizer (Frantar, Kurtic, Alistarh 2021, arXiv 2107.03356), dynamic algorithm.
 
     Chain: ``g <- g + wd theta`` (L2, coupled, as the reference); ``g`` replaces the window's

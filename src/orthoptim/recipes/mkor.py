@@ -24,13 +24,13 @@ MKOR_ADAMW = AdamWRoute(lr_scale=0.05, betas=(0.9, 0.999), eps=1e-8, weight_deca
 
 def mkor(
     *,
-    factor_beta: float = 0.95,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    stabilization: float = 0.1,
-    stabilize_above: float = 2.0,
-    stats_clip: float = 100.0,
-    inverse_update: InverseUpdate = "paper",
+    factor_beta: float = default(MKORPrecondition, "factor_beta"),
+    momentum: float = default(Momentum, "beta"),
+    nesterov: bool = default(Momentum, "nesterov"),
+    stabilization: float = default(MKORPrecondition, "stabilization"),
+    stabilize_above: float = default(MKORPrecondition, "stabilize_above"),
+    stats_clip: float = default(MKORPrecondition, "stats_clip"),
+    inverse_update: InverseUpdate = default(MKORPrecondition, "inverse_update"),
 ) -> Chain:
     """MKOR (Mozaffari, Li, Zhang, Mehri Dehnavi, NeurIPS 2023, arXiv 2306.01685).
 

@@ -6,6 +6,7 @@ import dataclasses
 
 from orthoptim._checks import check_beta, check_bool
 from orthoptim.functional.moments import EpsPlacement
+from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import Plan
 from orthoptim.transforms.adaptive import ScaleByAdam
 from orthoptim.transforms.base import Chain, chain
@@ -20,7 +21,7 @@ DECAY_CARRIERS = (AddWeightDecay, ProjectRadial)
 
 def grams(
     *,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = default(ScaleByAdam, "betas"),
     eps: float = 1e-6,
     eps_placement: EpsPlacement = "raw",
 ) -> Chain:
@@ -48,12 +49,12 @@ def grams(
 
 def adamp(
     *,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    eps_placement: EpsPlacement = "debiased",
-    nesterov: bool = False,
-    delta: float = 0.1,
-    wd_ratio: float = 0.1,
+    betas: tuple[float, float] = default(ScaleByAdam, "betas"),
+    eps: float = default(ScaleByAdam, "eps"),
+    eps_placement: EpsPlacement = default(ScaleByAdam, "eps_placement"),
+    nesterov: bool = default(ScaleByAdam, "nesterov"),
+    delta: float = default(ProjectRadial, "delta"),
+    wd_ratio: float = default(ProjectRadial, "wd_ratio"),
 ) -> Chain:
     """AdamP (Heo et al. 2021, arXiv 2006.08217): Adam without the radial step on
     scale-invariant weights.
@@ -81,13 +82,13 @@ def adamp(
 
 def sgdp(
     *,
-    momentum: float = 0.9,
-    dampening: float = 0.0,
+    momentum: float = default(Momentum, "beta"),
+    dampening: float = default(Dampen, "dampening"),
     nesterov: bool = True,
     project_buffer: bool = False,
-    delta: float = 0.1,
-    wd_ratio: float = 0.1,
-    eps: float = 1e-8,
+    delta: float = default(ProjectRadial, "delta"),
+    wd_ratio: float = default(ProjectRadial, "wd_ratio"),
+    eps: float = default(ProjectRadial, "eps"),
 ) -> Chain:
     """SGDP (Heo et al. 2021, arXiv 2006.08217): SGD momentum without the radial step on
     scale-invariant weights.
@@ -134,7 +135,10 @@ def sgdp(
 
 
 def cautious(
-    recipe: Chain | Plan, *, rescale: CautiousRescale = "mean_clamped", after: str | None = None
+    recipe: Chain | Plan,
+    *,
+    rescale: CautiousRescale = default(CautiousMask, "rescale"),
+    after: str | None = None,
 ) -> Chain | Plan:
     """The cautious variant of any recipe (Liang et al. 2024, arXiv 2411.16085).
 
