@@ -14,6 +14,7 @@ from typing import Any
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
 from orthoptim.recipes.fismo import fismo
+from orthoptim.recipes.gradient_sign import grams
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
 from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
@@ -21,8 +22,8 @@ from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
 from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
-from orthoptim.recipes.neighbours import adamp, grams, sgdp
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
+from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
 from orthoptim.transforms import Chain
 

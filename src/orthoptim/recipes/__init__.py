@@ -19,6 +19,7 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
 from orthoptim.recipes.fismo import fismo
+from orthoptim.recipes.gradient_sign import cautious, grams
 from orthoptim.recipes.kronecker import shampoo, soap
 from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
@@ -26,9 +27,9 @@ from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import mkor, mkor_h
 from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
-from orthoptim.recipes.neighbours import adamp, cautious, grams, sgdp
 from orthoptim.recipes.normuon import normuon
 from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
+from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
 
 __all__ = [
