@@ -195,7 +195,7 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"orthogonal", "matrix"}),
         adamw=MUON_ADAMW,
     ),
-    # -- orthogonalized-momentum family A (NorMuon, AuON, Hybrid-AuON, Polar Express) --
+    # -- Muon with another normalisation or NS schedule (NorMuon, AuON, Hybrid-AuON, muon_polar) --
     Spec(
         name="root",
         recipe=root,
@@ -237,7 +237,7 @@ REGISTRY: tuple[Spec, ...] = (
             "group, and an owner rank sees only the matrices it owns"
         ),
     ),
-    # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
+    # -- orthogonalized momentum, robust, Fisher-whitened or noise-scaled (ROOT, FISMO, NALR) --
     Spec(
         name="shampoo",
         recipe=shampoo,
