@@ -12,8 +12,8 @@ from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay
 
 # AdamW for the non-hidden roles runs at this fraction of the matrix route's lr: 1e-3 at the
-# registry defaults (auon 0.1, hybrid_auon 0.05). On the lm race task AdamW at 1e-3 beat 3e-4
-# (AuON 0.1: 2.31 vs 2.42; Hybrid 0.05: 1.94 vs 2.02).
+# registry defaults (auon 0.1, hybrid_auon 0.05), which beat 3e-4 on the lm race task
+# (benchmarks/records/2026-11-25_auon-default-lr).
 # The reference (ryyzn9/AuON@bba2e82 README) pairs AuON with a separate Adam (lr 0.008, betas
 # (0.8, 0.95)) on p.dim() < 2 parameters by hand; here the roles come from routing.classify.
 AUON_ADAMW = AdamWRoute(lr_scale=0.01, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
@@ -42,12 +42,8 @@ def auon(
     is ``sigma_max(M)/||M||_F`` (at most 1: the paper's trust region), which is near Muon's 1 for
     the near-low-rank momenta of real training and ``1/sqrt(min(rows, cols))``-small for
     isotropic noise. Start from about 5x Muon's lr (default 0.1 vs 0.02) and tune; wider
-    layers want more. Default lr evidence (``build("auon", model)``, seed 0): the ``lm`` race task
-    (TinyGPT dim 64, 500 steps) has its best validation loss at lr 0.07-0.1 (2.28-2.31; 2.59 at
-    0.2; Muon 1.79 at 0.02; at dim 128, 300 steps, 0.2 edges 0.1: 2.15 vs 2.20), ``digits``
-    (SmallCNN, 300 steps) reaches 99.4-99.7% validation accuracy for every lr from 0.05 to 0.8
-    (Muon 99.2% at 0.02), and the teacher-student test problem reaches relative loss 0.014 in
-    300 steps.
+    layers want more. The default lr comes from lr sweeps on the race tasks
+    (benchmarks/records/2026-11-25_auon-default-lr).
 
     Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``AuON``): the
     default ``normalize=True`` divides the Frobenius-normalised momentum, as the paper's §3.1
@@ -89,9 +85,8 @@ def hybrid_auon(
     ``3.4445 s - 4.775 s^3 + 2.0315 s^5``, so the step is about 3.4x AuON's where the momentum's
     energy is spread (small ``s``) and about AuON's where one direction dominates (``s`` near 1):
     between AuON's and Muon's (measured in ``tests/recipes/test_auon.py``). With ``ns_steps=5``
-    it is Muon without the shape scale. Default lr 0.05 (2.5x Muon's): best validation loss of
-    the ``lm`` race task among 0.01-0.2 (1.94 with AdamW at 1e-3; 2.64 at 0.2), 99.7% on
-    ``digits`` (300 steps), relative loss 0.006 in 300 steps on the teacher-student problem.
+    it is Muon without the shape scale. Default lr 0.05 (2.5x Muon's), from lr sweeps on the
+    race tasks (benchmarks/records/2026-11-25_auon-default-lr).
 
     Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``HybridAuON``):
     ``ns_steps=1`` as the paper says (the code defaults to 5); the brake's ``r`` is the code's

@@ -26,8 +26,7 @@ def mfac(
 
     The empirical Fisher stands in for curvature best when gradients are noisy minibatch
     gradients; on a deterministic full-batch problem the window holds near-identical gradients
-    and it helps little (the arena's quadratic task: about AdamW's step count, 2.3x its time in
-    benchmarks/records/2026-11-25_default-race-2).
+    and it helps little (the arena's quadratic task: benchmarks/records/2026-11-25_default-race-2).
 
     Memory: ``window`` gradients per parameter, 4 ``window`` bytes per float32 element (64 at
     the default), plus the momentum and 8 ``window^2`` bytes per parameter tensor.
