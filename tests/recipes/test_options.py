@@ -6,7 +6,18 @@ import inspect
 
 import pytest
 
-from orthoptim.recipes import mkor, mkor_h, muon, muon_nalr, muon_polar, normuon
+from orthoptim.recipes import (
+    auon,
+    frugal,
+    hybrid_auon,
+    lowrank_adamw,
+    mkor,
+    mkor_h,
+    muon,
+    muon_nalr,
+    muon_polar,
+    normuon,
+)
 from orthoptim.recipes.options import default, extends
 from orthoptim.transforms import Orthogonalize
 
@@ -32,6 +43,20 @@ def test_variants_show_their_base_options() -> None:
     assert list(nalr)[:-2] == [n for n in base if n not in ("pre_norm", "eps")]
     assert list(nalr)[-2:] == ["noise_beta", "noise_reference"]
     assert list(options(mkor_h))[:-3] == list(options(mkor))
+    assert list(options(hybrid_auon)) == [
+        *[n for n in options(auon) if n != "normalize"],
+        "coeffs",
+        "ns_steps",
+        "compute_dtype",
+    ]
+    low = options(lowrank_adamw)
+    assert options(frugal) == {k: v for k, v in low.items() if k != "scale"} | {
+        "projection": "svd",
+        "refresh_moments": "reset",
+        "residual": "sign_sgd",
+        "residual_scale": 1.0,
+    }
+    assert list(options(frugal))[3:5] == ["residual", "residual_scale"]
 
 
 def test_extends_binds_like_a_keyword_only_function() -> None:

@@ -3,7 +3,9 @@ single step of) Newton-Schulz."""
 
 from __future__ import annotations
 
-from orthoptim.recipes.options import default
+from typing import Any
+
+from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.auon import ScaleByCoshRms
 from orthoptim.transforms.base import Chain, chain
@@ -65,14 +67,13 @@ def auon(
     )
 
 
+@extends(auon, drop=("normalize",))
 def hybrid_auon(
     *,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    gamma: float = default(ScaleByCoshRms, "gamma"),
     coeffs: str = default(Orthogonalize, "coeffs"),
     ns_steps: int = 1,
     compute_dtype: ComputeDtype = "float32",
+    **options: Any,
 ) -> Chain:
     """Hybrid-AuON (Maity 2025, arXiv 2509.24320 §3.2): one Newton-Schulz step, then the brake.
 
@@ -98,9 +99,5 @@ def hybrid_auon(
     References: Dipan Maity, arXiv 2509.24320v1 §3.2;
     ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 auon/optimizer.py.
     """
-    return chain(
-        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
-        Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
-        ScaleByCoshRms(gamma=gamma, normalize=False),
-        AddWeightDecay(),
-    )
+    one_step = Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype)
+    return auon(normalize=False, **options).insert(one_step, after="momentum")
