@@ -15,7 +15,7 @@ from orthoptim.transforms.scaling import AddWeightDecay
 
 # AdamW for the non-hidden roles runs at this fraction of the matrix route's lr: 1e-3 at the
 # registry defaults (auon 0.1, hybrid_auon 0.05), which beat 3e-4 on the lm race task
-# (benchmarks/records/2026-11-25_auon-default-lr).
+# (benchmarks/auon_default_lr.md).
 # The reference (ryyzn9/AuON@bba2e82 README) pairs AuON with a separate Adam (lr 0.008, betas
 # (0.8, 0.95)) on p.dim() < 2 parameters by hand; here the roles come from routing.classify.
 AUON_ADAMW = AdamWRoute(lr_scale=0.01, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
@@ -45,7 +45,7 @@ def auon(
     the near-low-rank momenta of real training and ``1/sqrt(min(rows, cols))``-small for
     isotropic noise. Start from about 5x Muon's lr (default 0.1 vs 0.02) and tune; wider
     layers want more. The default lr comes from lr sweeps on the race tasks
-    (benchmarks/records/2026-11-25_auon-default-lr).
+    (benchmarks/auon_default_lr.md).
 
     Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``AuON``): the
     default ``normalize=True`` divides the Frobenius-normalised momentum, as the paper's §3.1
@@ -87,7 +87,7 @@ def hybrid_auon(
     energy is spread (small ``s``) and about AuON's where one direction dominates (``s`` near 1):
     between AuON's and Muon's (measured in ``tests/recipes/test_auon.py``). With ``ns_steps=5``
     it is Muon without the shape scale. Default lr 0.05 (2.5x Muon's), from lr sweeps on the
-    race tasks (benchmarks/records/2026-11-25_auon-default-lr).
+    race tasks (benchmarks/auon_default_lr.md).
 
     Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``HybridAuON``):
     ``ns_steps=1`` as the paper says (the code defaults to 5); the brake's ``r`` is the code's
