@@ -69,7 +69,7 @@ def test_extends_binds_like_a_keyword_only_function() -> None:
 
     assert variant() == (1, 5, 3)
     assert variant(a=0, c=9) == (0, 5, 9)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^variant\(\) got an unexpected keyword argument 'd'$"):
         variant(d=1)
     with pytest.raises(TypeError):
         variant(1)

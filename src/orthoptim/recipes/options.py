@@ -66,7 +66,10 @@ def extends(
 
         @functools.wraps(fn)
         def recipe(**options: Any) -> R:
-            bound = whole.bind(**options)
+            try:
+                bound = whole.bind(**options)
+            except TypeError as error:  # as Python words it: "muon_polar() got an unexpected ..."
+                raise TypeError(f"{fn.__name__}() {error}") from None
             bound.apply_defaults()
             return fn(**bound.arguments)
 
