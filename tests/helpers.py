@@ -64,3 +64,10 @@ def straight_and_resumed(
     resumed_opt.load_state_dict(saved["opt"])
     train(resumed, resumed_opt, range(split, total))
     return straight, straight_opt, resumed, resumed_opt
+
+
+def step_all(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]):
+    """Give each of ``params`` a copy of its gradient in ``grads``, then step ``opt``."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    opt.step()

@@ -1,7 +1,7 @@
 """Fused steps: a whole chain computed by one torch kernel, used in place of the eager chain.
 
 The eager chain is the truth. A fused step replaces it only where it computes the same update
-to round-off (``tests/speed/test_fast_paths.py`` pins each against the eager chain) and where a
+to round-off (``tests/optim/test_fused.py`` pins each against the eager chain) and where a
 benchmark shows the gain; ``ChainOptimizer(fast_paths=False)`` always runs the eager chain.
 """
 

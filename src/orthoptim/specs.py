@@ -14,16 +14,16 @@ from typing import Any
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
 from orthoptim.recipes.fismo import fismo
+from orthoptim.recipes.gradient_sign import grams
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
 from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
-from orthoptim.recipes.muon import MUON_ADAMW
-from orthoptim.recipes.muon_variants import muon_polar
+from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
-from orthoptim.recipes.neighbours import adamp, grams, sgdp
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
+from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
 from orthoptim.transforms import Chain
 
@@ -206,7 +206,7 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"orthogonal", "matrix"}),
         adamw=MUON_ADAMW,
     ),
-    # -- orthogonalized-momentum family A (NorMuon, AuON, Hybrid-AuON, Polar Express) --
+    # -- Muon with another normalisation or NS schedule (NorMuon, AuON, Hybrid-AuON, muon_polar) --
     Spec(
         name="root",
         recipe=root,
@@ -248,7 +248,7 @@ REGISTRY: tuple[Spec, ...] = (
             "group, and an owner rank sees only the matrices it owns"
         ),
     ),
-    # -- orthogonalized-momentum family B (ROOT, FISMO, noise-adaptive layerwise lr) --
+    # -- orthogonalized momentum, robust, Fisher-whitened or noise-scaled (ROOT, FISMO, NALR) --
     Spec(
         name="shampoo",
         recipe=shampoo,

@@ -111,11 +111,6 @@ def test_all_ranks_route_sensibly() -> None:
         assert low <= sv.min() and sv.max() <= high, (name, sv)
 
 
-def test_muon_on_bare_vectors_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"ndim >= 2.*shape \(8,\)"):
-        orthoptim.build("muon", [torch.zeros(8, requires_grad=True)])
-
-
 def test_plan_needs_roles_for_bare_tensors() -> None:
     with pytest.raises(ValueError, match="routes by role"):
         ChainOptimizer(

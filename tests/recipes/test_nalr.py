@@ -25,7 +25,8 @@ from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.muon import muon
 from orthoptim.recipes.nalr import noise_adaptive
 from orthoptim.recipes.root import root
-from tests.recipes.family_b_helpers import step_all, train_teacher_student
+from tests.helpers import step_all
+from tests.recipes.teacher_student import random_teacher, train
 from tests.reference.oracles import keller_newton_schulz5
 
 STEPS = 25
@@ -182,7 +183,7 @@ def test_validation() -> None:
 
 
 def test_muon_nalr_trains_teacher_student_at_default_lr() -> None:
-    losses = train_teacher_student("muon_nalr", steps=150)
+    losses = train("muon_nalr", steps=150, problem=random_teacher)
     # Measured: 0.219 -> 1.3e-3 (100 steps) -> 2.0e-4 (150 steps); Muon 2.4e-4 at 150.
     assert losses[0] > 0.2
     assert min(losses) < 1e-3

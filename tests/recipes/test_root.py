@@ -58,7 +58,7 @@ from orthoptim.functional.robust import abs_quantile, soft_threshold
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.proximal import ClipOutliers
 from tests.helpers import fixed_grads
-from tests.recipes.family_b_helpers import train_teacher_student
+from tests.recipes.teacher_student import random_teacher, train
 
 STEPS = 25
 KELLER = (3.4445, -4.7750, 2.0315)
@@ -320,7 +320,7 @@ def test_table_bands_and_the_unstable_square_triple() -> None:
 
 
 def test_root_trains_teacher_student_at_default_lr() -> None:
-    losses = train_teacher_student("root", steps=200)
+    losses = train("root", steps=200, problem=random_teacher)
     # Measured: 0.219 -> 0.0427 (100 steps) -> 0.0166 (200 steps); AdamW at its default 1e-3
     # reaches 0.0122, Muon at 0.02 1.6e-4 (ROOT's 0.2 sqrt(max) scale makes 1e-3 AdamW-like).
     assert losses[0] > 0.2

@@ -43,14 +43,14 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "normalize_neurons": ["yes", 1, None],
     "gamma": [-1.0, math.nan, math.inf, "1.5"],
     "normalize": ["yes", 1, None],
-    # -- orthogonalized-momentum family A options --
+    # -- options of Muon's normalisation variants (NorMuon, AuON) --
     "clip_quantile": [0.0, -0.5, 1.5, math.nan, "0.9", None],
     "factor_beta": [-0.1, 1.5, math.nan, "0.95"],
     "damping": [0.0, -1.0, math.nan, math.inf],
     "factor_stats": ["fisher", "", None],
     "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
     "noise_reference": ["median", "", None],
-    # -- orthogonalized-momentum family B options --
+    # -- options of ROOT, FISMO and the noise-adaptive Muon --
     "shampoo_beta": [-0.1, 1.0, math.nan, "0.95"],
     "precondition_every": [0, -1, 2.5, True],
     "max_precond_dim": [0, -1, 2.5, True],

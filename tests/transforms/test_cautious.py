@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from orthoptim import ChainOptimizer
 from orthoptim.recipes import Plan, adamw, muon
-from orthoptim.recipes.neighbours import cautious, grams
+from orthoptim.recipes.gradient_sign import cautious, grams
 from orthoptim.registry import get
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.cautious import CAUTIOUS_RESCALES, CautiousMask

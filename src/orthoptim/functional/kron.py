@@ -7,13 +7,13 @@ the eigenbasis ``Q_L^T G Q_R`` of the two factors.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 FactorDtype = Literal["auto", "float32", "float64"]
-FACTOR_DTYPES: tuple[str, ...] = ("auto", "float32", "float64")
+FACTOR_DTYPES: tuple[str, ...] = get_args(FactorDtype)
 
 
 def factor_dtype(p: Tensor, choice: str) -> torch.dtype:

@@ -17,12 +17,12 @@ right for every layout.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from torch import Tensor
 
 MatrixLayout = Literal["out_in", "in_out", "stacked_out_in", "stacked_in_out"]
-LAYOUTS: tuple[str, ...] = ("out_in", "in_out", "stacked_out_in", "stacked_in_out")
+LAYOUTS: tuple[str, ...] = get_args(MatrixLayout)
 DEFAULT_LAYOUT = "out_in"
 
 

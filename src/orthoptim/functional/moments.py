@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ def bias_correction(beta: float, step: int) -> float:
 
 
 EpsPlacement = Literal["debiased", "raw"]
-EPS_PLACEMENTS: tuple[str, ...] = ("debiased", "raw")
+EPS_PLACEMENTS: tuple[str, ...] = get_args(EpsPlacement)
 
 
 def adam_direction(

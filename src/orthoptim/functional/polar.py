@@ -8,13 +8,13 @@ matrix products by applying an odd polynomial to the singular values, several ti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 PreNorm = Literal["frobenius", "frobenius_clamp"]
-PRE_NORMS: tuple[str, ...] = ("frobenius", "frobenius_clamp")
+PRE_NORMS: tuple[str, ...] = get_args(PreNorm)
 
 
 def matrix_view(x: Tensor) -> Tensor:
@@ -43,8 +43,7 @@ def newton_schulz(
     with ``A = X X^T``; a tall matrix (``m > n``) iterates on the right instead,
     ``X <- a X + X (b A + c A^2)`` with ``A = X^T X`` (the same polynomial), so ``A`` has the
     smaller size and the result stays row-major: transposing it as the references do makes the
-    later copy into the update a strided one (measured 11 ms of a 300 ms Muon step on 24
-    matrices, benchmarks/records/2026-11-25_step-speed-2).
+    later copy into the update a strided one (its cost: benchmarks/records/2026-11-25_step-speed-2).
 
     Pre-normalisation, ``pre_norm``:
       ``"frobenius"``: ``X / (norm_safety * ||X||_F + eps)`` (KellerJordan/Muon, Polar Express).

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 Projection = Literal["dct", "svd", "random", "block"]
-PROJECTIONS: tuple[str, ...] = ("dct", "svd", "random", "block")
+PROJECTIONS: tuple[str, ...] = get_args(Projection)
 # Projections whose subspace is a set of columns of a fixed basis: state holds indices only.
 INDEX_PROJECTIONS: tuple[str, ...] = ("dct", "block")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.polar import matrix_view
 
 DualNorm = Literal["nuclear", "frobenius", "l1"]
-DUAL_NORMS: tuple[str, ...] = ("nuclear", "frobenius", "l1")
+DUAL_NORMS: tuple[str, ...] = get_args(DualNorm)
 
 
 def abs_quantile(x: Tensor, q: float) -> Tensor:

@@ -1,20 +1,35 @@
 """Layer 3: one short function per optimizer, each a chain of transforms; ``plan.with_adamw``
-completes a matrix optimizer with AdamW for a whole model."""
+completes a matrix optimizer with AdamW for a whole model.
+
+Defaults are written once. A transform's dataclass field defaults are the source: a recipe
+keyword that sets a transform field takes that field's default, read with
+``options.default(Transform, "field")``; a recipe writes a literal default only where it departs
+from the transform's (Muon's momentum 0.95 against ``Momentum``'s 0.9) or where the keyword is
+the recipe's own (``normuon``'s ``normalize_neurons``). The recipe's signature, which
+``Spec.options()`` reads, thus shows every default, and a transform built directly (in tests, by
+hand) has the same ones.
+
+Variants are built from their base recipe's chain, not re-listed: ``Chain.insert`` and
+``Chain.replace`` edit a built chain by state key (``normuon``, ``mkor_h``, ``cautious``), and
+``options.extends(base, ...)`` gives a variant its base's keyword options (names, types, order,
+defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, ``muon_nalr``,
+``mkor_h``), so none repeats a default of its base.
+"""
 
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
 from orthoptim.recipes.fismo import fismo
+from orthoptim.recipes.gradient_sign import cautious, grams
 from orthoptim.recipes.kronecker import shampoo, soap
 from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import mkor, mkor_h
-from orthoptim.recipes.muon import muon
-from orthoptim.recipes.muon_variants import muon_polar
+from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
-from orthoptim.recipes.neighbours import adamp, cautious, grams, sgdp
 from orthoptim.recipes.normuon import normuon
 from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
+from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
 
 __all__ = [

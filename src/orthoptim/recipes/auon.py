@@ -3,6 +3,9 @@ single step of) Newton-Schulz."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.auon import ScaleByCoshRms
 from orthoptim.transforms.base import Chain, chain
@@ -11,8 +14,8 @@ from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay
 
 # AdamW for the non-hidden roles runs at this fraction of the matrix route's lr: 1e-3 at the
-# registry defaults (auon 0.1, hybrid_auon 0.05). On the lm race task AdamW at 1e-3 beat 3e-4
-# (AuON 0.1: 2.31 vs 2.42; Hybrid 0.05: 1.94 vs 2.02).
+# registry defaults (auon 0.1, hybrid_auon 0.05), which beat 3e-4 on the lm race task
+# (benchmarks/auon_default_lr.md).
 # The reference (ryyzn9/AuON@bba2e82 README) pairs AuON with a separate Adam (lr 0.008, betas
 # (0.8, 0.95)) on p.dim() < 2 parameters by hand; here the roles come from routing.classify.
 AUON_ADAMW = AdamWRoute(lr_scale=0.01, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
@@ -23,8 +26,8 @@ def auon(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
-    gamma: float = 1.5,
-    normalize: bool = True,
+    gamma: float = default(ScaleByCoshRms, "gamma"),
+    normalize: bool = default(ScaleByCoshRms, "normalize"),
 ) -> Chain:
     """AuON (Maity 2025, arXiv 2509.24320): linear-time normalised momentum with a cosh brake.
 
@@ -41,12 +44,8 @@ def auon(
     is ``sigma_max(M)/||M||_F`` (at most 1: the paper's trust region), which is near Muon's 1 for
     the near-low-rank momenta of real training and ``1/sqrt(min(rows, cols))``-small for
     isotropic noise. Start from about 5x Muon's lr (default 0.1 vs 0.02) and tune; wider
-    layers want more. Default lr evidence (``build("auon", model)``, seed 0): the ``lm`` race task
-    (TinyGPT dim 64, 500 steps) has its best validation loss at lr 0.07-0.1 (2.28-2.31; 2.59 at
-    0.2; Muon 1.79 at 0.02; at dim 128, 300 steps, 0.2 edges 0.1: 2.15 vs 2.20), ``digits``
-    (SmallCNN, 300 steps) reaches 99.4-99.7% validation accuracy for every lr from 0.05 to 0.8
-    (Muon 99.2% at 0.02), and the teacher-student test problem reaches relative loss 0.014 in
-    300 steps.
+    layers want more. The default lr comes from lr sweeps on the race tasks
+    (benchmarks/auon_default_lr.md).
 
     Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``AuON``): the
     default ``normalize=True`` divides the Frobenius-normalised momentum, as the paper's §3.1
@@ -68,14 +67,13 @@ def auon(
     )
 
 
+@extends(auon, drop=("normalize",))
 def hybrid_auon(
     *,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    gamma: float = 1.5,
-    coeffs: str = "keller_quintic",
+    coeffs: str = default(Orthogonalize, "coeffs"),
     ns_steps: int = 1,
     compute_dtype: ComputeDtype = "float32",
+    **options: Any,
 ) -> Chain:
     """Hybrid-AuON (Maity 2025, arXiv 2509.24320 §3.2): one Newton-Schulz step, then the brake.
 
@@ -88,9 +86,8 @@ def hybrid_auon(
     ``3.4445 s - 4.775 s^3 + 2.0315 s^5``, so the step is about 3.4x AuON's where the momentum's
     energy is spread (small ``s``) and about AuON's where one direction dominates (``s`` near 1):
     between AuON's and Muon's (measured in ``tests/recipes/test_auon.py``). With ``ns_steps=5``
-    it is Muon without the shape scale. Default lr 0.05 (2.5x Muon's): best validation loss of
-    the ``lm`` race task among 0.01-0.2 (1.94 with AdamW at 1e-3; 2.64 at 0.2), 99.7% on
-    ``digits`` (300 steps), relative loss 0.006 in 300 steps on the teacher-student problem.
+    it is Muon without the shape scale. Default lr 0.05 (2.5x Muon's), from lr sweeps on the
+    race tasks (benchmarks/auon_default_lr.md).
 
     Differences from the reference (ryyzn9/AuON@bba2e82 ``auon/optimizer.py`` ``HybridAuON``):
     ``ns_steps=1`` as the paper says (the code defaults to 5); the brake's ``r`` is the code's
@@ -102,9 +99,5 @@ def hybrid_auon(
     References: Dipan Maity, arXiv 2509.24320v1 §3.2;
     ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 auon/optimizer.py.
     """
-    return chain(
-        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
-        Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
-        ScaleByCoshRms(gamma=gamma, normalize=False),
-        AddWeightDecay(),
-    )
+    one_step = Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype)
+    return auon(normalize=False, **options).insert(one_step, after="momentum")

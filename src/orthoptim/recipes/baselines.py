@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from orthoptim._checks import check_beta
+from orthoptim.recipes.options import default
 from orthoptim.transforms import AddWeightDecay, Chain, Momentum, ScaleByAdam, chain
 
 
-def sgd(*, momentum: float = 0.9, nesterov: bool = True) -> Chain:
+def sgd(*, momentum: float = default(Momentum, "beta"), nesterov: bool = True) -> Chain:
     """SGD with heavy-ball or Nesterov momentum (Sutskever et al., ICML 2013).
 
     Chain: ``u <- g + lambda theta`` (L2, as torch.optim.SGD), ``m <- mu m + u``,
@@ -25,7 +26,11 @@ def sgd(*, momentum: float = 0.9, nesterov: bool = True) -> Chain:
     return chain(AddWeightDecay(), Momentum(beta=momentum, kind="sum", nesterov=nesterov))
 
 
-def adamw(*, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Chain:
+def adamw(
+    *,
+    betas: tuple[float, float] = default(ScaleByAdam, "betas"),
+    eps: float = default(ScaleByAdam, "eps"),
+) -> Chain:
     """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101).
 
     Chain: Adam's bias-corrected direction, then ``u <- u + lambda theta``, so the shell's step is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orthoptim.recipes.options import default
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
 from orthoptim.transforms.momentum import Momentum
@@ -12,14 +13,14 @@ from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
 def fismo(
     *,
     momentum: float = 0.95,
-    nesterov: bool = False,
-    factor_beta: float = 0.95,
-    damping: float = 0.1,
-    factor_stats: FactorStats = "rms_normalized",
-    coeffs: str = "keller_quintic",
-    ns_steps: int = 5,
-    compute_dtype: ComputeDtype = "bfloat16",
-    shape_scale: ShapeRule = "keller",
+    nesterov: bool = default(Momentum, "nesterov"),
+    factor_beta: float = default(FisherTrustRegion, "factor_beta"),
+    damping: float = default(FisherTrustRegion, "damping"),
+    factor_stats: FactorStats = default(FisherTrustRegion, "factor_stats"),
+    coeffs: str = default(Orthogonalize, "coeffs"),
+    ns_steps: int = default(Orthogonalize, "ns_steps"),
+    compute_dtype: ComputeDtype = default(Orthogonalize, "compute_dtype"),
+    shape_scale: ShapeRule = default(ScaleByShape, "rule"),
 ) -> Chain:
     """FISMO (Xu, Yan, Zhang, 2026): Fisher-Structured Momentum-Orthogonalized, hidden matrices.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.functional.kron import FactorDtype
+from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.kronecker import (
@@ -17,16 +18,16 @@ from orthoptim.transforms.scaling import AddWeightDecay
 
 def shampoo(
     *,
-    momentum: float = 0.9,
-    factor_beta: float = 0.999,
-    eps: float = 1e-12,
-    root: float = 4.0,
-    precondition_every: int = 10,
-    max_precond_dim: int = 1024,
-    grafting: Grafting = "adam",
-    graft_beta2: float = 0.999,
-    graft_eps: float = 1e-8,
-    factor_dtype: FactorDtype = "auto",
+    momentum: float = default(ShampooPrecondition, "momentum"),
+    factor_beta: float = default(ShampooPrecondition, "factor_beta"),
+    eps: float = default(ShampooPrecondition, "eps"),
+    root: float = default(ShampooPrecondition, "root"),
+    precondition_every: int = default(ShampooPrecondition, "precondition_every"),
+    max_precond_dim: int = default(ShampooPrecondition, "max_precond_dim"),
+    grafting: Grafting = default(ShampooPrecondition, "grafting"),
+    graft_beta2: float = default(ShampooPrecondition, "graft_beta2"),
+    graft_eps: float = default(ShampooPrecondition, "graft_eps"),
+    factor_dtype: FactorDtype = default(ShampooPrecondition, "factor_dtype"),
 ) -> Chain:
     """Shampoo (Gupta, Koren, Singer, arXiv 1802.09568) as Distributed Shampoo runs it
     (Shi et al., arXiv 2309.06497), for hidden matrices.
@@ -70,15 +71,15 @@ def shampoo(
 
 def soap(
     *,
-    betas: tuple[float, float] = (0.95, 0.95),
-    shampoo_beta: float = 0.95,
-    eps: float = 1e-8,
-    precondition_every: int = 10,
-    max_precond_dim: int = 10_000,
-    first_step: FirstStep = "skip",
-    correct_bias: bool = True,
-    eps_placement: EpsPlacement = "raw",
-    factor_dtype: FactorDtype = "auto",
+    betas: tuple[float, float] = default(AdamInEigenbasis, "betas"),
+    shampoo_beta: float = default(AdamInEigenbasis, "shampoo_beta"),
+    eps: float = default(AdamInEigenbasis, "eps"),
+    precondition_every: int = default(AdamInEigenbasis, "precondition_every"),
+    max_precond_dim: int = default(AdamInEigenbasis, "max_precond_dim"),
+    first_step: FirstStep = default(AdamInEigenbasis, "first_step"),
+    correct_bias: bool = default(AdamInEigenbasis, "correct_bias"),
+    eps_placement: EpsPlacement = default(AdamInEigenbasis, "eps_placement"),
+    factor_dtype: FactorDtype = default(AdamInEigenbasis, "factor_dtype"),
 ) -> Chain:
     """SOAP (Vyas et al., arXiv 2409.11321): Adam in the eigenbasis of Shampoo's factors.
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from orthoptim.functional.projection import Projection
+from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.lowrank import LowRankAdam, RefreshMoments, Residual
@@ -11,13 +15,13 @@ from orthoptim.transforms.scaling import AddWeightDecay
 
 def lowrank_adamw(
     *,
-    projection: Projection = "dct",
-    rank_fraction: float = 0.25,
-    update_every: int = 200,
-    scale: float = 1.0,
-    refresh_moments: RefreshMoments = "keep",
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    projection: Projection = default(LowRankAdam, "projection"),
+    rank_fraction: float = default(LowRankAdam, "rank_fraction"),
+    update_every: int = default(LowRankAdam, "update_every"),
+    scale: float = default(LowRankAdam, "scale"),
+    refresh_moments: RefreshMoments = default(LowRankAdam, "refresh_moments"),
+    betas: tuple[float, float] = default(LowRankAdam, "betas"),
+    eps: float = default(LowRankAdam, "eps"),
 ) -> Chain:
     """Low-rank AdamW (GaLore, arXiv 2403.03507) with the SVD-free DCT projection (arXiv
     2505.17967) by default, for hidden matrices.
@@ -55,16 +59,18 @@ def lowrank_adamw(
     )
 
 
+@extends(
+    lowrank_adamw,
+    drop=("scale",),
+    own_after="update_every",
+    projection="svd",
+    refresh_moments="reset",
+)
 def frugal(
     *,
-    projection: Projection = "svd",
-    rank_fraction: float = 0.25,
-    update_every: int = 200,
     residual: Residual = "sign_sgd",
-    residual_scale: float = 1.0,
-    refresh_moments: RefreshMoments = "reset",
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    residual_scale: float = default(LowRankAdam, "residual_scale"),
+    **options: Any,
 ) -> Chain:
     """FRUGAL (Zmushko et al., arXiv 2411.07837): Adam in a subspace, signSGD on the rest.
 
@@ -83,19 +89,9 @@ def frugal(
     bit for bit; with ``r = n`` the residual is skipped (the reference takes the sign of
     round-off); eps after bias correction, as in ``lowrank_adamw``.
     """
-    return chain(
-        LowRankAdam(
-            projection=projection,
-            rank_fraction=rank_fraction,
-            update_every=update_every,
-            refresh_moments=refresh_moments,
-            residual=residual,
-            residual_scale=residual_scale,
-            betas=betas,
-            eps=eps,
-        ),
-        AddWeightDecay(),
-    )
+    base = lowrank_adamw(**options)
+    adam = dataclasses.replace(base.transforms[0], residual=residual, residual_scale=residual_scale)
+    return base.replace("lowrank", adam)
 
 
 LOWRANK_ADAMW = AdamWRoute(lr_scale=1.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms import AddWeightDecay, Chain, ScaleByAdam, chain
 from orthoptim.transforms.sign import LionSign
@@ -23,12 +24,12 @@ MARS_LION_ADAMW = AdamWRoute(
 
 def mars_adamw(
     *,
-    gamma: float = 0.025,
+    gamma: float = default(MarsCorrection, "gamma"),
     betas: tuple[float, float] = (0.95, 0.99),
-    eps: float = 1e-8,
-    clip: float | None = 1.0,
-    variant: MarsVariant = "approximate",
-    first_step: FirstStep = "zero_previous",
+    eps: float = default(ScaleByAdam, "eps"),
+    clip: float | None = default(MarsCorrection, "clip"),
+    variant: MarsVariant = default(MarsCorrection, "variant"),
+    first_step: FirstStep = default(MarsCorrection, "first_step"),
 ) -> Chain:
     """MARS-AdamW (Yuan et al., arXiv 2411.10438): AdamW on the clipped, corrected gradient.
 
@@ -60,11 +61,11 @@ def mars_adamw(
 
 def mars_lion(
     *,
-    gamma: float = 0.025,
+    gamma: float = default(MarsCorrection, "gamma"),
     betas: tuple[float, float] = (0.95, 0.95),
-    clip: float | None = 1.0,
-    variant: MarsVariant = "approximate",
-    first_step: FirstStep = "zero_previous",
+    clip: float | None = default(MarsCorrection, "clip"),
+    variant: MarsVariant = default(MarsCorrection, "variant"),
+    first_step: FirstStep = default(MarsCorrection, "first_step"),
 ) -> Chain:
     """MARS-Lion (Yuan et al., arXiv 2411.10438): Lion's sign update on the corrected gradient.
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from orthoptim.recipes.options import default
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.mfac import MFacPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.scaling import AddWeightDecay
 
 
-def mfac(*, window: int = 16, damping: float = 1e-3, momentum: float = 0.9) -> Chain:
+def mfac(
+    *,
+    window: int = default(MFacPrecondition, "window"),
+    damping: float = default(MFacPrecondition, "damping"),
+    momentum: float = default(Momentum, "beta"),
+) -> Chain:
     """M-FAC optimizer (Frantar, Kurtic, Alistarh 2021, arXiv 2107.03356), dynamic algorithm.
 
     Chain: ``g <- g + wd theta`` (L2, coupled, as the reference); ``g`` replaces the window's
@@ -20,8 +26,7 @@ def mfac(*, window: int = 16, damping: float = 1e-3, momentum: float = 0.9) -> C
 
     The empirical Fisher stands in for curvature best when gradients are noisy minibatch
     gradients; on a deterministic full-batch problem the window holds near-identical gradients
-    and it helps little (the arena's quadratic task: about AdamW's step count, 2.3x its time in
-    benchmarks/records/2026-11-25_default-race-2).
+    and it helps little (the arena's quadratic task: benchmarks/records/2026-11-25_default-race-2).
 
     Memory: ``window`` gradients per parameter, 4 ``window`` bytes per float32 element (64 at
     the default), plus the momentum and 8 ``window^2`` bytes per parameter tensor.

@@ -7,7 +7,10 @@ the chain's ``ActivationCapture`` to the model's ``nn.Linear`` / ``nn.Conv2d`` l
 
 from __future__ import annotations
 
+from typing import Any
+
 from orthoptim._checks import check_bool
+from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.mkor import InverseUpdate, MKORHybridPrecondition, MKORPrecondition
@@ -21,13 +24,13 @@ MKOR_ADAMW = AdamWRoute(lr_scale=0.05, betas=(0.9, 0.999), eps=1e-8, weight_deca
 
 def mkor(
     *,
-    factor_beta: float = 0.95,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    stabilization: float = 0.1,
-    stabilize_above: float = 2.0,
-    stats_clip: float = 100.0,
-    inverse_update: InverseUpdate = "paper",
+    factor_beta: float = default(MKORPrecondition, "factor_beta"),
+    momentum: float = default(Momentum, "beta"),
+    nesterov: bool = default(Momentum, "nesterov"),
+    stabilization: float = default(MKORPrecondition, "stabilization"),
+    stabilize_above: float = default(MKORPrecondition, "stabilize_above"),
+    stats_clip: float = default(MKORPrecondition, "stats_clip"),
+    inverse_update: InverseUpdate = default(MKORPrecondition, "inverse_update"),
 ) -> Chain:
     """MKOR (Mozaffari, Li, Zhang, Mehri Dehnavi, NeurIPS 2023, arXiv 2306.01685).
 
@@ -66,18 +69,13 @@ def mkor(
     )
 
 
+@extends(mkor)
 def mkor_h(
     *,
-    factor_beta: float = 0.95,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    stabilization: float = 0.1,
-    stabilize_above: float = 2.0,
-    stats_clip: float = 100.0,
-    inverse_update: InverseUpdate = "paper",
-    switch_warmup: int = 100,
-    switch_ratio: float = 0.1,
-    switch_beta: float = 0.9,
+    switch_warmup: int = default(MKORHybridPrecondition, "switch_warmup"),
+    switch_ratio: float = default(MKORHybridPrecondition, "switch_ratio"),
+    switch_beta: float = default(MKORHybridPrecondition, "switch_beta"),
+    **options: Any,
 ) -> Chain:
     """MKOR-H (arXiv 2306.01685): MKOR that falls back to momentum SGD when it stops helping.
 
@@ -95,19 +93,11 @@ def mkor_h(
     References: arXiv 2306.01685;
     Mohammad-Mozaffari/mkor@3a0e3bb2df346851569e98799d0f340556bad811 README (MKOR-H results).
     """
-    inner = mkor(
-        factor_beta=factor_beta,
-        momentum=momentum,
-        nesterov=nesterov,
-        stabilization=stabilization,
-        stabilize_above=stabilize_above,
-        stats_clip=stats_clip,
-        inverse_update=inverse_update,
-    ).transforms
+    base = mkor(**options)
     hybrid = MKORHybridPrecondition(
-        inner=inner[0],  # type: ignore[arg-type]  # mkor() starts with its preconditioner
+        inner=base.transforms[0],  # type: ignore[arg-type]  # mkor() starts with its preconditioner
         switch_warmup=switch_warmup,
         switch_ratio=switch_ratio,
         switch_beta=switch_beta,
     )
-    return chain(hybrid, *inner[1:])
+    return base.replace("mkor", hybrid)

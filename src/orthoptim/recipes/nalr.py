@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orthoptim.functional.robust import DualNorm
 from orthoptim.recipes.muon import muon
+from orthoptim.recipes.options import default, extends
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.noise_adaptive import NoiseReference, ScaleByLayerNoise
-from orthoptim.transforms.orthogonalize import ComputeDtype
-from orthoptim.transforms.scaling import ShapeRule
 
 
 def noise_adaptive(
     base: Chain,
     *,
-    noise_beta: float = 0.95,
-    dual_norm: DualNorm = "nuclear",
-    noise_reference: NoiseReference = "mean",
+    noise_beta: float = default(ScaleByLayerNoise, "beta"),
+    dual_norm: DualNorm = default(ScaleByLayerNoise, "dual_norm"),
+    noise_reference: NoiseReference = default(ScaleByLayerNoise, "reference"),
 ) -> Chain:
     """``base`` followed by a noise-adaptive per-layer lr factor (``ScaleByLayerNoise``).
 
@@ -31,16 +32,12 @@ def noise_adaptive(
     )
 
 
+@extends(muon, drop=("pre_norm", "eps"))
 def muon_nalr(
     *,
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    coeffs: str = "keller_quintic",
-    ns_steps: int = 5,
-    compute_dtype: ComputeDtype = "bfloat16",
-    shape_scale: ShapeRule = "keller",
-    noise_beta: float = 0.95,
-    noise_reference: NoiseReference = "mean",
+    noise_beta: float = default(noise_adaptive, "noise_beta"),
+    noise_reference: NoiseReference = default(noise_adaptive, "noise_reference"),
+    **options: Any,
 ) -> Chain:
     """Muon with noise-adaptive layerwise learning rates (Hao et al., 2025; "LANTON").
 
@@ -64,14 +61,7 @@ def muon_nalr(
     Training", arXiv 2510.14009.
     """
     return noise_adaptive(
-        muon(
-            momentum=momentum,
-            nesterov=nesterov,
-            coeffs=coeffs,
-            ns_steps=ns_steps,
-            compute_dtype=compute_dtype,
-            shape_scale=shape_scale,
-        ),
+        muon(**options),
         noise_beta=noise_beta,
         dual_norm="nuclear",
         noise_reference=noise_reference,

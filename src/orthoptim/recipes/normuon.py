@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orthoptim._checks import check_bool
-from orthoptim.functional.polar import PreNorm
+from orthoptim.recipes.muon import muon
+from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
-from orthoptim.transforms.base import Chain, chain
-from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.base import Chain
 from orthoptim.transforms.neuronwise import NormalizeNeurons
-from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
-from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
 
 NORMUON_ADAMW = AdamWRoute(lr_scale=0.015, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
 """The reference pairs NorMuon's lr 0.02 with Adam's 3e-4 (zichongli5/NorMuon@d45c9a4
 ``SingleDeviceNorMuonWithAuxAdam`` defaults)."""
 
 
+@extends(muon, own_after="momentum")
 def normuon(
     *,
-    momentum: float = 0.95,
-    beta2: float = 0.95,
+    beta2: float = default(NormalizeNeurons, "beta2"),
     normalize_neurons: bool = True,
-    nesterov: bool = True,
-    coeffs: str = "keller_quintic",
-    ns_steps: int = 5,
-    pre_norm: PreNorm = "frobenius",
-    eps: float = 1e-7,
-    compute_dtype: ComputeDtype = "bfloat16",
-    shape_scale: ShapeRule = "keller",
+    **options: Any,
 ) -> Chain:
     """NorMuon (Li et al. 2025, arXiv 2510.05491): Muon plus a per-neuron second moment.
 
@@ -56,16 +50,5 @@ def normuon(
     """
     check_bool("normalize_neurons", normalize_neurons)
     neurons = NormalizeNeurons(beta2=beta2)  # built (so validated) even when dropped
-    return chain(
-        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
-        Orthogonalize(
-            coeffs=coeffs,
-            ns_steps=ns_steps,
-            pre_norm=pre_norm,
-            eps=eps,
-            compute_dtype=compute_dtype,
-        ),
-        *((neurons,) if normalize_neurons else ()),
-        ScaleByShape(rule=shape_scale),
-        AddWeightDecay(),
-    )
+    base = muon(**options)
+    return base.insert(neurons, after="orthogonalize") if normalize_neurons else base

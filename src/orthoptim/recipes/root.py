@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.momentum import Momentum
@@ -14,9 +15,9 @@ def root(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
-    clip_quantile: float = 0.9,
+    clip_quantile: float = default(ClipOutliers, "quantile"),
     coeffs: str = "root_shape_map",
-    ns_steps: int = 5,
+    ns_steps: int = default(Orthogonalize, "ns_steps"),
     compute_dtype: ComputeDtype = "float32",
     shape_scale: ShapeRule = "moonlight_rms",
 ) -> Chain:

@@ -75,8 +75,8 @@ class ScaleByAdam(BetasMoments, TransformBase):
         ema_square_(exp_avg_sq, g, self.betas[1])
         numerator = exp_avg.lerp(g, 1.0 - self.betas[0]) if self.nesterov else exp_avg
         same_dtype = u.dtype == exp_avg.dtype
-        # The direction goes into u, the chain's working copy, when the dtypes allow (1.8x faster
-        # adamw step on CPU, benchmarks/records/2026-11-25_step-speed).
+        # The direction goes into u, the chain's working copy, when the dtypes allow (a faster
+        # adamw step: benchmarks/records/2026-11-25_step-speed).
         direction = adam_direction(
             numerator,
             exp_avg_sq,

@@ -412,6 +412,40 @@ class Chain(TransformBase):
         replaced = self.transforms[index].with_moments(moments)  # type: ignore[attr-defined]
         return Chain((*self.transforms[:index], replaced, *self.transforms[index + 1 :]))
 
+    def insert(self, transform: Transform, *, after: str) -> Chain:
+        """This chain with ``transform`` right after the transform named ``after``.
+
+        ``after`` is a state key (``"momentum"``; ``"momentum#2"`` for the second transform with
+        that key, ``"momentum#1"`` also names the first). A key that several transforms share is
+        ambiguous alone; ``ValueError`` naming the chain's keys if ``after`` is ambiguous or
+        absent.
+        """
+        at = self._position(after, "after") + 1
+        return Chain((*self.transforms[:at], transform, *self.transforms[at:]))
+
+    def replace(self, key: str, transform: Transform) -> Chain:
+        """This chain with ``transform`` in place of the transform named ``key`` (a state key, as
+        ``insert``'s ``after``); ``ValueError`` naming the chain's keys if absent or ambiguous."""
+        at = self._position(key, "key")
+        return Chain((*self.transforms[:at], transform, *self.transforms[at + 1 :]))
+
+    def _position(self, name: str, argument: str) -> int:
+        """The index of the transform whose state key is ``name`` (see ``insert``)."""
+        keys = [t.key for t in self.transforms]
+        if keys.count(name) > 1:
+            raise ValueError(
+                f"{argument}={name!r} is ambiguous: {keys.count(name)} transforms of the chain "
+                f"{list(self.prefixes)} have that key; name one by its state key "
+                f"({name + '#1'!r}, {name + '#2'!r}, ...)"
+            )
+        for index, (prefix, key) in enumerate(zip(self.prefixes, keys, strict=True)):
+            if name in (prefix, f"{key}#1"):
+                return index
+        raise ValueError(
+            f"{argument} must be the key of a transform in the chain {list(self.prefixes)}, "
+            f"got {name!r}"
+        )
+
     @property
     def previous_point(self) -> str | None:  # type: ignore[override]
         """The namespaced state key of the first transform's ``previous_point``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from torch import Tensor
 
@@ -14,7 +14,7 @@ from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
 CautiousRescale = Literal["mean_clamped", "plus_one", "at_least_one", "none"]
-CAUTIOUS_RESCALES: tuple[str, ...] = ("mean_clamped", "plus_one", "at_least_one", "none")
+CAUTIOUS_RESCALES: tuple[str, ...] = get_args(CautiousRescale)
 
 MIN_MEAN = 1e-3  # C-Optim's clamp: a mask keeping under 0.1% of entries scales by at most 1000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ from orthoptim.functional.polar import matrix_view
 from orthoptim.transforms.base import Chain, Ctx, TransformBase
 
 FactorStats = Literal["rms_normalized", "raw"]
-FACTOR_STATS: tuple[str, ...] = ("rms_normalized", "raw")
+FACTOR_STATS: tuple[str, ...] = get_args(FactorStats)
 
 
 def _check_factor_beta(value: float) -> None:

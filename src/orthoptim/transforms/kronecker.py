@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -45,9 +45,9 @@ from orthoptim.functional.moments import (
 from orthoptim.transforms.base import BetasMoments, Ctx, MomentumMoments, TransformBase
 
 Grafting = Literal["adam", "none"]
-GRAFTINGS: tuple[str, ...] = ("adam", "none")
+GRAFTINGS: tuple[str, ...] = get_args(Grafting)
 FirstStep = Literal["skip", "update"]
-FIRST_STEPS: tuple[str, ...] = ("skip", "update")
+FIRST_STEPS: tuple[str, ...] = get_args(FirstStep)
 
 
 def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:

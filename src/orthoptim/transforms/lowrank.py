@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -38,9 +38,9 @@ from orthoptim.functional.projection import (
 from orthoptim.transforms.base import BetasMoments, Ctx, TransformBase
 
 RefreshMoments = Literal["keep", "reset", "rotate"]
-REFRESH_MOMENTS: tuple[str, ...] = ("keep", "reset", "rotate")
+REFRESH_MOMENTS: tuple[str, ...] = get_args(RefreshMoments)
 Residual = Literal["none", "sgd", "sign_sgd"]
-RESIDUALS: tuple[str, ...] = ("none", "sgd", "sign_sgd")
+RESIDUALS: tuple[str, ...] = get_args(Residual)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

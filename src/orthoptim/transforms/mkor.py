@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -15,8 +15,8 @@ from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 from orthoptim.transforms.capture import ActivationCapture
 
-INVERSE_UPDATES: tuple[str, ...] = ("paper", "package")
 InverseUpdate = Literal["paper", "package"]
+INVERSE_UPDATES: tuple[str, ...] = get_args(InverseUpdate)
 
 
 def sherman_morrison_(inv: Tensor, v: Tensor, beta: float, rule: str) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -14,7 +14,8 @@ from orthoptim._types import State
 from orthoptim.functional.moments import ema_
 from orthoptim.transforms.base import Ctx, TransformBase
 
-MOMENTUM_KINDS: tuple[str, ...] = ("ema", "sum")
+MomentumKind = Literal["ema", "sum"]
+MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +43,7 @@ class Momentum(TransformBase):
         r"u \leftarrow \text{nesterov} ? u + \beta(m - u) \text{ (ema) or } u + \beta m : m"
     )
     beta: float = 0.9
-    kind: Literal["ema", "sum"] = "ema"
+    kind: MomentumKind = "ema"
     nesterov: bool = False
 
     def __post_init__(self) -> None:

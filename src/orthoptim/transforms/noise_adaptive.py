@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from orthoptim.functional.robust import DUAL_NORMS, DualNorm, dual_norm
 from orthoptim.transforms.base import Ctx, TransformBase
 
 NoiseReference = Literal["mean", "min"]
-NOISE_REFERENCES: tuple[str, ...] = ("mean", "min")
+NOISE_REFERENCES: tuple[str, ...] = get_args(NoiseReference)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

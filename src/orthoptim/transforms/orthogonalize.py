@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -12,11 +12,11 @@ from torch import Tensor
 from orthoptim._checks import check_choice, check_matrix, check_positive, check_positive_int
 from orthoptim._types import State
 from orthoptim.functional.coefficients import PRESET_NAMES, resolve_preset
-from orthoptim.functional.polar import PRE_NORMS, matrix_view, newton_schulz
+from orthoptim.functional.polar import PRE_NORMS, PreNorm, matrix_view, newton_schulz
 from orthoptim.transforms.base import Ctx, TransformBase
 
 ComputeDtype = Literal["bfloat16", "float32", "float64", "input"]
-COMPUTE_DTYPES: tuple[str, ...] = ("bfloat16", "float32", "float64", "input")
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +41,7 @@ class Orthogonalize(TransformBase):
     formula: ClassVar[str] = r"u \leftarrow \mathrm{NS}_{k}(u / \|u\|_F) \approx UV^\top"
     coeffs: str = "keller_quintic"
     ns_steps: int = 5
-    pre_norm: Literal["frobenius", "frobenius_clamp"] = "frobenius"
+    pre_norm: PreNorm = "frobenius"
     eps: float = 1e-7
     compute_dtype: ComputeDtype = "bfloat16"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 from torch import Tensor
 
@@ -13,7 +13,7 @@ from orthoptim._types import State
 from orthoptim.transforms.base import Ctx, TransformBase
 
 ShapeRule = Literal["keller", "moonlight_rms", "none"]
-SHAPE_RULES: tuple[str, ...] = ("keller", "moonlight_rms", "none")
+SHAPE_RULES: tuple[str, ...] = get_args(ShapeRule)
 
 
 def shape_factor(rule: str, rows: int, cols: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -15,9 +15,9 @@ from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
 MarsVariant = Literal["approximate", "exact"]
-MARS_VARIANTS: tuple[str, ...] = ("approximate", "exact")
+MARS_VARIANTS: tuple[str, ...] = get_args(MarsVariant)
 FirstStep = Literal["zero_previous", "uncorrected"]
-FIRST_STEPS: tuple[str, ...] = ("zero_previous", "uncorrected")
+FIRST_STEPS: tuple[str, ...] = get_args(FirstStep)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,7 +28,8 @@ from torch import nn
 import orthoptim
 from orthoptim import ChainOptimizer
 from orthoptim.recipes import adamw
-from orthoptim.recipes.neighbours import adamp, cautious, grams, sgdp
+from orthoptim.recipes.gradient_sign import cautious, grams
+from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.transforms import AddWeightDecay, Momentum, chain
 from tests.helpers import fixed_grads
 

@@ -41,11 +41,12 @@ import torch
 
 from orthoptim import ChainOptimizer
 from orthoptim.recipes import adamw
-from orthoptim.recipes.neighbours import adamp, cautious, grams, sgdp
+from orthoptim.recipes.gradient_sign import cautious, grams
+from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.cautious import CautiousMask
 from tests.helpers import fixed_grads
-from tests.recipes.test_neighbours import radial_free
+from tests.recipes.test_adamp_sgdp_grams import radial_free
 
 pytestmark = pytest.mark.reference
 

@@ -1,59 +1,24 @@
-"""Element-wise neighbours of Adam and SGD: Grams, AdamP, SGDP, and the cautious mask."""
+"""AdamP and SGDP: Adam and SGD momentum without the radial step on scale-invariant weights."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from orthoptim._checks import check_beta, check_bool
 from orthoptim.functional.moments import EpsPlacement
-from orthoptim.recipes.plan import Plan
+from orthoptim.recipes.options import default
 from orthoptim.transforms.adaptive import ScaleByAdam
 from orthoptim.transforms.base import Chain, chain
-from orthoptim.transforms.cautious import CautiousMask, CautiousRescale
-from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.radial import Dampen, ProjectRadial
-from orthoptim.transforms.scaling import AddWeightDecay
-
-DECAY_CARRIERS = (AddWeightDecay, ProjectRadial)
-
-
-def grams(
-    *,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-6,
-    eps_placement: EpsPlacement = "raw",
-) -> Chain:
-    """Grams (Cao, Li, Song 2024, arXiv 2412.17107): Adam's magnitude, the gradient's sign.
-
-    Chain: Adam's bias-corrected direction ``a``; ``u <- sign(g) |a|``; ``u <- u + lambda theta``
-    (decoupled decay ``theta (1 - lr lambda)``, as the reference and the paper's Algorithm 1).
-    ``eps_placement="raw"`` adds ``eps`` to ``sqrt(v)`` before bias correction (the reference);
-    ``"debiased"`` to ``sqrt(v_hat)`` (pytorch-optimizer 4.1.0 ``Grams``). Every parameter is
-    updated, as in the reference (no plan).
-
-    Differences from the reference (Gunale0926/Grams@f91a375 ``grams/src/grams.py``): ``p.grad``
-    is not overwritten by its sign (the reference's ``grad.sign_()`` does); no ``correct_bias``
-    switch (always on, the reference's default); moments of 16-bit parameters in float32.
-
-    References: arXiv 2412.17107; Gunale0926/Grams@f91a375daaa85c5a4644e3f064ca6693c59f6cdb;
-    pytorch-optimizer==4.1.0 ``Grams``.
-    """
-    return chain(
-        ScaleByAdam(betas=betas, eps=eps, eps_placement=eps_placement),
-        AlignToGradientSign(),
-        AddWeightDecay(),
-    )
 
 
 def adamp(
     *,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    eps_placement: EpsPlacement = "debiased",
-    nesterov: bool = False,
-    delta: float = 0.1,
-    wd_ratio: float = 0.1,
+    betas: tuple[float, float] = default(ScaleByAdam, "betas"),
+    eps: float = default(ScaleByAdam, "eps"),
+    eps_placement: EpsPlacement = default(ScaleByAdam, "eps_placement"),
+    nesterov: bool = default(ScaleByAdam, "nesterov"),
+    delta: float = default(ProjectRadial, "delta"),
+    wd_ratio: float = default(ProjectRadial, "wd_ratio"),
 ) -> Chain:
     """AdamP (Heo et al. 2021, arXiv 2006.08217): Adam without the radial step on
     scale-invariant weights.
@@ -81,13 +46,13 @@ def adamp(
 
 def sgdp(
     *,
-    momentum: float = 0.9,
-    dampening: float = 0.0,
+    momentum: float = default(Momentum, "beta"),
+    dampening: float = default(Dampen, "dampening"),
     nesterov: bool = True,
     project_buffer: bool = False,
-    delta: float = 0.1,
-    wd_ratio: float = 0.1,
-    eps: float = 1e-8,
+    delta: float = default(ProjectRadial, "delta"),
+    wd_ratio: float = default(ProjectRadial, "wd_ratio"),
+    eps: float = default(ProjectRadial, "eps"),
 ) -> Chain:
     """SGDP (Heo et al. 2021, arXiv 2006.08217): SGD momentum without the radial step on
     scale-invariant weights.
@@ -131,41 +96,3 @@ def sgdp(
         buffer_momentum=momentum if own_buffer else 0.0,
     )
     return chain(*damp, *heavy_ball, project)
-
-
-def cautious(
-    recipe: Chain | Plan, *, rescale: CautiousRescale = "mean_clamped", after: str | None = None
-) -> Chain | Plan:
-    """The cautious variant of any recipe (Liang et al. 2024, arXiv 2411.16085).
-
-    Inserts ``CautiousMask`` (``u <- s u * 1[u g > 0]``) right after the transform whose state key
-    is ``after`` (e.g. ``"momentum"``: C-Muon masks the momentum before orthogonalising), or by
-    default before the chain's last transform if that one adds the weight decay
-    (``AddWeightDecay``, ``ProjectRadial``), else at the end: C-AdamW masks Adam's update, never
-    the decay, and pytorch-optimizer's cautious AdamP masks before projecting.
-    A ``Plan`` gets the mask in every route. ``cautious(adamw())`` is C-AdamW of
-    kyleliang919/C-Optim@2c0517c up to ``eps`` placement (its ``eps`` is added to ``sqrt(v)``).
-
-    Differences from the reference (C-Optim ``c_muon.py``): its mask compares the momentum, not
-    the Nesterov update it scales, with the gradient.
-
-    References: arXiv 2411.16085; kyleliang919/C-Optim@2c0517c4db2e50b56d389ba4803eab1f4b3b8ae3.
-    """
-    if isinstance(recipe, Plan):
-        return Plan(
-            tuple(
-                dataclasses.replace(r, chain=cautious(r.chain, rescale=rescale, after=after))
-                for r in recipe.routes
-            )
-        )
-    if not isinstance(recipe, Chain):
-        raise TypeError(f"cautious() takes a Chain or a Plan, got {type(recipe).__name__}")
-    ts = list(recipe.transforms)
-    keys = [t.key for t in ts]
-    if after is None:
-        at = len(ts) - 1 if ts and isinstance(ts[-1], DECAY_CARRIERS) else len(ts)
-    elif after in keys:
-        at = keys.index(after) + 1
-    else:
-        raise ValueError(f"after must be the key of a transform in the chain {keys}, got {after!r}")
-    return chain(*ts[:at], CautiousMask(rescale=rescale), *ts[at:])
