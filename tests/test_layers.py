@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
 
 
 def layer_of(module: str) -> int:
-    """The layer of a dotted module inside orthoptim (``orthoptim.transforms.base`` -> 2)."""
+    """The layer of a dotted module inside orthoptim (``orthoptim.transforms.chain`` -> 2)."""
     top = module.split(".")[1] if "." in module else "__init__"
     return LAYERS[top]
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from orthoptim._types import State
-from orthoptim.transforms.base import Chain, Ctx
+from orthoptim.transforms.base import Ctx
+from orthoptim.transforms.chain import Chain
 
 
 class _Scratch:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from orthoptim._types import State
 from orthoptim.transforms.adaptive import ScaleByAdam
-from orthoptim.transforms.base import Chain
+from orthoptim.transforms.chain import Chain
 from orthoptim.transforms.scaling import AddWeightDecay
 
 _FUSED_DEVICES: frozenset[str] = frozenset({"cpu", "cuda"})

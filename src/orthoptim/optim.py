@@ -40,7 +40,7 @@ from orthoptim.recipes.plan import (
     moment_key,
 )
 from orthoptim.routing import HEAD_NAMES
-from orthoptim.transforms.base import Chain
+from orthoptim.transforms.chain import Chain
 
 
 class ChainOptimizer(torch.optim.Optimizer):

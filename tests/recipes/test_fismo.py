@@ -26,7 +26,8 @@ import torch
 import orthoptim
 from orthoptim.functional.polar import newton_schulz
 from orthoptim.recipes.fismo import fismo
-from orthoptim.transforms.base import Ctx, chain
+from orthoptim.transforms.base import Ctx
+from orthoptim.transforms.chain import chain
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from tests.helpers import fixed_grads

@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import orthoptim.transforms as transforms_pkg
 from orthoptim.recipes import muon
 from orthoptim.transforms import Orthogonalize, TransformBase
-from orthoptim.transforms.base import Chain, Ctx
+from orthoptim.transforms.base import Ctx
+from orthoptim.transforms.chain import Chain
 
 
 def transform_classes() -> list[type[TransformBase]]:

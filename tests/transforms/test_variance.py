@@ -9,7 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orthoptim.transforms.base import Ctx, chain
+from orthoptim.transforms.base import Ctx
+from orthoptim.transforms.chain import chain
 from orthoptim.transforms.sign import LionSign
 from orthoptim.transforms.variance import MarsCorrection
 

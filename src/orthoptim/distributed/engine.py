@@ -37,7 +37,7 @@ from orthoptim.distributed.parts import Layout, UnsupportedLayoutError, local_te
 from orthoptim.distributed.replicated import ReplicatedSteps
 from orthoptim.distributed.sharded import ShardedSteps
 from orthoptim.recipes.plan import Plan, group_layout
-from orthoptim.transforms.base import Chain
+from orthoptim.transforms.chain import Chain
 
 __all__ = ["DistributedStep", "UnsupportedLayoutError", "detect", "is_distributed", "local_tensor"]
 

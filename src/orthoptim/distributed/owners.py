@@ -7,7 +7,7 @@ import re
 from collections.abc import Hashable, Sequence
 from functools import cache
 
-from orthoptim.transforms.base import Chain
+from orthoptim.transforms.chain import Chain
 
 
 def assign_owners(

@@ -14,7 +14,8 @@ from torch.distributed.tensor import DTensor
 
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.plan import Plan
-from orthoptim.transforms.base import Chain, Ctx
+from orthoptim.transforms.base import Ctx
+from orthoptim.transforms.chain import Chain
 
 Layout = Literal["replicated", "sharded"]
 

@@ -24,7 +24,8 @@ from orthoptim.distributed.parts import (
     split_rows,
 )
 from orthoptim.recipes.plan import group_layout, group_lr, live_chain
-from orthoptim.transforms.base import Chain, Ctx
+from orthoptim.transforms.base import Ctx
+from orthoptim.transforms.chain import Chain
 
 
 class ShardedSteps(Topology):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.recipes.options import default
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize

@@ -9,8 +9,8 @@ from orthoptim.functional.moments import EpsPlacement
 from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import Plan
 from orthoptim.transforms.adaptive import ScaleByAdam
-from orthoptim.transforms.base import Chain, chain
 from orthoptim.transforms.cautious import CautiousMask, CautiousRescale
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.radial import ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay

@@ -5,7 +5,7 @@ from __future__ import annotations
 from orthoptim.functional.kron import FactorDtype
 from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.kronecker import (
     AdamInEigenbasis,
     EpsPlacement,

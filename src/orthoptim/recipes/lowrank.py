@@ -8,7 +8,7 @@ from typing import Any
 from orthoptim.functional.projection import Projection
 from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.lowrank import LowRankAdam, RefreshMoments, Residual
 from orthoptim.transforms.scaling import AddWeightDecay
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orthoptim.recipes.options import default
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.mfac import MFacPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.scaling import AddWeightDecay

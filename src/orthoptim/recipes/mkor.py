@@ -12,7 +12,7 @@ from typing import Any
 from orthoptim._checks import check_bool
 from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.mkor import InverseUpdate, MKORHybridPrecondition, MKORPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.scaling import AddWeightDecay

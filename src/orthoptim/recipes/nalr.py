@@ -7,7 +7,7 @@ from typing import Any
 from orthoptim.functional.robust import DualNorm
 from orthoptim.recipes.muon import muon
 from orthoptim.recipes.options import default, extends
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.noise_adaptive import NoiseReference, ScaleByLayerNoise
 
 

@@ -8,7 +8,7 @@ from orthoptim._checks import check_bool
 from orthoptim.recipes.muon import muon
 from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
-from orthoptim.transforms.base import Chain
+from orthoptim.transforms.chain import Chain
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 
 NORMUON_ADAMW = AdamWRoute(lr_scale=0.015, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)

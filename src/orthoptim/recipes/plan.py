@@ -26,7 +26,7 @@ from orthoptim._types import ROLES
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.baselines import adamw
 from orthoptim.transforms import chain
-from orthoptim.transforms.base import Chain, explain
+from orthoptim.transforms.chain import Chain, explain
 from orthoptim.transforms.variance import MarsCorrection
 
 NON_HIDDEN_ROLES: tuple[str, ...] = ("embedding", "head", "vector")

@@ -6,7 +6,7 @@ from orthoptim._checks import check_beta, check_bool
 from orthoptim.functional.moments import EpsPlacement
 from orthoptim.recipes.options import default
 from orthoptim.transforms.adaptive import ScaleByAdam
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
-from orthoptim.transforms.base import Chain, chain
+from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers

@@ -2,9 +2,10 @@
 
 from orthoptim.transforms.adaptive import ScaleByAdam
 from orthoptim.transforms.auon import ScaleByCoshRms
-from orthoptim.transforms.base import Chain, Ctx, Transform, TransformBase, chain, explain
+from orthoptim.transforms.base import Ctx, Transform, TransformBase
 from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
+from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition

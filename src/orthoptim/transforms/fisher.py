@@ -14,7 +14,8 @@ from orthoptim._types import State
 from orthoptim.functional.kron_fisher import sym_powers, update_factor_
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.polar import matrix_view
-from orthoptim.transforms.base import Chain, Ctx, TransformBase
+from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.chain import Chain
 
 FactorStats = Literal["rms_normalized", "raw"]
 FACTOR_STATS: tuple[str, ...] = get_args(FactorStats)
