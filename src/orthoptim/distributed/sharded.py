@@ -148,31 +148,7 @@ class ShardedSteps(Topology):
             received = gathers[k]()
             position = {id(it): i for i, it in enumerate(items)}
             mine = rounds[self.rank][k] if k < len(rounds[self.rank]) else None
-            results: dict[int, Tensor] = {}
-            if mine is not None:
-                (index, _), owned = mine
-                job = jobs[index]
-                wants_param, wants_grad = needs[id(job)]
-                cores = []
-                for it in owned:
-                    u, *rest = [torch.cat(shards, 0) for shards in received[position[id(it)]]]
-                    meta = torch.empty(it.p.shape, dtype=it.p.dtype, device="meta")
-                    param = rest.pop(0) if wants_param else meta
-                    grad = rest.pop(0) if wants_grad else meta
-                    ctx = Ctx(
-                        step=it.ctx.step,
-                        lr=it.ctx.lr,
-                        weight_decay=it.ctx.weight_decay,
-                        param=param,
-                        grad=grad,
-                        name=it.name,
-                        layout=job.layout,
-                    )
-                    cores.append(Item(it.name, it.p, it.state, ctx, u, it.owner))
-                run_range(job.chain, job.lo, job.hi, cores, local=False)
-                for it, core in zip(owned, cores, strict=True):
-                    # Non-owners size their receive buffers by the core's input dtype.
-                    results[id(it)] = core.u.to(it.u.dtype)
+            results = {} if mine is None else self._run_owned(jobs, mine, received, position, needs)
             back = [
                 split_rows(results[id(it)], self.world) if it.owner == self.rank else []
                 for it in items
@@ -181,6 +157,39 @@ class ShardedSteps(Topology):
         for items, finish in backs:
             for it, u in zip(items, finish(), strict=True):
                 it.u = u
+
+    @staticmethod
+    def _run_owned(
+        jobs: list[Job],
+        mine: tuple[tuple[int, tuple[int, ...]], list[Item]],
+        received: list[list[list[Tensor]]],
+        position: dict[int, int],
+        needs: dict[int, tuple[bool, bool]],
+    ) -> dict[int, Tensor]:
+        """This rank's bucket of one round: each full matrix from the received rows, the core
+        run on them together; ``{id(item): its update}`` in the item's dtype."""
+        (index, _), owned = mine
+        job = jobs[index]
+        wants_param, wants_grad = needs[id(job)]
+        cores = []
+        for it in owned:
+            u, *rest = [torch.cat(shards, 0) for shards in received[position[id(it)]]]
+            meta = torch.empty(it.p.shape, dtype=it.p.dtype, device="meta")
+            param = rest.pop(0) if wants_param else meta
+            grad = rest.pop(0) if wants_grad else meta
+            ctx = Ctx(
+                step=it.ctx.step,
+                lr=it.ctx.lr,
+                weight_decay=it.ctx.weight_decay,
+                param=param,
+                grad=grad,
+                name=it.name,
+                layout=job.layout,
+            )
+            cores.append(Item(it.name, it.p, it.state, ctx, u, it.owner))
+        run_range(job.chain, job.lo, job.hi, cores, local=False)
+        # Non-owners size their receive buffers by the core's input dtype.
+        return {id(it): core.u.to(it.u.dtype) for it, core in zip(owned, cores, strict=True)}
 
     def _exchange(
         self, items: list[Item], pieces: list[list[Tensor]]
