@@ -1,12 +1,16 @@
-"""Robust statistics: the quantile of magnitudes against ``torch.quantile``, ties included."""
+"""Robust statistics: the quantile of magnitudes against ``torch.quantile`` (ties included), the
+nuclear dual norm against the singular values (low rank included)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orthoptim.functional.robust import abs_quantile
+from orthoptim.functional.robust import abs_quantile, dual_norm
 
 QUANTILES = st.one_of(
     st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.97, 1.0]), st.floats(min_value=0.0, max_value=1.0)
@@ -42,3 +46,24 @@ def test_abs_quantile_beyond_torch_quantile_size_limit_matches_sorting() -> None
         ordered = x.abs().sort().values
         expected = torch.lerp(ordered[lower], ordered[lower + 1], position - lower)
         torch.testing.assert_close(abs_quantile(x, q), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (16, 16), (6, 4, 3, 3)])
+@pytest.mark.parametrize("rank", [1, 3, None])
+def test_nuclear_dual_norm_equals_the_sum_of_singular_values(shape, rank) -> None:
+    g = torch.Generator().manual_seed(rank or 0)
+    rows, cols = shape[0], math.prod(shape[1:])
+    if rank is None:
+        x = torch.randn(shape, generator=g)
+    else:  # low rank: the exact sum has no contribution from the zero singular values
+        x = (torch.randn(rows, rank, generator=g) @ torch.randn(rank, cols, generator=g)).reshape(
+            shape
+        )
+    expected = torch.linalg.svdvals(x.double().reshape(rows, cols)).sum()
+    out = dual_norm(x, "nuclear")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=0)
+    bf16 = dual_norm(x.bfloat16(), "nuclear")
+    assert bf16.dtype == torch.float32
+    expected16 = torch.linalg.svdvals(x.bfloat16().double().reshape(rows, cols)).sum()
+    torch.testing.assert_close(bf16.double(), expected16, rtol=1e-6, atol=0)

@@ -43,7 +43,7 @@ def muon_nalr(
 
     Chain: ``muon()`` (EMA momentum, Nesterov, NS_5, Keller scale, decay), then
     ``H_l <- beta H_l + (1-beta) ||G_t - G_{t-1}||_*^2`` (nuclear norm, the dual of Muon's
-    spectral-norm LMO, exact by SVD) and ``u <- min(1, sigma_ref / sigma_l) u`` with
+    spectral-norm LMO, exact up to rounding) and ``u <- min(1, sigma_ref / sigma_l) u`` with
     ``sigma_l = sqrt(H_l / (1 - beta^k))`` and ``sigma_ref`` the mean over the layers of the
     param group. With zero gradient noise (or equal noise in every layer) it is ``muon``.
 

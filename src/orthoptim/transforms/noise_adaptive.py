@@ -39,7 +39,7 @@ class ScaleByLayerNoise(TransformBase):
     Args:
         beta: EMA decay of the noise estimate, in [0, 1).
         dual_norm: the dual of the LMO's norm: ``"nuclear"`` (spectral LMO: Muon family, exact
-            via ``svdvals``), ``"frobenius"``, ``"l1"`` (sign LMO).
+            up to rounding, ``functional.robust.dual_norm``), ``"frobenius"``, ``"l1"`` (sign LMO).
         reference: ``"mean"`` or ``"min"``, the group's reference noise level.
     """
 
