@@ -7,9 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from orthoptim.bench.speed import benchmark as speed
 from orthoptim.bench.speed import report as speed_report
+from orthoptim.bench.speed.hooked import HookedLayers
+from orthoptim.bench.speed.measure import fixed_params, set_grads
 from orthoptim.cli import main
 
 
@@ -99,8 +102,9 @@ def test_periodic_optimizers_are_timed_over_a_refresh_period_and_the_check_is_re
     assert len(by["orthoptim:muon"]["step_ms"]) == 2
     assert by["orthoptim:nonfinite_check"]["state_bytes"] == 0
     assert "non-finite gradient check" in lines[0]
-    assert any(line.startswith("not timed: orthoptim:mkor") for line in lines)
-    assert "orthoptim:mkor" not in by
+    # MKOR reads layer statistics: timed on hooked layers (test_hooked_optimizers_...).
+    assert not any(line.startswith("not timed: orthoptim:mkor") for line in lines)
+    assert len(by["orthoptim:mkor"]["step_ms"]) == 2
 
 
 def test_head_to_head_entrants_run_their_rounds_before_the_other_optimizers(
@@ -145,3 +149,41 @@ def test_the_other_optimizers_are_compared_with_muon_timed_in_their_own_rounds(
     assert muon.muon_ms_alongside == muon.median_ms
     row = {r["name"]: r for r in speed_report.read(out)}["orthoptim:auon"]
     assert math.isclose(row["ratio_muon"], auon.median_ms / auon.muon_ms_alongside)
+
+
+def test_hooked_optimizers_are_timed_with_statistics(tmp_path: Path) -> None:
+    """MKOR and MKOR-H step layers whose hooks saw a forward and backward before every step:
+    their preconditioner runs (matmul FLOPs beyond the momentum's none, factor state kept)."""
+    config = speed.SpeedConfig(
+        shapes=((24, 8), (8, 16)),
+        layers=1,
+        adamw_extra=(),
+        specs=("muon", "mkor", "mkor_h"),
+        warmup=1,
+        steps=1,
+        threads=1,
+        out=tmp_path,
+        rate_size=64,
+    )
+    speed.run(config, echo=lambda _: None)
+    by = {r["name"]: r for r in speed_report.read(tmp_path)}
+    assert by["orthoptim:mkor"]["error"] is None and by["orthoptim:mkor_h"]["error"] is None
+    assert by["orthoptim:mkor"]["flops"] > 0 and by["orthoptim:mkor_h"]["flops"] > 0
+    # Factor inverses (24x24 + 8x8 and 8x8 + 16x16, float32) and momentum: beyond 4 B/param.
+    assert by["orthoptim:mkor"]["state_bytes_per_param"] > 4.0
+    assert "mkor" not in by["orthoptim:muon"]["run"]["not_timed"]
+
+
+@pytest.mark.parametrize("name", ["mkor", "mkor_h"])
+def test_hooked_layers_feed_the_hooks_before_each_step(name: str) -> None:
+    params, grads = fixed_params(((24, 8), (8, 16)), 0)
+    stepper = HookedLayers(name, params)
+    assert all(isinstance(p, torch.nn.Parameter) for p in params)  # the entry's list, replaced
+    for _ in range(2):
+        stepper.prepare()
+        set_grads(params, grads)
+        stepper.step()
+    for p in params:
+        state = stepper.optimizer.state[p]
+        inverse = next(v for k, v in state.items() if k.endswith("L_inv"))
+        assert not torch.equal(inverse, torch.eye(inverse.shape[0])), "no statistics reached MKOR"

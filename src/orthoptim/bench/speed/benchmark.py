@@ -32,19 +32,21 @@ Protocol, all in one process so every entrant sees the same machine state:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from orthoptim import registry
 from orthoptim.bench.shared.environment import environment
 from orthoptim.bench.speed import peers as speed_peers
+from orthoptim.bench.speed.hooked import hooked
 from orthoptim.bench.speed.measure import (
     MatmulProbe,
     Shape,
@@ -72,6 +74,19 @@ class Stepper(Protocol):
     """Anything with a ``step()``: a torch optimizer or a wrapper of several."""
 
     def step(self) -> Any: ...
+
+
+@runtime_checkable
+class Prepared(Protocol):
+    """A stepper with untimed work before each step (``hooked.HookedLayers``: the forward and
+    backward its hooks read)."""
+
+    def prepare(self) -> None: ...
+
+
+def _prepare(stepper: Any) -> None:
+    if isinstance(stepper, Prepared):
+        stepper.prepare()
 
 
 def parse_shapes(text: str) -> tuple[Shape, ...]:
@@ -114,22 +129,20 @@ class NonFiniteCheck:
 
 
 def not_timed() -> dict[str, str]:
-    """Registered matrix optimizers the benchmark cannot step on bare matrices, and why."""
-    out = {}
-    for name in registry.names(tag="matrix"):
-        spec = registry.get(name)
-        if spec.needs_module:
-            out[name] = "reads layer activations through module hooks (needs the nn.Module)"
-        elif spec.needs_closure:
-            out[name] = "needs a closure (two gradient evaluations per step)"
-    return out
+    """Registered matrix optimizers the benchmark cannot step, and why."""
+    return {
+        name: "needs a closure (two gradient evaluations per step)"
+        for name in registry.names(tag="matrix")
+        if registry.get(name).needs_closure
+    }
 
 
 def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Entrant]:
     """orthoptim's ``muon``, ``adamw`` and every other registered matrix optimizer (plans
-    excluded: on hidden matrices a plan runs its matrix chain, timed under the base name; so are
-    those that need the ``nn.Module`` or a closure, see ``NOT_TIMED``), then every installed
-    peer. ``specs`` keeps only the orthoptim names listed."""
+    excluded: on hidden matrices a plan runs its matrix chain, timed under the base name; so
+    are those that need a closure, see ``not_timed``; those that read layer statistics through
+    hooks step ``hooked.HookedLayers``), then every installed peer. ``specs`` keeps only the
+    orthoptim names listed."""
     out = [
         Entrant("orthoptim:muon", "orthoptim", "muon", False, _orthoptim("muon")),
         Entrant("orthoptim:adamw", "orthoptim", "adamw", True, _orthoptim("adamw")),
@@ -146,7 +159,7 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
                 "orthoptim",
                 "matrix",
                 False,
-                _orthoptim(name),
+                hooked(name) if spec.needs_module else _orthoptim(name),
                 period=refresh_period(name),
             )
         )
@@ -294,10 +307,12 @@ def _measure_after(entries: Sequence[Entry]) -> None:
         if stepper is None or result.error is not None:
             continue
         result.state_bytes = state_bytes(stepper, params)
+        _prepare(stepper)
         set_grads(params, grads)
         result.transient_bytes = transient_peak(stepper.step)
-        set_grads(params, grads)
-        result.flops = count_flops(stepper.step, result.entrant.period, params, grads)
+        result.flops = count_flops(
+            stepper.step, result.entrant.period, params, grads, functools.partial(_prepare, stepper)
+        )
 
 
 def _run_info(
@@ -366,6 +381,7 @@ def _rounds(
                 continue
             if round_ >= config.warmup + timed[result.entrant.name]:
                 continue
+            _prepare(stepper)
             set_grads(params, grads)
             try:
                 start = time.perf_counter()

@@ -106,18 +106,20 @@ def count_flops(
     period: int = 1,
     params: Sequence[torch.Tensor] = (),
     grads: Sequence[torch.Tensor] = (),
+    prepare: Callable[[], Any] | None = None,
 ) -> int:
     """Matmul FLOPs of one ``step()`` (torch's FLOP counter: mm, bmm, addmm, baddbmm, ...),
-    averaged over ``period`` steps (the gradients reset before each) for periodic work."""
-    if period > 1:
+    averaged over ``period`` steps for periodic work; before each, ``prepare()`` (not counted)
+    and the gradients reset."""
+    total = 0
+    for _ in range(period):
+        if prepare is not None:
+            prepare()
+        set_grads(params, grads)
         with FlopCounterMode(display=False) as counter:
-            for _ in range(period):
-                set_grads(params, grads)
-                step()
-        return int(counter.get_total_flops()) // period
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
+            step()
+        total += int(counter.get_total_flops())
+    return total // period
 
 
 def fixed_params(
