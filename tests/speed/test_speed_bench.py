@@ -12,7 +12,7 @@ import torch
 from orthoptim.bench.speed import benchmark as speed
 from orthoptim.bench.speed import report as speed_report
 from orthoptim.bench.speed.hooked import HookedLayers
-from orthoptim.bench.speed.measure import fixed_params, set_grads
+from orthoptim.bench.speed.measure import count_flops, fixed_params, set_grads
 from orthoptim.cli import main
 
 
@@ -187,3 +187,21 @@ def test_hooked_layers_feed_the_hooks_before_each_step(name: str) -> None:
         state = stepper.optimizer.state[p]
         inverse = next(v for k, v in state.items() if k.endswith("L_inv"))
         assert not torch.equal(inverse, torch.eye(inverse.shape[0])), "no statistics reached MKOR"
+
+
+def test_flop_count_adds_the_decompositions_standard_estimates() -> None:
+    x = torch.randn(8, 4)
+    s = x.T @ x
+    expected = {  # Golub & Van Loan's estimates, n = 4 (m = 8 for the SVD and QR)
+        "eigh": (lambda: torch.linalg.eigh(s), 9 * 4**3),
+        "eigvalsh": (lambda: torch.linalg.eigvalsh(s), 4 * 4**3 // 3),
+        "svd": (lambda: torch.linalg.svd(x, full_matrices=False), 6 * 8 * 16 + 20 * 64),
+        "svd_full": (lambda: torch.linalg.svd(x), 4 * 64 * 4 + 8 * 8 * 16 + 9 * 64),
+        "svdvals": (lambda: torch.linalg.svdvals(x), 4 * 8 * 16 - 4 * 64 // 3),
+        "qr": (lambda: torch.linalg.qr(x), 2 * (2 * 8 * 16 - 2 * 64 // 3)),
+        "qr_r": (lambda: torch.linalg.qr(x, mode="r"), 2 * 8 * 16 - 2 * 64 // 3),
+        "batched": (lambda: torch.linalg.eigh(torch.stack([s, s])), 2 * 9 * 4**3),
+        "matmul": (lambda: x @ x.T, 2 * 8 * 4 * 8),
+    }
+    for name, (step, flops) in expected.items():
+        assert count_flops(step) == flops, name

@@ -1,10 +1,12 @@
 """What ``orthoptim speed`` measures besides time: the machine's matmul rate, optimizer-state
-bytes, a step's transient memory peak and its matmul FLOPs; and the fixed parameters and
-gradients every entrant steps."""
+bytes, a step's transient memory peak and its FLOPs (matmuls, and the standard estimates of the
+eigen-, singular-value and QR decompositions); and the fixed parameters and gradients every
+entrant steps."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import math
 import time
@@ -12,11 +14,72 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from orthoptim.bench.shared.memory import reset_peak_rss, status_kib, tensors_in
 
 Shape = tuple[int, int]
+
+
+def _sides(a: Tensor) -> tuple[int, int, int]:
+    """``(batch, m, n)`` of a (batched) matrix, ``m >= n``."""
+    *batch, rows, cols = a.shape
+    return math.prod(batch), max(rows, cols), min(rows, cols)
+
+
+# Decompositions, counted as Golub & Van Loan (Matrix Computations, 4th ed.) estimate them:
+# symmetric eigendecomposition 9 n^3 with vectors, 4 n^3 / 3 for the values (section 8.3);
+# SVD of m x n (m >= n) 4 m n^2 - 4 n^3 / 3 for the values, 6 m n^2 + 20 n^3 with thin U and V,
+# 4 m^2 n + 8 m n^2 + 9 n^3 with full ones (Golub-Reinsch, Figure 8.6.1); Householder QR
+# 2 m n^2 - 2 n^3 / 3 for R, twice that with the thin Q formed (section 5.2). Counted at the
+# torch.linalg call: under a dispatch mode (torch's FLOP counter) eigvalsh and svdvals compute
+# the vectors too, so the aten op would not tell which was asked for.
+def _eigh(a: Tensor, *_: Any, values_only: bool = False, **__: Any) -> int:
+    batch, n, _n = _sides(a)
+    return batch * (4 * n**3 // 3 if values_only else 9 * n**3)
+
+
+def _svd(
+    a: Tensor, full_matrices: bool = True, *_: Any, values_only: bool = False, **__: Any
+) -> int:
+    batch, m, n = _sides(a)
+    if values_only:
+        return batch * (4 * m * n**2 - 4 * n**3 // 3)
+    if full_matrices:
+        return batch * (4 * m**2 * n + 8 * m * n**2 + 9 * n**3)
+    return batch * (6 * m * n**2 + 20 * n**3)
+
+
+def _qr(a: Tensor, mode: str = "reduced", *_: Any, **__: Any) -> int:
+    batch, m, n = _sides(a)
+    r_only = 2 * m * n**2 - 2 * n**3 // 3
+    return batch * (r_only if mode == "r" else 2 * r_only)
+
+
+DECOMPOSITIONS: dict[Callable[..., Any], Callable[..., int]] = {
+    torch.linalg.eigh: _eigh,
+    torch.linalg.eigvalsh: functools.partial(_eigh, values_only=True),
+    torch.linalg.svd: _svd,
+    torch.linalg.svdvals: functools.partial(_svd, values_only=True),
+    torch.linalg.qr: _qr,
+}
+
+
+class DecompositionFlops(TorchFunctionMode):
+    """Adds up the estimated FLOPs (``DECOMPOSITIONS``) of the decompositions run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        estimate = DECOMPOSITIONS.get(func)
+        if estimate is not None:
+            self.flops += estimate(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 class MatmulProbe:
@@ -108,17 +171,18 @@ def count_flops(
     grads: Sequence[torch.Tensor] = (),
     prepare: Callable[[], Any] | None = None,
 ) -> int:
-    """Matmul FLOPs of one ``step()`` (torch's FLOP counter: mm, bmm, addmm, baddbmm, ...),
-    averaged over ``period`` steps for periodic work; before each, ``prepare()`` (not counted)
+    """FLOPs of one ``step()``: torch's FLOP counter (mm, bmm, addmm, baddbmm, ...) plus the
+    decompositions' estimates (``DecompositionFlops``), averaged over ``period`` steps for
+    periodic work; before each, ``prepare()`` (not counted)
     and the gradients reset."""
     total = 0
     for _ in range(period):
         if prepare is not None:
             prepare()
         set_grads(params, grads)
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, DecompositionFlops() as decompositions:
             step()
-        total += int(counter.get_total_flops())
+        total += int(counter.get_total_flops()) + decompositions.flops
     return total // period
 
 
