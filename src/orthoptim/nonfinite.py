@@ -28,21 +28,47 @@ def square_limit(grad: Tensor) -> float:
     return math.sqrt(torch.finfo(stats_dtype(grad)).max)
 
 
+_DOT_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16})
+
+
 def all_finite(grads: Sequence[Tensor]) -> bool:
     """Whether every gradient entry is finite and its square is too.
 
     A square that overflows is as bad as an Inf: second moments, Frobenius norms and
     Kronecker factors all square the gradient, so beyond ``sqrt(max)`` of the dtype the
     statistics are computed in (float32 for 16-bit gradients; 1.8e19) they become Inf.
+
+    One host read in the common case. Each gradient's sum of squares (``torch.dot``, one
+    vectorised pass) is finite exactly when every entry is finite and no square or partial sum
+    overflows, which proves the gradient fine; where one is not finite (an Inf or NaN, or only
+    a sum that overflows), that gradient is checked exactly by its min and max. float16
+    gradients (whose own dot overflows at 65504) and non-contiguous ones go to the exact check
+    directly.
     """
-    # A tensor's min and max bound all its elements (NaN propagates, and unlike a 2-norm
-    # they cannot overflow); one fused pass per gradient, one sync. Its cost beside the
-    # steps it guards: benchmarks/records/2026-11-25_nonfinite-check.
+    sums: list[Tensor] = []
+    summed: list[Tensor] = []
+    exact: list[Tensor] = []
+    for g in grads:
+        if not g.numel() or g.is_meta:  # meta tensors hold no values to check
+            continue
+        if g.dtype in _DOT_DTYPES and g.is_contiguous():
+            flat = g.view(-1)
+            sums.append(torch.dot(flat, flat).to(torch.float64))
+            summed.append(g)
+        else:
+            exact.append(g)
+    if sums and not bool(torch.stack(sums).isfinite().all()):
+        exact += [g for g, s in zip(summed, sums, strict=True) if not s.isfinite()]
+    return _exactly_finite(exact)
+
+
+def _exactly_finite(grads: Sequence[Tensor]) -> bool:
+    """``all_finite`` by each gradient's min and max, which bound all its elements (NaN
+    propagates, and unlike a sum of squares they cannot overflow): one pass per gradient."""
     extremes, limits = [], []
     for g in grads:
-        if g.numel() and not g.is_meta:  # meta tensors hold no values to check
-            extremes.extend(e.double() for e in torch.aminmax(g))
-            limits.extend([square_limit(g)] * 2)
+        extremes.extend(e.double() for e in torch.aminmax(g))
+        limits.extend([square_limit(g)] * 2)
     if not extremes:
         return True
     bound = torch.tensor(limits, dtype=torch.float64, device=extremes[0].device)
