@@ -82,7 +82,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             Kronecker factors would become Inf). ``"raise"``: raise
             ``NonFiniteGradientError`` naming the parameter, with parameters and state untouched.
             ``"skip"``: skip the whole step (every group) and count it in ``skipped_steps``,
-            which ``state_dict`` saves. The check is one min/max pass over each gradient and
+            which ``state_dict`` saves. The check is one pass over each gradient and
             one host read. ``"off"``: no check, torch.optim's behaviour: a NaN or Inf reaches
             the parameters and the state. Under ``torch.amp.GradScaler`` the scaler's check
             replaces this one (``orthoptim.amp``): a step it finds non-finite is skipped and
