@@ -53,6 +53,14 @@ def test_a_factor_that_goes_bad_restarts_from_the_identity() -> None:
     assert torch.equal(inv, torch.eye(3))
 
 
+@pytest.mark.parametrize("rule", ["paper", "package"])
+def test_a_factor_with_a_non_finite_entry_restarts_even_when_the_denominator_is_fine(rule) -> None:
+    # v^T inv v overflows to +inf: the denominator is +inf (> 0) but the update holds NaN.
+    inv = torch.eye(3)
+    sherman_morrison_(inv, torch.tensor([1e20, 0.0, 0.0]), 0.5, rule)
+    assert torch.equal(inv, torch.eye(3))
+
+
 # ------------------------------------------------------------------------------------------
 # naive oracle from the paper
 
