@@ -36,6 +36,7 @@ def muon(
     eps: float = default(Orthogonalize, "eps"),
     compute_dtype: ComputeDtype = default(Orthogonalize, "compute_dtype"),
     shape_scale: ShapeRule = default(ScaleByShape, "rule"),
+    batch_by_shape: bool = default(Orthogonalize, "batch_by_shape"),
 ) -> Chain:
     """Muon (Jordan et al., 2024): MomentUm Orthogonalized by Newton-Schulz, for hidden matrices.
 
@@ -48,7 +49,9 @@ def muon(
     Newton-Schulz step uses fused ``addmm`` like torch.optim.Muon, which rounds differently from
     the reference's separate products in bfloat16. ``pre_norm="frobenius_clamp"`` reproduces
     torch.optim.Muon's ``X / max(||X||, eps)``; torch's default ``lr=1e-3, weight_decay=0.1``
-    are not ours (``lr=0.02, weight_decay=0`` from the reference).
+    are not ours (``lr=0.02, weight_decay=0`` from the reference). ``batch_by_shape``
+    (``Orthogonalize``): same-shape matrices of a group in one batched iteration, an execution
+    choice that pays on some machines and not others (off by default).
 
     References: Keller Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024);
     KellerJordan/Muon muon.py; torch.optim.Muon (torch==2.13.0).
@@ -61,6 +64,7 @@ def muon(
             pre_norm=pre_norm,
             eps=eps,
             compute_dtype=compute_dtype,
+            batch_by_shape=batch_by_shape,
         ),
         ScaleByShape(rule=shape_scale),
         AddWeightDecay(),

@@ -146,6 +146,13 @@ class TransformBase:
         return self.previous_point is not None
 
     @property
+    def groupwise(self) -> bool:
+        """Whether it works on a group's parameters together (its ``apply_many`` batches or
+        relates them), so a chain holding it runs transform-major over the group: by default,
+        whether the class overrides ``apply_many``."""
+        return type(self).apply_many is not TransformBase.apply_many
+
+    @property
     def needs_module(self) -> bool:
         """Whether it reads layer activations through module hooks (its ``capture``, attached
         by ``build`` to the ``nn.Module``): it cannot step on bare tensors, and each rank's

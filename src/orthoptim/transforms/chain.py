@@ -294,10 +294,10 @@ class Chain(TransformBase):
         return any(t.needs_module for t in self.transforms)
 
     @property
-    def groupwise(self) -> bool:
-        """Whether a transform of the chain works on the group's parameters together (overrides
-        ``apply_many``: batched or group-relative), so the chain must run transform-major."""
-        return any(type(t).apply_many is not TransformBase.apply_many for t in self.transforms)
+    def groupwise(self) -> bool:  # type: ignore[override]
+        """Whether a transform of the chain works on the group's parameters together
+        (``TransformBase.groupwise``), so the chain must run transform-major."""
+        return any(t.groupwise for t in self.transforms)
 
     @property
     def is_elementwise(self) -> bool:

@@ -43,10 +43,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from orthoptim import registry
 from orthoptim.bench.shared.environment import environment
-from orthoptim.bench.speed import peers as speed_peers
-from orthoptim.bench.speed.hooked import hooked
+from orthoptim.bench.speed.entrants import HEAD_FAMILIES, entrants, not_timed
 from orthoptim.bench.speed.measure import (
     MatmulProbe,
     Shape,
@@ -59,15 +57,12 @@ from orthoptim.bench.speed.measure import (
 )
 from orthoptim.bench.speed.report import render, summarize
 from orthoptim.bench.speed.result import Entrant, Result, SpeedRecord
-from orthoptim.nonfinite import all_finite
 
 # One d=512 GPT block's hidden matrices (qkv, attention out, MLP up, MLP down), 6 blocks: 18.9M.
 LAYER_SHAPES: tuple[Shape, ...] = ((1536, 512), (512, 512), (2048, 512), (512, 2048))
 LAYERS = 6
 # What the whole 23.1M-param model adds for AdamW: the 8192 x 512 token embedding (tied head).
 ADAMW_EXTRA: tuple[Shape, ...] = ((8192, 512),)
-# Entrant families timed head to head, in rounds of their own (see ``_time_entries``).
-HEAD_FAMILIES: tuple[str, ...] = ("muon", "adamw", "check")
 
 
 class Stepper(Protocol):
@@ -98,78 +93,6 @@ def parse_shapes(text: str) -> tuple[Shape, ...]:
             raise ValueError(f"shape {item!r} is not ROWSxCOLS (e.g. 1536x512)")
         shapes.append((int(parts[0]), int(parts[1])))
     return tuple(shapes)
-
-
-def refresh_period(name: str) -> int:
-    """The longest period of a registered optimizer's periodic work (its ``*_every``
-    options), 1 when it has none."""
-    periods = [v for k, v in registry.get(name).options().items() if k.endswith("_every")]
-    return max([1, *(int(v) for v in periods)])
-
-
-def _orthoptim(name: str, nonfinite: str = "raise") -> Callable[[list[torch.Tensor]], Any]:
-    def make(params: list[torch.Tensor]) -> Any:
-        return registry.build(name, params, nonfinite=nonfinite)  # type: ignore[arg-type]
-
-    return make
-
-
-_unchecked_adamw = _orthoptim("adamw", "off")  # torch.optim's behaviour: no non-finite check
-
-
-class NonFiniteCheck:
-    """The shell's non-finite gradient check alone, as an entrant: what ``nonfinite="raise"``
-    or ``"skip"`` (issue 6) costs every step of every orthoptim optimizer."""
-
-    def __init__(self, params: list[torch.Tensor]) -> None:
-        self.params = params
-
-    def step(self) -> bool:
-        return all_finite([p.grad for p in self.params if p.grad is not None])
-
-
-def not_timed() -> dict[str, str]:
-    """Registered matrix optimizers the benchmark cannot step, and why."""
-    return {
-        name: "needs a closure (two gradient evaluations per step)"
-        for name in registry.names(tag="matrix")
-        if registry.get(name).needs_closure
-    }
-
-
-def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Entrant]:
-    """orthoptim's ``muon``, ``adamw`` and every other registered matrix optimizer (plans
-    excluded: on hidden matrices a plan runs its matrix chain, timed under the base name; so
-    are those that need a closure, see ``not_timed``; those that read layer statistics through
-    hooks step ``hooked.HookedLayers``), then every installed peer. ``specs`` keeps only the
-    orthoptim names listed."""
-    out = [
-        Entrant("orthoptim:muon", "orthoptim", "muon", False, _orthoptim("muon")),
-        Entrant("orthoptim:adamw", "orthoptim", "adamw", True, _orthoptim("adamw")),
-        Entrant("orthoptim:nonfinite_check", "orthoptim", "check", True, NonFiniteCheck),
-        Entrant("orthoptim:adamw_unchecked", "orthoptim", "adamw", True, _unchecked_adamw),
-    ]
-    for name in registry.names(tag="matrix"):
-        spec = registry.get(name)
-        if name == "muon" or "plan" in spec.tags or name in not_timed():
-            continue
-        out.append(
-            Entrant(
-                f"orthoptim:{name}",
-                "orthoptim",
-                "matrix",
-                False,
-                hooked(name) if spec.needs_module else _orthoptim(name),
-                period=refresh_period(name),
-            )
-        )
-    if specs is not None:
-        out = [
-            e
-            for e in out
-            if e.name.split(":", 1)[1].removesuffix("_unchecked") in specs or e.family == "check"
-        ]
-    return out + speed_peers.entrants() if peers else out
 
 
 # One entrant's result and what steps it: (stepper, parameters, gradients).
