@@ -284,6 +284,15 @@ def test_a_scaler_finding_on_one_rank_skips_every_rank(ranks: Ranks, mode: str) 
     assert results == [{"unchanged": True, "skipped": 1, "moved": True}] * 2
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_newton_schulz_batched_by_shape_equals_single_process(ranks: Ranks, mode: str) -> None:
+    want = W.twins_batched(0, "single")
+    for got in ranks.run(W.twins_batched, mode):
+        for name, value in want.items():
+            diff = (got[name].double() - value.double()).abs().max().item()
+            assert diff <= tolerance("muon"), (mode, name, diff)
+
+
 def test_bytes_sent_and_owner_column(ranks: Ranks) -> None:
     # DDP, muon on Tiny: LPT puts fc1 (13x8) on rank 0, fc2 (7x13) on rank 1 (gate, 1x7, has
     # one dimension larger than 1: a vector, on the AdamW route). One all-gather round (one

@@ -33,6 +33,46 @@ class Tiny(nn.Module):
         return self.head(h)
 
 
+class Twins(nn.Module):
+    """Two hidden matrices of one shape (``fc2``, ``fc3``): what ``batch_by_shape`` stacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 12)
+        self.fc3 = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.fc1(self.emb(x)))
+        return self.head(torch.tanh(self.fc3(torch.tanh(self.fc2(h)))))
+
+
+def twins_batched(rank: int, mode: str) -> dict[str, Tensor]:
+    """``muon`` with Newton-Schulz batched by shape on ``Twins`` under ``mode`` (rank 0's
+    full parameters after STEPS steps), or in one process on the ranks' averaged gradients
+    (``mode="single"``, any rank)."""
+    torch.manual_seed(0)
+    m: nn.Module = Twins()
+    if mode == "single":
+        opt = build("muon", m, batch_by_shape=True)
+        for step in range(STEPS):
+            reference_grads(m, step, 1)
+            opt.step()
+        return {n: p.detach().clone() for n, p in m.named_parameters()}
+    if mode == "ddp":
+        m = nn.parallel.DistributedDataParallel(m)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(m, mesh=init_device_mesh("cpu", (WORLD,)))
+    opt = build("muon", m, batch_by_shape=True)
+    _train(m, opt, rank, range(STEPS), 1, mode)
+    return _full(m)
+
+
 def model(dtype: torch.dtype = torch.float32) -> Tiny:
     torch.manual_seed(0)
     return Tiny().to(dtype)
