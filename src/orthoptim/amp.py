@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from orthoptim.distributed import DistributedStep
-
 
 def scaler_inputs(optimizer: Any) -> tuple[Tensor | None, Tensor | None]:
     """``(grad_scale, found_inf)`` set on ``optimizer`` by ``GradScaler.step`` for this step,
@@ -37,13 +35,3 @@ def unscale_(grads: Sequence[Tensor], grad_scale: Tensor | None) -> None:
         by_device.setdefault(g.device, []).append(g)
     for device, tensors in by_device.items():
         torch._foreach_mul_(tensors, inverse.to(device))
-
-
-def found_nothing(
-    found_inf: Tensor, grads: list[Tensor], distributed: DistributedStep | None
-) -> bool:
-    """Whether the scaler found no non-finite gradient, on any rank where distributed (FSDP2
-    ranks check different shards): one host read of ``found_inf``."""
-    if distributed is None or not grads:
-        return not bool(found_inf)
-    return distributed.all_finite(grads, lambda _: not bool(found_inf))

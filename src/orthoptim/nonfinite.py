@@ -4,7 +4,7 @@ does when it fails (``ChainOptimizer(nonfinite=...)``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
 import torch
@@ -86,14 +86,16 @@ def fault(grad: Tensor) -> str:
     )
 
 
-def step_is_finite(grads: list[Tensor], distributed: DistributedStep | None) -> bool:
-    """Whether every gradient of this step is usable, on every rank where distributed (all
-    ranks then raise or skip together)."""
-    if not grads:
-        return True
-    if distributed is None:
-        return all_finite(grads)
-    return distributed.all_finite(grads, all_finite)
+def step_is_finite(
+    grads: list[Tensor],
+    distributed: DistributedStep | None,
+    check: Callable[[list[Tensor]], bool] = all_finite,
+) -> bool:
+    """Whether ``check`` finds every gradient of this step usable, on every rank where
+    distributed (all ranks then raise or skip together)."""
+    if distributed is None or not grads:
+        return check(grads)
+    return distributed.all_finite(grads, check)
 
 
 def raise_for(

@@ -209,7 +209,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         """Whether the step may write: the scaler's finding where a ``GradScaler`` steps this
         optimizer (it checked every gradient already), else the non-finite policy's check."""
         if found_inf is not None:
-            return amp.found_nothing(found_inf, grads, self.distributed)
+            # one host read; FSDP2 ranks check different shards, so the finding is agreed
+            return step_is_finite(grads, self.distributed, lambda _: not bool(found_inf))
         return self.nonfinite == "off" or step_is_finite(grads, self.distributed)
 
     def _step_group(
