@@ -55,16 +55,29 @@ class FusedAdamW:
             return FusedAdamW(adam.betas, adam.eps, f"{prefix}.exp_avg", f"{prefix}.exp_avg_sq")
         return None
 
-    def supports(self, params: Sequence[Tensor], states: Sequence[State]) -> bool:
-        """Whether the kernel can step these parameters with these states."""
-        return all(
+    @staticmethod
+    def takes(p: Tensor) -> bool:
+        """Whether the kernel can step parameter ``p`` (its step counter then lives on ``p``'s
+        device, as the kernel reads it there)."""
+        return (
             type(p) in (torch.nn.Parameter, Tensor)
             and p.device.type in _FUSED_DEVICES
             and p.dtype in _FUSED_DTYPES
-            and s[self.exp_avg_key].dtype == p.dtype
-            and s["step"].device == p.device
+        )
+
+    def fits(self, p: Tensor, state: State) -> bool:
+        """Whether the kernel can step ``p`` with ``state`` (empty before its first step)."""
+        return (
+            self.takes(p)
             and p.grad is not None
             and p.grad.layout == torch.strided
+            and (not state or state[self.exp_avg_key].dtype == p.dtype)
+        )
+
+    def supports(self, params: Sequence[Tensor], states: Sequence[State]) -> bool:
+        """Whether the kernel can step these parameters with these states."""
+        return all(
+            self.fits(p, s) and s["step"].device == p.device
             for p, s in zip(params, states, strict=True)
         )
 
@@ -75,10 +88,13 @@ class FusedAdamW:
         lr: float,
         weight_decay: float,
         grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
     ) -> None:
         """One AdamW step of every parameter; ``state["step"]`` already counts this step. With
         ``grad_scale`` (``torch.amp.GradScaler``), the kernel unscales each gradient as it reads
-        it, and writes it back unscaled."""
+        it, and writes it back unscaled. With ``found_inf`` (nonzero: skip), the kernel leaves
+        parameters and moments as they are where it is set, and the step counters are counted
+        back, all on the device: no host read."""
         by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
@@ -100,4 +116,11 @@ class FusedAdamW:
                 grad_scale=None
                 if grad_scale is None
                 else grad_scale.to(params[indices[0]].device, torch.float32),
+                found_inf=None
+                if found_inf is None
+                else found_inf.to(params[indices[0]].device, torch.float32),
             )
+            if found_inf is not None:
+                steps = [states[i]["step"] for i in indices]
+                skipped = found_inf.to(steps[0].device, torch.float32)
+                torch._foreach_sub_(steps, [skipped] * len(steps))  # a list: no host read

@@ -4,7 +4,7 @@ does when it fails (``ChainOptimizer(nonfinite=...)``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
 import torch
@@ -31,48 +31,75 @@ def square_limit(grad: Tensor) -> float:
 _DOT_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16})
 
 
-def all_finite(grads: Sequence[Tensor]) -> bool:
+def all_finite(grads: Sequence[Tensor], multi_tensor: bool = False) -> bool:
     """Whether every gradient entry is finite and its square is too.
 
     A square that overflows is as bad as an Inf: second moments, Frobenius norms and
     Kronecker factors all square the gradient, so beyond ``sqrt(max)`` of the dtype the
     statistics are computed in (float32 for 16-bit gradients; 1.8e19) they become Inf.
 
-    One host read in the common case. Each gradient's sum of squares (``torch.dot``, one
-    vectorised pass) is finite exactly when every entry is finite and no square or partial sum
-    overflows, which proves the gradient fine; where one is not finite (an Inf or NaN, or only
-    a sum that overflows), that gradient is checked exactly by its min and max. float16
-    gradients (whose own dot overflows at 65504) and non-contiguous ones go to the exact check
-    directly.
+    One host read in the common case (``suspect``), a second only where that cannot prove every
+    gradient fine (an Inf or NaN, or a sum of squares that overflows while every square fits):
+    then the exact check by min and max decides.
     """
-    sums: list[Tensor] = []
-    summed: list[Tensor] = []
+    flag = suspect(grads, multi_tensor)
+    return flag is None or not bool(flag) or not bool(exact_fault(grads))
+
+
+def suspect(grads: Sequence[Tensor], multi_tensor: bool = False) -> Tensor | None:
+    """A boolean scalar on the gradients' device: ``False`` proves every gradient fine, ``True``
+    leaves it to ``exact_fault``; ``None`` without gradients. No host read.
+
+    Each gradient's sum of squares, finite exactly when every entry is finite and no square or
+    partial sum overflows: by one ``torch.dot`` per gradient (one vectorised pass: the fastest
+    on a CPU), or with ``multi_tensor`` by ``torch._foreach_norm`` per device and dtype (one
+    multi-tensor kernel on a GPU instead of one per gradient), its norm then compared with the
+    square limit. float16 gradients (whose own dot overflows at 65504) and non-contiguous ones
+    go to the exact check in the dot form.
+    """
+    batches: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     exact: list[Tensor] = []
     for g in grads:
         if not g.numel() or g.is_meta:  # meta tensors hold no values to check
             continue
-        if g.dtype in _DOT_DTYPES and g.is_contiguous():
-            flat = g.view(-1)
-            sums.append(torch.dot(flat, flat).to(torch.float64))
-            summed.append(g)
+        if multi_tensor or (g.dtype in _DOT_DTYPES and g.is_contiguous()):
+            batches.setdefault((g.device, g.dtype), []).append(g)
         else:
             exact.append(g)
-    if sums and not bool(torch.stack(sums).isfinite().all()):
-        exact += [g for g, s in zip(summed, sums, strict=True) if not s.isfinite()]
-    return _exactly_finite(exact)
+    flags = []
+    for batch in batches.values():
+        if multi_tensor:
+            norms = torch.stack(torch._foreach_norm(batch))
+            flags.append(norms.gt(math.sqrt(torch.finfo(stats_dtype(batch[0])).max)).any())
+            flags.append(norms.isnan().any())
+        else:
+            sums = torch.stack([torch.dot(g.view(-1), g.view(-1)) for g in batch])
+            flags.append(sums.isfinite().logical_not_().any())
+    if exact:
+        flags.append(exact_fault(exact))
+    if not flags:
+        return None
+    device = flags[0].device
+    return torch.stack([f.to(device, non_blocking=True) for f in flags]).any()
 
 
-def _exactly_finite(grads: Sequence[Tensor]) -> bool:
-    """``all_finite`` by each gradient's min and max, which bound all its elements (NaN
-    propagates, and unlike a sum of squares they cannot overflow): one pass per gradient."""
-    extremes, limits = [], []
+def exact_fault(grads: Sequence[Tensor]) -> Tensor:
+    """A boolean scalar on the gradients' device: whether some gradient fails the check, by
+    each gradient's min and max, which bound all its elements (NaN propagates, and unlike a sum
+    of squares they cannot overflow): one pass per gradient, no host read."""
+    faults = []
     for g in grads:
-        extremes.extend(e.double() for e in torch.aminmax(g))
-        limits.extend([square_limit(g)] * 2)
-    if not extremes:
-        return True
-    bound = torch.tensor(limits, dtype=torch.float64, device=extremes[0].device)
-    return bool((torch.stack(extremes).abs() <= bound).all())
+        if not g.numel() or g.is_meta:
+            continue
+        limit = square_limit(g)
+        low, high = torch.aminmax(g)
+        # NaN compares False, so "not within the limit" catches it too
+        within = (low.double() >= -limit) & (high.double() <= limit)
+        faults.append(within.logical_not_())
+    if not faults:
+        return torch.zeros((), dtype=torch.bool)
+    device = faults[0].device
+    return torch.stack([f.to(device, non_blocking=True) for f in faults]).any()
 
 
 def fault(grad: Tensor) -> str:
@@ -89,13 +116,31 @@ def fault(grad: Tensor) -> str:
 def step_is_finite(
     grads: list[Tensor],
     distributed: DistributedStep | None,
-    check: Callable[[list[Tensor]], bool] = all_finite,
+    multi_tensor: bool = False,
+    found_inf: Tensor | None = None,
 ) -> bool:
-    """Whether ``check`` finds every gradient of this step usable, on every rank where
-    distributed (all ranks then raise or skip together)."""
-    if distributed is None or not grads:
-        return check(grads)
-    return distributed.all_finite(grads, check)
+    """Whether every gradient of this step is usable, on every rank where distributed (all
+    ranks then raise or skip together): ``found_inf`` where ``torch.amp.GradScaler`` checked
+    them already, else the check (``suspect``, then ``exact_fault`` where it cannot decide).
+    One host read in the common case, as many collectives where distributed (on the gradients'
+    device)."""
+    grads = [local_tensor(g) for g in grads]  # FSDP2: this rank's shards
+    if found_inf is not None:
+        flag: Tensor | None = found_inf.gt(0)
+    elif not grads:
+        return True
+    else:
+        flag = suspect(grads, multi_tensor)
+    if distributed is not None and grads:
+        flag = distributed.agree(flag, grads[0])
+    if flag is None or not bool(flag):
+        return True
+    if found_inf is not None:
+        return False
+    fault = exact_fault(grads)
+    if distributed is not None:
+        fault = cast(Tensor, distributed.agree(fault, grads[0]))
+    return not bool(fault)
 
 
 def raise_for(

@@ -42,6 +42,8 @@ from orthoptim.recipes.plan import (
 from orthoptim.routing import HEAD_NAMES
 from orthoptim.transforms.chain import Chain
 
+_HOST = torch.device("cpu")
+
 
 class ChainOptimizer(torch.optim.Optimizer):
     """Runs a chain (or a plan of chains) as a drop-in ``torch.optim.Optimizer``.
@@ -98,6 +100,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         fast_paths: where a route's whole chain is a computation a torch kernel does in one pass
             (``adamw()``: torch's fused AdamW, ``orthoptim.fused``), run that kernel instead of
             the transforms; equal to round-off, pinned by tests. ``False``: always the chain.
+        foreach: multi-tensor kernels (``torch._foreach_*``) over a param group where a step
+            can use them, instead of one kernel per parameter: the non-finite check. ``None``
+            (default) chooses per device, as torch.optim does: on for GPUs and other
+            accelerators, where each kernel launch costs microseconds, off on the CPU, where the
+            per-parameter form measured faster (benchmarks/records/2026-12-06_op-counts).
 
     Attributes:
         distributed: the ``DistributedStep`` sharing out the matrix steps, ``None`` in a single
@@ -123,14 +130,18 @@ class ChainOptimizer(torch.optim.Optimizer):
         process_group: Any = None,
         fast_paths: bool = True,
         replicate_state: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_bool("fast_paths", fast_paths)
+        if foreach is not None:
+            check_bool("foreach", foreach)
+        self.foreach = foreach
         check_bool("replicate_state", replicate_state)
         self.nonfinite = nonfinite
         self.fast_paths = fast_paths
         self.name = name
-        self.skipped_steps = 0
+        self._skipped, self._skipped_on_device = 0, cast(Tensor | None, None)
         self._gathered: dict[int, dict[str, Tensor]] | None = None
         check_finite_nonnegative("lr", number(lr))
         check_finite_nonnegative("weight_decay", weight_decay)
@@ -190,6 +201,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         work = [(group, with_grads(group)) for group in self.param_groups]
         grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
         grads += at_previous.values()  # "skip" skips a step with non-finite ones too
+        if found_inf is not None and self.distributed is None and self._all_fused(work):
+            # every kernel takes found_inf and skips on the device: no host read
+            self._skipped_on_device = found_inf.float() + (
+                0.0 if self._skipped_on_device is None else self._skipped_on_device
+            )
+            for group, params in work:
+                if params:
+                    self._step_group(group, params, None, grad_scale, found_inf)
+            return loss
         if not self._usable(grads, found_inf):
             if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
@@ -205,13 +225,47 @@ class ChainOptimizer(torch.optim.Optimizer):
                 self._step_group(group, params, at_previous, grad_scale)
         return loss
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite gradients (``nonfinite="skip"``, or a ``GradScaler``'s
+        finding), saved by ``state_dict``. Reading it reads the device count of the steps the
+        fused kernel skipped without a host read, if any."""
+        if self._skipped_on_device is not None:
+            self._skipped += int(self._skipped_on_device.item())
+            self._skipped_on_device = None
+        return self._skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped, self._skipped_on_device = value, None
+
+    def _multi_tensor(self, grads: Sequence[Tensor]) -> bool:
+        """``foreach``, or where ``None``, whether the gradients live off the CPU."""
+        if self.foreach is not None:
+            return self.foreach
+        return any(g.device.type != "cpu" for g in grads[:1])
+
+    def _all_fused(
+        self, work: Sequence[tuple[Mapping[str, Any], list[tuple[str, Tensor]]]]
+    ) -> bool:
+        """Whether every group with gradients runs the fused AdamW kernel, which can skip a
+        step on the device."""
+        for group, params in work:
+            if not params:
+                continue
+            chain = self.plan.route_named(group["route"]).chain
+            fused = FusedAdamW.of(chain) if self.fast_paths else None
+            if fused is None or not all(fused.fits(p, self.state[p]) for _, p in params):
+                return False
+        return True
+
     def _usable(self, grads: list[Tensor], found_inf: Tensor | None) -> bool:
         """Whether the step may write: the scaler's finding where a ``GradScaler`` steps this
-        optimizer (it checked every gradient already), else the non-finite policy's check."""
-        if found_inf is not None:
-            # one host read; FSDP2 ranks check different shards, so the finding is agreed
-            return step_is_finite(grads, self.distributed, lambda _: not bool(found_inf))
-        return self.nonfinite == "off" or step_is_finite(grads, self.distributed)
+        optimizer (it checked every gradient already, and its finding is agreed across ranks:
+        FSDP2 ranks check different shards), else the non-finite policy's check."""
+        if found_inf is None and self.nonfinite == "off":
+            return True
+        return step_is_finite(grads, self.distributed, self._multi_tensor(grads), found_inf)
 
     def _step_group(
         self,
@@ -219,22 +273,32 @@ class ChainOptimizer(torch.optim.Optimizer):
         params: list[tuple[str, Tensor]],
         at_previous: Mapping[Tensor, Tensor] | None = None,
         grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
     ) -> None:
         chain = live_chain(self.plan.route_named(group["route"]).chain, group)
         lr, weight_decay = group_lr(group), float(group["weight_decay"])
         layout = group_layout(group)
+        fused = FusedAdamW.of(chain) if self.fast_paths else None
         states = []
+        counters: dict[torch.device, list[Tensor]] = {}
         for _, p in params:
             state = self.state[p]
+            # the step counter lives where its reader is: on the host for the transforms'
+            # Python arithmetic (no device sync, as in torch.optim), on the device for the
+            # fused kernel
+            home = p.device if fused is not None and fused.takes(p) else _HOST
             if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=home)
                 state.update(chain.init(p, layout))
-            state["step"] += 1
+            elif state["step"].device != home:  # loaded or moved elsewhere
+                state["step"] = state["step"].to(home, torch.float32)
+            counters.setdefault(home, []).append(state["step"])
             states.append(state)
+        for steps in counters.values():
+            torch._foreach_add_(steps, 1.0)
         tensors = [p for _, p in params]
-        fused = FusedAdamW.of(chain) if self.fast_paths else None
         if fused is not None and fused.supports(tensors, states):
-            fused.step(tensors, states, lr, weight_decay, grad_scale)
+            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf)
             return
         amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
         run_chain(chain, params, states, lr, weight_decay, layout, at_previous)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import orthoptim
+from orthoptim.bench.speed import ops
 from orthoptim.registry import REGISTRY
 from tests.helpers import mlp
 
@@ -121,7 +122,8 @@ def test_the_scaler_checks_and_the_optimizer_does_not(name) -> None:
     scaled_backward(model, scaler, 0, torch.float16)
     with CountOps() as counted:
         scaler.step(opt)
-    assert counted.ops["aminmax"] == 0  # our check is replaced by the scaler's
+    for check in ("aminmax", "dot", "_foreach_norm"):  # our check is replaced by the scaler's
+        assert counted.ops[check] == 0
     assert counted.ops["_amp_foreach_non_finite_check_and_unscale_"] >= 1
     # Unscaled once: by the fused AdamW kernel on the adamw route, one multi-tensor multiply
     # elsewhere (the scaler's own check multiplies by 1).
@@ -137,9 +139,10 @@ def test_off_is_torch_behaviour_a_nan_reaches_the_parameters(name) -> None:
     first.grad[0, 0] = float("nan")
     for p in list(model.parameters())[1:]:
         p.grad = torch.ones_like(p)
-    with CountOps() as counted:
-        opt.step()
-    assert counted.ops["aminmax"] == 0  # no check at all
+    reads = ops.count([opt], opt.step, prepare=lambda: None, steps=1)
+    assert reads.host_reads == 0  # no check at all (reads of host step counters aside)
+    for check in ("aminmax", "dot", "_foreach_norm"):
+        assert not reads.by_op.get(f"aten.{check}")
     assert torch.isnan(first).any()
     assert opt.skipped_steps == 0
 
@@ -158,3 +161,36 @@ def test_off_equals_the_checked_step_on_finite_gradients(name) -> None:
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_a_fused_only_plan_reads_nothing_from_the_device_under_the_scaler(bad) -> None:
+    # adamw runs torch's fused kernel on every parameter: found_inf goes into the kernel, which
+    # skips on the device, and the skip is counted there until skipped_steps is read
+    model = mlp()
+    opt = orthoptim.build("adamw", model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    scaled_backward(model, scaler, 0, torch.float16)
+    scaler.step(opt)
+    scaler.update()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    scaled_backward(model, scaler, 1, torch.float16)
+    if bad:
+        next(model.parameters()).grad[0, 0] = float("inf")
+    # scaler.step itself reads nothing for an optimizer that supports amp scaling
+    step = lambda: scaler.step(opt)  # noqa: E731
+    assert ops.count([opt], step, prepare=lambda: None, steps=1).host_reads == 0
+    changed = [not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)]
+    assert not any(changed) if bad else all(changed)
+    assert opt.skipped_steps == int(bad)
+    assert all(opt.state[p]["step"].item() == (1 if bad else 2) for p in model.parameters())
+
+
+def test_a_plan_with_an_eager_route_reads_the_scalers_finding_once() -> None:
+    model = mlp()
+    opt = orthoptim.build("muon", model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    scaled_backward(model, scaler, 0, torch.float16)
+    step = lambda: scaler.step(opt)  # noqa: E731
+    assert ops.count([opt], step, prepare=lambda: None, steps=1).host_reads == 1

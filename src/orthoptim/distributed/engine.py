@@ -255,15 +255,20 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
                 for name, p in _dparams([group]):
                     yield name, p, chain, group_layout(group)
 
-    def all_finite(self, grads: list[Tensor], check: Callable[[list[Tensor]], bool]) -> bool:
-        """Whether every gradient is finite on every rank: one all-reduce of a flag, so that all
-        ranks raise or skip together (shards differ between ranks, and a replicated gradient
-        may have been changed on one rank only). The flag lives on the gradients' device: an
-        NCCL group has no CPU backend."""
-        local = [local_tensor(g) for g in grads]
-        flag = torch.tensor([0.0 if check(local) else 1.0], device=local[0].device)
-        dist.all_reduce(flag, group=self.group)
-        return bool(flag.item() == 0.0)
+    def agree(self, flag: Tensor | None, like: Tensor) -> Tensor:
+        """``flag`` (a boolean scalar, ``None`` for false) raised on any rank: one all-reduce,
+        so that all ranks raise or skip together (shards differ between ranks, and a replicated
+        gradient may have been changed on one rank only). It runs on ``like``'s device (a
+        gradient's): an NCCL group has no CPU backend, and reading the result is then the
+        step's one host read."""
+        device = local_tensor(like).device
+        value = (
+            torch.zeros((), dtype=torch.float32, device=device)
+            if flag is None
+            else flag.to(device=device, dtype=torch.float32)
+        )
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return value.gt(0)
 
     # -- the step -----------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class StepOps:
 
 
 class _Counter(TorchDispatchMode):
-    def __init__(self, host_scalars: set[int]) -> None:
+    def __init__(self, host_scalars: Callable[[], set[int]]) -> None:
         super().__init__()
         self.host_scalars = host_scalars
         self.kernels: Counter[str] = Counter()
@@ -71,7 +71,7 @@ class _Counter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = func.overloadpacket.__name__
         if name == "_local_scalar_dense":
-            if _storage(args[0]) in self.host_scalars:
+            if _storage(args[0]) in self.host_scalars():
                 self.step_reads += 1
             else:
                 self.reads += 1
@@ -83,7 +83,7 @@ class _Counter(TorchDispatchMode):
 
 
 class _UndispatchedReads(TorchFunctionMode):
-    def __init__(self, host_scalars: set[int]) -> None:
+    def __init__(self, host_scalars: Callable[[], set[int]]) -> None:
         super().__init__()
         self.host_scalars = host_scalars
         self.reads = 0
@@ -91,7 +91,7 @@ class _UndispatchedReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if getattr(func, "__name__", "") in _UNDISPATCHED_READS and args:
-            if isinstance(args[0], Tensor) and _storage(args[0]) in self.host_scalars:
+            if isinstance(args[0], Tensor) and _storage(args[0]) in self.host_scalars():
                 self.step_reads += 1
             else:
                 self.reads += 1
@@ -134,7 +134,11 @@ def count(
     reads, step_reads, kernels = 0, 0, Counter[str]()
     for _ in range(steps):
         prepare()
-        scalars = _host_scalars(optimizers, device)
+
+        # looked up at each read: a first step creates its counters while it runs
+        def scalars() -> set[int]:
+            return _host_scalars(optimizers, device)
+
         dispatched, function = _Counter(scalars), _UndispatchedReads(scalars)
         with function, dispatched:
             step()
