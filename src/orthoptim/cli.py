@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,16 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ops(args: argparse.Namespace) -> int:
+    from orthoptim.bench.speed import ops
+    from orthoptim.bench.speed.benchmark import main_command
+
+    out = args.out or Path("runs") / f"ops-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    ops.run(args.spec, args.sets, args.steps, out, command=main_command())
+    print(f"\nrecords in {out / 'records.jsonl'}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from orthoptim.bench.arena import report
     from orthoptim.bench.shared.optional import MissingExtra
@@ -136,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     route.set_defaults(run=_route)
     _race_parser(sub)
     _speed_parser(sub)
+    _ops_parser(sub)
     report = sub.add_parser("report", help="re-render report.md and plots from DIR/records.jsonl")
     report.add_argument("dir", type=Path, help="a race's output folder")
     report.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
@@ -252,6 +264,30 @@ def _speed_parser(sub: argparse._SubParsersAction) -> None:
         "NPROC gloo ranks, 1 thread each: per-rank step time, bytes sent, ratio",
     )
     speed.set_defaults(run=_speed)
+
+
+def _ops_parser(sub: argparse._SubParsersAction) -> None:
+    ops = sub.add_parser(
+        "ops",
+        help="host reads and kernels per optimizer step (what decides GPU speed), on any device",
+        description="Counts, with torch's dispatch and function modes, the host reads (item, "
+        "bool, tolist, ...) and the aten kernels of each optimizer's step on a TinyGPT, "
+        "orthoptim's with foreach=True (a GPU's default), beside torch's Muon + foreach AdamW. "
+        "Writes records.jsonl and table.md.",
+    )
+    ops.add_argument(
+        "--spec", nargs="+", help="registry names or torch:... entrants (default: all)"
+    )
+    ops.add_argument(
+        "--sets",
+        nargs="+",
+        default=["gpt24", "gpt200"],
+        choices=["gpt24", "gpt200"],
+        help="parameter sets: 24 hidden matrices (65 tensors), 205 tensors (default both)",
+    )
+    ops.add_argument("--steps", type=int, default=3, help="counted steps (default 3)")
+    ops.add_argument("--out", type=Path, help="output folder (default runs/ops-<timestamp>)")
+    ops.set_defaults(run=_ops)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from orthoptim._types import State
+from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.adaptive import ScaleByAdam
 from orthoptim.transforms.chain import Chain
 from orthoptim.transforms.scaling import AddWeightDecay
 
 _FUSED_DEVICES: frozenset[str] = frozenset({"cpu", "cuda"})
 _FUSED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float64})
+_HALF_DTYPES: frozenset[torch.dtype] = frozenset({torch.float16, torch.bfloat16})
+CAST_CHUNK = 1 << 25
+"""Most elements of 16-bit parameters cast to float32 at once (``FusedAdamW``): 256 MB of float32
+copies of the parameters and gradients, whatever the model's size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +39,14 @@ class FusedAdamW:
     theta)``: equal to round-off. It reads and writes the chain's own state buffers, so
     checkpoints are interchangeable with the eager path.
 
-    Only float32 and float64 parameters (16-bit parameters keep float32 moments, which the kernel
-    does not take) on CPU or CUDA, as plain tensors.
+    float32 and float64 parameters go to the kernel as they are. 16-bit parameters keep float32
+    moments (``ScaleByAdam``), which the kernel does not take beside 16-bit parameters (its
+    mixed-precision form is the reverse: float32 parameters, 16-bit moments), so they are cast:
+    float32 copies of the parameters and gradients, at most ``CAST_CHUNK`` elements at a time,
+    go through the kernel, and the parameters are copied back, each rounded once. Four
+    multi-tensor kernels per chunk instead of the chain's passes per parameter; the chain rounds
+    the update to 16 bits before adding it, so the two differ by about one 16-bit ulp of the
+    parameter per step (``tests/optim/test_fused.py``). On CPU or CUDA, plain tensors only.
     """
 
     betas: tuple[float, float]
@@ -62,7 +74,7 @@ class FusedAdamW:
         return (
             type(p) in (torch.nn.Parameter, Tensor)
             and p.device.type in _FUSED_DEVICES
-            and p.dtype in _FUSED_DTYPES
+            and (p.dtype in _FUSED_DTYPES or p.dtype in _HALF_DTYPES)
         )
 
     def fits(self, p: Tensor, state: State) -> bool:
@@ -71,7 +83,8 @@ class FusedAdamW:
             self.takes(p)
             and p.grad is not None
             and p.grad.layout == torch.strided
-            and (not state or state[self.exp_avg_key].dtype == p.dtype)
+            and p.grad.dtype == p.dtype
+            and (not state or state[self.exp_avg_key].dtype == stats_dtype(p))
         )
 
     def supports(self, params: Sequence[Tensor], states: Sequence[State]) -> bool:
@@ -89,38 +102,76 @@ class FusedAdamW:
         weight_decay: float,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
+        multi_tensor: bool = False,
     ) -> None:
         """One AdamW step of every parameter; ``state["step"]`` already counts this step. With
         ``grad_scale`` (``torch.amp.GradScaler``), the kernel unscales each gradient as it reads
         it, and writes it back unscaled. With ``found_inf`` (nonzero: skip), the kernel leaves
         parameters and moments as they are where it is set, and the step counters are counted
-        back, all on the device: no host read."""
+        back, all on the device: no host read. ``multi_tensor``: the casts of 16-bit parameters
+        as multi-tensor copies (one kernel per chunk on a GPU) instead of one per tensor (faster
+        on a CPU, benchmarks/records/2026-12-06_bf16-fused-adamw)."""
         by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
-        for indices in by_device_dtype.values():
-            torch._fused_adamw_(
-                [params[i] for i in indices],
-                [params[i].grad for i in indices],
-                [states[i][self.exp_avg_key] for i in indices],
-                [states[i][self.exp_avg_sq_key] for i in indices],
-                [],
-                [states[i]["step"] for i in indices],
-                lr=lr,
-                beta1=self.betas[0],
-                beta2=self.betas[1],
-                weight_decay=weight_decay,
-                eps=self.eps,
-                amsgrad=False,
-                maximize=False,
-                grad_scale=None
-                if grad_scale is None
-                else grad_scale.to(params[indices[0]].device, torch.float32),
-                found_inf=None
-                if found_inf is None
-                else found_inf.to(params[indices[0]].device, torch.float32),
-            )
-            if found_inf is not None:
-                steps = [states[i]["step"] for i in indices]
-                skipped = found_inf.to(steps[0].device, torch.float32)
-                torch._foreach_sub_(steps, [skipped] * len(steps))  # a list: no host read
+        for (device, dtype), indices in by_device_dtype.items():
+            scale = None if grad_scale is None else grad_scale.to(device, torch.float32)
+            skip = None if found_inf is None else found_inf.to(device, torch.float32)
+            chunks = _chunks(indices, params) if dtype in _HALF_DTYPES else [indices]
+            for chunk in chunks:
+                ps = [params[i] for i in chunk]
+                gs = [cast(Tensor, p.grad) for p in ps]
+                if dtype in _HALF_DTYPES:
+                    ps, gs = _float32_copies(ps, multi_tensor), _float32_copies(gs, multi_tensor)
+                steps = [states[i]["step"] for i in chunk]
+                torch._fused_adamw_(
+                    ps,
+                    gs,
+                    [states[i][self.exp_avg_key] for i in chunk],
+                    [states[i][self.exp_avg_sq_key] for i in chunk],
+                    [],
+                    steps,
+                    lr=lr,
+                    beta1=self.betas[0],
+                    beta2=self.betas[1],
+                    weight_decay=weight_decay,
+                    eps=self.eps,
+                    amsgrad=False,
+                    maximize=False,
+                    grad_scale=scale,
+                    found_inf=skip,
+                )
+                if dtype in _HALF_DTYPES:
+                    _copy([params[i] for i in chunk], ps, multi_tensor)
+                    if scale is not None:  # the gradients are left unscaled, as elsewhere
+                        _copy([cast(Tensor, params[i].grad) for i in chunk], gs, multi_tensor)
+                if skip is not None:
+                    torch._foreach_sub_(steps, [skip] * len(steps))  # a list: no host read
+
+
+def _chunks(indices: list[int], params: Sequence[Tensor]) -> list[list[int]]:
+    """``indices`` in runs of at most ``CAST_CHUNK`` elements (a larger parameter alone)."""
+    out: list[list[int]] = [[]]
+    size = 0
+    for i in indices:
+        n = params[i].numel()
+        if out[-1] and size + n > CAST_CHUNK:
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += n
+    return out
+
+
+def _float32_copies(tensors: list[Tensor], multi_tensor: bool) -> list[Tensor]:
+    copies = [torch.empty_like(t, dtype=torch.float32) for t in tensors]
+    _copy(copies, tensors, multi_tensor)
+    return copies
+
+
+def _copy(targets: list[Tensor], sources: list[Tensor], multi_tensor: bool) -> None:
+    if multi_tensor:
+        torch._foreach_copy_(targets, sources)
+    else:
+        for target, source in zip(targets, sources, strict=True):
+            target.copy_(source)

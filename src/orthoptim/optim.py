@@ -298,7 +298,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             torch._foreach_add_(steps, 1.0)
         tensors = [p for _, p in params]
         if fused is not None and fused.supports(tensors, states):
-            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf)
+            multi_tensor = self._multi_tensor([p.grad for p in tensors if p.grad is not None])
+            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf, multi_tensor)
             return
         amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
         run_chain(chain, params, states, lr, weight_decay, layout, at_previous)

@@ -59,6 +59,7 @@ def build(
     nonfinite: NonFinitePolicy = "raise",
     process_group: Any = None,
     fast_paths: bool = True,
+    foreach: bool | None = None,
     overrides: Mapping[str, str] | None = None,
     head_names: Sequence[str] = HEAD_NAMES,
     layouts: Mapping[str, str] | None = None,
@@ -90,6 +91,8 @@ def build(
             (``ChainOptimizer``; DDP models and FSDP2 parameters are detected without it).
         fast_paths: run a route whose chain a torch kernel computes in one pass (AdamW) with
             that kernel (``ChainOptimizer``); ``False``: always the eager chain.
+        foreach: multi-tensor kernels over each param group where the step can use them
+            (``ChainOptimizer``); ``None``: on for GPUs and other accelerators, off on the CPU.
         overrides: ``{parameter name or glob: role}``, correcting ``routing.classify``
             (``ValueError`` naming a pattern that matches nothing or an unknown role).
         head_names: module names that mark the output layer (``routing.HEAD_NAMES``).
@@ -138,6 +141,7 @@ def build(
             nonfinite=nonfinite,
             process_group=process_group,
             fast_paths=fast_paths,
+            foreach=foreach,
         )
     except Exception:
         for capture in captures:  # leave the model without hooks

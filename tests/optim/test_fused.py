@@ -25,6 +25,7 @@ import orthoptim
 from orthoptim import ChainOptimizer
 from orthoptim.functional import adam_direction, matrix_view, newton_schulz
 from orthoptim.functional.coefficients import resolve_preset
+from orthoptim import fused as fused_module
 from orthoptim.fused import FusedAdamW
 from orthoptim.recipes import adamw, muon, normuon, sgd
 from orthoptim.transforms import Orthogonalize, ScaleByAdam, chain
@@ -85,12 +86,19 @@ def test_orthogonalize_in_place_equals_the_factor(compute_dtype: str, dtype: tor
 
 
 def fixed_run(
-    recipe, dtype: torch.dtype, steps: int = 12, fast_paths: bool = True, wd: float = 0.05
+    recipe,
+    dtype: torch.dtype,
+    steps: int = 12,
+    fast_paths: bool = True,
+    wd: float = 0.05,
+    foreach: bool | None = None,
 ) -> tuple[list[torch.Tensor], ChainOptimizer]:
     torch.manual_seed(7)
     ps = [torch.randn(s, dtype=dtype, requires_grad=True) for s in [(24, 8), (8, 40), (6, 2, 3, 3)]]
     grads = [[torch.randn(p.shape, dtype=dtype) for p in ps] for _ in range(steps)]
-    opt = ChainOptimizer(ps, recipe, lr=0.01, weight_decay=wd, fast_paths=fast_paths)
+    opt = ChainOptimizer(
+        ps, recipe, lr=0.01, weight_decay=wd, fast_paths=fast_paths, foreach=foreach
+    )
     for gs in grads:
         for p, g in zip(ps, gs, strict=True):
             p.grad = g
@@ -146,7 +154,7 @@ def test_fused_adamw_is_only_used_for_the_chains_and_tensors_it_computes() -> No
     assert FusedAdamW.of(muon()) is None and FusedAdamW.of(sgd()) is None
     fused = FusedAdamW.of(adamw())
     assert fused is not None
-    for dtype, expected in [(torch.float32, True), (torch.float64, True), (torch.bfloat16, False)]:
+    for dtype, expected in [(torch.float32, True), (torch.float64, True), (torch.bfloat16, True)]:
         p = torch.zeros(3, dtype=dtype)
         p.grad = torch.ones_like(p)
         state = {
@@ -154,14 +162,63 @@ def test_fused_adamw_is_only_used_for_the_chains_and_tensors_it_computes() -> No
             **{f"adam.{k}": v for k, v in ScaleByAdam().init(p).items()},
         }
         assert fused.supports([p], [state]) is expected
+        state["adam.exp_avg"] = state["adam.exp_avg"].to(dtype)  # 16-bit moments: the chain's
+        assert fused.supports([p], [state]) is (dtype != torch.bfloat16)
 
 
-def test_bf16_adamw_takes_the_eager_chain_and_keeps_float32_moments() -> None:
+def test_bf16_adamw_keeps_float32_moments() -> None:
     model = torch.nn.Linear(4, 3).to(torch.bfloat16)
     opt = orthoptim.build("adamw", model)
     model(torch.randn(2, 4, dtype=torch.bfloat16)).float().sum().backward()
     opt.step()
     assert all(s["adam.exp_avg"].dtype == torch.float32 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunk", [fused_module.CAST_CHUNK, 200])
+def test_fused_adamw_of_16_bit_parameters_equals_the_eager_chain(dtype, chunk, monkeypatch):
+    # The kernel runs on float32 copies and rounds each parameter once per step; the chain
+    # rounds the update to 16 bits, then the sum: per step at most about one 16-bit ulp of the
+    # larger of the parameter and the step (lr = 0.01; measured up to 1.6 over 4 steps), while
+    # the float32 moments (same gradients) agree to float32 round-off.
+    # A chunk of 200 elements splits the parameters into several casts (one larger alone).
+    monkeypatch.setattr(fused_module, "CAST_CHUNK", chunk)
+    recipe = adamw(betas=(0.9, 0.95), eps=1e-10)
+    steps = 4
+    fused, fused_opt = fixed_run(recipe, dtype, steps=steps)
+    eager, eager_opt = fixed_run(recipe, dtype, steps=steps, fast_paths=False)
+    torch.manual_seed(7)  # fixed_run's starting point
+    starts = [torch.randn(s, dtype=dtype) for s in [(24, 8), (8, 40), (6, 2, 3, 3)]]
+    ulp = torch.finfo(dtype).eps
+    for x, y, start in zip(fused, eager, starts, strict=True):
+        assert x.dtype == dtype
+        bound = steps * ulp * (y.float().abs() + 0.01)
+        assert ((x.float() - y.float()).abs() <= bound).all()
+        assert (x != start).float().mean() > 0.5  # the steps moved it
+    for a, b in zip(fused_opt.state.values(), eager_opt.state.values(), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+
+
+def test_fused_adamw_of_16_bit_parameters_casts_alike_tensor_by_tensor_and_multi_tensor():
+    recipe = adamw()
+    one, _ = fixed_run(recipe, torch.bfloat16, steps=3, foreach=False)
+    multi, _ = fixed_run(recipe, torch.bfloat16, steps=3, foreach=True)
+    for a, b in zip(one, multi, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fused_adamw_of_16_bit_parameters_leaves_their_gradients_unscaled() -> None:
+    torch.manual_seed(0)
+    p = torch.randn(8, 4, dtype=torch.bfloat16, requires_grad=True)
+    p.grad = torch.randn(8, 4, dtype=torch.bfloat16) * 1024
+    opt = ChainOptimizer([p], adamw(), lr=0.01)
+    expected = p.grad / 1024
+    opt.grad_scale = torch.tensor(1024.0)  # what GradScaler.step sets
+    opt.found_inf = torch.tensor(0.0)
+    opt.step()
+    assert torch.equal(p.grad, expected)
 
 
 def transform_major(

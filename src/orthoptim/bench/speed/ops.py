@@ -18,8 +18,9 @@ here with torch's modes while a real optimizer steps a real model:
 
 The model is ``bench.models.TinyGPT`` with small dimensions (counts do not depend on sizes):
 ``depth=6`` has the 24 hidden matrices of ``orthoptim speed``'s default (65 tensors), and
-``depth=20`` has 205 tensors. Each step runs on fresh gradients of a fixed batch. The peer is
-what a torch user runs: ``torch.optim.Muon`` on the hidden matrices (as routed for ``muon``) and
+``depth=20`` has 205 tensors. Each step runs on fresh gradients of a fixed batch. orthoptim's
+optimizers run with ``foreach=True``, the path a GPU takes by default. The peer is what a torch
+user runs: ``torch.optim.Muon`` on the hidden matrices (as routed for ``muon``) and
 ``torch.optim.AdamW(foreach=True)`` on the rest.
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -198,7 +198,9 @@ def entrants() -> list[tuple[str, Callable[[nn.Module], list[torch.optim.Optimiz
     for name in registry.names():
         if registry.get(name).needs_closure:
             continue
-        out.append((f"orthoptim:{name}", lambda m, name=name: [registry.build(name, m)]))
+        out.append(
+            (f"orthoptim:{name}", lambda m, name=name: [registry.build(name, m, foreach=True)])
+        )
     out += [
         ("torch:muon+adamw_foreach", torch_muon_adamw),
         ("torch:adamw_foreach", lambda m: [torch.optim.AdamW(m.parameters(), foreach=True)]),
@@ -225,16 +227,20 @@ def measure(
     return count(optimizers, step, trainer.prepare, steps)
 
 
-def run(names: Sequence[str] | None, sets: Sequence[str], steps: int, out: Path) -> Path:
+def run(
+    names: Sequence[str] | None,
+    sets: Sequence[str],
+    steps: int,
+    out: Path,
+    command: str = "",
+) -> Path:
     """Count every entrant (or those of ``names``, registry names or ``torch:...``) on every
     parameter set of ``sets``; write ``records.jsonl`` and a table (``README.md`` is the
     curator's) to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     run_info = {
         "kind": "ops",
-        "command": "orthoptim " + " ".join(sys.argv[1:])
-        if sys.argv[0].endswith("orthoptim")
-        else " ".join(sys.argv),
+        "command": command,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "environment": environment(),
         "steps": steps,
