@@ -43,18 +43,20 @@ def run_chain(
     chain: Chain,
     params: Sequence[tuple[str, Tensor]],
     states: Sequence[State],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     layout: str,
     at_previous: Mapping[Tensor, Tensor] | None,
+    capturable: bool = False,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
-    (``Chain.groupwise``), else one parameter at a time."""
+    (``Chain.groupwise``), else one parameter at a time. ``capturable``: the transforms get the
+    step counter itself (a device tensor), and ``lr`` may be a tensor: no host read."""
     tensors = [p for _, p in params]
     ctxs = [
         Ctx(
-            int(state["step"].item()),
+            state["step"] if capturable else int(state["step"].item()),
             lr,
             weight_decay,
             p,
@@ -69,7 +71,7 @@ def run_chain(
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
         updates = chain.apply_many(updates, states, ctxs)
         for p, u in zip(tensors, updates, strict=True):
-            p.add_(u, alpha=-lr)
+            descend_(p, u, lr)
         return
     # One parameter at a time, from the gradient's working copy to the update: one working
     # copy is alive at once instead of one per parameter (the transient peak,
@@ -78,4 +80,12 @@ def run_chain(
     # step time (benchmarks/records/2026-11-25_step-speed-3).
     scratch = _Scratch([c.grad for c in ctxs])
     for p, state, c in zip(tensors, states, ctxs, strict=True):
-        p.add_(chain.apply(scratch.copy_of(c.grad), state, c), alpha=-lr)
+        descend_(p, chain.apply(scratch.copy_of(c.grad), state, c), lr)
+
+
+def descend_(p: Tensor, u: Tensor, lr: float | Tensor) -> None:
+    """``theta <- theta - lr u`` in place; a tensor ``lr`` (capturable) stays on the device."""
+    if isinstance(lr, Tensor):
+        p.addcmul_(u, lr, value=-1.0)
+    else:
+        p.add_(u, alpha=-lr)

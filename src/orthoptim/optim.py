@@ -32,6 +32,7 @@ from orthoptim.groups import (
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
 from orthoptim.previous_point import grads_at_previous_points
 from orthoptim.recipes.plan import (
+    LR_SCALE_KEY,
     Plan,
     exposed_moments,
     group_layout,
@@ -100,6 +101,16 @@ class ChainOptimizer(torch.optim.Optimizer):
         fast_paths: where a route's whole chain is a computation a torch kernel does in one pass
             (``adamw()``: torch's fused AdamW, ``orthoptim.fused``), run that kernel instead of
             the transforms; equal to round-off, pinned by tests. ``False``: always the chain.
+        capturable: keep every step counter on its parameter's device and give it to the
+            transforms as a tensor, and take a tensor ``lr`` as it is, so that a step reads
+            nothing on the host and a captured or compiled step (``torch.compile(opt.step,
+            fullgraph=True)``, CUDA graphs) does not freeze the step count or the lr, as
+            torch.optim's ``capturable``. Pass ``lr`` as a tensor for a scheduler to move it
+            without recompiling, and ``nonfinite="off"`` for a graph without breaks (the check
+            reads one flag per step). Every transform of the plan must be capturable
+            (``TransformBase.capturable``: AdamW, Muon and SGD are), else ``ValueError``; one
+            process only. Equal to the default step within float32 round-off of the bias
+            corrections (``tests/optim/test_capturable.py``).
         foreach: multi-tensor kernels (``torch._foreach_*``) over a param group where a step
             can use them, instead of one kernel per parameter: the non-finite check. ``None``
             (default) chooses per device, as torch.optim does: on for GPUs and other
@@ -131,12 +142,15 @@ class ChainOptimizer(torch.optim.Optimizer):
         fast_paths: bool = True,
         replicate_state: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_bool("fast_paths", fast_paths)
         if foreach is not None:
             check_bool("foreach", foreach)
         self.foreach = foreach
+        check_bool("capturable", capturable)
+        self.capturable = capturable
         check_bool("replicate_state", replicate_state)
         self.nonfinite = nonfinite
         self.fast_paths = fast_paths
@@ -170,6 +184,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.distributed: DistributedStep | None = detect(
             params, self.param_groups, self.plan, process_group, replicate_state
         )
+        if capturable:
+            _check_capturable(recipe, self.distributed)
         if self.distributed is not None and recipe.needs_closure:
             raise ValueError(
                 "a transform of this plan needs the gradient at the previous parameters (MARS "
@@ -254,7 +270,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             if not params:
                 continue
             chain = self.plan.route_named(group["route"]).chain
-            fused = FusedAdamW.of(chain) if self.fast_paths else None
+            fused = self._fused(chain)
             if fused is None or not all(fused.fits(p, self.state[p]) for _, p in params):
                 return False
         return True
@@ -276,9 +292,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         found_inf: Tensor | None = None,
     ) -> None:
         chain = live_chain(self.plan.route_named(group["route"]).chain, group)
-        lr, weight_decay = group_lr(group), float(group["weight_decay"])
+        lr, weight_decay = self._lr(group), float(group["weight_decay"])
         layout = group_layout(group)
-        fused = FusedAdamW.of(chain) if self.fast_paths else None
+        fused = self._fused(chain)
         states = []
         counters: dict[torch.device, list[Tensor]] = {}
         for _, p in params:
@@ -286,7 +302,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             # the step counter lives where its reader is: on the host for the transforms'
             # Python arithmetic (no device sync, as in torch.optim), on the device for the
             # fused kernel
-            home = p.device if fused is not None and fused.takes(p) else _HOST
+            on_device = self.capturable or (fused is not None and fused.takes(p))
+            home = p.device if on_device else _HOST
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=home)
                 state.update(chain.init(p, layout))
@@ -302,7 +319,20 @@ class ChainOptimizer(torch.optim.Optimizer):
             fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf, multi_tensor)
             return
         amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
-        run_chain(chain, params, states, lr, weight_decay, layout, at_previous)
+        run_chain(chain, params, states, lr, weight_decay, layout, at_previous, self.capturable)
+
+    def _fused(self, chain: Chain) -> FusedAdamW | None:
+        """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under
+        ``capturable``, which compiles (the kernel has no compile support; inductor fuses the
+        chain's element-wise passes itself)."""
+        return None if not self.fast_paths or self.capturable else FusedAdamW.of(chain)
+
+    def _lr(self, group: Mapping[str, Any]) -> float | Tensor:
+        """The group's lr (``group_lr``); under ``capturable``, a tensor ``lr`` stays one."""
+        lr, scale = group["lr"], float(group.get(LR_SCALE_KEY, 1.0))
+        if self.capturable and isinstance(lr, Tensor):
+            return lr if scale == 1.0 else lr * scale
+        return group_lr(group)
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``copy.deepcopy`` and ``pickle`` keep: every attribute but torch's hook dicts.
@@ -393,3 +423,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         (its group's scheduled lr times ``lr_scale``) and weight decay."""
         owners = None if self.distributed is None else self.distributed.owners
         return describe(self.param_groups, self.plan, owners)
+
+
+def _check_capturable(plan: Plan, distributed: DistributedStep | None) -> None:
+    """``ValueError`` unless every transform of ``plan`` is capturable, in one process."""
+    blocking = sorted(
+        {type(t).__name__ for r in plan.routes for t in r.chain.transforms if not t.capturable}
+    )
+    if blocking:
+        raise ValueError(
+            "capturable=True needs every transform to take the step count as a device tensor; "
+            f"these do not: {', '.join(blocking)} (capturable plans: those of adamw, muon, sgd)"
+        )
+    if distributed is not None:
+        raise ValueError("capturable=True runs in one process; the distributed step is not")

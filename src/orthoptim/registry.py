@@ -60,6 +60,7 @@ def build(
     process_group: Any = None,
     fast_paths: bool = True,
     foreach: bool | None = None,
+    capturable: bool = False,
     overrides: Mapping[str, str] | None = None,
     head_names: Sequence[str] = HEAD_NAMES,
     layouts: Mapping[str, str] | None = None,
@@ -93,6 +94,8 @@ def build(
             that kernel (``ChainOptimizer``); ``False``: always the eager chain.
         foreach: multi-tensor kernels over each param group where the step can use them
             (``ChainOptimizer``); ``None``: on for GPUs and other accelerators, off on the CPU.
+        capturable: step counters and a tensor ``lr`` stay on the device, for captured and
+            compiled steps (``ChainOptimizer``; ``ValueError`` where a transform cannot).
         overrides: ``{parameter name or glob: role}``, correcting ``routing.classify``
             (``ValueError`` naming a pattern that matches nothing or an unknown role).
         head_names: module names that mark the output layer (``routing.HEAD_NAMES``).
@@ -142,6 +145,7 @@ def build(
             process_group=process_group,
             fast_paths=fast_paths,
             foreach=foreach,
+            capturable=capturable,
         )
     except Exception:
         for capture in captures:  # leave the model without hooks

@@ -23,9 +23,9 @@ import torch
 
 import orthoptim
 from orthoptim import ChainOptimizer
+from orthoptim import fused as fused_module
 from orthoptim.functional import adam_direction, matrix_view, newton_schulz
 from orthoptim.functional.coefficients import resolve_preset
-from orthoptim import fused as fused_module
 from orthoptim.fused import FusedAdamW
 from orthoptim.recipes import adamw, muon, normuon, sgd
 from orthoptim.transforms import Orthogonalize, ScaleByAdam, chain

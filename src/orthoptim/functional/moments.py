@@ -25,9 +25,14 @@ def ema_square_(average: Tensor, x: Tensor, beta: float) -> Tensor:
     return average.mul_(beta).addcmul_(x, x, value=1.0 - beta)
 
 
-def bias_correction(beta: float, step: int) -> float:
-    """``1 - beta^step``: the weight an EMA started at zero has put on its inputs after ``step``."""
+def bias_correction(beta: float, step: int | Tensor) -> float | Tensor:
+    """``1 - beta^step``: the weight an EMA started at zero has put on its inputs after ``step``
+    (a device tensor for a tensor ``step``, as a capturable step keeps it)."""
     return 1.0 - beta**step
+
+
+def _sqrt(x: float | Tensor) -> float | Tensor:
+    return x.sqrt() if isinstance(x, Tensor) else math.sqrt(x)
 
 
 EpsPlacement = Literal["debiased", "raw"]
@@ -38,7 +43,7 @@ def adam_direction(
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     *,
-    step: int,
+    step: int | Tensor,
     betas: tuple[float, float],
     eps: float,
     eps_placement: EpsPlacement = "debiased",
@@ -51,6 +56,8 @@ def adam_direction(
     ``sqrt(1 - beta2^t)``), which keeps float64 results equal to torch's to round-off.
     ``"raw"``: ``m_hat sqrt(1 - beta2^t) / (sqrt(v) + eps)`` (the Adam paper's efficient form;
     HF transformers AdamW, Gunale0926/Grams): the same with ``eps / sqrt(1 - beta2^t)``.
+    A tensor ``step`` (a capturable step's device counter) gives the bias corrections as device
+    tensors, without a host read.
     ``out`` (same shape and dtype as the moments) saves the temporaries: on CPU each fresh
     full-size tensor costs an allocation and its page faults, a large share of an element-wise
     step; the values are the same bit for bit.
@@ -60,8 +67,8 @@ def adam_direction(
         direction.add_(eps)
         torch.div(exp_avg, direction, out=direction)
         return direction.mul_(
-            math.sqrt(bias_correction(betas[1], step)) / bias_correction(betas[0], step)
+            _sqrt(bias_correction(betas[1], step)) / bias_correction(betas[0], step)
         )
-    direction.div_(math.sqrt(bias_correction(betas[1], step))).add_(eps)
+    direction.div_(_sqrt(bias_correction(betas[1], step))).add_(eps)
     torch.div(exp_avg, direction, out=direction)
     return direction.div_(bias_correction(betas[0], step))

@@ -46,6 +46,7 @@ class ScaleByAdam(BetasMoments, TransformBase):
 
     key: ClassVar[str] = "adam"
     elementwise: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True
     formula: ClassVar[str] = (
         r"m \leftarrow \beta_1 m + (1-\beta_1)u;\; v \leftarrow \beta_2 v + (1-\beta_2)u^2;\;"
         r"u \leftarrow \hat m / (\sqrt{\hat v} + \epsilon)"

@@ -27,7 +27,9 @@ class Ctx:
     """Read-only facts about one parameter at one step, passed to every transform.
 
     Args:
-        step: 1-based count of updates of this parameter.
+        step: 1-based count of updates of this parameter: a Python int, or under
+            ``ChainOptimizer(capturable=True)`` the counter itself, a 0-d float32 tensor on the
+            parameter's device (only ``capturable`` transforms see it).
         lr: the group's learning rate after any torch LR scheduler.
         weight_decay: the group's weight decay.
         param: the parameter (never written by transforms).
@@ -43,8 +45,8 @@ class Ctx:
             ``(out, in)`` order; ``None`` where ``param`` is the parameter itself.
     """
 
-    step: int
-    lr: float
+    step: int | Tensor
+    lr: float | Tensor
     weight_decay: float
     param: Tensor
     grad: Tensor
@@ -66,6 +68,7 @@ class Transform(Protocol):
 
     key: ClassVar[str]
     formula: ClassVar[str]
+    capturable: ClassVar[bool]
 
     def init(self, p: Tensor) -> dict[str, Tensor]: ...
 
@@ -106,6 +109,10 @@ class TransformBase:
     key: ClassVar[str] = ""
     formula: ClassVar[str] = ""
     elementwise: ClassVar[bool] = False
+    capturable: ClassVar[bool] = False
+    """Whether ``apply`` takes ``Ctx.step`` as a device tensor and reads no tensor value on the
+    host (no Python branch on data): what ``ChainOptimizer(capturable=True)`` needs, so that a
+    captured or compiled step does not freeze the step count."""
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         return {}

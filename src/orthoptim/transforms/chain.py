@@ -294,6 +294,11 @@ class Chain(TransformBase):
         return any(t.needs_module for t in self.transforms)
 
     @property
+    def capturable(self) -> bool:  # type: ignore[override]
+        """Whether every transform is (``TransformBase.capturable``)."""
+        return all(t.capturable for t in self.transforms)
+
+    @property
     def groupwise(self) -> bool:  # type: ignore[override]
         """Whether a transform of the chain works on the group's parameters together
         (``TransformBase.groupwise``), so the chain must run transform-major."""

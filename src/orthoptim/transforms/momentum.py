@@ -38,6 +38,7 @@ class Momentum(TransformBase):
 
     key: ClassVar[str] = "momentum"
     elementwise: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True
     formula: ClassVar[str] = (
         r"m \leftarrow \beta m + (1-\beta)u \text{ (ema) or } \beta m + u \text{ (sum)};\;"
         r"u \leftarrow \text{nesterov} ? u + \beta(m - u) \text{ (ema) or } u + \beta m : m"

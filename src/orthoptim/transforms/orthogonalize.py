@@ -52,6 +52,7 @@ class Orthogonalize(TransformBase):
     """
 
     key: ClassVar[str] = "orthogonalize"
+    capturable: ClassVar[bool] = True
     formula: ClassVar[str] = r"u \leftarrow \mathrm{NS}_{k}(u / \|u\|_F) \approx UV^\top"
     coeffs: str = "keller_quintic"
     ns_steps: int = 5

@@ -39,6 +39,7 @@ class ScaleByShape(TransformBase):
     """
 
     key: ClassVar[str] = "shape_scale"
+    capturable: ClassVar[bool] = True
     formula: ClassVar[str] = r"u \leftarrow s(\text{rows}, \text{cols})\, u"
     rule: ShapeRule = "keller"
 
@@ -68,6 +69,7 @@ class AddWeightDecay(TransformBase):
 
     key: ClassVar[str] = "weight_decay"
     elementwise: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True
     formula: ClassVar[str] = r"u \leftarrow u + \lambda \theta"
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
