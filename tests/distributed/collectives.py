@@ -75,6 +75,8 @@ OBJECT_COLLECTIVES = (
     "recv_object_list",
 )
 
+_get_backend = dist.get_backend  # the real one, where a test makes the engine see another
+
 BACKEND_DEVICES = {
     "gloo": {"cpu"},
     "nccl": {"cuda"},
@@ -198,9 +200,9 @@ class _Collectives(TorchDispatchMode):
     def _backend(args: list[Any]) -> str | None:
         for a in args:
             if isinstance(a, torch.ScriptObject) and "ProcessGroup" in str(a._type()):
-                return str(dist.get_backend(dist.ProcessGroup.unbox(a)))
+                return str(_get_backend(dist.ProcessGroup.unbox(a)))
             if isinstance(a, str) and a in c10d._world.pg_names.values():
-                return str(dist.get_backend(c10d._resolve_process_group(a)))
+                return str(_get_backend(c10d._resolve_process_group(a)))
         return None
 
 
@@ -315,3 +317,18 @@ def self_check(rank: int) -> dict[str, list[str]]:
             call()
         out[label] = found
     return out
+
+
+def rendezvous(rank: int, backend: str) -> tuple[list[str], dict[str, int]]:
+    """``consolidate_state_dict`` after a DDP step of muon while the engine reads the group's
+    backend as ``backend`` (the collectives still run on gloo); violations and ops seen."""
+    m, opt = _objects("ddp", "muon")
+    _grads(m, "ddp", rank, 0)
+    opt.step()
+    dist.get_backend = lambda group=None: backend
+    try:
+        with spy(next(m.parameters()).device) as (found, ops):
+            opt.consolidate_state_dict()
+    finally:
+        dist.get_backend = _get_backend
+    return found, dict(ops)

@@ -69,3 +69,15 @@ def test_every_collective_is_on_the_parameters_device(ranks: Ranks, mode: str, n
             # owner-only buffers to consolidate: soap's factors; muon's momentum only where
             # its owner alone keeps it (replicate_state keeps it everywhere, FSDP2 sharded)
             assert ops.get("c10d.broadcast_.default", 0) >= 1, ops
+
+
+@pytest.mark.parametrize("backend", ["gloo", "nccl", "cpu:gloo,cuda:nccl"])
+def test_consolidating_meets_at_a_barrier_only_under_gloo(ranks: Ranks, backend: str) -> None:
+    """A monitored barrier (naming missing ranks) only where gloo serves CPU parameters; else
+    the flag's all-reduce is the rendezvous: ``barrier()`` would pick its own device (the CPU
+    under ``cpu:gloo,cuda:nccl``, NCCL's current device)."""
+    for found, ops in ranks.run(C.rendezvous, backend):
+        assert found == []
+        barriers = {op for op in ops if "barrier" in op}
+        assert barriers == ({"c10d.monitored_barrier_.default"} if backend == "gloo" else set())
+        assert ops["c10d.allreduce_.default"] == 1 and ops["c10d.broadcast_.default"] >= 1
