@@ -145,7 +145,7 @@ class _Marks(TorchFunctionMode):
         if device is not None:
             if isinstance(device, str) and device.startswith("cpu"):
                 self._mark(out)  # a literal CPU device: the CPU on a GPU run too
-            elif any(out is a for a in args):
+            elif self.marked(out) and any(out is a for a in args):
                 # ``.to(device)`` returns its input when already there (always, on one CPU);
                 # on a GPU run it is a new tensor on the device: give it a fresh, unmarked alias.
                 out = out.as_subclass(Tensor)
