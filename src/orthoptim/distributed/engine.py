@@ -201,8 +201,8 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
                 jobs.append((p, key, owner, fresh[key], name))
         if not jobs:  # the same on every rank: nothing to gather, no collective
             return {}
-        self._rendezvous()
         device = local_tensor(jobs[0][0]).device
+        self._rendezvous(device)
         misfits = []
         for p, key, owner, like, name in jobs:
             if owner == self.rank:
@@ -229,12 +229,14 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
             dist.broadcast(tensor, src=dist.get_global_rank(self.group, owner), group=self.group)
         return out
 
-    def _rendezvous(self) -> None:
-        """Wait for every rank to gather: under gloo, ``RuntimeError`` after
-        ``STATE_DICT_TIMEOUT`` naming the ranks that did not come (other backends wait on their
-        own timeout)."""
-        if dist.get_backend(self.group) != "gloo":
-            dist.barrier(group=self.group)
+    def _rendezvous(self, device: torch.device) -> None:
+        """Wait for every rank to gather. Under gloo with the parameters on the CPU: a
+        monitored barrier, ``RuntimeError`` after ``STATE_DICT_TIMEOUT`` naming the ranks that
+        did not come. Otherwise no barrier: the flag's all-reduce that follows, on the
+        parameters' device, is the rendezvous (with the backend's own timeout), while
+        ``barrier()`` picks its own device: the CPU under ``cpu:gloo,cuda:nccl`` (a host round
+        trip), under NCCL the current CUDA device (device 0 where a script never set one)."""
+        if device.type != "cpu" or dist.get_backend(self.group) != "gloo":
             return
         try:
             dist.monitored_barrier(self.group, timeout=STATE_DICT_TIMEOUT, wait_all_ranks=True)

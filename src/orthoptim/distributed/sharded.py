@@ -274,8 +274,7 @@ class ShardedSteps(Topology):
         handle = dist.all_to_all_single(
             recv, send, recv_sizes, send_sizes, group=self.group, async_op=True
         )
-        elem = torch.empty((), dtype=dtype).element_size()
-        self.sent_bytes += elem * (sum(send_sizes) - send_sizes[self.rank])
+        self.sent_bytes += dtype.itemsize * (sum(send_sizes) - send_sizes[self.rank])
 
         def finish() -> None:
             cast(Any, handle).wait()

@@ -132,9 +132,11 @@ def _worker(rank: int, world: int, port: int, config: DistConfig, out: Any) -> N
         )
     sent = results["replicated"].sent_bytes
     if sent:
-        # The all-gather of the replicated step's buffer, alone: the cost model's bandwidth.
-        buf = torch.zeros(sent // (world - 1) // 4)
-        full = torch.empty(buf.numel() * world)
+        # The all-gather of the replicated step's buffer, alone: the cost model's bandwidth,
+        # on the parameters' device, as the step's own all-gather.
+        device = steppers["replicated"].param_groups[0]["params"][0].device
+        buf = torch.zeros(sent // (world - 1) // 4, device=device)
+        full = torch.empty(buf.numel() * world, device=device)
         samples = []
         for _ in range(3):
             dist.barrier()
