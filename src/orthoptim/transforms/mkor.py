@@ -19,13 +19,16 @@ InverseUpdate = Literal["paper", "package"]
 INVERSE_UPDATES: tuple[str, ...] = get_args(InverseUpdate)
 
 
-def sherman_morrison_(inv: Tensor, v: Tensor, beta: float, rule: str) -> Tensor:
+def sherman_morrison_(
+    inv: Tensor, v: Tensor, beta: float, rule: str, *, keep: Tensor | None = None
+) -> Tensor:
     """One rank-1 update of the symmetric inverse factor ``inv`` in place, sync-free.
 
     ``"paper"``: ``inv <- (beta F + (1-beta) v v^T)^-1`` for ``F = inv^-1`` (momentum on the
     factor). ``"package"``: ``Q = beta inv + (1-beta) I``, ``inv <- (Q^-1 + v v^T)^-1`` (the
     reference package's code, with its fixed 0.95 as ``beta``). A factor that goes bad (a
-    non-positive denominator or a non-finite entry) restarts from the identity.
+    non-positive denominator or a non-finite entry) restarts from the identity. Where the 0-d
+    bool ``keep`` holds, ``inv`` is left as it is (selected on the device: MKOR-H's switch).
     """
     # The d x d work in place where it computes the same values: each temporary of a large
     # factor is a full pass over memory (and a fresh allocation) per step.
@@ -48,9 +51,13 @@ def sherman_morrison_(inv: Tensor, v: Tensor, beta: float, rule: str) -> Tensor:
     new = torch.add(new, sym, out=sym).mul_(0.5)
     # Max and min propagate NaN and Inf: finite both exactly when every entry is.
     ok = new.amax().isfinite() & new.amin().isfinite() & (den > 0)
-    torch.where(ok, new, new.new_zeros(()), out=inv)
-    inv.diagonal().add_((~ok).to(inv.dtype))  # a bad factor restarts from the identity
-    return inv
+    if keep is None:
+        torch.where(ok, new, new.new_zeros(()), out=inv)
+        inv.diagonal().add_((~ok).to(inv.dtype))  # a bad factor restarts from the identity
+        return inv
+    torch.where(ok, new, new.new_zeros(()), out=new)
+    new.diagonal().add_((~ok).to(new.dtype))
+    return torch.where(keep, inv, new, out=inv)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +113,12 @@ class MKORPrecondition(TransformBase):
         return {"L_inv": torch.eye(rows, **kw), "R_inv": torch.eye(cols, **kw)}
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        return u.copy_(self.direction(u, s, c).view_as(u))
+
+    def direction(self, u: Tensor, s: State, c: Ctx, keep: Tensor | None = None) -> Tensor:
+        """The preconditioned ``(out, in*kh*kw)`` matrix, in the factors' dtype; where the 0-d
+        bool ``keep`` holds, the factors are not updated (their new values are discarded on the
+        device, so nothing waits for the host)."""
         left, right = s["L_inv"], s["R_inv"]
         stats = self.capture.take(c.parameter)
         if stats is not None and (stats[0].numel(), stats[1].numel()) == (
@@ -114,16 +127,17 @@ class MKORPrecondition(TransformBase):
         ):
             for inv, v in zip((right, left), stats, strict=True):
                 v = v.to(inv.dtype).clamp(-self.stats_clip, self.stats_clip)
-                sherman_morrison_(inv, v, self.factor_beta, self.inverse_update)
+                sherman_morrison_(inv, v, self.factor_beta, self.inverse_update, keep=keep)
                 eye = torch.eye(inv.shape[0], dtype=inv.dtype, device=inv.device)
                 big = torch.maximum(inv.amax(), -inv.amin()) > self.stabilize_above
+                if keep is not None:
+                    big = big & ~keep
                 inv.lerp_(eye, big.to(inv.dtype) * self.stabilization)  # 0: inv as it is
         g = u.reshape(u.shape[0], -1).to(left.dtype)
         out = left @ g @ right
         out_norm = torch.linalg.vector_norm(out)
         scale = torch.linalg.vector_norm(g) / out_norm  # inf or nan when it cannot be trusted
-        out = torch.where(torch.isfinite(out_norm) & torch.isfinite(scale), out.mul_(scale), g)
-        return u.copy_(out.view_as(u))
+        return torch.where(torch.isfinite(out_norm) & torch.isfinite(scale), out.mul_(scale), g)
 
     def cost(self, shape: tuple[int, ...]) -> float:
         rows, cols = shape[0], math.prod(shape[1:])
@@ -143,6 +157,11 @@ class MKORHybridPrecondition(TransformBase):
     switches for good: its factors are no longer updated and ``u`` passes unchanged, so the rest
     of the chain (momentum SGD) is the first-order optimizer, at the same lr, because MKOR's steps
     already have the gradient's norm.
+
+    The switch is selected on the device (``torch.where``), never read by the host: after it,
+    MKOR's factor updates and products still run and their results are discarded. That is the
+    trade: a step after the switch costs what one before it did, and no step waits for the
+    device (reading the flag to skip the work was one host read per parameter and step).
 
     State: ``inner`` MKOR's, plus ``prev_param``, ``prev_grad`` (stats dtype), ``rate``,
     ``peak``, ``switched`` (scalars).
@@ -199,10 +218,10 @@ class MKORHybridPrecondition(TransformBase):
                 s["switched"].copy_(s["switched"].logical_or(rate < self.switch_ratio * s["peak"]))
         s["prev_param"].copy_(param)
         s["prev_grad"].copy_(grad)
-        if bool(s["switched"]):  # one sync: after the switch the factors cost nothing
-            self.capture.take(c.parameter)  # drop the statistics nobody will use
-            return u
-        return self.inner.apply(u, s, c)
+        switched = s["switched"].bool()
+        out = self.inner.direction(u, s, c, keep=switched)
+        g = u.reshape(out.shape).to(out.dtype)
+        return u.copy_(torch.where(switched, g, out).view_as(u))
 
     def cost(self, shape: tuple[int, ...]) -> float:
         return self.inner.cost(shape) + 8.0 * math.prod(shape)

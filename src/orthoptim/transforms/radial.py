@@ -82,27 +82,50 @@ class ProjectRadial(TransformBase):
         target = u
         if self.buffer_momentum != 0:
             target = s["m"].mul_(self.buffer_momentum).add_(u)
-        ratio = self._project_(target, c)
+        projected = self._project_(target, c)
         if target is not u:
             u.copy_(target)
-        decay = c.weight_decay * self.decay_scale * ratio
-        return u.add_(c.param, alpha=decay) if decay != 0 else u
+        return self._decay_(u, c.param, c.weight_decay * self.decay_scale, projected)
 
-    def _project_(self, u: Tensor, c: Ctx) -> float:
+    def _project_(self, u: Tensor, c: Ctx) -> Tensor | None:
         """Remove ``u``'s radial part in place if ``c.param`` looks scale-invariant; returns
-        the decay ratio."""
-        if u.ndim > 1 and u.numel() > 0:
-            dtype = stats_dtype(u)
-            theta, g = c.param.to(dtype), c.grad.to(dtype)
-            for rows in (theta.shape[0], 1):
-                view = theta.reshape(rows, -1)
-                cos = F.cosine_similarity(g.reshape(rows, -1), view, dim=1, eps=self.eps).abs_()
-                if cos.max() < self.delta / math.sqrt(view.shape[1]):
-                    unit = view / view.norm(dim=1, keepdim=True).add_(self.eps)
-                    radial = (unit * u.to(dtype).reshape(rows, -1)).sum(dim=1, keepdim=True)
-                    u.sub_((unit * radial).reshape(u.shape).to(u.dtype))
-                    return self.wd_ratio
-        return 1.0
+        whether it did (a 0-d bool tensor; ``None`` for vectors, which are never projected).
+
+        Both views' tests and projections are computed and the first passing one is selected on
+        the device (``torch.where``), so the step never waits for the host: the values are those
+        of the sequential rule (channel view first, then layer view, else ``u`` as it is)."""
+        if u.ndim < 2 or u.numel() == 0:
+            return None
+        dtype = stats_dtype(u)
+        theta, g, x = c.param.to(dtype), c.grad.to(dtype), u.to(dtype)
+        passed, radial = [], []
+        for rows in (theta.shape[0], 1):
+            view = theta.reshape(rows, -1)
+            cos = F.cosine_similarity(g.reshape(rows, -1), view, dim=1, eps=self.eps).abs_()
+            passed.append(cos.amax() < self.delta / math.sqrt(view.shape[1]))
+            unit = view / view.norm(dim=1, keepdim=True).add_(self.eps)
+            along = (unit * x.reshape(rows, -1)).sum(dim=1, keepdim=True)
+            radial.append((unit * along).reshape(u.shape))
+        zero = radial[1].new_zeros(())
+        u.sub_(
+            torch.where(passed[0], radial[0], torch.where(passed[1], radial[1], zero)).to(u.dtype)
+        )
+        return passed[0] | passed[1]
+
+    def _decay_(self, u: Tensor, param: Tensor, decay: float, projected: Tensor | None) -> Tensor:
+        """``u + decay r theta`` with ``r = wd_ratio`` where ``projected`` holds, else 1; the
+        same rounding as ``u.add_(theta, alpha=decay r)``, without reading ``projected``."""
+        if decay == 0:
+            return u
+        if projected is None or self.wd_ratio == 1:
+            return u.add_(param, alpha=decay)
+        if u.dtype in (torch.float32, torch.float64):
+            # addcmul by a 0-d factor of u's dtype rounds as add's alpha (cast to u's dtype).
+            factor = torch.full((), decay, dtype=u.dtype, device=u.device)
+            return u.addcmul_(param, factor.masked_fill_(projected, decay * self.wd_ratio))
+        # 16-bit: a 0-d factor would be cast to 16 bits, alpha is not; both sums, then select.
+        both = u.add(param, alpha=decay * self.wd_ratio), u.add(param, alpha=decay)
+        return u.copy_(torch.where(projected, *both))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
