@@ -31,6 +31,14 @@ def accumulate_(factor: Tensor, outer: Tensor, beta: float) -> Tensor:
     return factor.add_(outer) if beta == 1.0 else factor.lerp_(outer, 1.0 - beta)
 
 
+def _finite_or_zero(a: Tensor) -> tuple[Tensor, Tensor]:
+    """``(finite, a')``: whether every entry of ``a`` is finite (a 0-d bool on ``a``'s device)
+    and ``a`` itself where it is, else zeros. A decomposition then always sees a finite matrix,
+    and the caller selects its fallback with ``torch.where``: no host read decides anything."""
+    finite = torch.isfinite(a).all()
+    return finite, torch.where(finite, a, a.new_zeros(()))
+
+
 def inverse_root(a: Tensor, root: float, eps: float) -> Tensor:
     """``(A + eps I)^{-1/root}`` of a symmetric PSD matrix via ``eigh``.
 
@@ -39,10 +47,10 @@ def inverse_root(a: Tensor, root: float, eps: float) -> Tensor:
     Inf or NaN (a gradient too large for the factor's dtype) yields the zero matrix, so the step
     is skipped for that factor instead of spreading NaN.
     """
-    if not torch.isfinite(a).all():
-        return torch.zeros_like(a)
+    finite, a = _finite_or_zero(a)
     w, v = torch.linalg.eigh(a)
-    return (v * (w.clamp_min(0.0) + eps).pow(-1.0 / root)) @ v.mT
+    out = (v * (w.clamp_min(0.0) + eps).pow(-1.0 / root)) @ v.mT
+    return torch.where(finite, out, out.new_zeros(()))
 
 
 def eigenbasis(a: Tensor) -> Tensor:
@@ -51,10 +59,9 @@ def eigenbasis(a: Tensor) -> Tensor:
     ``1e-30 I`` is added first, as nikhilvyas/SOAP does, so an all-zero factor has a definite
     (identity-like) basis; a non-finite factor gives the identity.
     """
-    if not torch.isfinite(a).all():
-        return torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    finite, a = _finite_or_zero(a)
     eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    return torch.linalg.eigh(a + 1e-30 * eye)[1].flip(1)
+    return torch.where(finite, torch.linalg.eigh(a + 1e-30 * eye)[1].flip(1), eye)
 
 
 def refresh_basis(a: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,11 +72,11 @@ def refresh_basis(a: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     re-indexes the second moment along this factor's dimension by ``order``, so each moment stays
     with the eigenvector it was measured on. A non-finite factor keeps the basis.
     """
-    if not torch.isfinite(a).all():
-        return q.clone(), torch.arange(q.shape[1], device=q.device)
+    finite, a = _finite_or_zero(a)
     aq = a @ q
     order = torch.argsort((q * aq).sum(dim=0), descending=True)
-    return torch.linalg.qr(aq.index_select(1, order))[0], order
+    order = torch.where(finite, order, torch.arange(q.shape[1], device=q.device))
+    return torch.where(finite, torch.linalg.qr(aq.index_select(1, order))[0], q), order
 
 
 def rotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
