@@ -22,6 +22,7 @@ from orthoptim.functional.projection import (
     rotate_moments,
     subspace_rank,
     svd_columns,
+    to_device,
     top_aligned_columns,
 )
 
@@ -110,6 +111,30 @@ def test_random_subspaces_are_orthonormal_and_reproducible() -> None:
     idx = random_block(12, 5, torch.Generator().manual_seed(3))
     assert idx.tolist() == sorted(set(idx.tolist())) and len(idx) == 5 and idx.max() < 12
     assert torch.equal(idx, random_block(12, 5, torch.Generator().manual_seed(3)))
+
+
+def test_random_subspaces_are_made_on_the_target_device() -> None:
+    """The draw stays on the CPU (same seed, same draw) but the QR and the result are on the
+    target device: on ``meta`` no value can come back to the host, and the shapes still hold."""
+    p = random_columns(12, 5, torch.Generator().manual_seed(3), torch.float32, "meta")
+    assert p.device.type == "meta" and p.shape == (12, 5) and p.dtype == torch.float32
+    idx = random_block(12, 5, torch.Generator().manual_seed(3), "meta")
+    assert idx.device.type == "meta" and idx.shape == (5,)
+    x = torch.arange(3.0)
+    assert to_device(x, "cpu") is x
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_random_subspaces_on_cuda_equal_the_cpu_ones() -> None:
+    """Same seed, same subspace: indices exactly, the orthonormal matrix to float64 round-off
+    (cuSOLVER's QR against LAPACK's), after a pinned, non-blocking copy of the draw."""
+    cpu = random_columns(64, 9, torch.Generator().manual_seed(5), torch.float64)
+    cuda = random_columns(64, 9, torch.Generator().manual_seed(5), torch.float64, "cuda")
+    assert cuda.device.type == "cuda"
+    assert (cuda.cpu() - cpu).abs().max() < 1e-12
+    idx = random_block(64, 9, torch.Generator().manual_seed(5))
+    assert torch.equal(random_block(64, 9, torch.Generator().manual_seed(5), "cuda").cpu(), idx)
 
 
 @pytest.mark.parametrize("kind", ["dct", "block"])

@@ -77,21 +77,47 @@ def svd_columns(x: Tensor, rank: int) -> Tensor:
     return torch.linalg.svd(x, full_matrices=False).Vh[:rank].mT
 
 
-def random_columns(n: int, rank: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
-    """An ``(n, rank)`` matrix with orthonormal columns: QR of a Gaussian matrix, drawn on the
-    CPU from ``generator`` in float64 so the same seed gives the same subspace everywhere."""
-    gaussian = torch.randn(n, rank, generator=generator, dtype=torch.float64)
+def to_device(x: Tensor, device: torch.device | str) -> Tensor:
+    """``x`` (on the CPU) copied to ``device`` without making the host wait: a CUDA target gets
+    the copy from pinned memory, ``non_blocking`` (a pageable copy waits for the stream). The
+    pinned block stays reserved until the copy has run (torch's caching host allocator)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return x
+    if device.type == "cuda" and torch.cuda.is_available():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
+def random_columns(
+    n: int,
+    rank: int,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """An ``(n, rank)`` matrix with orthonormal columns on ``device``: QR of a Gaussian matrix.
+
+    The Gaussian is drawn on the CPU from ``generator`` in float64, so the same seed draws the
+    same matrix on every device; it is copied to ``device`` (``to_device``) and orthonormalised
+    there, in float64, then rounded to ``dtype``. Different devices' QR kernels agree to
+    float64 round-off, far below ``dtype``'s when that is float32."""
+    gaussian = to_device(torch.randn(n, rank, generator=generator, dtype=torch.float64), device)
     return torch.linalg.qr(gaussian).Q.to(dtype)
 
 
-def random_block(n: int, rank: int, generator: torch.Generator) -> Tensor:
-    """``rank`` distinct coordinates out of ``n``, ascending, drawn from ``generator``."""
-    return torch.randperm(n, generator=generator)[:rank].sort().values
+def random_block(
+    n: int, rank: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Tensor:
+    """``rank`` distinct coordinates out of ``n``, ascending, drawn from ``generator`` on the CPU
+    (the same seed, the same coordinates on every device) and copied to ``device``."""
+    return to_device(torch.randperm(n, generator=generator)[:rank].sort().values, device)
 
 
 def choose_subspace(projection: str, x: Tensor, rank: int, generator: torch.Generator) -> Tensor:
     """The new subspace for gradient ``x``: column indices (``"dct"``, ``"block"``) or the
-    ``(n, rank)`` matrix (``"svd"``, ``"random"``); ``generator`` feeds the random ones.
+    ``(n, rank)`` matrix (``"svd"``, ``"random"``), on ``x``'s device; ``generator`` (a CPU
+    generator) feeds the random ones.
 
     ``x`` is first rescaled by a power of two, which is exact: 1e-30 gradients then do not
     underflow in the scores or the SVD, and the chosen subspace is the same."""
@@ -100,10 +126,10 @@ def choose_subspace(projection: str, x: Tensor, rank: int, generator: torch.Gene
     if projection == "dct":
         return top_aligned_columns(x, dct_basis(n, dtype=x.dtype, device=x.device), rank)
     if projection == "block":
-        return random_block(n, rank, generator)
+        return random_block(n, rank, generator, x.device)
     if projection == "svd":
         return svd_columns(x, rank)
-    return random_columns(n, rank, generator, x.dtype)
+    return random_columns(n, rank, generator, x.dtype, x.device)
 
 
 def basis_columns(
