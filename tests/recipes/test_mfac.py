@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 import orthoptim
+from orthoptim.functional.mfac import coefficients, ihvp_of_row, insert_
 from orthoptim.recipes.mfac import mfac
+from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.mfac import MFacPrecondition
 from tests.helpers import fixed_grads, save_and_load
 
@@ -208,3 +210,37 @@ def test_repeated_identical_gradients_stay_finite(dtype, magnitude) -> None:
     if dtype == torch.float64:
         error = ((p.detach() - expected).norm() / expected.norm()).item()
         assert error < (1e-9 if magnitude <= 1.0 else 0.1)
+
+
+def test_the_group_step_equals_one_parameter_at_a_time() -> None:
+    """``apply_many`` (the m x m work batched over a group) against the per-parameter formula
+    it replaced: mixed dtypes (two batches), unequal steps (different slots), and enough steps
+    for the ring buffer to wrap. The windows and Gram matrices are equal bit for bit; the
+    directions to a few ulp of their dtype (the batched ``V diag V^T`` rounds differently from
+    one matrix's at some sizes, ``functional/test_mfac.py``)."""
+    t = MFacPrecondition(window=3, damping=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    params = [
+        torch.randn(5, 4, generator=gen),
+        torch.randn(6, generator=gen, dtype=torch.float64),
+        torch.randn(2, 3, 2, generator=gen),
+    ]
+    offsets = [0, 1, 0]  # the second parameter is one step ahead: another slot
+    states = [t.init(p) for p in params]
+    alone = [t.init(p) for p in params]
+    for step in range(1, 8):
+        grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        ctxs = [
+            Ctx(step + k, 0.1, 0.0, p, g) for p, g, k in zip(params, grads, offsets, strict=True)
+        ]
+        got = t.apply_many([g.clone() for g in grads], states, ctxs)
+        for g, s, c, out in zip(grads, alone, ctxs, got, strict=True):
+            slot = (c.step - 1) % t.window
+            insert_(s["grads"], s["gram"], slot, g.reshape(-1))
+            resolution = t.window * torch.finfo(s["grads"].dtype).eps
+            coef = coefficients(s["gram"], t.damping, resolution=resolution)
+            expected = ihvp_of_row(s["grads"], coef, slot).view(g.shape)
+            error = ((out - expected).norm() / expected.norm()).item()
+            assert error <= 4 * torch.finfo(g.dtype).eps, (step, error)
+        for s, a in zip(states, alone, strict=True):
+            assert all(torch.equal(s[k], a[k]) for k in s)

@@ -24,6 +24,8 @@ inverse by a sequential rank-one Woodbury recursion (an unpivoted LU of ``m I + 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -59,6 +61,10 @@ def remove_(window: Tensor, gram: Tensor, slot: int) -> None:
 def coefficients(gram: Tensor, damping: float, *, resolution: float = 0.0) -> Tensor:
     """``C = (m damping I + K)^{-1}`` (float64, m x m) from the Gram matrix ``K``: O(m^3).
 
+    ``gram`` may be a batch ``(..., m, m)`` of Gram matrices (one ``eigh`` for all: one launch
+    and, on CUDA, one wait for the device instead of one each), each with its own shift; the
+    batched product ``V diag V^T`` may round differently from one matrix's (float64 round-off).
+
     ``m`` is the window size (its unused slots are zero rows), as in the reference, so the
     Fisher estimate before the window is full is the same sum divided by the full ``m``.
 
@@ -70,17 +76,22 @@ def coefficients(gram: Tensor, damping: float, *, resolution: float = 0.0) -> Te
     which changes nothing where every eigenvalue is resolved (the shift is below round-off
     there). 0 (the default) gives the exact formula.
     """
-    m = gram.shape[0]
+    m = gram.shape[-1]
     w, v = torch.linalg.eigh(gram)
     w = w.clamp_min(0.0)
-    shift = (w[-1] * resolution).clamp_min(m * damping)
-    return (v / (w + shift)) @ v.mT
+    shift = (w[..., -1:] * resolution).clamp_min(m * damping)
+    return (v / (w + shift).unsqueeze(-2)) @ v.mT
 
 
 def _combine(window: Tensor, c: Tensor) -> Tensor:
     """``G^T c`` in the window's dtype for a float64 ``c``, scaled like ``gram_column``."""
     s = _scale(c)
-    return (((c / s).to(window.dtype) @ window).double() * s).to(window.dtype)
+    return _combine_scaled(window, c / s, s)
+
+
+def _combine_scaled(window: Tensor, c: Tensor, s: Tensor) -> Tensor:
+    """``_combine`` with ``c`` already divided by its scale ``s``."""
+    return ((c.to(window.dtype) @ window).double() * s).to(window.dtype)
 
 
 def ihvp(window: Tensor, coef: Tensor, damping: float, x: Tensor) -> Tensor:
@@ -91,3 +102,16 @@ def ihvp(window: Tensor, coef: Tensor, damping: float, x: Tensor) -> Tensor:
 def ihvp_of_row(window: Tensor, coef: Tensor, slot: int) -> Tensor:
     """``F^{-1} g`` for the gradient ``g`` in row ``slot``, as ``m G^T C e_slot``: O(dm + m^2)."""
     return _combine(window, coef[:, slot] * coef.shape[0])
+
+
+def ihvp_of_rows(windows: Sequence[Tensor], coefs: Tensor, slots: Sequence[int]) -> list[Tensor]:
+    """``ihvp_of_row(windows[j], coefs[j], slots[j])`` for every ``j``, the same values, with
+    the m-element work (columns, their scales) done once for the batch ``coefs`` (``(P, m, m)``);
+    only the products with the windows (different lengths) go one window at a time."""
+    columns = torch.stack([coef[:, slot] for coef, slot in zip(coefs, slots, strict=True)])
+    columns = columns * coefs.shape[-1]
+    scales = columns.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(columns.dtype).tiny)
+    scaled = columns / scales
+    return [
+        _combine_scaled(window, c, s) for window, c, s in zip(windows, scaled, scales, strict=True)
+    ]

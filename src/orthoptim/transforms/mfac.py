@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from orthoptim._checks import check_positive, check_positive_int
 from orthoptim._types import State
-from orthoptim.functional.mfac import coefficients, ihvp_of_row, insert_
+from orthoptim.functional.mfac import coefficients, ihvp_of_rows, insert_
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
@@ -23,7 +24,8 @@ class MFacPrecondition(TransformBase):
     M-FAC's dynamic algorithm (Frantar et al. 2021, arXiv 2107.03356), one block per parameter:
     the incoming update (flattened, ``d`` elements) replaces the oldest row of the window (slot
     ``(step - 1) mod m``, so the window is a ring buffer keyed on the step and resumes exactly),
-    then ``F^{-1} u`` is computed with the window's Gram matrix (``functional.mfac``). Per step
+    then ``F^{-1} u`` is computed with the window's Gram matrix (``functional.mfac``); a group's
+    m x m work runs batched (``apply_many``). Per step
     that is O(dm) for the Gram column and the product plus O(m^3) for the m x m coefficients.
     Before the window is full its empty slots are zero rows and ``F`` still divides by ``m``.
 
@@ -62,15 +64,31 @@ class MFacPrecondition(TransformBase):
         }
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        grads, gram = s["grads"], s["gram"]
-        slot = (c.step - 1) % self.window
-        insert_(grads, gram, slot, u.reshape(-1).to(grads.dtype))
-        # K is known to ~m eps relative (m-term dot products): directions of K below that are
-        # round-off, and the damping is raised to that level (``functional.mfac.coefficients``).
-        resolution = self.window * torch.finfo(grads.dtype).eps
-        coef = coefficients(gram, self.damping, resolution=resolution)
-        direction = ihvp_of_row(grads, coef, slot)
-        return u.copy_(direction.view(u.shape))
+        return self.apply_many([u], [s], [c])[0]
+
+    def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
+        """Each parameter's window and Gram column apart (they differ in length); the m x m work
+        (``eigh`` of the Gram matrices, the coefficient columns) batched over the parameters
+        whose windows share a device and dtype. The values are one parameter's at a time up to
+        the batched product's round-off (float64, ``functional.mfac.coefficients``)."""
+        slots = [(c.step - 1) % self.window for c in cs]
+        same: dict[tuple[Any, ...], list[int]] = {}
+        for i, (u, s, slot) in enumerate(zip(us, ss, slots, strict=True)):
+            grads = s["grads"]
+            insert_(grads, s["gram"], slot, u.reshape(-1).to(grads.dtype))
+            same.setdefault((grads.device, grads.dtype), []).append(i)
+        out = list(us)
+        for (_, dtype), members in same.items():
+            # K is known to ~m eps relative (m-term dot products): directions of K below that
+            # are round-off, and the damping is raised to that level (``coefficients``).
+            resolution = self.window * torch.finfo(dtype).eps
+            grams = torch.stack([ss[i]["gram"] for i in members])
+            coefs = coefficients(grams, self.damping, resolution=resolution)
+            windows = [ss[i]["grads"] for i in members]
+            directions = ihvp_of_rows(windows, coefs, [slots[i] for i in members])
+            for i, direction in zip(members, directions, strict=True):
+                out[i] = us[i].copy_(direction.view(us[i].shape))
+        return out
 
     def cost(self, shape: tuple[int, ...]) -> float:
         # Gram column and G^T c: 2 m d each; eigh of the m x m Gram matrix: about 9 m^3.
