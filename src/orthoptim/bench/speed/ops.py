@@ -16,6 +16,11 @@ here with torch's modes while a real optimizer steps a real model:
 * kernels: every dispatched aten op that computes, that is, not a view, an allocation
   (``empty``) or a host read.
 
+Not seen: a wait inside an op's own kernel. On CUDA ``torch.linalg.eigh``, ``svd`` and
+``svdvals`` check their solver's status on the host (torch's docs: they synchronize the device
+with the CPU) below the dispatcher, so each call is a hidden read; batching them (M-FAC's
+``eigh``) makes fewer.
+
 The model is ``bench.models.TinyGPT`` with small dimensions (counts do not depend on sizes):
 ``depth=6`` has the 24 hidden matrices of ``orthoptim speed``'s default (65 tensors), and
 ``depth=20`` has 205 tensors. Each step runs on fresh gradients of a fixed batch. orthoptim's
