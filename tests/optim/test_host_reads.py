@@ -39,20 +39,22 @@ EXCEPTIONS: dict[str, tuple[int, str]] = {}
 NAMES = [n for n in registry.names() if not registry.get(n).needs_closure]
 
 
-def make(name: str) -> Callable[[nn.Module], list[torch.optim.Optimizer]]:
+def make(name: str, foreach: bool) -> Callable[[nn.Module], list[torch.optim.Optimizer]]:
     spec = registry.get(name)
     options = {k: v for k, v in PERIODIC.items() if k in spec.options()}
 
     def build(model: nn.Module) -> list[torch.optim.Optimizer]:
-        return [registry.build(name, model, **options)]
+        return [registry.build(name, model, foreach=foreach, **options)]
 
     return build
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["per-tensor", "foreach"])
 @pytest.mark.parametrize("name", NAMES)
-def test_a_step_reads_at_most_the_non_finite_flag(name) -> None:
+def test_a_step_reads_at_most_the_non_finite_flag(name, foreach) -> None:
+    """Both shell paths: per tensor (the CPU default) and multi-tensor (a GPU's)."""
     allowed, why = EXCEPTIONS.get(name, (SHELL_READS, ""))
-    counted = ops.measure(name, make(name), depth=2, steps=PERIOD + 2, warmup=0)
+    counted = ops.measure(name, make(name, foreach), depth=2, steps=PERIOD + 2, warmup=0)
     assert counted.host_reads <= allowed, (
         f"{name} reads the device {counted.host_reads} times in one step (allowed {allowed})"
         + (f": {why}" if why else "")
