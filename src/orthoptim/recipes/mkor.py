@@ -88,7 +88,10 @@ def mkor_h(
     Differences from the reference: the reference code (Mohammad-Mozaffari/mkor@3a0e3bb) has no
     MKOR-H; the paper switches the whole model on the observed loss, which a transform never
     sees, so the rule above is ours, per weight, on a gradient-only estimate of the same loss
-    decrease. Otherwise as ``mkor``.
+    decrease. The switch is selected on the device: after it, MKOR's factor work still runs and
+    is discarded, so a step costs what it did before (the paper's switch also saves that work;
+    reading the flag on the host would cost one wait for the device per weight and step).
+    Otherwise as ``mkor``.
 
     References: arXiv 2306.01685;
     Mohammad-Mozaffari/mkor@3a0e3bb2df346851569e98799d0f340556bad811 README (MKOR-H results).
