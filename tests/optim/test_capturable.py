@@ -56,7 +56,7 @@ def max_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     )
 
 
-@pytest.mark.parametrize("name", ["adamw", "muon", "sgd"])
+@pytest.mark.parametrize("name", ["adamw", "muon", "sgd", "adamp", "sgdp"])
 def test_capturable_equals_the_default_step(name: str) -> None:
     # The bias corrections are computed from the float32 counter on the device instead of in
     # Python floats, and lr times the update by one addcmul: float32 round-off apart.
@@ -68,7 +68,7 @@ def test_capturable_equals_the_default_step(name: str) -> None:
         assert opt.state[p]["step"].device == p.device and int(opt.state[p]["step"]) == STEPS
 
 
-@pytest.mark.parametrize("name", ["adamw", "muon"])
+@pytest.mark.parametrize("name", ["adamw", "muon", "adamp", "sgdp"])
 def test_a_capturable_step_reads_nothing_on_the_host(name: str) -> None:
     m = model()
     opt = train(name, m, capturable=True)

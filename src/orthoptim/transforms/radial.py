@@ -52,6 +52,7 @@ class ProjectRadial(TransformBase):
     """
 
     key: ClassVar[str] = "projection"
+    capturable: ClassVar[bool] = True  # both views selected on the device; the step unused
     formula: ClassVar[str] = (
         r"u \leftarrow \text{scale-inv}\ ?\ u - \hat\theta\langle\hat\theta, u\rangle : u;\;"
         r"u \leftarrow u + \lambda\, s\, r\, \theta"
@@ -142,6 +143,7 @@ class Dampen(TransformBase):
 
     key: ClassVar[str] = "dampen"
     elementwise: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True
     formula: ClassVar[str] = r"u \leftarrow (1 - d)\, u"
     dampening: float = 0.0
 
