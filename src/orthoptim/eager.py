@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from orthoptim._types import State
+from orthoptim.functional import multi_tensor
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.chain import Chain
 
@@ -48,11 +49,16 @@ def run_chain(
     layout: str,
     at_previous: Mapping[Tensor, Tensor] | None,
     capturable: bool = False,
+    foreach: bool = False,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
-    (``Chain.groupwise``), else one parameter at a time. ``capturable``: the transforms get the
-    step counter itself (a device tensor), and ``lr`` may be a tensor: no host read."""
+    (``Chain.groupwise``), else one parameter at a time; with ``foreach``, the chain's
+    element-wise ends with multi-tensor ops over the group (``run_foreach``). Either way the
+    chain's trailing scale and decay are folded into the final update (``descend_``).
+    ``capturable``: the transforms get the step counter itself (a device tensor), and ``lr``
+    may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
+    element-wise passes itself)."""
     tensors = [p for _, p in params]
     ctxs = [
         Ctx(
@@ -67,11 +73,15 @@ def run_chain(
         )
         for (name, p), state in zip(params, states, strict=True)
     ]
+    if foreach and not capturable:
+        run_foreach(chain, tensors, states, ctxs, cast(float, lr))
+        return
+    fold = chain.fold_from
     if chain.groupwise:
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
-        updates = chain.apply_many(updates, states, ctxs)
-        for p, u in zip(tensors, updates, strict=True):
-            descend_(p, u, lr)
+        updates = chain.apply_narrow_range(0, fold, updates, states, ctxs)
+        for p, u, c in zip(tensors, updates, ctxs, strict=True):
+            descend_(p, u, lr, *chain.folded(c))
         return
     # One parameter at a time, from the gradient's working copy to the update: one working
     # copy is alive at once instead of one per parameter (the transient peak,
@@ -80,12 +90,65 @@ def run_chain(
     # step time (benchmarks/records/2026-11-25_step-speed-3).
     scratch = _Scratch([c.grad for c in ctxs])
     for p, state, c in zip(tensors, states, ctxs, strict=True):
-        descend_(p, chain.apply(scratch.copy_of(c.grad), state, c), lr)
+        # a chain folded whole (SGD without momentum) only reads the gradient
+        u = c.grad if fold == 0 else scratch.copy_of(c.grad)
+        u = chain.apply_narrow_range(0, fold, [u], [state], [c])[0] if fold else u
+        descend_(p, u, lr, *chain.folded(c))
 
 
-def descend_(p: Tensor, u: Tensor, lr: float | Tensor) -> None:
-    """``theta <- theta - lr u`` in place; a tensor ``lr`` (capturable) stays on the device."""
+def descend_(
+    p: Tensor, u: Tensor, lr: float | Tensor, scale: float = 1.0, decay: float = 0.0
+) -> None:
+    """``theta <- theta - lr (scale u + decay theta)`` in place, as ``theta (1 - lr decay) -
+    lr scale u`` (``Chain.folded``): the decay as torch's AdamW and Muon apply it, the scale
+    inside the update's one pass. Equal to the chain's separate passes to round-off; with
+    neither, ``theta - lr u`` bit for bit. A tensor ``lr`` (capturable) stays on the device."""
+    if decay != 0:
+        p.mul_(1.0 - lr * decay)
     if isinstance(lr, Tensor):
-        p.addcmul_(u, lr, value=-1.0)
+        p.addcmul_(u, lr if scale == 1.0 else lr * scale, value=-1.0)
     else:
-        p.add_(u, alpha=-lr)
+        p.add_(u, alpha=-lr * scale)
+
+
+def run_foreach(
+    chain: Chain,
+    tensors: list[Tensor],
+    states: Sequence[State],
+    ctxs: list[Ctx],
+    lr: float,
+) -> None:
+    """``run_chain`` with multi-tensor ops: the working copies made in one op, the chain's
+    element-wise prefix and suffix transform-major over the group (``TransformBase.
+    apply_foreach``), the matrix core one parameter at a time (transform-major where it is
+    ``groupwise``), and the folded final update as a few ops for the whole group. Every
+    working copy is alive at once, as in torch's foreach optimizers (the one-at-a-time path
+    keeps one)."""
+    fold = chain.fold_from
+    head, tail = chain.multi_tensor_span()
+    grads = [c.grad for c in ctxs]
+    if fold == 0:
+        us = grads  # nothing writes the update: the final step reads the gradients
+    else:
+        us = [torch.empty_like(g, memory_format=torch.preserve_format) for g in grads]
+        torch._foreach_copy_(us, grads)
+    us = chain.apply_foreach_range(0, head, us, states, ctxs)
+    if head < tail:
+        run = chain.apply_narrow_range if tail == fold else chain.apply_range
+        if chain.groupwise:
+            us = run(head, tail, us, states, ctxs)
+        else:
+            us = [
+                run(head, tail, [u], [s], [c])[0] for u, s, c in zip(us, states, ctxs, strict=True)
+            ]
+    us = chain.apply_foreach_range(tail, fold, us, states, ctxs)
+    folds = [chain.folded(c) for c in ctxs]
+    if any(decay != 0 for _, decay in folds):
+        multi_tensor.mul_(tensors, [1.0 - lr * decay for _, decay in folds])
+    by_scale: dict[float, list[int]] = {}
+    for i, (scale, _) in enumerate(folds):
+        by_scale.setdefault(scale, []).append(i)
+    for scale, members in by_scale.items():
+        torch._foreach_add_(
+            [tensors[i] for i in members], [us[i] for i in members], alpha=-lr * scale
+        )

@@ -112,7 +112,11 @@ class ChainOptimizer(torch.optim.Optimizer):
             process only. Equal to the default step within float32 round-off of the bias
             corrections (``tests/optim/test_capturable.py``).
         foreach: multi-tensor kernels (``torch._foreach_*``) over a param group where a step
-            can use them, instead of one kernel per parameter: the non-finite check. ``None``
+            can use them, instead of one kernel per parameter: the non-finite check, and each
+            chain's element-wise transforms before and after its matrix core (the core one
+            parameter at a time as without it) and the final update (``eager.run_foreach``),
+            equal to the one-at-a-time path (bit for bit on CPU, tested) at the cost of the
+            group's working copies alive at once instead of one. ``None``
             (default) chooses per device, as torch.optim does: on for GPUs and other
             accelerators, where each kernel launch costs microseconds, off on the CPU, where the
             per-parameter form measured faster (benchmarks/records/2026-12-06_op-counts).
@@ -319,7 +323,17 @@ class ChainOptimizer(torch.optim.Optimizer):
             fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf, multi_tensor)
             return
         amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
-        run_chain(chain, params, states, lr, weight_decay, layout, at_previous, self.capturable)
+        run_chain(
+            chain,
+            params,
+            states,
+            lr,
+            weight_decay,
+            layout,
+            at_previous,
+            self.capturable,
+            self._multi_tensor(tensors),
+        )
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
         """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under

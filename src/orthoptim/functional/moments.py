@@ -72,3 +72,30 @@ def adam_direction(
     direction.div_(_sqrt(bias_correction(betas[1], step))).add_(eps)
     torch.div(exp_avg, direction, out=direction)
     return direction.div_(bias_correction(betas[0], step))
+
+
+def adam_direction_foreach(
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    steps: list[int],
+    betas: tuple[float, float],
+    eps: float,
+    eps_placement: EpsPlacement = "debiased",
+) -> list[Tensor]:
+    """``adam_direction`` of each pair, with multi-tensor ops: the same operations in the same
+    order (equal bit for bit where the foreach kernels round as the single-tensor ones), new
+    tensors for the directions."""
+    bc1 = [bias_correction(betas[0], t) for t in steps]
+    root2 = [math.sqrt(bias_correction(betas[1], t)) for t in steps]
+    direction = torch._foreach_sqrt(exp_avg_sqs)
+    if eps_placement == "raw":
+        torch._foreach_add_(direction, eps)
+        direction = torch._foreach_div(exp_avgs, direction)
+        torch._foreach_mul_(direction, [r / b for r, b in zip(root2, bc1, strict=True)])
+        return direction
+    torch._foreach_div_(direction, root2)
+    torch._foreach_add_(direction, eps)
+    direction = torch._foreach_div(exp_avgs, direction)
+    torch._foreach_div_(direction, bc1)
+    return direction

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,6 +15,7 @@ from orthoptim.functional.moments import (
     EPS_PLACEMENTS,
     EpsPlacement,
     adam_direction,
+    adam_direction_foreach,
     ema_,
     ema_square_,
     stats_dtype,
@@ -88,3 +90,26 @@ class ScaleByAdam(BetasMoments, TransformBase):
             out=u if same_dtype else None,
         )
         return direction if same_dtype else direction.to(u.dtype)
+
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        exp_avgs = [s["exp_avg"] for s in ss]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in ss]
+        gs = [u.to(m.dtype) for u, m in zip(us, exp_avgs, strict=True)]
+        b1, b2 = self.betas
+        torch._foreach_lerp_(exp_avgs, gs, 1.0 - b1)  # ema_
+        torch._foreach_mul_(exp_avg_sqs, b2)  # ema_square_
+        torch._foreach_addcmul_(exp_avg_sqs, gs, gs, value=1.0 - b2)
+        numerators = torch._foreach_lerp(exp_avgs, gs, 1.0 - b1) if self.nesterov else exp_avgs
+        directions = adam_direction_foreach(
+            numerators,
+            exp_avg_sqs,
+            steps=[c.step for c in cs],
+            betas=self.betas,
+            eps=self.eps,
+            eps_placement=self.eps_placement,
+        )
+        return [
+            d if d.dtype == u.dtype else d.to(u.dtype) for d, u in zip(directions, us, strict=True)
+        ]

@@ -122,6 +122,32 @@ class TransformBase:
         apply = self.apply  # type: ignore[attr-defined]  # every concrete transform defines it
         return [apply(u, s, c) for u, s, c in zip(us, ss, cs, strict=True)]
 
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        """``apply`` on each parameter of a group, written with multi-tensor ops
+        (``torch._foreach_*``: a few kernel launches for the whole group instead of a few per
+        parameter). An element-wise transform overrides it (``multi_tensor``) with the same
+        operations as its ``apply``, so the results are equal bit for bit where the foreach
+        kernels round as the single-tensor ones (always on CPU, whose foreach ops loop over
+        the single-tensor kernels). ``cs`` share one param group's ``lr`` and weight decay."""
+        apply = self.apply  # type: ignore[attr-defined]  # every concrete transform defines it
+        return [apply(u, s, c) for u, s, c in zip(us, ss, cs, strict=True)]
+
+    def apply_narrow(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        """``apply``, except that the update may come back in a narrower dtype whose values
+        ``u.dtype`` holds exactly (a bfloat16 factor for a float32 ``u``): the final
+        ``theta - lr u`` promotes it to the same numbers, without a copy back into ``u``.
+        Called only where the final update is the next consumer."""
+        return self.apply(u, s, c)  # type: ignore[attr-defined, no-any-return]
+
+    def affine(self, c: Ctx) -> tuple[float, float] | None:
+        """``(a, b)`` where this transform is ``u <- a u + b theta`` with numbers known from
+        ``c`` alone (a shape scale, decoupled weight decay): a chain ending in such
+        transforms folds them into its final update, ``theta (1 - lr b) - lr a u``
+        (``Chain.fold_from``). ``None``: not of that form."""
+        return None
+
     def validate(self, p: Tensor, name: str) -> None:
         """Raise ``ValueError`` if this transform cannot update ``p`` (checked at construction)."""
 
@@ -158,6 +184,18 @@ class TransformBase:
         relates them), so a chain holding it runs transform-major over the group: by default,
         whether the class overrides ``apply_many``."""
         return type(self).apply_many is not TransformBase.apply_many
+
+    @property
+    def multi_tensor(self) -> bool:
+        """Whether it has multi-tensor ops for a whole group (overrides ``apply_foreach``), used
+        by ``ChainOptimizer(foreach=True)``. Unlike ``groupwise`` this never forces a chain
+        transform-major: it is an execution choice, equal in result to ``apply``."""
+        return type(self).apply_foreach is not TransformBase.apply_foreach
+
+    @property
+    def foldable(self) -> bool:
+        """Whether ``affine`` describes it (it overrides ``affine``), so a chain may fold it."""
+        return type(self).affine is not TransformBase.affine
 
     @property
     def needs_module(self) -> bool:

@@ -95,6 +95,10 @@ class Chain(TransformBase):
     shard, in any layout), ``[lo, hi)`` is the matrix core (it reads the whole matrix, in
     ``(out, in)`` order). ``lo == hi == n`` for a chain that is element-wise throughout. Set at
     construction: every step of every parameter reads it."""
+    fold_from: int = field(init=False, repr=False, compare=False)
+    """Transforms ``[fold_from, n)`` each scale the update by a number and/or add a multiple of
+    the parameter (``TransformBase.affine``: ``ScaleByShape``, ``AddWeightDecay``): the eager
+    step folds them into its final update (``folded``) instead of a pass each."""
 
     def __post_init__(self) -> None:
         flat: list[Transform] = []
@@ -116,6 +120,10 @@ class Chain(TransformBase):
         n = len(flags)
         core = (n, n) if all(flags) else (flags.index(False), n - flags[::-1].index(False))
         object.__setattr__(self, "core", core)
+        fold_from = n
+        while fold_from > 0 and flat[fold_from - 1].foldable:
+            fold_from -= 1
+        object.__setattr__(self, "fold_from", fold_from)
 
     @property
     def formula(self) -> str:  # type: ignore[override]
@@ -167,6 +175,59 @@ class Chain(TransformBase):
         us = self._run(lo, a, us, ss, cs)
         us = self._run_in_matrix_order(a, b, us, ss, cs)
         return self._run(b, hi, us, ss, cs)
+
+    def apply_narrow_range(
+        self, lo: int, hi: int, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        """``apply_range`` for updates that go straight into the final ``theta - lr u``: the
+        last transform may return a narrower dtype that the update promotes exactly
+        (``TransformBase.apply_narrow``, Orthogonalize's bfloat16 factor), in the stored
+        layout only (elsewhere the result is written back into ``u`` anyway)."""
+        last = self.transforms[hi - 1] if hi > lo else None
+        if last is None or last.groupwise or any(c.layout != DEFAULT_LAYOUT for c in cs):
+            return self.apply_range(lo, hi, us, ss, cs)
+        us = self.apply_range(lo, hi - 1, us, ss, cs)
+        prefix = self.prefixes[hi - 1]
+        return [
+            last.apply_narrow(u, _Namespaced(s, prefix), c)  # type: ignore[attr-defined]
+            for u, s, c in zip(us, ss, cs, strict=True)
+        ]
+
+    def apply_foreach_range(
+        self, lo: int, hi: int, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        """Transforms ``[lo, hi)``, outside the matrix core, over a group's updates with their
+        multi-tensor ops (``TransformBase.apply_foreach``)."""
+        core_lo, core_hi = self.core
+        if lo < hi and lo < core_hi and hi > core_lo:
+            raise ValueError(f"transforms [{lo}, {hi}) overlap the matrix core {self.core}")
+        for prefix, t in zip(self.prefixes[lo:hi], self.transforms[lo:hi], strict=True):
+            us = t.apply_foreach(us, [_Namespaced(s, prefix) for s in ss], cs)  # type: ignore[attr-defined]
+        return us
+
+    def multi_tensor_span(self) -> tuple[int, int]:
+        """``(head, tail)``: transforms ``[0, head)`` and ``[tail, fold_from)`` are outside the
+        matrix core and have multi-tensor ops (``TransformBase.multi_tensor``); what lies
+        between runs one parameter at a time. ``head == tail == fold_from`` when all do."""
+        core_lo, core_hi = self.core
+        outside = [
+            t.multi_tensor and not core_lo <= i < core_hi  # type: ignore[attr-defined]
+            for i, t in enumerate(self.transforms[: self.fold_from])
+        ]
+        head = outside.index(False) if False in outside else len(outside)
+        tail = len(outside)
+        while tail > head and outside[tail - 1]:
+            tail -= 1
+        return head, tail
+
+    def folded(self, c: Ctx) -> tuple[float, float]:
+        """``(a, b)``: transforms ``[fold_from, n)`` turn ``u`` into ``a u + b theta`` for the
+        parameter of ``c`` (in its stored layout)."""
+        a, b = 1.0, 0.0
+        for t in self.transforms[self.fold_from :]:
+            x, y = t.affine(c)  # type: ignore[attr-defined, misc]
+            a, b = a * x, b * x + y
+        return a, b
 
     def _run(
         self, lo: int, hi: int, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]

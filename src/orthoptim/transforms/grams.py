@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from orthoptim._types import State
@@ -29,3 +31,10 @@ class AlignToGradientSign(TransformBase):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return u.abs_().mul_(c.grad.sign())
+
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        torch._foreach_abs_(us)
+        torch._foreach_mul_(us, torch._foreach_sign([c.grad for c in cs]))
+        return us

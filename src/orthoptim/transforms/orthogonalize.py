@@ -102,14 +102,16 @@ class Orthogonalize(TransformBase):
         )
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        matrix = matrix_view(u)
-        polar = self._polar(matrix)
-        if not u.is_contiguous():
-            return polar.to(u.dtype).reshape(u.shape)
-        # Cast the factor into u, the chain's working copy: saves an allocation (and its page
-        # faults) for the same values.
-        matrix.copy_(polar)
-        return u
+        return _cast_into(u, self._polar(matrix_view(u)))
+
+    def apply_narrow(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        """The factor in ``compute_dtype`` where ``u.dtype`` holds its values exactly (a
+        bfloat16 factor of a float32 update, which torch.optim.Muon adds to the parameter as
+        it is), else ``apply``'s cast into ``u``."""
+        polar = self._polar(matrix_view(u))
+        if torch.promote_types(polar.dtype, u.dtype) != u.dtype:
+            return _cast_into(u, polar)
+        return polar if polar.shape == u.shape else polar.reshape(u.shape)
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
         if not self.batch_by_shape:
@@ -128,3 +130,12 @@ class Orthogonalize(TransformBase):
             for i, factor in zip(members, polar, strict=True):
                 out[i] = factor.to(us[i].dtype).reshape(us[i].shape)
         return out
+
+
+def _cast_into(u: Tensor, polar: Tensor) -> Tensor:
+    """``polar`` in ``u``'s dtype and shape: cast into ``u``, the chain's working copy, where it
+    is contiguous (saves an allocation, and its page faults, for the same values)."""
+    if not u.is_contiguous():
+        return polar.to(u.dtype).reshape(u.shape)
+    matrix_view(u).copy_(polar)
+    return u

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -152,3 +153,10 @@ class Dampen(TransformBase):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return u.mul_(1.0 - self.dampening) if self.dampening != 0 else u
+
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        if self.dampening != 0:
+            torch._foreach_mul_(us, 1.0 - self.dampening)
+        return us

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
+import torch
 from torch import Tensor
 
 from orthoptim._checks import check_choice, check_matrix
 from orthoptim._types import State
+from orthoptim.functional.layout import matrix_shape
 from orthoptim.transforms.base import Ctx, TransformBase
 
 ShapeRule = Literal["keller", "moonlight_rms", "none"]
@@ -57,6 +60,13 @@ class ScaleByShape(TransformBase):
         factor = shape_factor(self.rule, rows, u.numel() // rows)
         return u if factor == 1.0 else u.mul_(factor)
 
+    def affine(self, c: Ctx) -> tuple[float, float]:
+        """``(f, 0)`` with ``f`` the rule's factor for the parameter's ``(out, in)`` matrix."""
+        if self.rule == "none":
+            return 1.0, 0.0
+        (rows, *rest), _ = matrix_shape(tuple(c.param.shape), c.layout)
+        return shape_factor(self.rule, rows, math.prod(rest)), 0.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AddWeightDecay(TransformBase):
@@ -74,3 +84,15 @@ class AddWeightDecay(TransformBase):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return u.add_(c.param, alpha=c.weight_decay) if c.weight_decay != 0 else u
+
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        decay = cs[0].weight_decay if cs else 0.0
+        if decay != 0:
+            torch._foreach_add_(us, [c.param for c in cs], alpha=decay)
+        return us
+
+    def affine(self, c: Ctx) -> tuple[float, float]:
+        """``(1, lambda)``: folded, ``theta (1 - lr lambda) - lr u`` (torch's AdamW and Muon)."""
+        return 1.0, c.weight_decay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,3 +53,14 @@ class LionSign(BetasMoments, TransformBase):
         direction = torch.lerp(exp_avg, g, 1.0 - self.betas[0])
         ema_(exp_avg, g, self.betas[1])
         return u.copy_(direction.sign_())
+
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        exp_avgs = [s["exp_avg"] for s in ss]
+        gs = [u.to(m.dtype) for u, m in zip(us, exp_avgs, strict=True)]
+        directions = torch._foreach_lerp(exp_avgs, gs, 1.0 - self.betas[0])
+        torch._foreach_lerp_(exp_avgs, gs, 1.0 - self.betas[1])  # ema_
+        torch._foreach_sign_(directions)
+        torch._foreach_copy_(us, directions)
+        return us
