@@ -24,6 +24,7 @@ import torch
 import orthoptim
 from orthoptim import ChainOptimizer
 from orthoptim import fused as fused_module
+from orthoptim.eager import descend_
 from orthoptim.functional import adam_direction, matrix_view, newton_schulz
 from orthoptim.functional.coefficients import resolve_preset
 from orthoptim.fused import FusedAdamW
@@ -225,7 +226,9 @@ def transform_major(
     recipe, params: list[torch.Tensor], grads: list[list[torch.Tensor]], lr: float, wd: float
 ) -> list[torch.Tensor]:
     """The parameters after ``grads`` when the chain runs transform-major over fresh gradient
-    clones (the shell's path for group-wise chains, and the reference of the param-major one)."""
+    clones (the shell's path for group-wise chains, and the reference of the param-major one),
+    its trailing scale and decay folded into the final update as the shell folds them
+    (``Chain.fold_from``; the fold against the unfolded chain: tests/optim/test_foreach.py)."""
     mine = [p.detach().clone() for p in params]
     states = [{"step": torch.tensor(0.0), **recipe.init(p)} for p in mine]
     for gs in grads:
@@ -234,8 +237,9 @@ def transform_major(
             s["step"] += 1
             ctxs.append(Ctx(int(s["step"]), lr, wd, p, g))
         clones = [g.clone(memory_format=torch.preserve_format) for g in gs]
-        for p, u in zip(mine, recipe.apply_many(clones, states, ctxs), strict=True):
-            p.add_(u, alpha=-lr)
+        updates = recipe.apply_range(0, recipe.fold_from, clones, states, ctxs)
+        for p, u, c in zip(mine, updates, ctxs, strict=True):
+            descend_(p, u, lr, *recipe.folded(c))
     return mine
 
 

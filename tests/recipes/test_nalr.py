@@ -123,7 +123,15 @@ def test_muon_nalr_equals_oracle(reference) -> None:
     assert oracle.factors[2] < oracle.factors[1] <= oracle.factors[0] == 1.0
 
 
-def test_zero_noise_is_muon_bit_for_bit() -> None:
+def folded_close(x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """Equal up to the rounding of Muon's folded tail: ``muon`` folds its shape scale into the
+    final update (``Chain.fold_from``), a chain ending in ``ScaleByLayerNoise`` (which reads the
+    group) applies it as its own pass; a few float32 ulps of the parameter per step."""
+    print(f"max abs diff {(x - y).abs().max().item():.3g}")
+    torch.testing.assert_close(x, y, rtol=0, atol=steps * 2.0**-21 * y.abs().max().item())
+
+
+def test_zero_noise_is_muon_to_round_off() -> None:
     """Identical gradients every step: every difference is exactly 0, so H = 0, every factor is
     1 (the rule's zero-noise limit: sigma_l = 0 keeps the group lr) and the update is Muon's."""
     p0 = [p.float() for p in params()]
@@ -135,7 +143,7 @@ def test_zero_noise_is_muon_bit_for_bit() -> None:
         step_all(nalr, a, fixed)
         step_all(plain, b, fixed)
     for x, y in zip(a, b, strict=True):
-        assert torch.equal(x, y)
+        folded_close(x.detach(), y.detach(), 10)
         assert nalr.state[x]["layer_noise.noise"].item() == 0.0
         assert nalr.state[x]["layer_noise.factor"].item() == 1.0
 
@@ -154,8 +162,8 @@ def test_noisiest_layer_gets_the_smallest_factor() -> None:
 
 @pytest.mark.parametrize("base", [root, fismo], ids=["root", "fismo"])
 def test_composes_with_other_family_members(base) -> None:
-    """Zero noise: the composed chain is its base bit for bit. With noise: it runs, and only the
-    noisiest layer's step shrinks."""
+    """Zero noise: the composed chain is its base to round-off (``folded_close``). With noise:
+    it runs, and only the noisiest layer's step shrinks."""
     p0 = [p.float() for p in params()]
     fixed = [torch.randn(s) for s in SHAPES]
     a = [p.clone().requires_grad_() for p in p0]
@@ -165,7 +173,8 @@ def test_composes_with_other_family_members(base) -> None:
     for _ in range(5):
         step_all(composed, a, fixed)
         step_all(plain, b, fixed)
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    for x, y in zip(a, b, strict=True):
+        folded_close(x.detach(), y.detach(), 5)
     for grads in noisy_grads(10):
         step_all(composed, a, [g.float() for g in grads])
     factors = [composed.state[p]["layer_noise.factor"].item() for p in a]

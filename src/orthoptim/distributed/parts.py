@@ -3,6 +3,7 @@ chain's transforms, shard rows and round order."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from orthoptim.eager import descend_
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.plan import Plan
 from orthoptim.transforms.base import Ctx
@@ -104,6 +106,15 @@ def run_range(chain: Chain, lo: int, hi: int, items: Sequence[Item], local: bool
         it.u = u
 
 
+def update_params(chain: Chain, items: Sequence[Item], lr: float, local: bool) -> None:
+    """``theta <- theta - lr u`` for each item, transforms ``[fold_from, n)`` folded in as in
+    one process (``eager.descend_``); on the local shards with ``local``, the fold's numbers
+    (a shape scale) read from the whole parameter's shape."""
+    for it in items:
+        ctx = dataclasses.replace(it.ctx, param=it.p) if local else it.ctx
+        descend_(local_tensor(it.p) if local else it.p, it.u, lr, *chain.folded(ctx))
+
+
 def local_tensor(t: Tensor) -> Tensor:
     """This rank's shard of a DTensor; any other tensor as it is."""
     return t.to_local() if isinstance(t, DTensor) else t
@@ -145,9 +156,12 @@ class Topology:
     sent_bytes: int
 
     def split(self, route: str) -> tuple[Chain, int, int]:
-        """The route's chain and its ``(lo, hi)`` split (``Chain.core``)."""
+        """The route's chain and its ``(lo, hi)`` split (``Chain.core``), both cut at
+        ``Chain.fold_from``: the transforms from there on are folded into the final update
+        (``update_params``), as in one process, so the owner's core stops before them."""
         chain = self.plan.route_named(route).chain
-        return (chain, *chain.core)
+        lo, hi = chain.core
+        return chain, min(lo, chain.fold_from), min(hi, chain.fold_from)
 
     def owns(self, p: Tensor) -> bool:
         """Whether this rank computes ``p``'s matrix step (element-wise chains: every rank)."""

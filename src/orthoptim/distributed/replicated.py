@@ -18,6 +18,7 @@ from orthoptim.distributed.parts import (
     all_gather_single,
     rounds_of,
     run_range,
+    update_params,
 )
 from orthoptim.recipes.plan import group_layout, group_lr, live_chain
 from orthoptim.transforms.base import Ctx
@@ -64,9 +65,8 @@ class ReplicatedSteps(Topology):
                 if self.replicate_state:
                     job = prefixed[index]
                     items = [job.items[id(p)] for _, p in mine]
-                    run_range(job.chain, job.lo, len(job.chain.transforms), items, local=False)
-                    for it in items:
-                        it.p.add_(it.u, alpha=-job.lr)
+                    run_range(job.chain, job.lo, job.chain.fold_from, items, local=False)
+                    update_params(job.chain, items, job.lr, local=False)
                 else:
                     step_group(work[index][0], mine, at_previous)
             members = [rounds[r][k][1] if k < len(rounds[r]) else [] for r in range(self.world)]

@@ -22,6 +22,7 @@ from orthoptim.distributed.parts import (
     run_range,
     shard_rows,
     split_rows,
+    update_params,
 )
 from orthoptim.recipes.plan import group_layout, group_lr, live_chain
 from orthoptim.transforms.base import Ctx
@@ -108,9 +109,8 @@ class ShardedSteps(Topology):
         if matrix:
             self._core(matrix)
         for job in jobs:
-            run_range(job.chain, job.hi, len(job.chain.transforms), job.items, local=True)
-            for it in job.items:
-                it.p.to_local().add_(it.u, alpha=-job.lr)
+            run_range(job.chain, job.hi, job.chain.fold_from, job.items, local=True)
+            update_params(job.chain, job.items, job.lr, local=True)
 
     def _core(self, jobs: list[Job]) -> None:
         """Gather the core's inputs to their owners, run the core there, send the rows back.

@@ -220,11 +220,12 @@ class Chain(TransformBase):
             tail -= 1
         return head, tail
 
-    def folded(self, c: Ctx) -> tuple[float, float]:
-        """``(a, b)``: transforms ``[fold_from, n)`` turn ``u`` into ``a u + b theta`` for the
-        parameter of ``c`` (in its stored layout)."""
+    def folded(self, c: Ctx, start: int | None = None) -> tuple[float, float]:
+        """``(a, b)``: transforms ``[start, n)`` (``start >= fold_from``, by default
+        ``fold_from``) turn ``u`` into ``a u + b theta`` for the parameter of ``c`` (in its
+        stored layout)."""
         a, b = 1.0, 0.0
-        for t in self.transforms[self.fold_from :]:
+        for t in self.transforms[self.fold_from if start is None else start :]:
             x, y = t.affine(c)  # type: ignore[attr-defined, misc]
             a, b = a * x, b * x + y
         return a, b
