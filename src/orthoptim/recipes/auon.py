@@ -9,7 +9,7 @@ from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.auon import ScaleByCoshRms
 from orthoptim.transforms.chain import Chain, chain
-from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay
 
@@ -26,6 +26,7 @@ def auon(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
     gamma: float = default(ScaleByCoshRms, "gamma"),
     normalize: bool = default(ScaleByCoshRms, "normalize"),
 ) -> Chain:
@@ -61,7 +62,7 @@ def auon(
     ryyzn9/AuON@bba2e82200825bbf8574462df32130af64a39f42 auon/optimizer.py.
     """
     return chain(
-        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
+        Momentum(beta=momentum, kind="ema", nesterov=nesterov, dtype=momentum_dtype),
         ScaleByCoshRms(gamma=gamma, normalize=normalize),
         AddWeightDecay(),
     )

@@ -5,16 +5,24 @@ from __future__ import annotations
 from orthoptim._checks import check_beta
 from orthoptim.recipes.options import default
 from orthoptim.transforms import AddWeightDecay, Chain, Momentum, ScaleByAdam, chain
+from orthoptim.transforms.momentum import MomentumDtype
 
 
-def sgd(*, momentum: float = default(Momentum, "beta"), nesterov: bool = True) -> Chain:
+def sgd(
+    *,
+    momentum: float = default(Momentum, "beta"),
+    nesterov: bool = True,
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
+) -> Chain:
     """SGD with heavy-ball or Nesterov momentum (Sutskever et al., ICML 2013).
 
     Chain: ``u <- g + lambda theta`` (L2, as torch.optim.SGD), ``m <- mu m + u``,
     ``u <- u + mu m`` (Nesterov) or ``m``.
 
     Differences from the reference (torch.optim.SGD, torch 2.13): none for dampening 0, the only
-    setting offered; ``momentum=0`` drops the momentum buffer entirely.
+    setting offered; ``momentum=0`` drops the momentum buffer entirely. ``momentum_dtype=
+    "float32"`` keeps the buffer of 16-bit parameters in float32 (``Momentum.dtype``; torch
+    keeps it in the parameter's dtype, our default).
 
     References: torch.optim.SGD (torch==2.13.0).
     """
@@ -23,7 +31,10 @@ def sgd(*, momentum: float = default(Momentum, "beta"), nesterov: bool = True) -
         if nesterov:
             raise ValueError("nesterov=True needs momentum > 0 (allowed momentum: (0, 1))")
         return chain(AddWeightDecay())
-    return chain(AddWeightDecay(), Momentum(beta=momentum, kind="sum", nesterov=nesterov))
+    return chain(
+        AddWeightDecay(),
+        Momentum(beta=momentum, kind="sum", nesterov=nesterov, dtype=momentum_dtype),
+    )
 
 
 def adamw(

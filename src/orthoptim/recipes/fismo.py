@@ -5,7 +5,7 @@ from __future__ import annotations
 from orthoptim.recipes.options import default
 from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
-from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
 
@@ -14,6 +14,7 @@ def fismo(
     *,
     momentum: float = 0.95,
     nesterov: bool = default(Momentum, "nesterov"),
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
     factor_beta: float = default(FisherTrustRegion, "factor_beta"),
     damping: float = default(FisherTrustRegion, "damping"),
     factor_stats: FactorStats = default(FisherTrustRegion, "factor_stats"),
@@ -46,7 +47,7 @@ def fismo(
     Momentum-Orthogonalized Optimizer", arXiv 2601.21750 (ICML 2026).
     """
     inner = chain(
-        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
+        Momentum(beta=momentum, kind="ema", nesterov=nesterov, dtype=momentum_dtype),
         Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
     )
     return chain(

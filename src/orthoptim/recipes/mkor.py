@@ -14,7 +14,7 @@ from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.mkor import InverseUpdate, MKORHybridPrecondition, MKORPrecondition
-from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.scaling import AddWeightDecay
 
 # AdamW (betas 0.9, 0.999) for embeddings, heads, biases and norms, its lr a ratio of MKOR's
@@ -27,6 +27,7 @@ def mkor(
     factor_beta: float = default(MKORPrecondition, "factor_beta"),
     momentum: float = default(Momentum, "beta"),
     nesterov: bool = default(Momentum, "nesterov"),
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
     stabilization: float = default(MKORPrecondition, "stabilization"),
     stabilize_above: float = default(MKORPrecondition, "stabilize_above"),
     stats_clip: float = default(MKORPrecondition, "stats_clip"),
@@ -65,7 +66,7 @@ def mkor(
             inverse_update=inverse_update,
         ),
         AddWeightDecay(),
-        Momentum(beta=momentum, kind="sum", nesterov=nesterov),
+        Momentum(beta=momentum, kind="sum", nesterov=nesterov, dtype=momentum_dtype),
     )
 
 

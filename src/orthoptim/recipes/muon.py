@@ -15,6 +15,7 @@ from orthoptim.transforms import (
     ScaleByShape,
     chain,
 )
+from orthoptim.transforms.momentum import MomentumDtype
 from orthoptim.transforms.orthogonalize import ComputeDtype
 from orthoptim.transforms.scaling import ShapeRule
 
@@ -30,6 +31,7 @@ def muon(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
     coeffs: str = default(Orthogonalize, "coeffs"),
     ns_steps: int = default(Orthogonalize, "ns_steps"),
     pre_norm: PreNorm = default(Orthogonalize, "pre_norm"),
@@ -51,13 +53,15 @@ def muon(
     torch.optim.Muon's ``X / max(||X||, eps)``; torch's default ``lr=1e-3, weight_decay=0.1``
     are not ours (``lr=0.02, weight_decay=0`` from the reference). ``batch_by_shape``
     (``Orthogonalize``): same-shape matrices of a group in one batched iteration, an execution
-    choice that pays on some machines and not others (off by default).
+    choice that pays on some machines and not others (off by default). ``momentum_dtype=
+    "float32"`` keeps the momentum of 16-bit parameters in float32 (``Momentum.dtype``); the
+    references, and our default, keep it in the parameter's dtype.
 
     References: Keller Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024);
     KellerJordan/Muon muon.py; torch.optim.Muon (torch==2.13.0).
     """
     return chain(
-        Momentum(beta=momentum, kind="ema", nesterov=nesterov),
+        Momentum(beta=momentum, kind="ema", nesterov=nesterov, dtype=momentum_dtype),
         Orthogonalize(
             coeffs=coeffs,
             ns_steps=ns_steps,

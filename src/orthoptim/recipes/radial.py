@@ -7,7 +7,7 @@ from orthoptim.functional.moments import EpsPlacement
 from orthoptim.recipes.options import default
 from orthoptim.transforms.adaptive import ScaleByAdam
 from orthoptim.transforms.chain import Chain, chain
-from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 
 
@@ -49,6 +49,7 @@ def sgdp(
     momentum: float = default(Momentum, "beta"),
     dampening: float = default(Dampen, "dampening"),
     nesterov: bool = True,
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
     project_buffer: bool = False,
     delta: float = default(ProjectRadial, "delta"),
     wd_ratio: float = default(ProjectRadial, "wd_ratio"),
@@ -86,7 +87,7 @@ def sgdp(
     heavy_ball = (
         ()
         if own_buffer or momentum == 0
-        else (Momentum(beta=momentum, kind="sum", nesterov=nesterov),)
+        else (Momentum(beta=momentum, kind="sum", nesterov=nesterov, dtype=momentum_dtype),)
     )
     project = ProjectRadial(
         delta=delta,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.chain import Chain, chain
-from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
@@ -15,6 +15,7 @@ def root(
     *,
     momentum: float = 0.95,
     nesterov: bool = True,
+    momentum_dtype: MomentumDtype = default(Momentum, "dtype"),
     clip_quantile: float = default(ClipOutliers, "quantile"),
     coeffs: str = "root_shape_map",
     ns_steps: int = default(Orthogonalize, "ns_steps"),
@@ -45,7 +46,7 @@ def root(
     Neural Network Training", arXiv 2511.20626; huawei-noah/noah-research@aa0f80c ROOT/.
     """
     return chain(
-        Momentum(beta=momentum, kind="sum", nesterov=nesterov),
+        Momentum(beta=momentum, kind="sum", nesterov=nesterov, dtype=momentum_dtype),
         ClipOutliers(quantile=clip_quantile),
         Orthogonalize(coeffs=coeffs, ns_steps=ns_steps, compute_dtype=compute_dtype),
         ScaleByShape(rule=shape_scale),

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_beta, check_bool, check_choice
 from orthoptim._types import State
+from orthoptim.functional import multi_tensor
 from orthoptim.functional.moments import ema_, stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
@@ -69,6 +70,16 @@ class Momentum(TransformBase):
         dtype = p.dtype if self.dtype == "parameter" else stats_dtype(p)
         return {"m": torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)}
 
+    def __repr__(self) -> str:
+        # ``dtype`` only where it is not the default: a checkpoint is checked against its
+        # chain's repr, and those written before the option existed must still load.
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name != "dtype" or self.dtype != "parameter"
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     @property
     def moments(self) -> tuple[float, ...]:
         return (self.beta,)
@@ -97,7 +108,7 @@ class Momentum(TransformBase):
             if self.nesterov:
                 torch._foreach_lerp_(gs, ms, self.beta)
         else:
-            torch._foreach_mul_(ms, self.beta)
+            multi_tensor.mul_(ms, self.beta)
             torch._foreach_add_(ms, gs)
             if self.nesterov:
                 torch._foreach_add_(gs, ms, alpha=self.beta)

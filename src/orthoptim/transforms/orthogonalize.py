@@ -109,7 +109,7 @@ class Orthogonalize(TransformBase):
         bfloat16 factor of a float32 update, which torch.optim.Muon adds to the parameter as
         it is), else ``apply``'s cast into ``u``."""
         polar = self._polar(matrix_view(u))
-        if torch.promote_types(polar.dtype, u.dtype) != u.dtype:
+        if not _holds_exactly(u.dtype, polar.dtype):
             return _cast_into(u, polar)
         return polar if polar.shape == u.shape else polar.reshape(u.shape)
 
@@ -139,3 +139,12 @@ def _cast_into(u: Tensor, polar: Tensor) -> Tensor:
         return polar.to(u.dtype).reshape(u.shape)
     matrix_view(u).copy_(polar)
     return u
+
+
+def _holds_exactly(wide: torch.dtype, narrow: torch.dtype) -> bool:
+    """Whether every value of floating dtype ``narrow`` is one of ``wide`` (bfloat16 and float16
+    in float32, float32 in float64). Compared by size, not ``torch.promote_types``, which
+    dispatches as an op."""
+    return narrow == wide or (
+        narrow.is_floating_point and wide.is_floating_point and narrow.itemsize < wide.itemsize
+    )

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_beta, check_positive
 from orthoptim._types import State
+from orthoptim.functional import multi_tensor
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 
@@ -158,5 +159,5 @@ class Dampen(TransformBase):
         self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
     ) -> list[Tensor]:
         if self.dampening != 0:
-            torch._foreach_mul_(us, 1.0 - self.dampening)
+            multi_tensor.mul_(us, 1.0 - self.dampening)
         return us
