@@ -53,8 +53,11 @@ class ChainOptimizer(torch.optim.Optimizer):
     update ``u`` (the gradient itself is never written), one parameter at a time, or
     transform-major over the group's parameters (transform 1 over all of them, then transform
     2, ...) when a transform works on the group together; the shell applies
-    ``theta <- theta - lr * lr_scale * u``. ``lr``, ``lr_scale`` and ``weight_decay`` live in
-    the param groups, so torch LR schedulers, per-group overrides and ``state_dict`` work as usual.
+    ``theta <- theta - lr * lr_scale * u``, with the chain's trailing shape scale and decoupled
+    decay folded into it (``theta (1 - lr lambda) - lr s u``, as torch's AdamW and Muon; equal
+    to separate passes to round-off; ``Chain.fold_from``). ``lr``, ``lr_scale`` and
+    ``weight_decay`` live in the param groups, so torch LR schedulers, per-group overrides and
+    ``state_dict`` work as usual.
 
     Learning rates of a plan: every group's ``lr`` is the optimizer's lr, which schedulers
     set, and ``lr_scale`` is its route's lr relative to it (``Route.lr_scale``, or

@@ -70,6 +70,7 @@ def test_chain_and_defaults() -> None:
         ("eps", 1e-5, 1, "eps"),
         ("compute_dtype", "float32", 1, "compute_dtype"),
         ("shape_scale", "moonlight_rms", 2, "rule"),
+        ("momentum_dtype", "float32", 0, "dtype"),
     ],
 )
 def test_each_option_sets_one_field(option, value, index, field) -> None:
@@ -80,9 +81,10 @@ def test_each_option_sets_one_field(option, value, index, field) -> None:
 
 
 def test_registry_options_are_the_recipe_keywords() -> None:
-    names = ["momentum", "nesterov", "coeffs", "ns_steps", "pre_norm", "eps", "compute_dtype"]
+    names = ["momentum", "nesterov", "momentum_dtype", "coeffs", "ns_steps", "pre_norm", "eps"]
     options = orthoptim.registry.get("muon").options()
-    assert list(options)[:8] == [*names, "shape_scale"]  # then the AdamW route's (plan) options
+    # then batch_by_shape and the AdamW route's (plan) options
+    assert list(options)[:9] == [*names, "compute_dtype", "shape_scale"]
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
