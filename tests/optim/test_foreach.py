@@ -285,7 +285,7 @@ def test_float32_momentum_of_bfloat16_parameters() -> None:
 
 def test_momentum_dtype_is_validated_and_shown_only_when_not_the_default() -> None:
     with pytest.raises(
-        ValueError, match=r"momentum dtype must be one of \('parameter', 'float32'\)"
+        ValueError, match=r"momentum_dtype must be one of \('parameter', 'float32'\)"
     ):
         Momentum(dtype="float64")  # type: ignore[arg-type]
     assert "dtype" not in repr(Momentum())  # checkpoints written before the option still load

@@ -64,7 +64,7 @@ class Momentum(TransformBase):
         check_beta("momentum beta", self.beta)
         check_choice("momentum kind", self.kind, MOMENTUM_KINDS)
         check_bool("nesterov", self.nesterov)
-        check_choice("momentum dtype", self.dtype, MOMENTUM_DTYPES)
+        check_choice("momentum_dtype", self.dtype, MOMENTUM_DTYPES)
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         dtype = p.dtype if self.dtype == "parameter" else stats_dtype(p)
