@@ -82,13 +82,20 @@ def adam_direction_foreach(
     betas: tuple[float, float],
     eps: float,
     eps_placement: EpsPlacement = "debiased",
+    out: list[Tensor] | None = None,
 ) -> list[Tensor]:
     """``adam_direction`` of each pair, with multi-tensor ops: the same operations in the same
-    order (equal bit for bit where the foreach kernels round as the single-tensor ones), new
-    tensors for the directions."""
+    order (equal bit for bit where the foreach kernels round as the single-tensor ones). The
+    square roots go into ``out`` if given (one full-size set of temporaries fewer, as
+    ``adam_direction``'s ``out``); the directions are new tensors."""
     bc1 = [bias_correction(betas[0], t) for t in steps]
     root2 = [math.sqrt(bias_correction(betas[1], t)) for t in steps]
-    direction = torch._foreach_sqrt(exp_avg_sqs)
+    if out is None:
+        direction = torch._foreach_sqrt(exp_avg_sqs)
+    else:
+        direction = out
+        torch._foreach_copy_(direction, exp_avg_sqs)
+        torch._foreach_sqrt_(direction)
     if eps_placement == "raw":
         torch._foreach_add_(direction, eps)
         direction = torch._foreach_div(exp_avgs, direction)

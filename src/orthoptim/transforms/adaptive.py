@@ -109,6 +109,8 @@ class ScaleByAdam(BetasMoments, TransformBase):
             betas=self.betas,
             eps=self.eps,
             eps_placement=self.eps_placement,
+            # the square roots into the working copies where the dtypes allow, as ``apply``
+            out=us if all(u.dtype == m.dtype for u, m in zip(us, exp_avgs, strict=True)) else None,
         )
         return [
             d if d.dtype == u.dtype else d.to(u.dtype) for d, u in zip(directions, us, strict=True)
