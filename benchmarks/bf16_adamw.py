@@ -3,19 +3,23 @@ float32 copies (``orthoptim.fused``), interleaved rounds, 2 threads, on ``orthop
 default 23.1M-parameter set in bfloat16. Prints medians, their ratio and each step's transient
 peak (``measure.transient_peak``) as JSON.
 
-    python benchmarks/bf16_adamw.py
+    python benchmarks/bf16_adamw.py [--out FOLDER]
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from orthoptim import ChainOptimizer
+from orthoptim.bench.shared.environment import environment
 from orthoptim.bench.speed.benchmark import ADAMW_EXTRA, LAYER_SHAPES, LAYERS
 from orthoptim.bench.speed.measure import transient_peak
 from orthoptim.recipes import adamw
@@ -34,6 +38,9 @@ def make(fast_paths: bool) -> ChainOptimizer:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="append the result to OUT/records.jsonl")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     entrants = {"eager chain": make(False), "fused on float32 copies": make(True)}
     times: dict[str, list[float]] = {name: [] for name in entrants}
@@ -45,13 +52,25 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
     result = {
-        "command": "python " + " ".join(sys.argv),
-        "torch": torch.__version__,
+        "run": run_info(),
         "median_ms": medians,
         "ratio_fused_over_eager": medians["fused on float32 copies"] / medians["eager chain"],
         "transient_peak_bytes": {name: transient_peak(opt.step) for name, opt in entrants.items()},
     }
     print(json.dumps(result, indent=1))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with (args.out / "records.jsonl").open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+def run_info() -> dict[str, object]:
+    return {
+        "kind": "script",
+        "command": "python " + " ".join(sys.argv),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "environment": environment(),
+    }
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ def check_bool(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def check_optional_bool(name: str, value: Any) -> None:
+    """An execution choice: ``True``, ``False``, or ``None`` for the per-device default."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be True, False or None (chosen per device), got {value!r}")
+
+
 def check_betas(name: str, value: Any) -> None:
     """A pair ``(beta1, beta2)`` of EMA coefficients, each in [0, 1)."""
     if not isinstance(value, tuple) or len(value) != 2:

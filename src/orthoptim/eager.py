@@ -70,6 +70,7 @@ def run_chain(
             name,
             None if at_previous is None else at_previous.get(p),
             layout,
+            multi_tensor=foreach and not capturable,
         )
         for (name, p), state in zip(params, states, strict=True)
     ]
@@ -135,7 +136,7 @@ def run_foreach(
     us = chain.apply_foreach_range(0, head, us, states, ctxs)
     if head < tail:
         run = chain.apply_narrow_range if tail == fold else chain.apply_range
-        if chain.groupwise:
+        if chain.groupwise or chain.batches:
             us = run(head, tail, us, states, ctxs)
         else:
             us = [

@@ -15,7 +15,12 @@ import torch
 from torch import Tensor
 
 from orthoptim import amp, checkpoint
-from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative
+from orthoptim._checks import (
+    check_bool,
+    check_choice,
+    check_finite_nonnegative,
+    check_optional_bool,
+)
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect
 from orthoptim.eager import run_chain
@@ -111,18 +116,22 @@ class ChainOptimizer(torch.optim.Optimizer):
             torch.optim's ``capturable``. Pass ``lr`` as a tensor for a scheduler to move it
             without recompiling, and ``nonfinite="off"`` for a graph without breaks (the check
             reads one flag per step). Every transform of the plan must be capturable
-            (``TransformBase.capturable``: AdamW, Muon and SGD are), else ``ValueError``; one
-            process only. Equal to the default step within float32 round-off of the bias
-            corrections (``tests/optim/test_capturable.py``).
+            (``TransformBase.capturable``: those of ``sgd``, ``adamw``, ``muon``,
+            ``muon_polar``, ``adamp`` and ``sgdp`` are), else ``ValueError``; one process
+            only. Equal to the default step within float32 round-off of the bias corrections
+            (``tests/optim/test_capturable.py``).
         foreach: multi-tensor kernels (``torch._foreach_*``) over a param group where a step
             can use them, instead of one kernel per parameter: the non-finite check, and each
             chain's element-wise transforms before and after its matrix core (the core one
-            parameter at a time as without it) and the final update (``eager.run_foreach``),
-            equal to the one-at-a-time path (bit for bit on CPU, tested) at the cost of the
-            group's working copies alive at once instead of one. ``None``
-            (default) chooses per device, as torch.optim does: on for GPUs and other
-            accelerators, where each kernel launch costs microseconds, off on the CPU, where the
-            per-parameter form measured faster (benchmarks/records/2026-12-06_op-counts).
+            parameter at a time, or batched by shape where a transform ``batches``: Muon's
+            Newton-Schulz) and the final update (``eager.run_foreach``), equal to the
+            one-at-a-time path (bit for bit on CPU, tested; batched Newton-Schulz to its
+            kernels' rounding) at the cost of the group's working copies alive at once instead
+            of one. ``None`` (default) chooses per device, as torch.optim does: on for GPUs and
+            other accelerators, where each kernel launch costs microseconds (a Muon step
+            launches 0.22x torch's Muon + foreach AdamW kernels with it,
+            benchmarks/records/2026-12-06_op-counts), off on the CPU, where the per-parameter
+            form measured faster and keeps one working copy alive.
 
     Attributes:
         distributed: the ``DistributedStep`` sharing out the matrix steps, ``None`` in a single
@@ -153,8 +162,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     ) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
         check_bool("fast_paths", fast_paths)
-        if foreach is not None:
-            check_bool("foreach", foreach)
+        check_optional_bool("foreach", foreach)
         self.foreach = foreach
         check_bool("capturable", capturable)
         self.capturable = capturable
@@ -450,7 +458,8 @@ def _check_capturable(plan: Plan, distributed: DistributedStep | None) -> None:
     if blocking:
         raise ValueError(
             "capturable=True needs every transform to take the step count as a device tensor; "
-            f"these do not: {', '.join(blocking)} (capturable plans: those of adamw, muon, sgd)"
+            f"these do not: {', '.join(blocking)} (capturable: sgd, adamw, muon, muon_polar, "
+            "adamp, sgdp)"
         )
     if distributed is not None:
         raise ValueError("capturable=True runs in one process; the distributed step is not")

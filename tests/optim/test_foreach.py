@@ -131,6 +131,28 @@ def test_foreach_with_a_stacked_layout_and_batched_newton_schulz(batch_by_shape:
     assert not torch.equal(got[0], model().experts)
 
 
+def test_the_multi_tensor_path_batches_newton_schulz_by_shape_by_default() -> None:
+    # three blocks: each hidden shape three times. In float32 the batched iteration rounds as
+    # bmm does, within float32 round-off of one matrix at a time; batch_by_shape=False keeps
+    # the multi-tensor path bit for bit on the one-at-a-time one.
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return TinyGPT(vocab=32, dim=16, depth=3, heads=2, context=8)
+
+    def make(foreach: bool, batch: bool | None) -> Callable[[nn.Module], torch.optim.Optimizer]:
+        return lambda m: orthoptim.build(
+            "muon", m, compute_dtype="float32", batch_by_shape=batch, foreach=foreach
+        )
+
+    one_at_a_time = trained(model, make(False, None))
+    assert_same(trained(model, make(True, False)), one_at_a_time)
+    batched = trained(model, make(True, None))
+    for a, b in zip(batched, one_at_a_time, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # and it did batch: fewer launches than one matrix at a time
+    assert kernels("muon", 3).kernels < kernels("muon", 3, batch_by_shape=False).kernels
+
+
 @pytest.mark.parametrize("momentum_dtype", ["parameter", "float32"])
 @pytest.mark.parametrize("name", ["muon", "sgd", "adamw", "grams", "mars_lion"])
 def test_foreach_with_bfloat16_parameters(name: str, momentum_dtype: str) -> None:
@@ -148,7 +170,9 @@ def test_foreach_with_bfloat16_parameters(name: str, momentum_dtype: str) -> Non
 
 
 def test_foreach_option_is_validated() -> None:
-    with pytest.raises(ValueError, match=r"foreach must be True or False, got 'yes'"):
+    with pytest.raises(
+        ValueError, match=r"foreach must be True, False or None \(chosen per device\), got .yes."
+    ):
         ChainOptimizer([torch.zeros(2, requires_grad=True)], sgd(), lr=0.1, foreach="yes")
     with pytest.raises(ValueError, match="foreach must be"):
         orthoptim.build("sgd", [torch.zeros(2, requires_grad=True)], foreach=1)
@@ -328,8 +352,8 @@ def kernels(name: str, depth: int, **options) -> ops.StepOps:
 
 @pytest.mark.parametrize("set_name", ["gpt24", "gpt200"])
 def test_muon_launches_no_more_kernels_than_torch_muon_with_foreach_adamw(set_name: str) -> None:
-    """nonfinite="off": torch's optimizers do not check. Counted with the shell's own
-    per-parameter step-counter increment (one ``add_`` per parameter) still in."""
+    """nonfinite="off": torch's optimizers do not check. Newton-Schulz batched by shape, the
+    multi-tensor path's default (``Orthogonalize(batch_by_shape=None)``)."""
     depth = ops.SETS[set_name]
     ours = kernels("muon", depth)
     theirs = ops.measure("torch", ops.torch_muon_adamw, depth, steps=1)

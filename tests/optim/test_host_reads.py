@@ -39,12 +39,14 @@ EXCEPTIONS: dict[str, tuple[int, str]] = {}
 NAMES = [n for n in registry.names() if not registry.get(n).needs_closure]
 
 
-def make(name: str, foreach: bool) -> Callable[[nn.Module], list[torch.optim.Optimizer]]:
+def make(
+    name: str, foreach: bool, nonfinite: str = "raise"
+) -> Callable[[nn.Module], list[torch.optim.Optimizer]]:
     spec = registry.get(name)
     options = {k: v for k, v in PERIODIC.items() if k in spec.options()}
 
     def build(model: nn.Module) -> list[torch.optim.Optimizer]:
-        return [registry.build(name, model, foreach=foreach, **options)]
+        return [registry.build(name, model, foreach=foreach, nonfinite=nonfinite, **options)]
 
     return build
 
@@ -59,6 +61,14 @@ def test_a_step_reads_at_most_the_non_finite_flag(name, foreach) -> None:
         f"{name} reads the device {counted.host_reads} times in one step (allowed {allowed})"
         + (f": {why}" if why else "")
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_unchecked_step_reads_nothing(name) -> None:
+    """``nonfinite="off"`` (torch.optim's behaviour): no read at all, on a GPU's path."""
+    allowed = EXCEPTIONS.get(name, (SHELL_READS, ""))[0] - SHELL_READS
+    counted = ops.measure(name, make(name, True, "off"), depth=2, steps=PERIOD + 2, warmup=0)
+    assert counted.host_reads <= allowed
 
 
 def test_the_counter_sees_a_read_inside_a_recipe() -> None:

@@ -27,7 +27,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "momentum": [-0.1, 1.0, 1.5, math.nan, math.inf, "0.9"],
     "nesterov": ["yes", 1, None],
     "momentum_dtype": ["float64", "bfloat16", None],
-    "batch_by_shape": ["yes", 1, None],
+    "batch_by_shape": ["yes", 1, "auto"],
     "betas": [(0.9, 1.0), (-0.1, 0.99), (0.9,), (math.nan, 0.9), [0.9, 0.99]],
     "eps": [0.0, -1e-8, math.nan, math.inf],
     "coeffs": ["newtonschulz5", "", "KELLER_QUINTIC"],

@@ -38,7 +38,7 @@ def muon(
     eps: float = default(Orthogonalize, "eps"),
     compute_dtype: ComputeDtype = default(Orthogonalize, "compute_dtype"),
     shape_scale: ShapeRule = default(ScaleByShape, "rule"),
-    batch_by_shape: bool = default(Orthogonalize, "batch_by_shape"),
+    batch_by_shape: bool | None = default(Orthogonalize, "batch_by_shape"),
 ) -> Chain:
     """Muon (Jordan et al., 2024): MomentUm Orthogonalized by Newton-Schulz, for hidden matrices.
 
@@ -53,7 +53,8 @@ def muon(
     torch.optim.Muon's ``X / max(||X||, eps)``; torch's default ``lr=1e-3, weight_decay=0.1``
     are not ours (``lr=0.02, weight_decay=0`` from the reference). ``batch_by_shape``
     (``Orthogonalize``): same-shape matrices of a group in one batched iteration, an execution
-    choice that pays on some machines and not others (off by default). ``momentum_dtype=
+    choice that pays on some machines and not others (by default where the step runs
+    multi-tensor, a GPU's default, and not on the CPU). ``momentum_dtype=
     "float32"`` keeps the momentum of 16-bit parameters in float32 (``Momentum.dtype``); the
     references, and our default, keep it in the parameter's dtype.
 

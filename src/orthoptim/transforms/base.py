@@ -43,6 +43,9 @@ class Ctx:
             whatever the layout, and a stacked parameter one matrix at a time.
         stored: the parameter as the module stores it, where ``param`` is a view of it in
             ``(out, in)`` order; ``None`` where ``param`` is the parameter itself.
+        multi_tensor: the shell runs this step with multi-tensor ops over the group
+            (``ChainOptimizer(foreach=True)``, a GPU's default): every working copy is alive at
+            once, so a transform that ``batches`` may batch them.
     """
 
     step: int | Tensor
@@ -54,6 +57,7 @@ class Ctx:
     grad_at_previous: Tensor | None = None
     layout: str = DEFAULT_LAYOUT
     stored: Tensor | None = None
+    multi_tensor: bool = False
 
     @property
     def parameter(self) -> Tensor:
@@ -184,6 +188,14 @@ class TransformBase:
         relates them), so a chain holding it runs transform-major over the group: by default,
         whether the class overrides ``apply_many``."""
         return type(self).apply_many is not TransformBase.apply_many
+
+    @property
+    def batches(self) -> bool:
+        """Whether its ``apply_many`` batches a group's parameters when the step runs
+        multi-tensor (``Ctx.multi_tensor``; Orthogonalize's same-shape Newton-Schulz), so the
+        multi-tensor path runs the matrix core transform-major. Unlike ``groupwise``, the
+        one-at-a-time path is unchanged."""
+        return False
 
     @property
     def multi_tensor(self) -> bool:

@@ -184,7 +184,8 @@ class Chain(TransformBase):
         (``TransformBase.apply_narrow``, Orthogonalize's bfloat16 factor), in the stored
         layout only (elsewhere the result is written back into ``u`` anyway)."""
         last = self.transforms[hi - 1] if hi > lo else None
-        if last is None or last.groupwise or any(c.layout != DEFAULT_LAYOUT for c in cs):
+        batched = last is not None and last.batches and any(c.multi_tensor for c in cs)
+        if last is None or last.groupwise or batched or any(c.layout != DEFAULT_LAYOUT for c in cs):
             return self.apply_range(lo, hi, us, ss, cs)
         us = self.apply_range(lo, hi - 1, us, ss, cs)
         prefix = self.prefixes[hi - 1]
@@ -365,6 +366,12 @@ class Chain(TransformBase):
         """Whether a transform of the chain works on the group's parameters together
         (``TransformBase.groupwise``), so the chain must run transform-major."""
         return any(t.groupwise for t in self.transforms)
+
+    @property
+    def batches(self) -> bool:  # type: ignore[override]
+        """Whether a transform of the chain batches the group on the multi-tensor path
+        (``TransformBase.batches``)."""
+        return any(t.batches for t in self.transforms)
 
     @property
     def is_elementwise(self) -> bool:

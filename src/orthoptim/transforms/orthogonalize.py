@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from orthoptim._checks import (
-    check_bool,
     check_choice,
     check_matrix,
+    check_optional_bool,
     check_positive,
     check_positive_int,
 )
@@ -44,10 +44,15 @@ class Orthogonalize(TransformBase):
         compute_dtype: ``"bfloat16"``, ``"float32"``, ``"float64"`` or ``"input"``.
         batch_by_shape: orthogonalise a group's same-shape matrices together, one batched
             iteration (``bmm``) per shape, instead of one matrix at a time. The same
-            computation (equal up to the batched kernels' rounding, tested); faster where
-            batched products pay (an AMX CPU: benchmarks/records/2026-12-06_step-speed-6), at
-            the cost of the whole group's working copies alive at once (the chain then runs
-            transform-major). An execution choice, not part of the update rule: left out of
+            computation (equal up to the batched kernels' rounding, tested); ``True``: always,
+            at the cost of the whole group's working copies alive at once (the chain then runs
+            transform-major): faster where batched products pay (an AMX CPU:
+            benchmarks/records/2026-12-06_step-speed-6). ``None`` (default): where the step
+            runs multi-tensor (``foreach``, a GPU's default), whose working copies are all
+            alive anyway, and where it cuts the kernel launches of a Muon step about threefold
+            (benchmarks/records/2026-12-06_op-counts); one at a time otherwise (the CPU
+            default, measured faster on the AMD VM, benchmarks/records/2026-11-25_step-speed-4).
+            ``False``: never. An execution choice, not part of the update rule: left out of
             ``repr`` (and so of the chain a checkpoint is checked against).
     """
 
@@ -59,7 +64,7 @@ class Orthogonalize(TransformBase):
     pre_norm: PreNorm = "frobenius"
     eps: float = 1e-7
     compute_dtype: ComputeDtype = "bfloat16"
-    batch_by_shape: bool = field(default=False, repr=False, compare=False)
+    batch_by_shape: bool | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_choice("coeffs", self.coeffs, PRESET_NAMES)
@@ -67,7 +72,7 @@ class Orthogonalize(TransformBase):
         check_choice("pre_norm", self.pre_norm, PRE_NORMS)
         check_positive("eps", self.eps)
         check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
-        check_bool("batch_by_shape", self.batch_by_shape)
+        check_optional_bool("batch_by_shape", self.batch_by_shape)
 
     def validate(self, p: Tensor, name: str) -> None:
         check_matrix(
@@ -86,7 +91,11 @@ class Orthogonalize(TransformBase):
 
     @property
     def groupwise(self) -> bool:  # type: ignore[override]
-        return self.batch_by_shape
+        return self.batch_by_shape is True
+
+    @property
+    def batches(self) -> bool:  # type: ignore[override]
+        return self.batch_by_shape is None
 
     def _polar(self, matrices: Tensor) -> Tensor:
         """The iteration on ``(..., m, n)`` matrices, in ``compute_dtype``."""
@@ -114,7 +123,10 @@ class Orthogonalize(TransformBase):
         return polar if polar.shape == u.shape else polar.reshape(u.shape)
 
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
-        if not self.batch_by_shape:
+        batch = self.batch_by_shape
+        if batch is None:
+            batch = any(c.multi_tensor for c in cs)
+        if not batch:
             return [self.apply(u, s, c) for u, s, c in zip(us, ss, cs, strict=True)]
         out = list(us)
         same: dict[tuple[Any, ...], list[int]] = {}
