@@ -11,18 +11,15 @@ compile time as JSON.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from script_record import report, run_info
 
 import orthoptim
-from orthoptim.bench.shared.environment import environment
 from orthoptim.bench.speed.benchmark import ADAMW_EXTRA, LAYER_SHAPES, LAYERS
 
 WARMUP, ROUNDS = 3, 10
@@ -77,20 +74,7 @@ def main() -> None:
             "ratio_to_default": {way: m / medians["default"] for way, m in medians.items()},
             "compile_s_first_two_steps": compile_s,
         }
-    print(json.dumps(result, indent=1))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        with (args.out / "records.jsonl").open("a") as f:
-            f.write(json.dumps(result) + "\n")
-
-
-def run_info() -> dict[str, object]:
-    return {
-        "kind": "script",
-        "command": "python " + " ".join(sys.argv),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "environment": environment(),
-    }
+    report(result, args.out)
 
 
 if __name__ == "__main__":

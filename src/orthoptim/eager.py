@@ -89,10 +89,18 @@ def run_chain(
     # benchmarks/records/2026-11-25_step-speed-2), and the copies share one buffer instead of
     # a fresh full-size tensor per parameter, whose allocation and first touch show in the
     # step time (benchmarks/records/2026-11-25_step-speed-3).
+    # Under capturable (a compiled step) each working copy is its own tensor instead: views of
+    # one shared buffer serialise inductor's kernels (adamw, 23.1M parameters: 313 ms per
+    # compiled step against 22 ms, benchmarks/records/2026-12-06_gpu-ready-steps).
     scratch = _Scratch([c.grad for c in ctxs])
     for p, state, c in zip(tensors, states, ctxs, strict=True):
         # a chain folded whole (SGD without momentum) only reads the gradient
-        u = c.grad if fold == 0 else scratch.copy_of(c.grad)
+        if fold == 0:
+            u = c.grad
+        elif capturable:
+            u = c.grad.clone(memory_format=torch.preserve_format)
+        else:
+            u = scratch.copy_of(c.grad)
         u = chain.apply_narrow_range(0, fold, [u], [state], [c])[0] if fold else u
         descend_(p, u, lr, *chain.folded(c))
 

@@ -46,7 +46,10 @@ class FusedAdamW:
     go through the kernel, and the parameters are copied back, each rounded once. Four
     multi-tensor kernels per chunk instead of the chain's passes per parameter; the chain rounds
     the update to 16 bits before adding it, so the two differ by about one 16-bit ulp of the
-    parameter per step (``tests/optim/test_fused.py``). On CPU or CUDA, plain tensors only.
+    parameter per step (``tests/optim/test_fused.py``). On this CPU the bf16 step takes 0.16x
+    the chain's time one parameter at a time (0.47x its multi-tensor form), for up to 8 bytes
+    per element of a chunk in transient copies (benchmarks/records/2026-12-06_gpu-ready-steps).
+    On CPU or CUDA, plain tensors only.
     """
 
     betas: tuple[float, float]
@@ -69,7 +72,7 @@ class FusedAdamW:
 
     @staticmethod
     def takes(p: Tensor) -> bool:
-        """Whether the kernel can step parameter ``p`` (its step counter then lives on ``p``'s
+        """Whether the kernel steps parameter ``p`` (its step counter then lives on ``p``'s
         device, as the kernel reads it there)."""
         return (
             type(p) in (torch.nn.Parameter, Tensor)
@@ -102,15 +105,12 @@ class FusedAdamW:
         weight_decay: float,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
-        multi_tensor: bool = False,
     ) -> None:
         """One AdamW step of every parameter; ``state["step"]`` already counts this step. With
         ``grad_scale`` (``torch.amp.GradScaler``), the kernel unscales each gradient as it reads
         it, and writes it back unscaled. With ``found_inf`` (nonzero: skip), the kernel leaves
         parameters and moments as they are where it is set, and the step counters are counted
-        back, all on the device: no host read. ``multi_tensor``: the casts of 16-bit parameters
-        as multi-tensor copies (one kernel per chunk on a GPU) instead of one per tensor (faster
-        on a CPU, benchmarks/records/2026-12-06_bf16-fused-adamw)."""
+        back, all on the device: no host read."""
         by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             by_device_dtype.setdefault((p.device, p.dtype), []).append(i)
@@ -122,7 +122,7 @@ class FusedAdamW:
                 ps = [params[i] for i in chunk]
                 gs = [cast(Tensor, p.grad) for p in ps]
                 if dtype in _HALF_DTYPES:
-                    ps, gs = _float32_copies(ps, multi_tensor), _float32_copies(gs, multi_tensor)
+                    ps, gs = _float32_copies(ps), _float32_copies(gs)
                 steps = [states[i]["step"] for i in chunk]
                 torch._fused_adamw_(
                     ps,
@@ -142,9 +142,9 @@ class FusedAdamW:
                     found_inf=skip,
                 )
                 if dtype in _HALF_DTYPES:
-                    _copy([params[i] for i in chunk], ps, multi_tensor)
+                    torch._foreach_copy_([params[i] for i in chunk], ps)
                     if scale is not None:  # the gradients are left unscaled, as elsewhere
-                        _copy([cast(Tensor, params[i].grad) for i in chunk], gs, multi_tensor)
+                        torch._foreach_copy_([cast(Tensor, params[i].grad) for i in chunk], gs)
                 if skip is not None:
                     torch._foreach_sub_(steps, [skip] * len(steps))  # a list: no host read
 
@@ -163,15 +163,7 @@ def _chunks(indices: list[int], params: Sequence[Tensor]) -> list[list[int]]:
     return out
 
 
-def _float32_copies(tensors: list[Tensor], multi_tensor: bool) -> list[Tensor]:
+def _float32_copies(tensors: list[Tensor]) -> list[Tensor]:
     copies = [torch.empty_like(t, dtype=torch.float32) for t in tensors]
-    _copy(copies, tensors, multi_tensor)
+    torch._foreach_copy_(copies, tensors)
     return copies
-
-
-def _copy(targets: list[Tensor], sources: list[Tensor], multi_tensor: bool) -> None:
-    if multi_tensor:
-        torch._foreach_copy_(targets, sources)
-    else:
-        for target, source in zip(targets, sources, strict=True):
-            target.copy_(source)

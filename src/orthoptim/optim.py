@@ -310,6 +310,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         lr, weight_decay = self._lr(group), float(group["weight_decay"])
         layout = group_layout(group)
         fused = self._fused(chain)
+        multi_tensor = self._multi_tensor([cast(Tensor, p.grad) for _, p in params])
         states = []
         counters: dict[torch.device, list[Tensor]] = {}
         for _, p in params:
@@ -330,8 +331,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             torch._foreach_add_(steps, 1.0)
         tensors = [p for _, p in params]
         if fused is not None and fused.supports(tensors, states):
-            multi_tensor = self._multi_tensor([p.grad for p in tensors if p.grad is not None])
-            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf, multi_tensor)
+            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf)
             return
         amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
         run_chain(
@@ -343,7 +343,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             layout,
             at_previous,
             self.capturable,
-            self._multi_tensor(tensors),
+            multi_tensor,
         )
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
