@@ -5,6 +5,7 @@ for every lr a scheduler sets (issue 17, item 4)."""
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from orthoptim.bench.models import TinyGPT
 from orthoptim.bench.speed import ops
 
 STEPS = 5
+# opt.step is taken before the scheduler wraps it (torch.compile does not trace that wrapper),
+# so the scheduler does not see the optimizer's steps and warns that it ran first
+pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
 
 
 def model() -> TinyGPT:
@@ -76,6 +80,10 @@ def test_a_capturable_step_reads_nothing_on_the_host(name: str) -> None:
     assert counted.host_reads == 0 and counted.step_reads == 0
 
 
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile's CPU backend (inductor) builds C++: no compiler on this machine",
+)
 @pytest.mark.parametrize(
     ("name", "tolerance"),
     # adamw: float32 round-off. muon: Newton-Schulz runs in bfloat16, and inductor's fused
