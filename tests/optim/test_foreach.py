@@ -273,8 +273,8 @@ def test_the_bfloat16_factor_is_added_without_a_copy_back_and_the_same_bits() ->
     torch.manual_seed(5)
     params = [torch.randn(s) for s in SHAPES[:2]]
     grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
-    recipe = muon()  # bfloat16 Newton-Schulz
-    got = shell(recipe, params, grads, 0.02, 0.0, foreach=False)
+    recipe = muon(batch_by_shape=False)  # bfloat16 Newton-Schulz, one matrix at a time
+    got = shell(recipe, params, grads, 0.02, 0.0, foreach=True)
     want = [p.clone() for p in params]
     states = [recipe.init(p) for p in want]
     for step, gs in enumerate(grads, 1):

@@ -182,10 +182,20 @@ class Chain(TransformBase):
         """``apply_range`` for updates that go straight into the final ``theta - lr u``: the
         last transform may return a narrower dtype that the update promotes exactly
         (``TransformBase.apply_narrow``, Orthogonalize's bfloat16 factor), in the stored
-        layout only (elsewhere the result is written back into ``u`` anyway)."""
+        layout only (elsewhere the result is written back into ``u`` anyway), and where the
+        step runs multi-tensor (``Ctx.multi_tensor``, a GPU's default): there it saves the
+        copy back's kernel, while on the one-at-a-time path a CPU's ``theta.add_`` of a
+        bfloat16 update allocates a float32 copy of it (4.6 MB for a 2048 x 512 matrix,
+        measured) where the copy back into the shared working buffer allocates nothing."""
         last = self.transforms[hi - 1] if hi > lo else None
-        batched = last is not None and last.batches and any(c.multi_tensor for c in cs)
-        if last is None or last.groupwise or batched or any(c.layout != DEFAULT_LAYOUT for c in cs):
+        multi_tensor = any(c.multi_tensor for c in cs)
+        if (
+            last is None
+            or not multi_tensor
+            or last.groupwise
+            or last.batches
+            or any(c.layout != DEFAULT_LAYOUT for c in cs)
+        ):
             return self.apply_range(lo, hi, us, ss, cs)
         us = self.apply_range(lo, hi - 1, us, ss, cs)
         prefix = self.prefixes[hi - 1]
