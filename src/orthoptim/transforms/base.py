@@ -142,7 +142,8 @@ class TransformBase:
         """``apply``, except that the update may come back in a narrower dtype whose values
         ``u.dtype`` holds exactly (a bfloat16 factor for a float32 ``u``): the final
         ``theta - lr u`` promotes it to the same numbers, without a copy back into ``u``.
-        Called only where the final update is the next consumer."""
+        Called only where the final update is the next consumer, on the multi-tensor path
+        (``Chain.apply_narrow_range``)."""
         return self.apply(u, s, c)  # type: ignore[attr-defined, no-any-return]
 
     def affine(self, c: Ctx) -> tuple[float, float] | None:
