@@ -70,8 +70,8 @@ def suspect(grads: Sequence[Tensor], multi_tensor: bool = False) -> Tensor | Non
     for batch in batches.values():
         if multi_tensor:
             norms = torch.stack(torch._foreach_norm(batch))
-            flags.append(norms.gt(math.sqrt(torch.finfo(stats_dtype(batch[0])).max)).any())
-            flags.append(norms.isnan().any())
+            # NaN compares False, so "not within the limit" catches it too
+            flags.append(norms.le(square_limit(batch[0])).logical_not_().any())
         else:
             sums = torch.stack([torch.dot(g.view(-1), g.view(-1)) for g in batch])
             flags.append(sums.isfinite().logical_not_().any())
@@ -139,7 +139,7 @@ def step_is_finite(
         return False
     fault = exact_fault(grads)
     if distributed is not None:
-        fault = cast(Tensor, distributed.agree(fault, grads[0]))
+        fault = distributed.agree(fault, grads[0])
     return not bool(fault)
 
 

@@ -274,7 +274,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         """``foreach``, or where ``None``, whether the gradients live off the CPU."""
         if self.foreach is not None:
             return self.foreach
-        return any(g.device.type != "cpu" for g in grads[:1])
+        return bool(grads) and grads[0].device.type != "cpu"
 
     def _all_fused(
         self, work: Sequence[tuple[Mapping[str, Any], list[tuple[str, Tensor]]]]
