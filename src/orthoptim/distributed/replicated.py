@@ -134,7 +134,10 @@ class ReplicatedSteps(Topology):
             if width == 0:
                 continue
             device = pairs[0][0].device
-            send = torch.zeros(width, dtype=dtype, device=device)
+            # Only the padding is zeroed: the owner's values overwrite the rest, and a full
+            # zero fill was a third of the step's copying on a CPU (issue 18's profile).
+            send = torch.empty(width, dtype=dtype, device=device)
+            send[sizes[self.rank] :].zero_()
             ours = [p.reshape(-1) for p, o in pairs if o == self.rank]
             if ours:
                 torch.cat(ours, out=send[: sizes[self.rank]])
