@@ -113,6 +113,28 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return product.flops / best
 
 
+def copy_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Best-of-``repeats`` bytes/s of copying one ``nbytes`` float32 buffer into another
+    (``copy_`` with torch's threads; read plus write counted): the rate behind the memory
+    floor, a step that only streams its tensors once."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+def memory_floor_bytes(param_bytes: int, state_bytes: int) -> int:
+    """The fewest bytes a step can move: each gradient read, each parameter read and written,
+    the optimizer's state read once (writes of state not counted, so a step that rewrites only
+    part of its state, as M-FAC's window, is not charged for the rest)."""
+    return 3 * param_bytes + state_bytes
+
+
 def _optimizers(stepper: Any) -> list[Any]:
     if isinstance(stepper, torch.optim.Optimizer):
         return [stepper]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orthoptim.bench.speed.measure import memory_floor_bytes
 from orthoptim.bench.speed.result import RECORD_KEYS, SPEED_SCHEMA, Result
 
 
@@ -31,8 +32,12 @@ def read(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def summarize(results: Sequence[Result], bf16_rate: float) -> dict[str, Any]:
-    """Ratios: to the fastest peer of the same family, to the FLOP floor, to orthoptim's muon."""
+def summarize(
+    results: Sequence[Result], bf16_rate: float, copy_rate: float = math.nan
+) -> dict[str, Any]:
+    """Ratios: to the fastest peer of the same family, to the FLOP floor (FLOPs at the bf16
+    rate), to the memory floor (``measure.memory_floor_bytes`` at the copy rate), to orthoptim's
+    muon."""
     ok = [r for r in results if r.error is None and r.times_s]
     fastest = {}
     for family in ("muon", "adamw"):
@@ -48,11 +53,14 @@ def summarize(results: Sequence[Result], bf16_rate: float) -> dict[str, Any]:
         rate = r.rate_alongside or bf16_rate
         muon_ms = r.muon_ms_alongside or (_amortised_ms(muon) if muon is not None else math.nan)
         own_floor_ms = r.flops / rate * 1e3 if r.flops else math.nan
+        memory_floor_ms = memory_floor_bytes(r.param_bytes, r.state_bytes) / copy_rate * 1e3
         rows[r.entrant.name] = {
             "ratio_fastest_peer": ms / fastest[family] if family in fastest else math.nan,
             "ratio_floor": _amortised_ms(r) / own_floor_ms if r.flops else math.nan,
             "ratio_muon": _amortised_ms(r) / muon_ms,
             "own_floor_ms": own_floor_ms,
+            "memory_floor_ms": memory_floor_ms,
+            "ratio_memory_floor": _amortised_ms(r) / memory_floor_ms if r.param_bytes else math.nan,
             "rate_alongside": rate,
             "muon_ms_alongside": muon_ms,
             "state_bytes_per_param": r.state_bytes / r.params if r.params else math.nan,
@@ -93,9 +101,12 @@ def render(
         f"{rates['bf16_best'] / 1e9:.0f} before or after the rounds), fp32 "
         f"{rates['fp32_flops'] / 1e9:.0f} GFLOP/s; Muon FLOP floor "
         f"{_fmt(summary['floor_ms'], '.0f')} ms (NS matmul FLOPs / median bf16 rate)",
+        f"copy rate: {_fmt(rates.get('copy_bytes', math.nan) / 1e9, '.1f')} GB/s read + write; "
+        "x mem: step over its memory floor (grads read, params read and written, state read "
+        "once, at the copy rate)",
         "",
         f"{'optimizer':<26}{'step ms':>9}{'mean ms':>9}{'x fastest peer':>16}{'x floor':>9}"
-        f"{'x muon':>8}"
+        f"{'x mem':>8}{'x muon':>8}"
         f"{'GFLOP':>8}{'state B/param':>15}{'transient MB':>14}",
     ]
     for r in results:
@@ -107,7 +118,8 @@ def render(
         lines.append(
             f"{r.entrant.name:<26}{_fmt(r.median_ms, '.1f'):>9}{_fmt(r.mean_ms, '.1f'):>9}"
             f"{_fmt(row['ratio_fastest_peer'], '.3f'):>16}{_fmt(row['ratio_floor'], '.3f'):>9}"
-            f"{_fmt(row['ratio_muon'], '.2f'):>8}{_fmt(r.flops / 1e9, '.1f'):>8}"
+            f"{_fmt(row['ratio_memory_floor'], '.1f'):>8}{_fmt(row['ratio_muon'], '.2f'):>8}"
+            f"{_fmt(r.flops / 1e9, '.1f'):>8}"
             f"{_fmt(row['state_bytes_per_param'], '.2f'):>15}{_fmt(transient, '.1f'):>14}"
         )
     lines += _notes(results)

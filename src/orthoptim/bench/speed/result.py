@@ -48,6 +48,7 @@ class Result:
     times_s: list[float] = field(default_factory=list)
     flops: int = 0
     state_bytes: int = 0
+    param_bytes: int = 0
     transient_bytes: int | None = None
     error: str | None = None
     # Measured in the same rounds as this entrant: the probe's bf16 rate (its FLOP floor's) and
@@ -96,6 +97,8 @@ class SpeedRecord:
     own_floor_ms: float
     rate_alongside: float | None
     muon_ms_alongside: float | None
+    memory_floor_ms: float
+    ratio_memory_floor: float
 
     @classmethod
     def of(
