@@ -182,8 +182,9 @@ def test_a_block_split_over_pieces_equals_the_dense_inverse(m, sizes, added) -> 
     """One block whose window is the pieces' windows side by side (M-FAC's model-wide block):
     ``block_gram`` is the concatenated window's ``G G^T`` and ``ihvp_of_row_split`` the dense
     ``(lambda I + G^T G / m)^{-1} g`` of the concatenated gradient, split back. Measured
-    relative difference ~1e-14 against the dense solve (asserted ``RTOL64``), and equal to
-    ``ihvp_of_row`` on the concatenated window to a few float64 ulp."""
+    relative difference <= 5e-13 against the dense solve (asserted ``RTOL64``), and equal to
+    ``ihvp_of_row`` on the concatenated window (measured 0; asserted 1e-14: the pieces'
+    products may round apart from one long product)."""
     damping = 1e-3
     grads = [[torch.randn(d, dtype=torch.float64) for d in sizes] for _ in range(added)]
     pieces = [fill([step[i] for step in grads], m)[:2] for i in range(len(sizes))]
