@@ -5,7 +5,7 @@ tested against."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -103,6 +103,74 @@ def run_chain(
             u = scratch.copy_of(c.grad)
         u = chain.apply_narrow_range(0, fold, [u], [state], [c])[0] if fold else u
         descend_(p, u, lr, *chain.folded(c))
+
+
+class GroupStep(NamedTuple):
+    """One param group's part of a route-wide step (``run_route``): its live chain, the
+    parameters that have gradients, their states (already counting this step), and the
+    group's lr, weight decay and layout."""
+
+    chain: Chain
+    params: Sequence[tuple[str, Tensor]]
+    states: Sequence[State]
+    lr: float
+    weight_decay: float
+    layout: str
+
+
+def run_route(groups: Sequence[GroupStep], at_previous: Mapping[Tensor, Tensor] | None) -> None:
+    """``run_chain`` over all of a route's param groups at once, for a chain whose matrix core
+    needs the route's parameters together (``Chain.route_wide``: M-FAC's model-wide block):
+    each group's element-wise prefix and suffix with its own live chain (the moment
+    coefficients a scheduler sets per group), the core once over every group's parameters,
+    and each parameter's final update with its group's lr and decay. One parameter's working
+    copy per parameter alive at once, as on ``run_chain``'s transform-major path; no
+    multi-tensor ops (the core's m x m work and window products dominate its step).
+
+    ``ValueError`` where the groups' live chains differ inside the core: one core cannot run
+    with two sets of coefficients."""
+    first = groups[0].chain
+    fold = first.fold_from
+    lo, hi = (min(i, fold) for i in first.core)
+    core = first.transforms[lo:hi]
+    for group in groups[1:]:
+        if group.chain.transforms[lo:hi] != core:
+            raise ValueError(
+                "the param groups of a route-wide chain hold different coefficients for its "
+                f"matrix core ({group.chain.transforms[lo:hi]} against {core}); they run as "
+                "one block and need the same ones"
+            )
+    parts = []
+    for group in groups:
+        ctxs = [
+            Ctx(
+                int(state["step"].item()),
+                group.lr,
+                group.weight_decay,
+                p,
+                cast(Tensor, p.grad),
+                name,
+                None if at_previous is None else at_previous.get(p),
+                group.layout,
+            )
+            for (name, p), state in zip(group.params, group.states, strict=True)
+        ]
+        updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
+        parts.append((ctxs, group.chain.apply_range(0, lo, updates, group.states, ctxs)))
+    flat = first.apply_range(
+        lo,
+        hi,
+        [u for _, us in parts for u in us],
+        [s for group in groups for s in group.states],
+        [c for ctxs, _ in parts for c in ctxs],
+    )
+    start = 0
+    for group, (ctxs, _) in zip(groups, parts, strict=True):
+        us = flat[start : start + len(ctxs)]
+        start += len(ctxs)
+        us = group.chain.apply_range(hi, fold, us, group.states, ctxs)
+        for (_, p), u, c in zip(group.params, us, ctxs, strict=True):
+            descend_(p, u, group.lr, *group.chain.folded(c))
 
 
 def descend_(

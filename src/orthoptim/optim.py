@@ -23,7 +23,7 @@ from orthoptim._checks import (
 )
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect
-from orthoptim.eager import run_chain
+from orthoptim.eager import GroupStep, run_chain, run_route
 from orthoptim.fused import FusedAdamW
 from orthoptim.groups import (
     configure,
@@ -208,6 +208,12 @@ class ChainOptimizer(torch.optim.Optimizer):
                 "does not evaluate: use MARS variant='approximate' under DDP or FSDP2, or train "
                 "in one process"
             )
+        if self.distributed is not None and recipe.route_wide:
+            raise ValueError(
+                "a transform of this plan needs all of its route's parameters in one step (mfac "
+                "blocks='model': one window over the whole model), and under DDP or FSDP2 each "
+                "owner rank holds only its own: use blocks='parameter', or train in one process"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Check and route ``param_group``, then let torch add it; nothing changes on error."""
@@ -251,9 +257,16 @@ class ChainOptimizer(torch.optim.Optimizer):
             amp.unscale_(grads[: len(grads) - len(at_previous)], grad_scale)
             self.distributed.step(self.state, work, at_previous, self._step_group)
             return loss
+        together: dict[str, list[tuple[dict[str, Any], list[tuple[str, Tensor]]]]] = {}
         for group, params in work:
-            if params:
+            if not params:
+                continue
+            if self.plan.route_named(group["route"]).chain.route_wide:
+                together.setdefault(group["route"], []).append((group, params))
+            else:
                 self._step_group(group, params, at_previous, grad_scale)
+        for groups in together.values():
+            self._step_route(groups, at_previous, grad_scale)
         return loss
 
     @property
@@ -311,6 +324,33 @@ class ChainOptimizer(torch.optim.Optimizer):
         layout = group_layout(group)
         fused = self._fused(chain)
         multi_tensor = self._multi_tensor([cast(Tensor, p.grad) for _, p in params])
+        states = self._counted_states(params, chain, layout, fused)
+        tensors = [p for _, p in params]
+        if fused is not None and fused.supports(tensors, states):
+            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf)
+            return
+        amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
+        run_chain(
+            chain,
+            params,
+            states,
+            lr,
+            weight_decay,
+            layout,
+            at_previous,
+            self.capturable,
+            multi_tensor,
+        )
+
+    def _counted_states(
+        self,
+        params: list[tuple[str, Tensor]],
+        chain: Chain,
+        layout: str,
+        fused: FusedAdamW | None,
+    ) -> list[dict[str, Tensor]]:
+        """The states of ``params`` (created by ``chain`` on a parameter's first step), their
+        step counters already counting this step."""
         states = []
         counters: dict[torch.device, list[Tensor]] = {}
         for _, p in params:
@@ -329,22 +369,25 @@ class ChainOptimizer(torch.optim.Optimizer):
             states.append(state)
         for steps in counters.values():
             torch._foreach_add_(steps, 1.0)
-        tensors = [p for _, p in params]
-        if fused is not None and fused.supports(tensors, states):
-            fused.step(tensors, states, lr, weight_decay, grad_scale, found_inf)
-            return
-        amp.unscale_([cast(Tensor, p.grad) for p in tensors], grad_scale)
-        run_chain(
-            chain,
-            params,
-            states,
-            lr,
-            weight_decay,
-            layout,
-            at_previous,
-            self.capturable,
-            multi_tensor,
-        )
+        return states
+
+    def _step_route(
+        self,
+        groups: list[tuple[dict[str, Any], list[tuple[str, Tensor]]]],
+        at_previous: Mapping[Tensor, Tensor] | None,
+        grad_scale: Tensor | None,
+    ) -> None:
+        """One step of a route whose chain is ``route_wide``, all its groups at once
+        (``eager.run_route``); never fused nor capturable (``_check_capturable``)."""
+        parts = []
+        for group, params in groups:
+            chain = live_chain(self.plan.route_named(group["route"]).chain, group)
+            layout = group_layout(group)
+            states = self._counted_states(params, chain, layout, None)
+            amp.unscale_([cast(Tensor, p.grad) for _, p in params], grad_scale)
+            lr = cast(float, self._lr(group))
+            parts.append(GroupStep(chain, params, states, lr, float(group["weight_decay"]), layout))
+        run_route(parts, at_previous)
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
         """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under

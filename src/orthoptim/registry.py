@@ -163,12 +163,18 @@ def check_distributable(
 ) -> None:
     """``ValueError`` if ``spec``'s ``recipe`` cannot run distributed and these parameters
     would be."""
-    reason = spec.single_process_only or (
-        "it reads layer activations through module hooks, and each rank's hooks see only its "
-        "own batch"
-        if recipe.needs_module
-        else None
-    )
+    reason = spec.single_process_only
+    if reason is None and recipe.needs_module:
+        reason = (
+            "it reads layer activations through module hooks, and each rank's hooks see only "
+            "its own batch"
+        )
+    if reason is None and recipe.route_wide:
+        reason = (
+            "these options need all of a route's parameters in one step (mfac blocks='model': "
+            "one window over the whole model), and each owner rank holds only its own; "
+            "blocks='parameter' runs distributed"
+        )
     if reason is not None and is_distributed(params_or_model, process_group):
         raise ValueError(
             f"{spec.name} cannot run distributed (DDP, FSDP2 or a process group): {reason}. "

@@ -242,6 +242,16 @@ def test_exact_mars_is_refused_at_build(ranks: Ranks, mode: str) -> None:
     assert all("variant='exact'" in m for m in ranks.run(W.exact_mars_error, mode))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_mfac_model_block_is_refused_at_build(ranks: Ranks, mode: str) -> None:
+    """``blocks="model"`` needs every parameter's gradient in one step; the default
+    (``"parameter"``) runs distributed (``DISTRIBUTABLE``)."""
+    assert "mfac" in DISTRIBUTABLE
+    for via_build, direct in ranks.run(W.mfac_model_block_errors, mode):
+        assert "cannot run distributed" in via_build and "blocks='model'" in via_build
+        assert "blocks='model'" in direct
+
+
 def test_state_is_rank_symmetric_where_dcp_needs_it(ranks: Ranks) -> None:
     """Every rank keeps ``step`` for every parameter; FSDP2 shards element-wise buffers on every
     rank; a matrix core's buffers (NorMuon's v_row) and DDP's whole matrix state live on their

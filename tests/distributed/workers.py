@@ -447,6 +447,25 @@ def exact_mars_error(rank: int, mode: str) -> str:
     return ""
 
 
+def mfac_model_block_errors(rank: int, mode: str) -> list[str]:
+    """The errors of M-FAC's model-wide block under a distributed step: through ``build``
+    (the registry's check) and through ``ChainOptimizer`` directly."""
+    from orthoptim.optim import ChainOptimizer
+    from orthoptim.recipes.mfac import mfac
+
+    out = []
+    for make in (
+        lambda: build("mfac", wrap(mode), blocks="model"),
+        lambda: ChainOptimizer(wrap(mode), mfac(blocks="model"), lr=1e-2),
+    ):
+        try:
+            make()
+            out.append("")
+        except ValueError as err:
+            out.append(str(err))
+    return out
+
+
 def barrier(rank: int) -> int:
     dist.barrier()
     return rank

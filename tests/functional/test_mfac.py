@@ -14,9 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orthoptim.functional.mfac import (
+    block_gram,
     coefficients,
     ihvp,
     ihvp_of_row,
+    ihvp_of_row_split,
     ihvp_of_rows,
     insert_,
     remove_,
@@ -172,3 +174,48 @@ def test_batched_coefficients_and_rows_equal_one_window_at_a_time() -> None:
         print(f"coefficients {rel(coef, alone):.1e}, row {rel(row, expected):.1e}")
         assert rel(coef, alone) <= 1e-14
         assert rel(row, expected) <= 4 * torch.finfo(window.dtype).eps
+
+
+@pytest.mark.parametrize(("m", "sizes"), [(6, (7, 1, 12)), (4, (3,)), (16, (5, 9, 2, 30))])
+@pytest.mark.parametrize("added", [3, 6, 21], ids=lambda n: f"added{n}")
+def test_a_block_split_over_pieces_equals_the_dense_inverse(m, sizes, added) -> None:
+    """One block whose window is the pieces' windows side by side (M-FAC's model-wide block):
+    ``block_gram`` is the concatenated window's ``G G^T`` and ``ihvp_of_row_split`` the dense
+    ``(lambda I + G^T G / m)^{-1} g`` of the concatenated gradient, split back. Measured
+    relative difference <= 5e-13 against the dense solve (asserted ``RTOL64``), and equal to
+    ``ihvp_of_row`` on the concatenated window (measured 0; asserted 1e-14: the pieces'
+    products may round apart from one long product)."""
+    damping = 1e-3
+    grads = [[torch.randn(d, dtype=torch.float64) for d in sizes] for _ in range(added)]
+    pieces = [fill([step[i] for step in grads], m)[:2] for i in range(len(sizes))]
+    gram = block_gram([g for _, g in pieces])
+    whole, whole_gram, rows = fill([torch.cat(step) for step in grads], m)
+    torch.testing.assert_close(gram, whole_gram, rtol=1e-13, atol=1e-13)
+    coef = coefficients(gram, damping)
+    slot = (added - 1) % m
+    got = torch.cat(ihvp_of_row_split([w for w, _ in pieces], coef, slot))
+    assert rel(got, dense_ihvp(rows, m, damping, torch.cat(grads[-1]))) < RTOL64
+    assert rel(got, ihvp_of_row(whole, coef, slot)) < 1e-14
+
+
+def test_a_block_of_one_piece_is_the_single_window_bit_for_bit() -> None:
+    window, gram, _ = fill([torch.randn(11, dtype=torch.float32) for _ in range(5)], 4)
+    coef = coefficients(block_gram([gram]), 1e-3)
+    assert torch.equal(ihvp_of_row_split([window], coef, 0)[0], ihvp_of_row(window, coef, 0))
+
+
+def test_block_pieces_of_mixed_dtypes_keep_their_dtype() -> None:
+    """A float32 piece (a 16-bit or float32 parameter's window) beside a float64 one: each
+    direction comes back in its window's dtype, the float32 one to float32 round-off."""
+    m, damping = 3, 1e-2
+    steps = [
+        (torch.randn(8, dtype=torch.float64), torch.randn(5, dtype=torch.float64)) for _ in range(4)
+    ]
+    a, ga, _ = fill([s[0] for s in steps], m, torch.float32)
+    b, gb, _ = fill([s[1] for s in steps], m, torch.float64)
+    coef = coefficients(block_gram([ga, gb]), damping)
+    da, db = ihvp_of_row_split([a, b], coef, 0)
+    assert (da.dtype, db.dtype) == (torch.float32, torch.float64)
+    rows = [torch.cat(s) for s in steps][-m:]
+    expected = dense_ihvp(rows, m, damping, rows[-1])  # slot 0 holds the 4th of 4
+    assert rel(torch.cat([da.double(), db]), expected) < 1e-5

@@ -72,6 +72,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "switch_beta": [-0.1, 1.0, math.nan, "0.9"],
     # -- activation-Kronecker family options (MKOR, MKOR-H) --
     "window": [0, -1, 1.5, True, "16"],
+    "blocks": ["layer", "", None, "Model"],
     # -- M-FAC options --
     "clip": [0.0, -1.0, math.nan, math.inf, "1"],
     "variant": ["approx", "", None],

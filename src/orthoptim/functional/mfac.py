@@ -20,6 +20,11 @@ is finite for every window, rank-deficient ones included (zero or repeated gradi
 ``K`` is positive semi-definite, and a rounding error that makes an eigenvalue negative must not
 bring ``m lambda + w`` near 0. The reference (IST-DASLab/M-FAC ``optim.py``) builds the same
 inverse by a sequential rank-one Woodbury recursion (an unpivoted LU of ``m I + K / lambda``).
+
+One block may span several tensors (M-FAC's model-wide block: the flattened gradients of many
+parameters side by side): with ``G = [G_1 ... G_P]`` split by columns, ``K = sum_i G_i G_i^T``
+(``block_gram``) and ``F^{-1} G^T e_j`` splits into the pieces ``m G_i^T C e_j``
+(``ihvp_of_row_split``), so no piece is ever copied into one long window.
 """
 
 from __future__ import annotations
@@ -114,4 +119,28 @@ def ihvp_of_rows(windows: Sequence[Tensor], coefs: Tensor, slots: Sequence[int])
     scaled = columns / scales
     return [
         _combine_scaled(window, c, s) for window, c, s in zip(windows, scaled, scales, strict=True)
+    ]
+
+
+def block_gram(grams: Sequence[Tensor]) -> Tensor:
+    """``K = sum_i G_i G_i^T`` (float64, ``m x m``, on the first one's device) of a block whose
+    window is the column-wise concatenation of windows ``G_i`` with Gram matrices ``grams``:
+    O(P m^2) for P pieces, summed in their order (the same order gives the same bits)."""
+    total = grams[0].clone()
+    for gram in grams[1:]:
+        total += gram.to(total.device)
+    return total
+
+
+def ihvp_of_row_split(windows: Sequence[Tensor], coef: Tensor, slot: int) -> list[Tensor]:
+    """``F^{-1} g`` for the gradient ``g`` in row ``slot`` of one block whose window is the
+    column-wise concatenation of ``windows`` (each ``m x d_i``) and ``coef`` is ``C`` of its
+    total Gram matrix (``block_gram``): the pieces ``m G_i^T C e_slot`` of ``ihvp_of_row``, the
+    m-element column and its scale computed once: O(m sum_i d_i + m)."""
+    column = coef[:, slot] * coef.shape[0]
+    scale = _scale(column)
+    scaled = column / scale
+    return [
+        _combine_scaled(window, scaled.to(window.device), scale.to(window.device))
+        for window in windows
     ]

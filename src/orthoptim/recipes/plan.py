@@ -189,6 +189,12 @@ class Plan:
         return any(r.chain.needs_module for r in self.routes)
 
     @property
+    def route_wide(self) -> bool:
+        """Whether a route's chain needs all of the route's parameters in one step
+        (``TransformBase.route_wide``): one process only."""
+        return any(r.chain.route_wide for r in self.routes)
+
+    @property
     def needs_roles(self) -> bool:
         """Whether parameters must be classified (more than one route)."""
         return len(self.routes) > 1

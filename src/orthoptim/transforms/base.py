@@ -191,6 +191,14 @@ class TransformBase:
         return type(self).apply_many is not TransformBase.apply_many
 
     @property
+    def route_wide(self) -> bool:
+        """Whether its ``apply_many`` must see every parameter of its route at once, across
+        the route's param groups (M-FAC's model-wide block): the shell then runs the route's
+        groups through it together (``eager.run_route``), and a distributed step, whose owner
+        ranks see only the parameters they own, refuses it."""
+        return False
+
+    @property
     def batches(self) -> bool:
         """Whether its ``apply_many`` batches a group's parameters when the step runs
         multi-tensor (``Ctx.multi_tensor``; Orthogonalize's same-shape Newton-Schulz), so the

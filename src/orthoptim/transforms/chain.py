@@ -378,6 +378,12 @@ class Chain(TransformBase):
         return any(t.groupwise for t in self.transforms)
 
     @property
+    def route_wide(self) -> bool:  # type: ignore[override]
+        """Whether a transform of the chain needs its route's parameters together
+        (``TransformBase.route_wide``)."""
+        return any(t.route_wide for t in self.transforms)
+
+    @property
     def batches(self) -> bool:  # type: ignore[override]
         """Whether a transform of the chain batches the group on the multi-tensor path
         (``TransformBase.batches``)."""

@@ -5,43 +5,65 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from orthoptim._checks import check_positive, check_positive_int
+from orthoptim._checks import check_choice, check_positive, check_positive_int
 from orthoptim._types import State
-from orthoptim.functional.mfac import coefficients, ihvp_of_rows, insert_
+from orthoptim.functional.mfac import (
+    block_gram,
+    coefficients,
+    ihvp_of_row_split,
+    ihvp_of_rows,
+    insert_,
+)
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
+
+Blocks = Literal["parameter", "model"]
+BLOCKS: tuple[str, ...] = get_args(Blocks)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MFacPrecondition(TransformBase):
     r"""``u <- F^{-1} u`` with ``F = lambda I + G^T G / m``, ``G`` the last ``m`` incoming updates.
 
-    M-FAC's dynamic algorithm (Frantar et al. 2021, arXiv 2107.03356), one block per parameter:
-    the incoming update (flattened, ``d`` elements) replaces the oldest row of the window (slot
+    M-FAC's dynamic algorithm (Frantar et al. 2021, arXiv 2107.03356): the incoming update
+    (flattened, ``d`` elements) replaces the oldest row of its block's window (slot
     ``(step - 1) mod m``, so the window is a ring buffer keyed on the step and resumes exactly),
-    then ``F^{-1} u`` is computed with the window's Gram matrix (``functional.mfac``); a group's
-    m x m work runs batched (``apply_many``). Per step
+    then ``F^{-1} u`` is computed with the window's Gram matrix (``functional.mfac``). Per step
     that is O(dm) for the Gram column and the product plus O(m^3) for the m x m coefficients.
     Before the window is full its empty slots are zero rows and ``F`` still divides by ``m``.
 
-    Blocks: the reference flattens the whole model into one block; here every parameter is its
-    own block (a block-diagonal Fisher, as the reference's pruner does with its blocks). So the
-    transform runs per parameter like every other one, and the m x m work is per parameter.
+    Blocks (``blocks``): ``"parameter"``, every parameter its own block (a block-diagonal
+    Fisher, as the reference's pruner does with its blocks): the transform runs per parameter
+    like every other one, a group's m x m work batched (``apply_many``), and it runs under a
+    distributed step (each block lives on its owner). ``"model"``, the reference optimizer's
+    one block over the flattened gradients of every parameter of the route, in every param
+    group of it (``route_wide``: the shell hands it the route's groups together,
+    ``eager.run_route``): the Gram matrix is the sum of the parameters' (each keeps its own
+    columns of the window and their Gram matrix ``G_i G_i^T``), its ``eigh`` and the
+    coefficient column are computed once per step for all of them, and ``F^{-1} g`` is split
+    back into the parameters' pieces (``functional.mfac.block_gram``, ``ihvp_of_row_split``).
+    It needs every parameter of the route in one process (``ValueError`` under a distributed
+    step, whose owner ranks see only their own parameters) and a gradient for each of them at
+    every step, as the reference does (``ValueError`` naming them where their step counts
+    differ: a parameter without a gradient at some step skipped it, and the block's rows would
+    no longer line up).
 
-    State: ``grads`` (m x d, the window: float32 for 16-bit parameters, else the parameter's
-    dtype) and ``gram`` (m x m, float64). Memory: m times the parameter's size (m x 4 bytes per
-    float32 element) plus 8 m^2 bytes.
+    State (both blocks): ``grads`` (m x d, the parameter's columns of the window: float32 for
+    16-bit parameters, else the parameter's dtype) and ``gram`` (m x m, float64, their Gram
+    matrix). Memory: m times the parameter's size (m x 4 bytes per float32 element) plus 8 m^2
+    bytes per parameter; ``"model"`` adds one transient m x m sum per step.
 
     Args:
         window: number of gradients ``m`` in the window, >= 1.
         damping: ``lambda``, > 0, absolute (not relative to the gradients' scale), as in the
             reference. Where ``||G||^2`` is so large that ``m lambda`` drops below the Gram
             matrix's round-off (``m eps`` times its largest eigenvalue), that level is used.
+        blocks: ``"parameter"`` or ``"model"`` (above).
     """
 
     key: ClassVar[str] = "mfac"
@@ -52,10 +74,16 @@ class MFacPrecondition(TransformBase):
     )
     window: int = 16
     damping: float = 1e-3
+    blocks: Blocks = "parameter"
 
     def __post_init__(self) -> None:
         check_positive_int("window", self.window)
         check_positive("damping", self.damping)
+        check_choice("blocks", self.blocks, BLOCKS)
+
+    @property
+    def route_wide(self) -> bool:
+        return self.blocks == "model"
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         return {
@@ -70,7 +98,10 @@ class MFacPrecondition(TransformBase):
         """Each parameter's window and Gram column apart (they differ in length); the m x m work
         (``eigh`` of the Gram matrices, the coefficient columns) batched over the parameters
         whose windows share a device and dtype. The values are one parameter's at a time up to
-        the batched product's round-off (float64, ``functional.mfac.coefficients``)."""
+        the batched product's round-off (float64, ``functional.mfac.coefficients``). With
+        ``blocks="model"``, all of ``us`` form one block (``_apply_block``)."""
+        if self.blocks == "model":
+            return self._apply_block(us, ss, cs)
         slots = [(c.step - 1) % self.window for c in cs]
         same: dict[tuple[Any, ...], list[int]] = {}
         for i, (u, s, slot) in enumerate(zip(us, ss, slots, strict=True)):
@@ -90,7 +121,38 @@ class MFacPrecondition(TransformBase):
                 out[i] = us[i].copy_(direction.view(us[i].shape))
         return out
 
+    def _apply_block(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]:
+        """One block over all of ``us``: each parameter's columns of the window and its Gram
+        matrix updated apart, then one ``eigh`` of their sum and one coefficient column, and
+        ``F^{-1} g`` split back into the parameters' pieces."""
+        if not us:
+            return us
+        steps = [int(c.step) for c in cs]
+        if len(set(steps)) > 1:
+            counts = {
+                c.name or f"#{i}": step for i, (c, step) in enumerate(zip(cs, steps, strict=True))
+            }
+            raise ValueError(
+                "mfac blocks='model' needs a gradient for every parameter of the route at every "
+                f"step (one window over all of them); their step counts differ: {counts}. Give "
+                "every parameter a gradient (zero for an unused one), or use blocks='parameter'"
+            )
+        slot = (steps[0] - 1) % self.window
+        for u, s in zip(us, ss, strict=True):
+            insert_(s["grads"], s["gram"], slot, u.reshape(-1).to(s["grads"].dtype))
+        # K is known to ~m eps relative in the coarsest dtype of its pieces (``coefficients``).
+        eps = max(torch.finfo(s["grads"].dtype).eps for s in ss)
+        gram = block_gram([s["gram"] for s in ss])
+        coef = coefficients(gram, self.damping, resolution=self.window * eps)
+        directions = ihvp_of_row_split([s["grads"] for s in ss], coef, slot)
+        return [u.copy_(x.view(u.shape)) for u, x in zip(us, directions, strict=True)]
+
     def cost(self, shape: tuple[int, ...]) -> float:
-        # Gram column and G^T c: 2 m d each; eigh of the m x m Gram matrix: about 9 m^3.
+        # Gram column and G^T c: 2 m d each; eigh of the m x m Gram matrix: about 9 m^3, once
+        # per parameter, or with blocks="model" once per route (in no parameter's cost), where
+        # each parameter adds its Gram matrix to the sum instead (m^2).
         d, m = math.prod(shape), self.window
-        return 4.0 * m * d + 9.0 * m**3 + 2.0 * m**2
+        per_block = 9.0 * m**3 if self.blocks == "parameter" else float(m**2)
+        return 4.0 * m * d + per_block + 2.0 * m**2
