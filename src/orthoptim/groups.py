@@ -219,6 +219,22 @@ def with_grads(group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:
     return out
 
 
+def route_positions(groups: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int, int]]:
+    """``{id(p): (position, route size)}``: each parameter's index among its route's
+    parameters, counted over the groups in order (a route's groups need not be adjacent), and
+    how many its route has (``Ctx.position``, ``Ctx.route_size``). Every rank holds the same
+    groups, and a checkpoint loads into the same ones, so these agree across ranks and resumes.
+    """
+    members: dict[str, list[int]] = {}
+    for group in groups:
+        members.setdefault(group["route"], []).extend(id(p) for p in group["params"])
+    return {
+        pid: (position, len(ids))
+        for ids in members.values()
+        for position, pid in enumerate(ids)
+    }
+
+
 def param_groups(
     named_params: Sequence[tuple[str, Tensor]],
     roles: Mapping[str, str],

@@ -32,6 +32,7 @@ from orthoptim.groups import (
     normalized,
     number,
     route_of,
+    route_positions,
     with_grads,
 )
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
@@ -136,6 +137,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     Attributes:
         distributed: the ``DistributedStep`` sharing out the matrix steps, ``None`` in a single
             process.
+        positions: ``{id(p): (position, route size)}`` (``groups.route_positions``), what the
+            transforms see as ``Ctx.position`` and ``Ctx.route_size``.
     """
 
     _step_supports_amp_scaling = True  # GradScaler.step: see orthoptim.amp
@@ -196,8 +199,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         if self.moment_key is not None:  # torch's schedulers look for it in the defaults
             defaults[self.moment_key] = exposed_moments(main, self.moment_key)
         super().__init__(groups, defaults)
+        self.positions = route_positions(self.param_groups)
         self.distributed: DistributedStep | None = detect(
-            params, self.param_groups, self.plan, process_group, replicate_state
+            params, self.param_groups, self.plan, process_group, replicate_state, self.positions
         )
         if capturable:
             _check_capturable(recipe, self.distributed)
@@ -214,8 +218,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         group = normalized(param_group, self.param_groups)
         configure(group, route_of(self.plan, group), self.defaults, self.moment_key)
         super().add_param_group(group)
-        if getattr(self, "distributed", None) is not None:
-            cast(DistributedStep, self.distributed).assign(self.param_groups[-1:])
+        if not hasattr(self, "positions"):  # torch's __init__ adding the initial groups
+            return
+        self.positions = route_positions(self.param_groups)
+        if self.distributed is not None:
+            self.distributed.positions = self.positions
+            self.distributed.assign(self.param_groups[-1:])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -344,6 +352,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             at_previous,
             self.capturable,
             multi_tensor,
+            self.positions,
         )
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
