@@ -392,12 +392,17 @@ class ChainOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """torch's (re-creates the hook dicts, patches ``step``; ``load_state_dict`` calls it
         too), leaving ``defaults`` as they were: torch adds ``differentiable`` to them, which
-        ``add_param_group`` would then copy into every new group."""
+        ``add_param_group`` would then copy into every new group. ``positions`` are recomputed:
+        they are keyed by the tensors' ids, and a copy's tensors are new."""
         defaults = state.get("defaults", self.__dict__.get("defaults", {}))
         had_differentiable = "differentiable" in defaults
         super().__setstate__(state)
         if not had_differentiable:
             self.defaults.pop("differentiable", None)
+        if "positions" in self.__dict__:  # keyed by id(p): a copy holds other tensors
+            self.positions = route_positions(self.param_groups)
+            if self.__dict__.get("distributed") is not None:
+                self.distributed.positions = self.positions
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, complete on every rank, and in each saved group what the
