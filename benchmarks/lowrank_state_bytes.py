@@ -22,6 +22,7 @@ from orthoptim.bench.models import TinyGPT
 CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("adamw", {}),
     ("frugal", {}),
+    ("frugal", {"projection": "svd"}),
     ("frugal", {"projection": "dct"}),
     ("lowrank_adamw", {}),
     ("lowrank_adamw", {"projection": "svd"}),

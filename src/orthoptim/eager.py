@@ -50,6 +50,7 @@ def run_chain(
     at_previous: Mapping[Tensor, Tensor] | None,
     capturable: bool = False,
     foreach: bool = False,
+    positions: Mapping[int, tuple[int, int]] | None = None,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
@@ -58,7 +59,8 @@ def run_chain(
     chain's trailing scale and decay are folded into the final update (``descend_``).
     ``capturable``: the transforms get the step counter itself (a device tensor), and ``lr``
     may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
-    element-wise passes itself)."""
+    element-wise passes itself). ``positions``: ``Ctx.position`` and ``Ctx.route_size`` by
+    ``id(p)`` (``groups.route_positions``); without them each parameter is alone."""
     tensors = [p for _, p in params]
     ctxs = [
         Ctx(
@@ -71,8 +73,11 @@ def run_chain(
             None if at_previous is None else at_previous.get(p),
             layout,
             multi_tensor=foreach and not capturable,
+            position=where[0],
+            route_size=where[1],
         )
         for (name, p), state in zip(params, states, strict=True)
+        for where in [(0, 1) if positions is None else positions[id(p)]]
     ]
     if foreach and not capturable:
         run_foreach(chain, tensors, states, ctxs, cast(float, lr))
@@ -118,7 +123,11 @@ class GroupStep(NamedTuple):
     layout: str
 
 
-def run_route(groups: Sequence[GroupStep], at_previous: Mapping[Tensor, Tensor] | None) -> None:
+def run_route(
+    groups: Sequence[GroupStep],
+    at_previous: Mapping[Tensor, Tensor] | None,
+    positions: Mapping[int, tuple[int, int]] | None = None,
+) -> None:
     """``run_chain`` over all of a route's param groups at once, for a chain whose matrix core
     needs the route's parameters together (``Chain.route_wide``: M-FAC's model-wide block):
     each group's element-wise prefix and suffix with its own live chain (the moment
@@ -126,6 +135,7 @@ def run_route(groups: Sequence[GroupStep], at_previous: Mapping[Tensor, Tensor] 
     and each parameter's final update with its group's lr and decay. One parameter's working
     copy per parameter alive at once, as on ``run_chain``'s transform-major path; no
     multi-tensor ops (the core's m x m work and window products dominate its step).
+    ``positions``: as ``run_chain``'s.
 
     ``ValueError`` where the groups' live chains differ inside the core: one core cannot run
     with two sets of coefficients."""
@@ -152,8 +162,11 @@ def run_route(groups: Sequence[GroupStep], at_previous: Mapping[Tensor, Tensor] 
                 name,
                 None if at_previous is None else at_previous.get(p),
                 group.layout,
+                position=where[0],
+                route_size=where[1],
             )
             for (name, p), state in zip(group.params, group.states, strict=True)
+            for where in [(0, 1) if positions is None else positions[id(p)]]
         ]
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
         parts.append((ctxs, group.chain.apply_range(0, lo, updates, group.states, ctxs)))

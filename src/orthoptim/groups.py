@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES, ParamsLike
-from orthoptim.functional.layout import DEFAULT_LAYOUT, check_layout
+from orthoptim.functional.layout import DEFAULT_LAYOUT, check_layout, matrix_shape
 from orthoptim.recipes.plan import (
     LAYOUT_KEY,
     LR_SCALE_KEY,
@@ -216,6 +216,27 @@ def with_grads(group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:
                 f"not match the parameter {tuple(p.shape)} {p.dtype}"
             )
         out.append((name, p))
+    return out
+
+
+def route_positions(groups: Sequence[Mapping[str, Any]]) -> dict[int, tuple[int, int]]:
+    """``{id(p): (position, route size)}``: the index of each parameter's first matrix among
+    its route's matrices, counted over the groups in order (a route's groups need not be
+    adjacent; a stacked parameter's matrices count one each, as separate layers would), and how
+    many matrices its route has (``Ctx.position``, ``Ctx.route_size``). Every rank holds the
+    same groups, and a checkpoint loads into the same ones, so these agree across ranks and
+    resumes."""
+    members: dict[str, list[tuple[int, int]]] = {}
+    for group in groups:
+        layout = group_layout(group)
+        ids = members.setdefault(group["route"], [])
+        ids.extend((id(p), matrix_shape(tuple(p.shape), layout)[1]) for p in group["params"])
+    out = {}
+    for ids in members.values():
+        size, position = sum(count for _, count in ids), 0
+        for pid, count in ids:
+            out[pid] = (position, size)
+            position += count
     return out
 
 

@@ -32,6 +32,7 @@ from orthoptim.groups import (
     normalized,
     number,
     route_of,
+    route_positions,
     with_grads,
 )
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
@@ -136,6 +137,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     Attributes:
         distributed: the ``DistributedStep`` sharing out the matrix steps, ``None`` in a single
             process.
+        positions: ``{id(p): (position, route size)}`` (``groups.route_positions``), what the
+            transforms see as ``Ctx.position`` and ``Ctx.route_size``.
     """
 
     _step_supports_amp_scaling = True  # GradScaler.step: see orthoptim.amp
@@ -196,8 +199,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         if self.moment_key is not None:  # torch's schedulers look for it in the defaults
             defaults[self.moment_key] = exposed_moments(main, self.moment_key)
         super().__init__(groups, defaults)
+        self.positions = route_positions(self.param_groups)
         self.distributed: DistributedStep | None = detect(
-            params, self.param_groups, self.plan, process_group, replicate_state
+            params, self.param_groups, self.plan, process_group, replicate_state, self.positions
         )
         if capturable:
             _check_capturable(recipe, self.distributed)
@@ -220,8 +224,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         group = normalized(param_group, self.param_groups)
         configure(group, route_of(self.plan, group), self.defaults, self.moment_key)
         super().add_param_group(group)
-        if getattr(self, "distributed", None) is not None:
-            cast(DistributedStep, self.distributed).assign(self.param_groups[-1:])
+        if not hasattr(self, "positions"):  # torch's __init__ adding the initial groups
+            return
+        self.positions = route_positions(self.param_groups)
+        if self.distributed is not None:
+            self.distributed.positions = self.positions
+            self.distributed.assign(self.param_groups[-1:])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -340,6 +348,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             at_previous,
             self.capturable,
             multi_tensor,
+            self.positions,
         )
 
     def _counted_states(
@@ -387,7 +396,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             amp.unscale_([cast(Tensor, p.grad) for _, p in params], grad_scale)
             lr = cast(float, self._lr(group))
             parts.append(GroupStep(chain, params, states, lr, float(group["weight_decay"]), layout))
-        run_route(parts, at_previous)
+        run_route(parts, at_previous, self.positions)
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
         """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under
@@ -426,12 +435,17 @@ class ChainOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """torch's (re-creates the hook dicts, patches ``step``; ``load_state_dict`` calls it
         too), leaving ``defaults`` as they were: torch adds ``differentiable`` to them, which
-        ``add_param_group`` would then copy into every new group."""
+        ``add_param_group`` would then copy into every new group. ``positions`` are recomputed:
+        they are keyed by the tensors' ids, and a copy's tensors are new."""
         defaults = state.get("defaults", self.__dict__.get("defaults", {}))
         had_differentiable = "differentiable" in defaults
         super().__setstate__(state)
         if not had_differentiable:
             self.defaults.pop("differentiable", None)
+        if "positions" in self.__dict__:  # keyed by id(p): a copy holds other tensors
+            self.positions = route_positions(self.param_groups)
+            if self.__dict__.get("distributed") is not None:
+                self.distributed.positions = self.positions
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, complete on every rank, and in each saved group what the

@@ -366,7 +366,10 @@ REGISTRY: tuple[Spec, ...] = (
             "Zmushko et al. 2024, 'FRUGAL: Memory-Efficient Optimization by Reducing State "
             "Overhead for Scalable Training' (2411.07837)"
         ),
-        reference="FRUGAL authors' code frugal/proj_optimizer_templates.py (no pinned commit)",
+        reference=(
+            "FRUGAL authors' code @c7ebe4c (fork hungquangbui02022003/FRUGAL) "
+            "frugal/proj_optimizer_templates.py BlockOptimizer"
+        ),
         tags=frozenset({"matrix", "low-rank", "adaptive"}),
         adamw=LOWRANK_ADAMW,
     ),

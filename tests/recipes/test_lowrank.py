@@ -297,7 +297,7 @@ def test_convergence_at_the_default_lr_on_an_ill_conditioned_problem() -> None:
     quarter of the directions alone trails plain SGD here (GaLore's memory/progress trade)."""
     start, sgd = regression(1000, "sgd")
     _, adamw = regression(1000, "adamw")
-    _, frugal_svd = regression(1000, "frugal")
+    _, frugal_svd = regression(1000, "frugal", projection="svd")
     _, frugal_dct = regression(1000, "frugal", projection="dct")
     _, lowrank = regression(1000, "lowrank_adamw")
     print(f"start {start:.3f} sgd {sgd:.3f} adamw {adamw:.3f} frugal {frugal_svd:.3f} "

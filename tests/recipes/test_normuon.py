@@ -36,8 +36,11 @@ STEPS = 25
 class NorMuonOracle:
     """One 2-D parameter updated by the reference's ``normuon_update`` rule, naively."""
 
-    def __init__(self, p, *, lr, weight_decay, beta=0.95, beta2=0.95, ns_dtype=torch.float64):
+    def __init__(
+        self, p, *, lr, weight_decay, beta=0.95, beta2=0.95, ns_dtype=torch.float64, paper=False
+    ):
         self.p, self.lr, self.wd, self.beta, self.beta2 = p.clone(), lr, weight_decay, beta, beta2
+        self.paper = paper  # the paper's step size (Algorithm 1 line 10) for the code's
         self.m = torch.zeros_like(p)
         self.v = torch.zeros(p.shape[0], 1, dtype=p.dtype)
         self.ns_dtype = ns_dtype
@@ -49,8 +52,11 @@ class NorMuonOracle:
         norm_before = u.norm()
         self.v = self.beta2 * self.v + (1 - self.beta2) * (u * u).mean(dim=1, keepdim=True)
         u = u / (self.v.sqrt() + 1e-10)
-        u = u * (norm_before / (u.norm() + 1e-10))
-        u = u * math.sqrt(max(1.0, u.shape[0] / u.shape[1]))
+        if self.paper:  # eta_hat = 0.2 eta sqrt(m n) / ||O||_F
+            u = u * (0.2 * math.sqrt(u.shape[0] * u.shape[1]) / u.norm())
+        else:
+            u = u * (norm_before / (u.norm() + 1e-10))
+            u = u * math.sqrt(max(1.0, u.shape[0] / u.shape[1]))
         self.p = self.p * (1 - self.lr * self.wd) - self.lr * u
         return self.p
 
@@ -76,6 +82,40 @@ def test_normuon_equals_reference_oracle(shape, dtype, atol) -> None:
     print(f"normuon oracle {shape} {dtype}: max abs diff {worst:.3g}")
     assert worst <= atol
     torch.testing.assert_close(opt.state[a]["normuon.v_row"], oracle.v, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(32, 16), (16, 48)])
+def test_the_papers_step_size_is_the_constant_rms_shape_scale(shape) -> None:
+    """NorMuon's paper (Algorithm 1 line 10; zichongli5/NorMuon issues #6, #9): the normalised
+    update is scaled to ``0.2 lr sqrt(m n) / ||O||_F``, i.e. RMS ``0.2 lr`` every step, not the
+    code's re-norm and Keller factor. Oracle: the reference rule above with that step size.
+    Measured max abs diff over 25 steps (float64): <= 8.9e-16."""
+    p0 = torch.randn(shape, dtype=torch.float64)
+    a = p0.clone().requires_grad_()
+    options = dict(lr=0.02, weight_decay=0.1, compute_dtype="float64")
+    opt = orthoptim.build("normuon", [a], shape_scale="constant_rms", **options)
+    oracle = NorMuonOracle(p0, lr=0.02, weight_decay=0.1, paper=True)
+    code = NorMuonOracle(p0, lr=0.02, weight_decay=0.1)
+    worst = apart = 0.0
+    for g in fixed_grads(shape, STEPS, torch.float64):
+        a.grad = g.clone()
+        before = a.detach().clone()
+        opt.step()
+        step = a.detach() - before * (1 - 0.02 * 0.1)
+        assert math.isclose(step.norm().item(), 0.2 * 0.02 * math.sqrt(math.prod(shape)))
+        worst = max(worst, (a - oracle.step(g)).abs().max().item())
+        apart = max(apart, (a - code.step(g)).abs().max().item())
+    print(f"normuon paper step size {shape}: max abs diff {worst:.3g} (code's rule: {apart:.3g})")
+    assert worst <= 1e-13
+    assert apart > 1e-3  # a different rule from the code's
+
+
+def test_constant_rms_leaves_a_zero_update_zero() -> None:
+    a = torch.ones(8, 4, requires_grad=True)
+    opt = orthoptim.build("normuon", [a], shape_scale="constant_rms")
+    a.grad = torch.zeros(8, 4)
+    opt.step()
+    assert torch.equal(a.detach(), torch.ones(8, 4))
 
 
 def test_without_the_neuron_step_normuon_is_muon_bit_for_bit() -> None:

@@ -51,12 +51,12 @@ def test_variants_show_their_base_options() -> None:
     ]
     low = options(lowrank_adamw)
     assert options(frugal) == {k: v for k, v in low.items() if k != "scale"} | {
-        "projection": "svd",
+        "projection": "blocks",
         "refresh_moments": "reset",
         "residual": "sign_sgd",
         "residual_scale": 1.0,
     }
-    assert list(options(frugal))[3:5] == ["residual", "residual_scale"]
+    assert list(options(frugal))[4:6] == ["residual", "residual_scale"]
 
 
 def test_extends_binds_like_a_keyword_only_function() -> None:

@@ -85,6 +85,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "project_buffer": ["yes", 1, None],
     # -- sign and projection family options (Grams, AdamP, SGDP) --
     "projection": ["SVD", "fft", "", None],
+    "block_order": ["DESCENDING", "reverse", "", None],
     "rank_fraction": [0.0, -0.25, 1.5, math.nan, "0.25", True],
     "update_every": [0, -1, 2.5, True],
     "scale": [0.0, -1.0, math.nan, math.inf, "1"],

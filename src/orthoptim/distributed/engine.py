@@ -58,13 +58,14 @@ def detect(
     plan: Plan,
     process_group: Any,
     replicate_state: bool = False,
+    positions: Mapping[int, tuple[int, int]] | None = None,
 ) -> DistributedStep | None:
     """The distributed step for these parameters, or ``None`` for a single-process step.
 
     FSDP2: detected from DTensor parameters (1-D mesh, ``Shard(0)`` only). Replicated: when
     ``params`` is a ``DistributedDataParallel`` or ``process_group`` is given, with more than one
     rank. Otherwise ``None``: every rank computes everything, as in a single process.
-    ``replicate_state``: see ``DistributedStep``.
+    ``replicate_state``, ``positions``: see ``DistributedStep``.
     """
     if not dist.is_available() or not dist.is_initialized():
         if process_group is not None:
@@ -97,7 +98,7 @@ def detect(
                     f"parameter {n} has placements {d.placements}; only FSDP2's (Shard(dim=0),) "
                     "on a 1-D mesh is supported (not tensor-parallel Shard(1) or Replicate)"
                 )
-        return DistributedStep("sharded", mesh.get_group(), plan, groups)
+        return DistributedStep("sharded", mesh.get_group(), plan, groups, positions=positions)
     from torch.nn.parallel import DistributedDataParallel
 
     if process_group is None and isinstance(params, DistributedDataParallel):
@@ -106,7 +107,9 @@ def detect(
         return None
     if dist.get_world_size(process_group) == 1:
         return None
-    return DistributedStep("replicated", process_group, plan, groups, replicate_state)
+    return DistributedStep(
+        "replicated", process_group, plan, groups, replicate_state, positions=positions
+    )
 
 
 class DistributedStep(ReplicatedSteps, ShardedSteps):
@@ -114,7 +117,9 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
 
     ``owners`` maps ``id(p)`` to the rank that computes the matrix step of ``p``; ``sent_bytes``
     is what this rank sent during the last step (ring all-gather: ``(world - 1)`` times its
-    padded buffer; all-to-all: what it sent to the other ranks).
+    padded buffer; all-to-all: what it sent to the other ranks). ``positions``: each
+    parameter's ``(Ctx.position, Ctx.route_size)`` by ``id(p)``, the shell's
+    (``groups.route_positions``), the same on every rank.
     """
 
     def __init__(
@@ -124,8 +129,11 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
         plan: Plan,
         groups: Sequence[Mapping[str, Any]],
         replicate_state: bool = False,
+        *,
+        positions: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
         self.layout = layout
+        self.positions: Mapping[int, tuple[int, int]] = {} if positions is None else positions
         self.replicate_state = replicate_state and layout == "replicated"
         self.group = group
         self.plan = plan

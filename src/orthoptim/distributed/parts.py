@@ -153,6 +153,7 @@ class Topology:
     rank: int
     world: int
     owners: dict[int, int]
+    positions: Mapping[int, tuple[int, int]]
     sent_bytes: int
 
     def split(self, route: str) -> tuple[Chain, int, int]:

@@ -114,6 +114,8 @@ class ReplicatedSteps(Topology):
                     name=name,
                     grad_at_previous=at_previous.get(p),
                     layout=job.layout,
+                    position=self.positions[id(p)][0],
+                    route_size=self.positions[id(p)][1],
                 )
                 u = grad.clone(memory_format=torch.preserve_format)
                 job.items.append(Item(name, p, st, ctx, u, self.owners[id(p)]))

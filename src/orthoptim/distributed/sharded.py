@@ -65,6 +65,8 @@ class ShardedSteps(Topology):
                     name=name,
                     grad_at_previous=None if previous is None else local_tensor(previous),
                     layout=job.layout,
+                    position=self.positions[id(p)][0],
+                    route_size=self.positions[id(p)][1],
                 )
                 u = grad.clone(memory_format=torch.preserve_format)
                 job.items.append(Item(name, p, st, ctx, u, owner))
@@ -185,6 +187,8 @@ class ShardedSteps(Topology):
                 grad=grad,
                 name=it.name,
                 layout=job.layout,
+                position=it.ctx.position,
+                route_size=it.ctx.route_size,
             )
             cores.append(Item(it.name, it.p, it.state, ctx, u, it.owner))
         run_range(job.chain, job.lo, job.hi, cores, local=False)

@@ -5,14 +5,18 @@ projection acts on its last (shorter) side, ``low = x P`` with ``P`` an ``(n, r)
 orthonormal columns, ``x ~ low P^T``. ``oriented`` turns a ``rows < cols`` gradient into that
 form by transposing it, which is GaLore's ``"std"`` choice (project the shorter side).
 
-Four ways to choose ``P`` (FRUGAL, arXiv 2411.07837; GaLore, arXiv 2403.03507; the SVD-free
-DCT projection, arXiv 2505.17967):
+Four ways to choose ``P`` within one matrix (FRUGAL, arXiv 2411.07837; GaLore, arXiv
+2403.03507; the SVD-free DCT projection, arXiv 2505.17967):
   ``"dct"``: the ``r`` columns of the orthonormal DCT-II basis best aligned with ``x`` (largest
   ``||x b_k||``); only their indices need storing, the basis is fixed and rebuilt on demand.
   ``"svd"``: the top ``r`` right singular vectors of ``x`` (GaLore).
   ``"random"``: a random ``n x r`` matrix with orthonormal columns (FRUGAL's ``random``).
   ``"block"``: ``r`` random coordinates, i.e. columns of the identity (FRUGAL's RandK over
   columns, GaLore-``randperm``); only their indices need storing.
+
+and one across the matrices of a route, ``"blocks"`` (FRUGAL's BAdam-like ``BlockOptimizer``,
+its headline setting): whole tensors are state-full or state-free, a ``fraction`` of them at a
+time, the set moving every period in a ``BlockOrder`` (``active_block``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-Projection = Literal["dct", "svd", "random", "block"]
+Projection = Literal["blocks", "dct", "svd", "random", "block"]
 PROJECTIONS: tuple[str, ...] = get_args(Projection)
 # Projections whose subspace is a set of columns of a fixed basis: state holds indices only.
 INDEX_PROJECTIONS: tuple[str, ...] = ("dct", "block")
+BlockOrder = Literal["descending", "ascending", "random", "mirror"]
+BLOCK_ORDERS: tuple[str, ...] = get_args(BlockOrder)
 
 
 def oriented(x: Tensor) -> Tensor:
@@ -166,3 +172,43 @@ def rotate_moments(exp_avg: Tensor, exp_avg_sq: Tensor, old: Tensor, new: Tensor
     rotation = old.mT @ new
     exp_avg.copy_(exp_avg @ rotation)
     exp_avg_sq.copy_((exp_avg_sq @ rotation).abs_())
+
+
+def block_count(size: int, fraction: float) -> int:
+    """How many of a route's ``size`` tensors are state-full at once: ``round(size *
+    fraction)`` (Python's rounding, half to even, as FRUGAL's ``num_active_blocks``), at least
+    one where the route has any."""
+    return min(size, max(1, round(size * fraction)))
+
+
+@functools.lru_cache(maxsize=64)
+def _random_blocks(period: int, size: int, count: int) -> frozenset[int]:
+    generator = torch.Generator().manual_seed(period * 2654435761 % 2**63)
+    return frozenset(torch.randperm(size, generator=generator)[:count].tolist())
+
+
+def active_block(order: str, period: int, position: int, size: int, count: int) -> bool:
+    """Whether tensor ``position`` of ``size`` is among the ``count`` state-full ones in
+    ``period`` (0-based: steps ``period * update_every + 1 ...``), a pure function of its
+    arguments, so a resumed run and every rank agree without state or communication.
+
+    The orders of FRUGAL's ``BlockOptimizer`` (``block_order``), which walks a cursor through
+    the tensors, wrapping around: ``"descending"`` (its headline runs) takes ``count`` tensors
+    from the last one down, the next period the ``count`` below them; ``"ascending"`` the same
+    from the first one up; ``"mirror"`` ``count / 2`` from the front walking up and their
+    mirror images from the back (``count`` even; with ``size`` odd the middle tensor is never
+    state-full, as in the reference); ``"random"`` ``count`` distinct tensors drawn afresh each
+    period from a generator seeded by the period (the reference draws from the global RNG).
+    """
+    if order == "descending":
+        start = (size - 1 - period * count) % size
+        return (start - position) % size < count
+    if order == "ascending":
+        return (position - period * count) % size < count
+    if order == "mirror":
+        half, width = size // 2, count // 2
+        start = (period * width) % half
+        if position < half:
+            return (position - start) % half < width
+        return position >= size - half and (size - 1 - position - start) % half < width
+    return position in _random_blocks(period, size, count)

@@ -41,9 +41,12 @@ def normuon(
     back, as the reference's PR #10 does (at d45c9a4 float32 parameters crash,
     zichongli5/NorMuon#7); a parameter without a gradient is skipped (the reference steps it
     with a zero gradient, so its momentum keeps moving it, without decay); fused ``addmm`` in
-    Newton-Schulz as in ``muon``. The shape scale is the code's Keller rule; the paper's lr
-    scaling differs from the code (zichongli5/NorMuon#9), ``shape_scale="moonlight_rms"`` gives
-    ``0.2 sqrt(max(rows, cols))`` instead.
+    Newton-Schulz as in ``muon``. The shape scale is the code's Keller rule (the default,
+    which the authors keep in their code and their later ports, microsoft/dion#19); the
+    paper's step size, ``eta_hat = 0.2 eta sqrt(m n) / ||O||_F`` on the normalised update
+    (Algorithm 1 line 10; zichongli5/NorMuon issues #6, #9), is ``shape_scale="constant_rms"``:
+    every step then has RMS ``0.2 eta``, which makes the re-norm above moot;
+    ``"moonlight_rms"`` gives Moonlight's ``0.2 sqrt(max(rows, cols))``.
 
     References: Zichong Li et al., "NorMuon: Making Muon more efficient and scalable"
     (arXiv 2510.05491); zichongli5/NorMuon@d45c9a4280d758e2cf0b2b8333765d040e953937 normuon.py.

@@ -46,6 +46,12 @@ class Ctx:
         multi_tensor: the shell runs this step with multi-tensor ops over the group
             (``ChainOptimizer(foreach=True)``, a GPU's default): every working copy is alive at
             once, so a transform that ``batches`` may batch them.
+        position: the matrix's index among its route's matrices, in the order of the
+            optimizer's param groups (``groups.route_positions``; a stacked parameter's
+            matrices take one each, and the matrix core sees each one's): the same on every
+            rank and after a resume, so a schedule over the route's tensors (FRUGAL's
+            state-full blocks) needs no state.
+        route_size: how many matrices the route has (1 where a transform is run alone).
     """
 
     step: int | Tensor
@@ -58,6 +64,8 @@ class Ctx:
     layout: str = DEFAULT_LAYOUT
     stored: Tensor | None = None
     multi_tensor: bool = False
+    position: int = 0
+    route_size: int = 1
 
     @property
     def parameter(self) -> Tensor:

@@ -68,7 +68,7 @@ class _Slice(MutableMapping[str, Tensor]):
         return len(self._state)
 
 
-def _oriented_ctx(c: Ctx, param: Tensor, grad: Tensor, previous: Tensor | None) -> Ctx:
+def _oriented_ctx(c: Ctx, param: Tensor, grad: Tensor, previous: Tensor | None, index: int) -> Ctx:
     return dataclasses.replace(
         c,
         param=param,
@@ -76,6 +76,7 @@ def _oriented_ctx(c: Ctx, param: Tensor, grad: Tensor, previous: Tensor | None) 
         grad_at_previous=previous,
         layout=DEFAULT_LAYOUT,
         stored=c.parameter,
+        position=c.position + index,  # a stack's matrices hold consecutive positions
     )
 
 
@@ -281,7 +282,7 @@ class Chain(TransformBase):
                 owners.append((i, view))
                 flat_us.append(view.contiguous())
                 flat_ss.append(_Slice(s, index) if is_stacked(c.layout) else s)
-                flat_cs.append(_oriented_ctx(c, param, grad, prev))
+                flat_cs.append(_oriented_ctx(c, param, grad, prev, index))
         results = self._run(lo, hi, flat_us, flat_ss, flat_cs)
         out = list(us)
         for (i, view), result in zip(owners, results, strict=True):

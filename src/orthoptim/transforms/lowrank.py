@@ -23,10 +23,14 @@ from orthoptim._types import State
 from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
 from orthoptim.functional.polar import matrix_view
 from orthoptim.functional.projection import (
+    BLOCK_ORDERS,
     INDEX_PROJECTIONS,
     PROJECTIONS,
+    BlockOrder,
     Projection,
+    active_block,
     basis_columns,
+    block_count,
     choose_subspace,
     dct_basis,
     oriented,
@@ -57,14 +61,26 @@ class LowRankAdam(BetasMoments, TransformBase):
     reference's ``rotate_subspace``). With ``r = n`` the residual is zero by construction and is
     not computed (its round-off would have sign +-1 everywhere).
 
+    ``projection="blocks"`` (FRUGAL's ``BlockOptimizer``) projects nothing within a matrix:
+    whole tensors take turns. Of the route's ``N`` parameters, ``block_count(N,
+    rank_fraction)`` are state-full in each period of ``update_every`` steps, chosen by
+    ``block_order`` from the step and the parameter's place in its route (``Ctx.position``,
+    ``functional.projection.active_block``); those get ``scale * Adam(G)``, the others
+    ``residual_scale * rule(G)`` (zero for ``"none"``: BAdam). Every period restarts every
+    tensor's moments and bias correction (``refresh_moments="reset"``, the only convention it
+    takes: the reference clears a tensor's state whenever the blocks move).
+
     State: ``exp_avg``, ``exp_avg_sq`` of shape ``(max side, r)``, plus ``indices`` (int64,
     ``r``) for ``"dct"``/``"block"`` (the DCT basis is rebuilt, never stored) or ``basis``
-    (``n x r``) for ``"svd"``/``"random"``; float32 for 16-bit parameters.
+    (``n x r``) for ``"svd"``/``"random"``; float32 for 16-bit parameters. ``"blocks"``:
+    full-size moments for every tensor, state-full or not (fixed buffers, which checkpoints
+    and distributed owners rely on; the reference frees a state-free tensor's moments).
     """
 
     key: ClassVar[str] = "lowrank"
     formula: ClassVar[str] = r"u \leftarrow s\,\mathrm{Adam}(GP)P^\top + \rho\,\phi(G - GPP^\top)"
     projection: Projection = "dct"
+    block_order: BlockOrder = "descending"
     rank_fraction: float = 0.25
     update_every: int = 200
     scale: float = 1.0
@@ -76,12 +92,19 @@ class LowRankAdam(BetasMoments, TransformBase):
 
     def __post_init__(self) -> None:
         check_choice("projection", self.projection, PROJECTIONS)
+        check_choice("block_order", self.block_order, BLOCK_ORDERS)
         check_positive("rank_fraction", self.rank_fraction)
         if self.rank_fraction > 1:
             raise ValueError(f"rank_fraction must be in (0, 1], got {self.rank_fraction!r}")
         check_positive_int("update_every", self.update_every)
         check_positive("scale", self.scale)
         check_choice("refresh_moments", self.refresh_moments, REFRESH_MOMENTS)
+        if self.projection == "blocks" and self.refresh_moments != "reset":
+            raise ValueError(
+                "projection='blocks' restarts the moments whenever the state-full tensors "
+                f"change, as FRUGAL's BlockOptimizer does: refresh_moments must be 'reset', "
+                f"got {self.refresh_moments!r}"
+            )
         check_choice("residual", self.residual, RESIDUALS)
         check_finite_nonnegative("residual_scale", self.residual_scale)
         check_betas("betas", self.betas)
@@ -98,6 +121,11 @@ class LowRankAdam(BetasMoments, TransformBase):
     def init(self, p: Tensor) -> dict[str, Tensor]:
         m, n, r = self._sides(tuple(p.shape))
         dtype = stats_dtype(p)
+        if self.projection == "blocks":  # whole tensors: Adam on the gradient itself
+            return {
+                "exp_avg": torch.zeros(p.shape, dtype=dtype, device=p.device),
+                "exp_avg_sq": torch.zeros(p.shape, dtype=dtype, device=p.device),
+            }
         state = {
             "exp_avg": torch.zeros(m, r, dtype=dtype, device=p.device),
             "exp_avg_sq": torch.zeros(m, r, dtype=dtype, device=p.device),
@@ -131,7 +159,39 @@ class LowRankAdam(BetasMoments, TransformBase):
             s["exp_avg"].zero_()
             s["exp_avg_sq"].zero_()
 
+    def _state_full(self, c: Ctx) -> bool:
+        """Whether this parameter is among its route's state-full tensors at ``c.step``."""
+        count = block_count(c.route_size, self.rank_fraction)
+        if self.block_order == "mirror" and (count % 2 or c.route_size < 2):
+            raise ValueError(
+                f"block_order='mirror' pairs each state-full tensor with its mirror image, so it "
+                f"needs an even count of them: this route has {c.route_size} matrices, "
+                f"rank_fraction {self.rank_fraction} makes {count} state-full"
+            )
+        period = (int(c.step) - 1) // self.update_every
+        return active_block(self.block_order, period, c.position, c.route_size, count)
+
+    def _apply_blocks(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        t = (c.step - 1) % self.update_every + 1
+        if t == 1:
+            exp_avg.zero_()
+            exp_avg_sq.zero_()
+        if not self._state_full(c):
+            if self.residual == "none":
+                return u.zero_()
+            if self.residual == "sign_sgd":
+                u.sign_()
+            return u if self.residual_scale == 1 else u.mul_(self.residual_scale)
+        x = u.to(exp_avg.dtype)
+        ema_(exp_avg, x, self.betas[0])
+        ema_square_(exp_avg_sq, x, self.betas[1])
+        out = adam_direction(exp_avg, exp_avg_sq, step=t, betas=self.betas, eps=self.eps)
+        return u.copy_(out if self.scale == 1 else out.mul_(self.scale))
+
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        if self.projection == "blocks":
+            return self._apply_blocks(u, s, c)
         exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
         x = oriented(matrix_view(u)).to(exp_avg.dtype)
         n = x.shape[1]
@@ -159,6 +219,8 @@ class LowRankAdam(BetasMoments, TransformBase):
 
     def cost(self, shape: tuple[int, ...]) -> float:
         m, n, r = self._sides(shape)
+        if self.projection == "blocks":
+            return 10.0 * m * n
         step = 4.0 * m * n * r + 10.0 * m * r
         if self.residual != "none":
             step += 2.0 * m * n * r + 2.0 * m * n
