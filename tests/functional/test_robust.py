@@ -10,7 +10,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orthoptim.functional.robust import abs_quantile, dual_norm
+from orthoptim.functional.robust import (
+    abs_quantile,
+    dkw_epsilon,
+    dual_norm,
+    sample_indices,
+    sampled_abs_quantile,
+)
 
 QUANTILES = st.one_of(
     st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.97, 1.0]), st.floats(min_value=0.0, max_value=1.0)
@@ -46,6 +52,47 @@ def test_abs_quantile_beyond_torch_quantile_size_limit_matches_sorting() -> None
         ordered = x.abs().sort().values
         expected = torch.lerp(ordered[lower], ordered[lower + 1], position - lower)
         torch.testing.assert_close(abs_quantile(x, q), expected, rtol=0, atol=0)
+
+
+def test_sampled_abs_quantile_is_exact_up_to_the_sample_size() -> None:
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    for q in (0.5, 0.9):
+        assert torch.equal(sampled_abs_quantile(x, q, 4096, step=3), abs_quantile(x, q))
+        assert torch.equal(sampled_abs_quantile(x, q, 5000, step=3), abs_quantile(x, q))
+
+
+def test_sampled_abs_quantile_lies_in_the_dkw_band() -> None:
+    """Rows on scales from 1e-3 to 1e3 (so a sample that favoured some rows, e.g. the first
+    entries, would land far outside), heavy tails; 4096 samples: the estimate of every one of
+    100 steps lies between the exact q - eps and q + eps quantiles, eps from delta = 1e-6."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 600, generator=g) ** 3 * torch.logspace(-3, 3, 400)[:, None]
+    k, q = 4096, 0.9
+    eps = dkw_epsilon(k, 1e-6)
+    assert eps == pytest.approx(0.0420, abs=1e-4)
+    assert dkw_epsilon(2**16, 1e-6) == pytest.approx(0.0105, abs=1e-4)
+    low, high = abs_quantile(x, q - eps), abs_quantile(x, q + eps)
+    estimates = torch.stack([sampled_abs_quantile(x, q, k, step) for step in range(1, 101)])
+    assert (estimates >= low).all() and (estimates <= high).all()
+    assert estimates.unique().numel() > 90  # each step draws its own sample
+    biased = abs_quantile(x.flatten()[:k], q)  # the first rows only: the test can fail
+    assert not low <= biased <= high
+
+
+def test_sample_indices_are_uniform_deterministic_and_in_range() -> None:
+    n, k = 1_000_003, 2**16
+    cpu = torch.device("cpu")
+    a = sample_indices(n, k, 5, cpu)
+    assert a.dtype == torch.int64 and a.shape == (k,)
+    assert a.min().item() >= 0 and a.max().item() < n
+    assert torch.equal(a, sample_indices(n, k, 5, cpu))
+    assert not torch.equal(a, sample_indices(n, k, 6, cpu))
+    a.zero_()  # a new tensor each call: the cached draw is not written through
+    assert sample_indices(n, k, 5, cpu).max().item() > 0
+    # 16 equal bins of the range: counts within 5 standard deviations of k/16.
+    counts = torch.bincount(sample_indices(n, k, 7, cpu) * 16 // n, minlength=16).double()
+    expected = k / 16
+    assert ((counts - expected).abs() < 5 * math.sqrt(expected * 15 / 16)).all()
 
 
 @pytest.mark.parametrize("shape", [(40, 12), (12, 40), (16, 16), (6, 4, 3, 3)])

@@ -17,7 +17,8 @@ output layer is the head and the biases are vectors (AdamW).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,11 +87,12 @@ def train(
     lr: float | None = None,
     problem: Callable[[int], Problem] = ill_conditioned,
     seed: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> list[float]:
-    """The loss after each of ``steps`` full-batch steps of ``build(name, model)`` on
-    ``problem``, at the registry's default lr unless ``lr`` is given."""
+    """The loss after each of ``steps`` full-batch steps of ``build(name, model, **options)``
+    on ``problem``, at the registry's default lr unless ``lr`` is given."""
     x, y, model, loss_fn = problem(seed)
-    opt = orthoptim.build(name, model, lr=lr)
+    opt = orthoptim.build(name, model, lr=lr, **(options or {}))
     losses = []
     for _ in range(steps):
         opt.zero_grad()

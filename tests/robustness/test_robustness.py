@@ -47,6 +47,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "normalize": ["yes", 1, None],
     # -- options of Muon's normalisation variants (NorMuon, AuON) --
     "clip_quantile": [0.0, -0.5, 1.5, math.nan, "0.9", None],
+    "clip_estimate": ["sample", "", None, 65536],
     "factor_beta": [-0.1, 1.5, math.nan, "0.95"],
     "damping": [0.0, -1.0, math.nan, math.inf],
     "factor_stats": ["fisher", "", None],

@@ -56,10 +56,20 @@ class NormalizeNeurons(TransformBase):
         return {"v_row": torch.zeros(p.shape[0], 1, dtype=dtype, device=p.device)}
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        # One pass reads the row sums of squares, in v's dtype without a float32 copy of a
+        # 16-bit update; both Frobenius norms follow from them (the divided matrix's is
+        # sum_i r_i / d_i^2), and one in-place multiply by a per-row factor applies the
+        # division and the rescale together: two passes over the matrix where dividing,
+        # re-measuring and rescaling it took six (equal up to rounding).
         v = s["v_row"]
-        x = matrix_view(u).to(v.dtype)
-        norm_before = torch.linalg.vector_norm(x)
-        ema_(v, x.square().mean(dim=1, keepdim=True), self.beta2)
-        x = x / (v.sqrt() + self.eps)
-        x = x * (norm_before / (torch.linalg.vector_norm(x) + self.eps))
-        return x.to(u.dtype).reshape(u.shape)
+        m = matrix_view(u)
+        rows_sq = torch.linalg.vector_norm(m, dim=1, keepdim=True, dtype=v.dtype).square_()
+        ema_(v, rows_sq / m.shape[1], self.beta2)
+        divisor = v.sqrt().add_(self.eps)
+        norm_before = rows_sq.sum().sqrt_()
+        norm_after = (rows_sq / divisor.square()).sum().sqrt_()
+        factor = divisor.reciprocal_().mul_(norm_before / norm_after.add_(self.eps))
+        if m.data_ptr() == u.data_ptr() and m.is_contiguous():
+            m.mul_(factor)  # a 16-bit update rounds once, as the float32 product cast back
+            return u
+        return (m * factor).to(u.dtype).reshape(u.shape)
