@@ -110,19 +110,28 @@ def expected_buffers(
             buffers = state_dict["state"].get(index)
             if not buffers:
                 continue
-            # Meta tensors: the buffers a fresh init would create, without allocating them.
-            fresh = chain.init(
-                torch.empty(p.shape, dtype=p.dtype, device="meta"), group_layout(group)
-            )
+            # Meta tensors: the buffers a fresh init would create, without allocating them, and
+            # their in-use sizes (a buffer a transform releases is saved at either).
+            meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+            fresh = chain.init(meta, group_layout(group))
+            held = chain.held(meta, group_layout(group))
             keys = None if distributed is None else distributed.local_keys(chain, p)
             kept = set(fresh) if keys is None else keys
             found = {k: tuple(v.shape) for k, v in buffers.items() if k != "step"}
             complete = {k: tuple(v.shape) for k, v in fresh.items()}
-            own = {k: v for k, v in complete.items() if k in kept}
-            if found not in (complete, own):
+            fits = all(
+                shape in (complete[k], tuple(held[k].shape))
+                for k, shape in found.items()
+                if k in complete
+            )
+            if not fits or set(found) not in (set(complete), set(complete) & kept):
+                expected = {
+                    k: v if v == tuple(held[k].shape) else f"{v} or {tuple(held[k].shape)}"
+                    for k, v in complete.items()
+                }
                 raise ValueError(
                     f"state dict does not fit parameter {name or index} of shape "
-                    f"{tuple(p.shape)}: saved buffers {found}, expected {complete}"
+                    f"{tuple(p.shape)}: saved buffers {found}, expected {expected}"
                 )
             sharded = set() if distributed is None else distributed.shard_keys(chain, p)
             out[index] = (p, fresh, kept, sharded)

@@ -21,6 +21,7 @@ from orthoptim._checks import (
 )
 from orthoptim._types import State
 from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
+from orthoptim.functional.layout import is_stacked
 from orthoptim.functional.polar import matrix_view
 from orthoptim.functional.projection import (
     BLOCK_ORDERS,
@@ -73,8 +74,11 @@ class LowRankAdam(BetasMoments, TransformBase):
     State: ``exp_avg``, ``exp_avg_sq`` of shape ``(max side, r)``, plus ``indices`` (int64,
     ``r``) for ``"dct"``/``"block"`` (the DCT basis is rebuilt, never stored) or ``basis``
     (``n x r``) for ``"svd"``/``"random"``; float32 for 16-bit parameters. ``"blocks"``:
-    full-size moments for every tensor, state-full or not (fixed buffers, which checkpoints
-    and distributed owners rely on; the reference frees a state-free tensor's moments).
+    parameter-size moments while the tensor is state-full, released (empty ``(0,)`` tensors,
+    ``TransformBase.held``) while it is state-free, as the reference frees them: a route's
+    moments take ``2 * rank_fraction`` of AdamW's bytes (a stacked parameter, whose matrices
+    share one buffer, keeps it allocated). The moments restart at every switch, so nothing is
+    lost; checkpoints save and restore either shape.
     """
 
     key: ClassVar[str] = "lowrank"
@@ -121,10 +125,10 @@ class LowRankAdam(BetasMoments, TransformBase):
     def init(self, p: Tensor) -> dict[str, Tensor]:
         m, n, r = self._sides(tuple(p.shape))
         dtype = stats_dtype(p)
-        if self.projection == "blocks":  # whole tensors: Adam on the gradient itself
+        if self.projection == "blocks":  # released until a period makes the tensor state-full
             return {
-                "exp_avg": torch.zeros(p.shape, dtype=dtype, device=p.device),
-                "exp_avg_sq": torch.zeros(p.shape, dtype=dtype, device=p.device),
+                "exp_avg": torch.zeros(0, dtype=dtype, device=p.device),
+                "exp_avg_sq": torch.zeros(0, dtype=dtype, device=p.device),
             }
         state = {
             "exp_avg": torch.zeros(m, r, dtype=dtype, device=p.device),
@@ -135,6 +139,15 @@ class LowRankAdam(BetasMoments, TransformBase):
         else:
             state["basis"] = torch.zeros(n, r, dtype=dtype, device=p.device)
         return state
+
+    def held(self, p: Tensor) -> dict[str, Tensor]:
+        if self.projection != "blocks":
+            return self.init(p)
+        dtype = stats_dtype(p)
+        return {
+            "exp_avg": torch.zeros(p.shape, dtype=dtype, device=p.device),
+            "exp_avg_sq": torch.zeros(p.shape, dtype=dtype, device=p.device),
+        }
 
     def _matrix(self, s: State, n: int) -> Tensor:
         if "basis" in s:
@@ -172,12 +185,24 @@ class LowRankAdam(BetasMoments, TransformBase):
         return active_block(self.block_order, period, c.position, c.route_size, count)
 
     def _apply_blocks(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        # The moments restart whenever the blocks move, so a state-free tensor's are released
+        # (``(0,)``) and a state-full one's allocated as zeros when it needs them: the same
+        # numbers as zeroing full-size buffers at every period's first step, at the memory of
+        # the state-full tensors only. A stacked parameter's buffers are slices of one stack,
+        # which stay allocated (zeroed instead). Shapes alone decide: no host read.
         exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
         t = (c.step - 1) % self.update_every + 1
-        if t == 1:
+        state_full = self._state_full(c)
+        if state_full and exp_avg.shape != u.shape:
+            exp_avg = s["exp_avg"] = torch.zeros_like(u, dtype=exp_avg.dtype)
+            exp_avg_sq = s["exp_avg_sq"] = torch.zeros_like(u, dtype=exp_avg_sq.dtype)
+        elif not state_full and exp_avg.numel() and not is_stacked(c.layout):
+            s["exp_avg"] = exp_avg.new_zeros(0)
+            s["exp_avg_sq"] = exp_avg_sq.new_zeros(0)
+        elif t == 1:
             exp_avg.zero_()
             exp_avg_sq.zero_()
-        if not self._state_full(c):
+        if not state_full:
             if self.residual == "none":
                 return u.zero_()
             if self.residual == "sign_sgd":
