@@ -314,10 +314,11 @@ def test_resume_is_bit_identical_across_a_switch(order) -> None:
 )
 def test_resume_with_released_moments_mid_period_and_at_a_switch(split, dtype) -> None:
     """Periods of 3 steps (switches before steps 4 and 7), 2 of the MLP's 4 hidden matrices
-    state-full: saved after step 5 (mid-period, 2 matrices state-free with released ``(0,)`` moments) or
-    after step 3 (the next step switches), loaded into a fresh optimizer (torch casts the saved
-    float32 buffers to bfloat16 parameters' dtype; ``checkpoint.restore`` undoes it), the
-    continued run equals the uninterrupted one bit for bit, released buffers included."""
+    state-full: saved after step 5 (mid-period, 2 matrices state-free with released ``(0,)``
+    moments) or after step 3 (the next step switches), loaded into a fresh optimizer (torch
+    casts the saved float32 buffers to bfloat16 parameters' dtype; ``checkpoint.restore``
+    undoes it), the continued run equals the uninterrupted one bit for bit, released buffers
+    included (saved as zeros at full size, released again on load)."""
     options = dict(update_every=3, rank_fraction=0.4)
 
     def model() -> nn.Module:
@@ -349,6 +350,47 @@ def test_resume_with_released_moments_mid_period_and_at_a_switch(split, dtype) -
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_dcp_resumes_across_a_switch() -> None:
+    """DCP loads in place into a fresh optimizer's state dict (``get_state_dict``), whose
+    moments have the shapes of its first step: saved after step 3 (the second period's
+    state-full matrices differ from the first's), the checkpoint still fits, as every
+    checkpoint holds every moment at full size, and the run continues bit for bit."""
+    import tempfile
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    options = dict(update_every=2, rank_fraction=0.5)
+    straight = mlp()
+    straight_opt = orthoptim.build("frugal", straight, **options)
+    train(straight, straight_opt, range(6))
+    first = mlp()
+    first_opt = orthoptim.build("frugal", first, **options)
+    train(first, first_opt, range(3))
+    saved = first_opt.state_dict()
+    assert all(t.shape != (0,) for s in saved["state"].values() for t in s.values() if t.ndim)
+    resumed = mlp()
+    resumed_opt = orthoptim.build("frugal", resumed, **options)
+    with tempfile.TemporaryDirectory() as path, pytest.warns(UserWarning, match="single"):
+        msd, osd = get_state_dict(first, first_opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+        msd, osd = get_state_dict(resumed, resumed_opt)
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(
+            resumed, resumed_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+    released = [
+        s["lowrank.exp_avg"].numel() == 0
+        for s in resumed_opt.state.values()
+        if "lowrank.exp_avg" in s
+    ]
+    assert sorted(released) == [False, False, True, True]  # released again on load
+    train(resumed, resumed_opt, range(3, 6))
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_moment_of_another_shape_is_refused() -> None:

@@ -20,8 +20,8 @@ from orthoptim._checks import (
     check_positive_int,
 )
 from orthoptim._types import State
-from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
 from orthoptim.functional.layout import is_stacked
+from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
 from orthoptim.functional.polar import matrix_view
 from orthoptim.functional.projection import (
     BLOCK_ORDERS,
@@ -190,18 +190,17 @@ class LowRankAdam(BetasMoments, TransformBase):
         # numbers as zeroing full-size buffers at every period's first step, at the memory of
         # the state-full tensors only. A stacked parameter's buffers are slices of one stack,
         # which stay allocated (zeroed instead). Shapes alone decide: no host read.
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
         t = (c.step - 1) % self.update_every + 1
         state_full = self._state_full(c)
-        if state_full and exp_avg.shape != u.shape:
-            exp_avg = s["exp_avg"] = torch.zeros_like(u, dtype=exp_avg.dtype)
-            exp_avg_sq = s["exp_avg_sq"] = torch.zeros_like(u, dtype=exp_avg_sq.dtype)
-        elif not state_full and exp_avg.numel() and not is_stacked(c.layout):
-            s["exp_avg"] = exp_avg.new_zeros(0)
-            s["exp_avg_sq"] = exp_avg_sq.new_zeros(0)
-        elif t == 1:
-            exp_avg.zero_()
-            exp_avg_sq.zero_()
+        for key in ("exp_avg", "exp_avg_sq"):  # each on its own: a load releases zero ones
+            buffer = s[key]
+            if state_full and buffer.shape != u.shape:
+                s[key] = torch.zeros_like(u, dtype=buffer.dtype)
+            elif not state_full and buffer.numel() and not is_stacked(c.layout):
+                s[key] = buffer.new_zeros(0)
+            elif t == 1:
+                buffer.zero_()
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
         if not state_full:
             if self.residual == "none":
                 return u.zero_()
