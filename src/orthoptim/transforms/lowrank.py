@@ -78,7 +78,8 @@ class LowRankAdam(BetasMoments, TransformBase):
     ``TransformBase.held``) while it is state-free, as the reference frees them: a route's
     moments take ``2 * rank_fraction`` of AdamW's bytes (a stacked parameter, whose matrices
     share one buffer, keeps it allocated). The moments restart at every switch, so nothing is
-    lost; checkpoints save and restore either shape.
+    lost; ``ChainOptimizer.state_dict`` saves released moments as full-size zeros and
+    ``load_state_dict`` releases zero ones again (``checkpoint.fill_released``, ``restore``).
     """
 
     key: ClassVar[str] = "lowrank"
