@@ -448,3 +448,29 @@ def test_blocks_converge_with_the_subspace_variants_at_the_default_lr() -> None:
     assert max(blocks, svd) < min(0.5 * sgd, 1.1 * adamw)
     assert blocks < 1.1 * svd
     assert badam > 2 * blocks
+
+
+def test_a_stacked_parameter_keeps_its_moments_and_equals_separate_matrices() -> None:
+    """A stacked ``(3, in, out)`` parameter's matrices take one position each and share one
+    buffer, which cannot be released per matrix: it stays allocated, zeroed at each switch,
+    and the updates equal those of the three matrices as separate parameters (released)."""
+    from orthoptim import ChainOptimizer
+    from orthoptim.recipes import frugal
+
+    torch.manual_seed(0)
+    stacked = nn.Parameter(torch.randn(3, 8, 12) / 4)
+    separate = [nn.Parameter(stacked.detach()[i].T.clone()) for i in range(3)]
+    recipe = frugal(update_every=2, rank_fraction=1 / 3)
+    one = ChainOptimizer([{"params": [stacked], "layout": "stacked_in_out"}], recipe, lr=LR)
+    three = ChainOptimizer([{"params": separate}], recipe, lr=LR)
+    for step in range(6):
+        g = torch.randn(3, 8, 12, generator=torch.Generator().manual_seed(step))
+        stacked.grad = g.clone()
+        for i, p in enumerate(separate):
+            p.grad = g[i].T.clone()
+        one.step()
+        three.step()
+        assert one.state[stacked]["lowrank.exp_avg"].shape == (3, 12, 8)
+        assert sorted(three.state[p]["lowrank.exp_avg"].numel() for p in separate) == [0, 0, 96]
+        for i, p in enumerate(separate):
+            assert torch.equal(stacked.detach()[i].T, p.detach()), (step, i)

@@ -44,7 +44,9 @@ class _Namespaced(MutableMapping[str, Tensor]):
 
 class _Slice(MutableMapping[str, Tensor]):
     """Matrix ``index`` of a stacked parameter's state: each buffer's slice along dimension 0
-    (a view, so in-place updates land in the stack; an assigned buffer is copied into it)."""
+    (a view, so in-place updates land in the stack; an assigned buffer is copied into it, and
+    an assigned empty one, a transform releasing a buffer that stands for zeros
+    (``TransformBase.held``), zeroes the slice: the stack stays allocated for the others)."""
 
     __slots__ = ("_index", "_state")
 
@@ -56,7 +58,11 @@ class _Slice(MutableMapping[str, Tensor]):
         return self._state[name][self._index]
 
     def __setitem__(self, name: str, value: Tensor) -> None:
-        self._state[name][self._index].copy_(value)
+        view = self._state[name][self._index]
+        if value.numel() == 0 and view.numel():
+            view.zero_()
+        else:
+            view.copy_(value)
 
     def __delitem__(self, name: str) -> None:
         raise TypeError("a stacked parameter's buffers are deleted for every matrix at once")

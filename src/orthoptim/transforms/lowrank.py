@@ -20,7 +20,6 @@ from orthoptim._checks import (
     check_positive_int,
 )
 from orthoptim._types import State
-from orthoptim.functional.layout import is_stacked
 from orthoptim.functional.moments import adam_direction, ema_, ema_square_, stats_dtype
 from orthoptim.functional.polar import matrix_view
 from orthoptim.functional.projection import (
@@ -187,20 +186,20 @@ class LowRankAdam(BetasMoments, TransformBase):
 
     def _apply_blocks(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         # The moments restart whenever the blocks move, so a state-free tensor's are released
-        # (``(0,)``) and a state-full one's allocated as zeros when it needs them: the same
-        # numbers as zeroing full-size buffers at every period's first step, at the memory of
-        # the state-full tensors only. A stacked parameter's buffers are slices of one stack,
-        # which stay allocated (zeroed instead). Shapes alone decide: no host read.
+        # (``(0,)``) at a period's first step and a state-full one's allocated as zeros when it
+        # needs them: the same numbers as zeroing full-size buffers at every period's first
+        # step, at the memory of the state-full tensors only (a stacked parameter's slice of
+        # its shared buffer is zeroed instead, ``chain._Slice``). Shapes decide: no host read.
         t = (c.step - 1) % self.update_every + 1
         state_full = self._state_full(c)
         for key in ("exp_avg", "exp_avg_sq"):  # each on its own: a load releases zero ones
             buffer = s[key]
             if state_full and buffer.shape != u.shape:
                 s[key] = torch.zeros_like(u, dtype=buffer.dtype)
-            elif not state_full and buffer.numel() and not is_stacked(c.layout):
-                s[key] = buffer.new_zeros(0)
-            elif t == 1:
+            elif t == 1 and state_full:
                 buffer.zero_()
+            elif t == 1 and buffer.numel():
+                s[key] = buffer.new_zeros(0)
         exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
         if not state_full:
             if self.residual == "none":
