@@ -3,6 +3,9 @@
 State bytes = the sum of ``numel * element_size`` over every tensor in ``optimizer.state`` after
 one step (step counters included), for the whole model (hidden matrices through the low-rank
 route, embeddings, head, norms and biases through AdamW) and for the hidden matrices alone.
+Then the same for AdamW and FRUGAL's default on the speed benchmark's 24 matrices (6 layers of
+``LAYER_SHAPES``), over one cycle of FRUGAL's periods (``update_every=1``: each step moves the
+state-full set), whose state-full matrices differ in size from period to period.
 
 Usage: python benchmarks/lowrank_state_bytes.py OUT.json [--dim 64] [--vocab 256]
 """
@@ -18,6 +21,7 @@ from torch import nn
 
 import orthoptim
 from orthoptim.bench.models import TinyGPT
+from orthoptim.bench.speed.benchmark import LAYER_SHAPES
 
 CONFIGS: list[tuple[str, dict[str, object]]] = [
     ("adamw", {}),
@@ -57,6 +61,22 @@ def measure(name: str, options: dict[str, object], dim: int, vocab: int) -> dict
     }
 
 
+def speed_matrices(name: str, steps: int) -> list[float]:
+    """State bytes per parameter of ``name`` on the speed benchmark's 24 matrices after each of
+    ``steps`` steps (FRUGAL with ``update_every=1``: a new period every step)."""
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.zeros(shape)) for _ in range(6) for shape in LAYER_SHAPES]
+    opt = orthoptim.build(name, params, **({"update_every": 1} if name == "frugal" else {}))
+    count = sum(p.numel() for p in params)
+    out = []
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        out.append(state_bytes(opt, params) / count)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="where to write the JSON results")
@@ -80,8 +100,14 @@ def main() -> None:
             f"{row['state_bytes'] / adamw['state_bytes']:8.3f} {row['hidden_state_bytes']:12d} "
             f"{row['hidden_bytes_per_param']:14.3f}"
         )
+    cycle = {name: speed_matrices(name, 4) for name in ("adamw", "frugal")}
+    print(f"speed benchmark's 24 matrices ({', '.join(f'{r}x{c}' for r, c in LAYER_SHAPES)} x 6):")
+    for name, per_step in cycle.items():
+        steps = " ".join(f"{b:.3f}" for b in per_step)
+        print(f"  {name:8s} B/param after steps 1-4: {steps} (max {max(per_step):.3f})")
     payload = {"model": {"class": "TinyGPT", "depth": 2, "dim": args.dim, "vocab": args.vocab}}
-    args.out.write_text(json.dumps(payload | {"torch": torch.__version__, "rows": rows}, indent=2))
+    payload |= {"torch": torch.__version__, "rows": rows, "speed_matrices": cycle}
+    args.out.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

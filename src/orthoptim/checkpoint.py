@@ -27,9 +27,10 @@ SAVED_ONLY_KEYS: tuple[str, ...] = (CHAIN_KEY, OPTIMIZER_KEY, SKIPPED_STATE_KEY)
 LEGACY_KEYS: tuple[str, ...] = (PLAN_STATE_KEY, SKIPPED_STATE_KEY)
 """Top-level entries of older checkpoints that torch's ``load_state_dict`` does not know."""
 
-Expected = dict[Any, tuple[Tensor, dict[str, Tensor], set[str], set[str]]]
+Expected = dict[Any, tuple[Tensor, dict[str, Tensor], dict[str, Tensor], set[str], set[str]]]
 """Per saved parameter index with state: the parameter, the (meta) buffers a fresh init
-creates, the keys this rank keeps, and those it keeps as FSDP2 shards."""
+creates, the same at their held size (``TransformBase.held``), the keys this rank keeps, and
+those it keeps as FSDP2 shards."""
 
 
 def add_gathered(
@@ -42,6 +43,40 @@ def add_gathered(
     for index, pid in enumerate(order):
         if pid in gathered:  # a new dict: torch's entries are the live state's own
             state["state"][index] = {**state["state"][index], **gathered[pid]}
+
+
+def fill_released(
+    state: dict[str, Any], param_groups: Sequence[Mapping[str, Any]], plan: Plan
+) -> None:
+    """Put into torch's ``state`` each released buffer (``TransformBase.held``: an empty
+    tensor standing for zeros of its held size) as those zeros.
+
+    So every checkpoint has one layout, whichever tensors were state-full when it was written:
+    DCP loads in place into a fresh optimizer's state dict, whose buffers have that fresh
+    step's shapes, and refuses other sizes; ``restore`` releases them again. The zeros are
+    allocated while the returned dict lives: saving costs the held size's memory."""
+    index = -1
+    for group in param_groups:
+        chain = plan.route_named(group["route"]).chain
+        for p in group["params"]:
+            index += 1
+            saved = state["state"].get(index)
+            released = [
+                k
+                for k, v in (saved or {}).items()
+                if k != "step" and isinstance(v, Tensor) and v.numel() == 0
+            ]
+            if not released:
+                continue
+            meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+            held = chain.held(meta, group_layout(group))
+            filled = {
+                k: saved[k].new_zeros(held[k].shape)
+                for k in released
+                if k in held and held[k].numel()
+            }
+            if filled:  # a new dict: torch's entries are the live state's own
+                state["state"][index] = {**saved, **filled}
 
 
 def sign(
@@ -110,22 +145,31 @@ def expected_buffers(
             buffers = state_dict["state"].get(index)
             if not buffers:
                 continue
-            # Meta tensors: the buffers a fresh init would create, without allocating them.
-            fresh = chain.init(
-                torch.empty(p.shape, dtype=p.dtype, device="meta"), group_layout(group)
-            )
+            # Meta tensors: the buffers a fresh init would create, without allocating them, and
+            # their in-use sizes (a buffer a transform releases is saved at either).
+            meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+            fresh = chain.init(meta, group_layout(group))
+            held = chain.held(meta, group_layout(group))
             keys = None if distributed is None else distributed.local_keys(chain, p)
             kept = set(fresh) if keys is None else keys
             found = {k: tuple(v.shape) for k, v in buffers.items() if k != "step"}
             complete = {k: tuple(v.shape) for k, v in fresh.items()}
-            own = {k: v for k, v in complete.items() if k in kept}
-            if found not in (complete, own):
+            fits = all(
+                shape in (complete[k], tuple(held[k].shape))
+                for k, shape in found.items()
+                if k in complete
+            )
+            if not fits or set(found) not in (set(complete), set(complete) & kept):
+                expected = {
+                    k: v if v == tuple(held[k].shape) else f"{v} or {tuple(held[k].shape)}"
+                    for k, v in complete.items()
+                }
                 raise ValueError(
                     f"state dict does not fit parameter {name or index} of shape "
-                    f"{tuple(p.shape)}: saved buffers {found}, expected {complete}"
+                    f"{tuple(p.shape)}: saved buffers {found}, expected {expected}"
                 )
             sharded = set() if distributed is None else distributed.shard_keys(chain, p)
-            out[index] = (p, fresh, kept, sharded)
+            out[index] = (p, fresh, held, kept, sharded)
     return out
 
 
@@ -140,11 +184,16 @@ def restore(
     for group in param_groups:  # what the checkpoint says about itself, not settings
         for key in SAVED_ONLY_KEYS:
             group.pop(key, None)
-    for index, (p, fresh, kept, sharded) in expected.items():
+    for index, (p, fresh, held, kept, sharded) in expected.items():
         buffers = state[p]
         for key in [k for k in buffers if k != "step" and k not in kept]:
             del buffers[key]  # another rank owns it
         for key in kept:
+            if fresh[key].shape != held[key].shape and not buffers[key].any():
+                # zeros a transform may release (written by fill_released, or moments that
+                # are zero): released, they stand for the same zeros and take no memory
+                buffers[key] = torch.zeros(0, dtype=fresh[key].dtype, device=buffers[key].device)
+                continue
             # torch casts every floating buffer to its parameter's dtype; a transform may
             # keep a buffer in another dtype (ScaleByAdam keeps float32 moments for 16-bit
             # parameters), so restore those from the saved tensors, bit for bit.

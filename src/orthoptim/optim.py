@@ -458,6 +458,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         ``get_state_dict`` does), so a checkpoint loads at any world size; FSDP2's element-wise
         buffers stay DTensor shards for ``get_state_dict`` to gather or DCP to write in place.
         To save from one rank only, call ``consolidate_state_dict()`` on every rank first.
+
+        A buffer its transform releases while unused (``TransformBase.held``: FRUGAL's moments
+        of a state-free tensor) is saved as the zeros it stands for, at its in-use size, so a
+        checkpoint's shapes do not depend on the step (DCP loads in place and needs them);
+        those zeros are allocated for as long as the returned dict lives, and released again
+        on load.
         """
         state = super().state_dict()
         if self.distributed is not None:
@@ -465,6 +471,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             if gathered is None:
                 gathered = self.distributed.consolidated(self.state, self.param_groups)
             checkpoint.add_gathered(state, self.param_groups, gathered)
+        checkpoint.fill_released(state, self.param_groups, self.plan)
         checkpoint.sign(state, self.param_groups, self.plan, self.name, self.skipped_steps)
         return state
 

@@ -152,6 +152,25 @@ def test_dcp_resume_and_reshard(ranks: Ranks, tmp_path: Path, mode: str) -> None
             assert matrix <= tolerance(name), (name, label)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_frugal_releases_moments_and_resumes_across_a_switch(
+    ranks: Ranks, tmp_path: Path, mode: str
+) -> None:
+    """FRUGAL's state-free matrices hold no moments on any rank (only the state-full matrix's
+    owner holds its moments), and a checkpoint saved before a switch (DCP, and a consolidated
+    ``opt.state_dict()`` under DDP) resumes bit for bit into a fresh optimizer."""
+    out = ranks.run(W.frugal_switch, mode, str(tmp_path / "frugal"))
+    m = W.model()
+    positions = build("frugal", m).positions
+    # the route of 2 matrices, descending: fc2 state-full at steps 1-2, fc1 at steps 3-4
+    assert [positions[id(m.fc1.weight)], positions[id(m.fc2.weight)]] == [(0, 2), (1, 2)]
+    assert sorted(r["moments"] for r in out) == [0, 2 * 13 * 8]
+    for rank_out in out:
+        for form in ("dcp", "full") if mode == "ddp" else ("dcp",):
+            got, want = rank_out[form], rank_out["straight"]
+            assert all(torch.equal(got[n], t) for n, t in want.items()), (mode, form)
+
+
 FULL_FORMS = (("ddp", "set"), ("ddp", "load"), ("fsdp", "set"), ("fsdp", "load"))
 
 

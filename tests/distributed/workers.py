@@ -634,3 +634,36 @@ def replicated_state(rank: int, name: str) -> tuple[dict[str, Tensor], dict[str,
     _train(m, opt, rank, range(STEPS), 1, "ddp")
     names = {id(p): n for n, p in m.named_parameters()}
     return _full(m), {names[id(p)]: sorted(s) for p, s in opt.state.items()}
+
+
+def frugal_switch(rank: int, mode: str, path: str) -> dict[str, Any]:
+    """FRUGAL's blocks with periods of 2 steps over ``Tiny``'s 3 hidden matrices (one
+    state-full at a time): 5 steps straight, and 3 steps saved (DCP, and a consolidated
+    ``opt.state_dict()`` under DDP), loaded into a fresh model and optimizer and trained to 5.
+    Also this rank's moment elements after 3 steps: the state-full matrix's on its owner only."""
+    options = {"update_every": 2}
+    m = wrap(mode)
+    opt = build("frugal", m, **options)
+    _train(m, opt, rank, range(5), 1, mode)
+    out: dict[str, Any] = {"straight": _full(m)}
+    m = wrap(mode)
+    opt = build("frugal", m, **options)
+    _train(m, opt, rank, range(3), 1, mode)
+    out["moments"] = sum(
+        t.numel() for s in opt.state.values() for k, t in s.items() if k.startswith("lowrank.")
+    )
+    _save(m, opt, path)
+    full = opt.state_dict() if mode == "ddp" else None
+    resumed = wrap(mode)
+    resumed_opt = build("frugal", resumed, **options)
+    _load(resumed, resumed_opt, path)
+    _train(resumed, resumed_opt, rank, range(3, 5), 1, mode)
+    out["dcp"] = _full(resumed)
+    if full is not None:
+        resumed = wrap(mode)
+        resumed.module.load_state_dict(_unwrapped(m).state_dict())
+        resumed_opt = build("frugal", resumed, **options)
+        resumed_opt.load_state_dict(full)
+        _train(resumed, resumed_opt, rank, range(3, 5), 1, mode)
+        out["full"] = _full(resumed)
+    return out

@@ -254,6 +254,29 @@ def test_whole_model_state_full_matrices_walk_down_the_model() -> None:
         opt.step()
         state_full = {i for i, p in enumerate(hidden) if opt.state[p]["lowrank.exp_avg"].any()}
         assert state_full == expected, step
+        for i, p in enumerate(hidden):  # a state-free matrix holds no moment memory
+            shape = p.shape if i in expected else (0,)
+            assert opt.state[p]["lowrank.exp_avg"].shape == shape, (step, i)
+            assert opt.state[p]["lowrank.exp_avg_sq"].shape == shape, (step, i)
+
+
+def test_state_bytes_are_those_of_the_state_full_matrices() -> None:
+    """After a step, the route's moments take 8 bytes per element of the state-full matrices
+    only: 2 of TinyGPT's 8 hidden matrices (``rank_fraction`` 0.25; the last block's MLP
+    matrices, a third of the hidden elements), not AdamW's 8 B/param."""
+    torch.manual_seed(0)
+    model = TinyGPT(depth=2, dim=32, context=16)
+    opt = orthoptim.build("frugal", model)
+    hidden = [p for n, p in model.named_parameters() if n.startswith("blocks") and p.ndim == 2]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    moments = sum(
+        t.numel() * t.element_size() for p in hidden for k, t in opt.state[p].items() if k != "step"
+    )
+    state_full = [p for i, p in enumerate(hidden) if i >= 6]  # descending: the last two
+    assert moments == 8 * sum(p.numel() for p in state_full)
+    assert 3 * moments == 8 * sum(p.numel() for p in hidden)  # the MLP's: a third of them
 
 
 def mlp() -> nn.Module:
@@ -284,6 +307,101 @@ def test_resume_is_bit_identical_across_a_switch(order) -> None:
         assert torch.equal(a, b)
     for a, b in zip(second_opt.state.values(), straight_opt.state.values(), strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("split", "dtype"), [(5, torch.float32), (3, torch.float32), (5, torch.bfloat16)]
+)
+def test_resume_with_released_moments_mid_period_and_at_a_switch(split, dtype) -> None:
+    """Periods of 3 steps (switches before steps 4 and 7), 2 of the MLP's 4 hidden matrices
+    state-full: saved after step 5 (mid-period, 2 matrices state-free with released ``(0,)``
+    moments) or after step 3 (the next step switches), loaded into a fresh optimizer (torch
+    casts the saved float32 buffers to bfloat16 parameters' dtype; ``checkpoint.restore``
+    undoes it), the continued run equals the uninterrupted one bit for bit, released buffers
+    included (saved as zeros at full size, released again on load)."""
+    options = dict(update_every=3, rank_fraction=0.4)
+
+    def model() -> nn.Module:
+        return mlp().to(dtype)
+
+    def train_in(m: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+        for s in steps:
+            g = torch.Generator().manual_seed(s)
+            x, y = (
+                torch.randn(16, 6, generator=g).to(dtype),
+                torch.randint(0, 3, (16,), generator=g),
+            )
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x).float(), y).backward()
+            opt.step()
+
+    first = model()
+    first_opt = orthoptim.build("frugal", first, **options)
+    train_in(first, first_opt, range(split))
+    route = [s["lowrank.exp_avg"] for s in first_opt.state.values() if "lowrank.exp_avg" in s]
+    assert len(route) == 4  # the hidden matrices; first and last layer go to AdamW
+    assert sorted(t.numel() > 0 for t in route) == [False, False, True, True]
+    straight, straight_opt, second, second_opt = straight_and_resumed(
+        model, lambda m: orthoptim.build("frugal", m, **options), train_in, split, 8
+    )
+    for a, b in zip(second.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(second_opt.state.values(), straight_opt.state.values(), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_dcp_resumes_across_a_switch() -> None:
+    """DCP loads in place into a fresh optimizer's state dict (``get_state_dict``), whose
+    moments have the shapes of its first step: saved after step 3 (the second period's
+    state-full matrices differ from the first's), the checkpoint still fits, as every
+    checkpoint holds every moment at full size, and the run continues bit for bit."""
+    import tempfile
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    options = dict(update_every=2, rank_fraction=0.5)
+    straight = mlp()
+    straight_opt = orthoptim.build("frugal", straight, **options)
+    train(straight, straight_opt, range(6))
+    first = mlp()
+    first_opt = orthoptim.build("frugal", first, **options)
+    train(first, first_opt, range(3))
+    saved = first_opt.state_dict()
+    assert all(t.shape != (0,) for s in saved["state"].values() for t in s.values() if t.ndim)
+    resumed = mlp()
+    resumed_opt = orthoptim.build("frugal", resumed, **options)
+    with tempfile.TemporaryDirectory() as path, pytest.warns(UserWarning, match="single"):
+        msd, osd = get_state_dict(first, first_opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+        msd, osd = get_state_dict(resumed, resumed_opt)
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(
+            resumed, resumed_opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+    released = [
+        s["lowrank.exp_avg"].numel() == 0
+        for s in resumed_opt.state.values()
+        if "lowrank.exp_avg" in s
+    ]
+    assert sorted(released) == [False, False, True, True]  # released again on load
+    train(resumed, resumed_opt, range(3, 6))
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_moment_of_another_shape_is_refused() -> None:
+    model = mlp()
+    opt = orthoptim.build("frugal", model, update_every=3)
+    train(model, opt, range(2))
+    saved = opt.state_dict()
+    index = next(i for i, s in saved["state"].items() if "lowrank.exp_avg" in s)
+    saved["state"][index]["lowrank.exp_avg"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"does not fit parameter .* or"):
+        orthoptim.build("frugal", mlp(), update_every=3).load_state_dict(saved)
 
 
 # ------------------------------------------------------------------------------------------
@@ -330,3 +448,29 @@ def test_blocks_converge_with_the_subspace_variants_at_the_default_lr() -> None:
     assert max(blocks, svd) < min(0.5 * sgd, 1.1 * adamw)
     assert blocks < 1.1 * svd
     assert badam > 2 * blocks
+
+
+def test_a_stacked_parameter_keeps_its_moments_and_equals_separate_matrices() -> None:
+    """A stacked ``(3, in, out)`` parameter's matrices take one position each and share one
+    buffer, which cannot be released per matrix: it stays allocated, zeroed at each switch,
+    and the updates equal those of the three matrices as separate parameters (released)."""
+    from orthoptim import ChainOptimizer
+    from orthoptim.recipes import frugal
+
+    torch.manual_seed(0)
+    stacked = nn.Parameter(torch.randn(3, 8, 12) / 4)
+    separate = [nn.Parameter(stacked.detach()[i].T.clone()) for i in range(3)]
+    recipe = frugal(update_every=2, rank_fraction=1 / 3)
+    one = ChainOptimizer([{"params": [stacked], "layout": "stacked_in_out"}], recipe, lr=LR)
+    three = ChainOptimizer([{"params": separate}], recipe, lr=LR)
+    for step in range(6):
+        g = torch.randn(3, 8, 12, generator=torch.Generator().manual_seed(step))
+        stacked.grad = g.clone()
+        for i, p in enumerate(separate):
+            p.grad = g[i].T.clone()
+        one.step()
+        three.step()
+        assert one.state[stacked]["lowrank.exp_avg"].shape == (3, 12, 8)
+        assert sorted(three.state[p]["lowrank.exp_avg"].numel() for p in separate) == [0, 0, 96]
+        for i, p in enumerate(separate):
+            assert torch.equal(stacked.detach()[i].T, p.detach()), (step, i)

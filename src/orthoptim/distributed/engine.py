@@ -193,34 +193,45 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
         loads at any world size).
 
         Collective: every rank must call it (``state_dict`` does, on every rank), and does the
-        same broadcasts in the same order, one per owner-only buffer, on the parameters' device.
-        Before any is sent, owners check each buffer against the shape and dtype a fresh init
-        gives, and one all-reduce makes every rank raise ``ValueError`` if one does not fit:
-        a checkpoint is never written incomplete.
+        same broadcasts in the same order, one per owner-only buffer that is not empty, on the
+        parameters' device. Before any is sent, owners check each buffer against the shape and
+        dtype a fresh init gives (or its held size, ``TransformBase.held``), and one all-reduce
+        makes every rank raise ``ValueError`` if one does not fit (a checkpoint is never
+        written incomplete) and tells every rank which buffers are at their held size.
         """
-        jobs: list[tuple[Tensor, str, int, Tensor, str]] = []
+        jobs: list[tuple[Tensor, str, int, Tensor, Tensor, str]] = []
         for name, p, chain, layout in self._matrix_params(groups):
             if "step" not in state.get(p, {}):
                 continue  # not stepped yet: no rank holds buffers for it
             owner = self.owners[id(p)]
-            fresh = chain.init(torch.empty(p.shape, dtype=p.dtype, device="meta"), layout)
+            meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+            fresh, held = chain.init(meta, layout), chain.held(meta, layout)
             kept = self._kept_keys(chain, p, owner=False)
             for key in sorted(k for k in fresh if kept is not None and k not in kept):
-                jobs.append((p, key, owner, fresh[key], name))
+                jobs.append((p, key, owner, fresh[key], held[key], name))
         if not jobs:  # the same on every rank: nothing to gather, no collective
             return {}
         device = local_tensor(jobs[0][0]).device
         self._rendezvous(device)
         misfits = []
-        for p, key, owner, like, name in jobs:
+        # flags[0]: misfits; flags[1 + i]: job i's buffer is at its held size (a buffer its
+        # transform releases, TransformBase.held, has either shape), set by its owner only
+        flags = torch.zeros(1 + len(jobs), device=device)
+        for i, (p, key, owner, like, held, name) in enumerate(jobs):
             if owner == self.rank:
                 mine = state[p].get(key)
-                if mine is None or mine.shape != like.shape or mine.dtype != like.dtype:
+                if mine is None or mine.shape not in (like.shape, held.shape):
+                    mine_fits = False
+                else:
+                    mine_fits = mine.dtype == like.dtype
+                    flags[1 + i] = float(mine.shape == held.shape)
+                if not mine_fits:
                     found = "none" if mine is None else f"{tuple(mine.shape)} {mine.dtype}"
                     misfits.append(f"{name or tuple(p.shape)} {key}: {found}")
-        flag = torch.tensor([float(len(misfits))], device=device)
-        dist.all_reduce(flag, group=self.group)
-        if flag.item():
+        flags[0] = float(len(misfits))
+        dist.all_reduce(flags, group=self.group)
+        shown = flags.tolist()
+        if shown[0]:
             where = "; ".join(misfits) or "on another rank"
             raise ValueError(
                 "state_dict() cannot gather every buffer of every parameter (a buffer does not "
@@ -228,13 +239,16 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
                 "write an incomplete checkpoint; nothing was saved"
             )
         out: dict[int, dict[str, Tensor]] = {}
-        for p, key, owner, like, _ in jobs:
+        for (p, key, owner, like, held, _), at_held in zip(jobs, shown[1:], strict=True):
+            shape = held.shape if at_held else like.shape
             if owner == self.rank:
                 tensor = state[p][key]
             else:
-                tensor = torch.empty(like.shape, dtype=like.dtype, device=local_tensor(p).device)
+                tensor = torch.empty(shape, dtype=like.dtype, device=local_tensor(p).device)
                 out.setdefault(id(p), {})[key] = tensor
-            dist.broadcast(tensor, src=dist.get_global_rank(self.group, owner), group=self.group)
+            if tensor.numel():  # every rank knows the shape: an empty buffer needs no transfer
+                src = dist.get_global_rank(self.group, owner)
+                dist.broadcast(tensor, src=src, group=self.group)
         return out
 
     def _rendezvous(self, device: torch.device) -> None:

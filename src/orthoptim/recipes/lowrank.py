@@ -103,9 +103,10 @@ def frugal(
     order, as the reference's ``prepare_proj_params`` lists its Linear weights); at least one
     matrix is state-full (the reference's ``round(0.25 N)`` is 0 for ``N <= 2``: pure
     signSGD); ``block_order="random"`` draws from a generator seeded by the period, not the
-    global RNG; every matrix keeps full-size moments, state-full or not (checkpoints and the
-    distributed step need fixed buffers), where the reference frees a state-free tensor's, so
-    this costs AdamW's memory, not a quarter of it; ``proj_params_lr_scale`` is the optimizer's
+    global RNG; a state-free matrix's moments are released (empty) as the reference frees
+    them, but ``state_dict()`` saves them as full-size zeros (one checkpoint layout whatever
+    the period, which DCP's in-place load needs; released again on load), so a save allocates
+    AdamW's state size while the dict lives; ``proj_params_lr_scale`` is the optimizer's
     lr itself (1 in all the reference's main experiments); random subspaces come from a
     generator seeded by step and parameter name, so checkpoints resume bit for bit; with ``r =
     n`` the residual is skipped (the reference takes the sign of round-off); eps after bias

@@ -129,6 +129,15 @@ class TransformBase:
     def init(self, p: Tensor) -> dict[str, Tensor]:
         return {}
 
+    def held(self, p: Tensor) -> dict[str, Tensor]:
+        """``init``'s buffers at the size they have while in use. A transform may keep a buffer
+        released (an empty ``(0,)`` tensor of its dtype and device) while it does not need it,
+        and ``init`` may return it released (FRUGAL's moments of a state-free tensor,
+        ``LowRankAdam``): a saved or gathered buffer then has either shape, and a stacked
+        parameter's buffers, which are sliced per matrix, are created at this size. Default:
+        ``init``, no buffer is ever released."""
+        return self.init(p)
+
     def apply_many(self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]) -> list[Tensor]:
         """One update per parameter; a transform overrides it where batching pays."""
         apply = self.apply  # type: ignore[attr-defined]  # every concrete transform defines it

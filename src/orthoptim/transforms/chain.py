@@ -44,7 +44,9 @@ class _Namespaced(MutableMapping[str, Tensor]):
 
 class _Slice(MutableMapping[str, Tensor]):
     """Matrix ``index`` of a stacked parameter's state: each buffer's slice along dimension 0
-    (a view, so in-place updates land in the stack; an assigned buffer is copied into it)."""
+    (a view, so in-place updates land in the stack; an assigned buffer is copied into it, and
+    an assigned empty one, a transform releasing a buffer that stands for zeros
+    (``TransformBase.held``), zeroes the slice: the stack stays allocated for the others)."""
 
     __slots__ = ("_index", "_state")
 
@@ -56,7 +58,11 @@ class _Slice(MutableMapping[str, Tensor]):
         return self._state[name][self._index]
 
     def __setitem__(self, name: str, value: Tensor) -> None:
-        self._state[name][self._index].copy_(value)
+        view = self._state[name][self._index]
+        if value.numel() == 0 and view.numel():
+            view.zero_()
+        else:
+            view.copy_(value)
 
     def __delitem__(self, name: str) -> None:
         raise TypeError("a stacked parameter's buffers are deleted for every matrix at once")
@@ -133,22 +139,29 @@ class Chain(TransformBase):
     def init(self, p: Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, Tensor]:
         return self.init_range(0, len(self.transforms), p, layout)
 
+    def held(self, p: Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, Tensor]:
+        """``init``'s buffers at their in-use size (``TransformBase.held``)."""
+        return self.init_range(0, len(self.transforms), p, layout, held=True)
+
     def init_range(
-        self, lo: int, hi: int, p: Tensor, layout: str = DEFAULT_LAYOUT
+        self, lo: int, hi: int, p: Tensor, layout: str = DEFAULT_LAYOUT, held: bool = False
     ) -> dict[str, Tensor]:
         """The buffers of transforms ``[lo, hi)`` for ``p``: the matrix core's in ``(out, in)``
-        order (stacked along dimension 0 for a stacked layout), the others shaped like ``p``."""
+        order (stacked along dimension 0 for a stacked layout), the others shaped like ``p``.
+        ``held``: at their in-use size (``TransformBase.held``), as a stacked layout's always
+        are: each matrix sees a slice of them, which cannot be released on its own."""
         core_lo, core_hi = self.core
         views: list[Tensor] | None = None
         state: dict[str, Tensor] = {}
         for index in range(lo, hi):
             prefix, t = self.prefixes[index], self.transforms[index]
             if layout == DEFAULT_LAYOUT or not core_lo <= index < core_hi:
-                buffers = t.init(p)
+                buffers = t.held(p) if held else t.init(p)
             else:
                 if views is None:
                     views = [m.contiguous() for m in matrices(p, layout)]
-                per_matrix = [t.init(m) for m in views]
+                stacked = is_stacked(layout)
+                per_matrix = [t.held(m) if held or stacked else t.init(m) for m in views]
                 buffers = (
                     {k: torch.stack([b[k] for b in per_matrix]) for k in per_matrix[0]}
                     if is_stacked(layout)

@@ -73,8 +73,12 @@ class LowRankAdam(BetasMoments, TransformBase):
     State: ``exp_avg``, ``exp_avg_sq`` of shape ``(max side, r)``, plus ``indices`` (int64,
     ``r``) for ``"dct"``/``"block"`` (the DCT basis is rebuilt, never stored) or ``basis``
     (``n x r``) for ``"svd"``/``"random"``; float32 for 16-bit parameters. ``"blocks"``:
-    full-size moments for every tensor, state-full or not (fixed buffers, which checkpoints
-    and distributed owners rely on; the reference frees a state-free tensor's moments).
+    parameter-size moments while the tensor is state-full, released (empty ``(0,)`` tensors,
+    ``TransformBase.held``) while it is state-free, as the reference frees them: a route's
+    moments take ``2 * rank_fraction`` of AdamW's bytes (a stacked parameter, whose matrices
+    share one buffer, keeps it allocated). The moments restart at every switch, so nothing is
+    lost; ``ChainOptimizer.state_dict`` saves released moments as full-size zeros and
+    ``load_state_dict`` releases zero ones again (``checkpoint.fill_released``, ``restore``).
     """
 
     key: ClassVar[str] = "lowrank"
@@ -121,10 +125,10 @@ class LowRankAdam(BetasMoments, TransformBase):
     def init(self, p: Tensor) -> dict[str, Tensor]:
         m, n, r = self._sides(tuple(p.shape))
         dtype = stats_dtype(p)
-        if self.projection == "blocks":  # whole tensors: Adam on the gradient itself
+        if self.projection == "blocks":  # released until a period makes the tensor state-full
             return {
-                "exp_avg": torch.zeros(p.shape, dtype=dtype, device=p.device),
-                "exp_avg_sq": torch.zeros(p.shape, dtype=dtype, device=p.device),
+                "exp_avg": torch.zeros(0, dtype=dtype, device=p.device),
+                "exp_avg_sq": torch.zeros(0, dtype=dtype, device=p.device),
             }
         state = {
             "exp_avg": torch.zeros(m, r, dtype=dtype, device=p.device),
@@ -135,6 +139,15 @@ class LowRankAdam(BetasMoments, TransformBase):
         else:
             state["basis"] = torch.zeros(n, r, dtype=dtype, device=p.device)
         return state
+
+    def held(self, p: Tensor) -> dict[str, Tensor]:
+        if self.projection != "blocks":
+            return self.init(p)
+        dtype = stats_dtype(p)
+        return {
+            "exp_avg": torch.zeros(p.shape, dtype=dtype, device=p.device),
+            "exp_avg_sq": torch.zeros(p.shape, dtype=dtype, device=p.device),
+        }
 
     def _matrix(self, s: State, n: int) -> Tensor:
         if "basis" in s:
@@ -172,12 +185,23 @@ class LowRankAdam(BetasMoments, TransformBase):
         return active_block(self.block_order, period, c.position, c.route_size, count)
 
     def _apply_blocks(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        # The moments restart whenever the blocks move, so a state-free tensor's are released
+        # (``(0,)``) at a period's first step and a state-full one's allocated as zeros when it
+        # needs them: the same numbers as zeroing full-size buffers at every period's first
+        # step, at the memory of the state-full tensors only (a stacked parameter's slice of
+        # its shared buffer is zeroed instead, ``chain._Slice``). Shapes decide: no host read.
         t = (c.step - 1) % self.update_every + 1
-        if t == 1:
-            exp_avg.zero_()
-            exp_avg_sq.zero_()
-        if not self._state_full(c):
+        state_full = self._state_full(c)
+        for key in ("exp_avg", "exp_avg_sq"):  # each on its own: a load releases zero ones
+            buffer = s[key]
+            if state_full and buffer.shape != u.shape:
+                s[key] = torch.zeros_like(u, dtype=buffer.dtype)
+            elif t == 1 and state_full:
+                buffer.zero_()
+            elif t == 1 and buffer.numel():
+                s[key] = buffer.new_zeros(0)
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        if not state_full:
             if self.residual == "none":
                 return u.zero_()
             if self.residual == "sign_sgd":
