@@ -1,0 +1,201 @@
+"""PSGD's Kronecker-factored preconditioner fitted on a Lie group (Li, arXiv 1512.04202, 2402.11858).
+
+A matrix gradient ``G`` (m x n) is preconditioned as ``P G = Q_L^T Q_L G Q_R^T Q_R``, i.e.
+``P = (Q_R^T Q_R) kron (Q_L^T Q_L)`` on ``vec(G)``. Each factor ``Q`` is either an upper
+triangular matrix (the group of invertible upper triangular matrices) or a positive diagonal
+(a vector here). Gradient whitening fits ``P`` to the criterion
+``E[h^T P h + v^T P^{-1} v]`` with ``h`` the gradient (or momentum) and ``v ~ N(0, I)`` a probe:
+its minimiser satisfies ``P E[h h^T] P = I``, i.e. ``P = E[h h^T]^{-1/2}``.
+
+With ``A = Q_L H Q_R^T`` and ``B = Q_L^{-T} V Q_R^{-1}`` the relative (Lie-group) gradient of
+the criterion w.r.t. ``Q_L`` is ``A A^T - B B^T`` (w.r.t. ``Q_R``: ``A^T A - B^T B``); the step
+``dQ = E Q`` ("EQ") keeps ``Q`` triangular by ``triu`` of that gradient, and its size is
+normalised by a lower bound of the spectral norm of ``A A^T + B B^T`` (the diagonal case: the
+max-norm of the row sums), so ``lr`` in (0, 1) is a relative step on the group.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import zlib
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+MemorySaveMode = Literal["none", "one_diag", "smart_one_diag", "all_diag"]
+MEMORY_SAVE_MODES: tuple[str, ...] = get_args(MemorySaveMode)
+
+NORMALIZER_EPS = torch.finfo(torch.bfloat16).tiny
+"""Added to the step's normaliser (the Kron references' ``eps``): only guards a zero norm."""
+
+
+def triangular_sides(
+    rows: int, cols: int, max_size: int, memory_save_mode: str
+) -> tuple[bool, bool]:
+    """Which of ``(Q_L, Q_R)`` are triangular matrices (the others are diagonals).
+
+    A side of size 1 or over ``max_size`` is diagonal; ``memory_save_mode``: ``"none"`` no
+    other; ``"one_diag"`` the largest side (the columns on a tie, as the references' reversed
+    ``argsort``); ``"smart_one_diag"`` the
+    largest side only when strictly larger than the other; ``"all_diag"`` both (the Kron
+    references' ``memory_save_mode``, over the two sides of the matrix view).
+    """
+    sizes = (rows, cols)
+    diag = [False, False]
+    largest = 0 if rows > cols else 1
+    if memory_save_mode == "one_diag":
+        diag[largest] = True
+    elif memory_save_mode == "smart_one_diag":
+        diag[largest] = rows != cols
+    elif memory_save_mode == "all_diag":
+        diag = [True, True]
+    return (
+        not (diag[0] or sizes[0] == 1 or sizes[0] > max_size),
+        not (diag[1] or sizes[1] == 1 or sizes[1] > max_size),
+    )
+
+
+def update_probability(
+    step: int, max_prob: float, min_prob: float, decay: float, flat_start: int
+) -> float:
+    """The probability of a preconditioner update at 1-based ``step``:
+    ``clamp(max_prob exp(-decay (step - 1 - flat_start)), min_prob, max_prob)`` (the Kron
+    references' anneal: ``max_prob`` for ``flat_start`` steps, then exponential decay)."""
+    raw = max_prob * math.exp(-decay * (step - 1 - flat_start))
+    return min(max(raw, min_prob), max_prob)
+
+
+@functools.lru_cache(maxsize=16)
+def _counter_decisions(
+    max_prob: float, min_prob: float, decay: float, flat_start: int
+) -> list[bool]:
+    return []
+
+
+def counter_decision(
+    step: int, max_prob: float, min_prob: float, decay: float, flat_start: int
+) -> bool:
+    """Whether 1-based ``step`` updates the preconditioner under the counter rule: a counter
+    grows by one per step and an update happens (and resets it) when it reaches
+    ``1 / p(step)``. Deterministic from the step alone (replayed once, then cached), so a
+    resumed run makes the same decisions without any state."""
+    decisions = _counter_decisions(max_prob, min_prob, decay, flat_start)
+    if len(decisions) < step:
+        counter = 0
+        # Replay the counter up to the last cached decision to resume it.
+        for done in decisions[::-1]:
+            if done:
+                break
+            counter += 1
+        for s in range(len(decisions) + 1, step + 1):
+            p = update_probability(s, max_prob, min_prob, decay, flat_start)
+            counter += 1
+            hit = p > 0 and counter >= 1.0 / p
+            decisions.append(hit)
+            counter = 0 if hit else counter
+    return decisions[step - 1]
+
+
+def host_uniform(seed: int, step: int, stream: int) -> float:
+    """A uniform draw in [0, 1) on the host from ``(seed, step, stream)``: the same in a resumed
+    run, and never a device read."""
+    return random.Random(f"{seed}/{step}/{stream}").random()
+
+
+def probe(
+    shape: tuple[int, ...],
+    seed: int,
+    step: int,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """The probe ``V ~ N(0, I)`` of parameter ``name`` at ``step``, from a generator on
+    ``device`` seeded by ``(seed, step, name)``: resumed runs draw the same probes."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(
+        (seed * 1_000_003 + step * 2654435761 + zlib.crc32(name.encode())) % 2**63
+    )
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+def spectral_norm_lower_bound(a: Tensor) -> Tensor:
+    """A lower bound of ``||A||_2`` for a symmetric ``A``: two power steps from its largest
+    column, ``||A x|| / ||x||`` with ``x = A c`` (``c`` the column of largest norm), computed on
+    ``A / max|A|`` against under/overflow. A zero matrix gives 0. No host read."""
+    scale = a.abs().amax()
+    a = a / torch.where(scale > 0, scale, torch.ones_like(scale))
+    column = a.index_select(1, (a * a).sum(dim=0).argmax().reshape(1)).flatten()
+    x = a @ column
+    x = x / torch.linalg.vector_norm(x).clamp_min(torch.finfo(a.dtype).tiny)
+    return scale * torch.linalg.vector_norm(a @ x)
+
+
+def _apply_left(q: Tensor, x: Tensor) -> Tensor:
+    """``Q x`` for a triangular matrix or a diagonal (vector) ``Q``."""
+    return q @ x if q.dim() == 2 else q[:, None] * x
+
+
+def _apply_right_t(q: Tensor, x: Tensor) -> Tensor:
+    """``x Q^T`` for a triangular matrix or a diagonal (vector) ``Q``."""
+    return x @ q.mT if q.dim() == 2 else x * q[None, :]
+
+
+def whitening_pair(ql: Tensor, qr: Tensor, h: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(A, B) = (Q_L H Q_R^T, Q_L^{-T} V Q_R^{-1})``; the inverses by triangular solves."""
+    a = _apply_right_t(qr, _apply_left(ql, h))
+    if ql.dim() == 2:
+        b = torch.linalg.solve_triangular(ql.mT, v, upper=False)
+    else:
+        b = v / ql[:, None]
+    if qr.dim() == 2:
+        b = torch.linalg.solve_triangular(qr, b, upper=True, left=False)
+    else:
+        b = b / qr[None, :]
+    return a, b
+
+
+def _side_terms(a: Tensor, b: Tensor, side: int, matrix: bool) -> tuple[Tensor, Tensor]:
+    """``(A A^T, B B^T)`` (left, ``side`` 0) or ``(A^T A, B^T B)`` (right); their diagonals
+    for a diagonal factor."""
+    if not matrix:
+        return (a * a).sum(dim=1 - side), (b * b).sum(dim=1 - side)
+    if side == 0:
+        return a @ a.mT, b @ b.mT
+    return a.mT @ a, b.mT @ b
+
+
+def update_factors_(ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, lr: float) -> None:
+    """One EQ step on both factors, from the same ``(A, B)``; in place.
+
+    Triangular: ``Q <- Q - lr triu(T1 - T2) Q / (lb(T1 + T2) + eps)``; diagonal:
+    ``q <- q - lr (t1 - t2) q / (max|t1 + t2| + eps)``; ``lb`` is
+    ``spectral_norm_lower_bound``.
+    """
+    terms = [_side_terms(a, b, side, q.dim() == 2) for side, q in enumerate((ql, qr))]
+    for q, (t1, t2) in zip((ql, qr), terms, strict=True):
+        if q.dim() == 2:
+            norm = spectral_norm_lower_bound(t1 + t2) + NORMALIZER_EPS
+            q.sub_(torch.triu(t1 - t2).mul_(lr / norm) @ q)
+        else:
+            norm = (t1 + t2).abs().amax() + NORMALIZER_EPS
+            q.sub_((t1 - t2).mul_(q).mul_(lr / norm))
+
+
+def balance_(ql: Tensor, qr: Tensor) -> None:
+    """Rescale the two factors to the geometric mean of their max-norms; ``P`` is unchanged
+    (the scales cancel in the Kronecker product), only the dynamic range is."""
+    nl, nr = ql.abs().amax(), qr.abs().amax()
+    mean = (nl * nr).sqrt()
+    ql.mul_(mean / nl)
+    qr.mul_(mean / nr)
+
+
+def precondition(ql: Tensor, qr: Tensor, g: Tensor) -> Tensor:
+    """``Q_L^T Q_L G Q_R^T Q_R``."""
+    x = _apply_right_t(qr, _apply_left(ql, g))
+    left = ql.mT @ x if ql.dim() == 2 else ql[:, None] * x
+    return left @ qr if qr.dim() == 2 else left * qr[None, :]

@@ -1,0 +1,209 @@
+"""PSGD Kron: a Kronecker-factored preconditioner fitted on a Lie group (``functional.psgd``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
+
+import torch
+from torch import Tensor
+
+from orthoptim._checks import (
+    check_beta,
+    check_choice,
+    check_finite_nonnegative,
+    check_matrix,
+    check_positive,
+    check_positive_int,
+)
+from orthoptim._types import State
+from orthoptim.functional.kron import FACTOR_DTYPES, FactorDtype, factor_dtype
+from orthoptim.functional.psgd import (
+    MEMORY_SAVE_MODES,
+    MemorySaveMode,
+    balance_,
+    counter_decision,
+    host_uniform,
+    precondition,
+    probe,
+    triangular_sides,
+    update_factors_,
+    update_probability,
+    whitening_pair,
+)
+from orthoptim.transforms.base import Ctx, MomentumMoments, TransformBase
+from orthoptim.transforms.kronecker import _matrix_shape
+
+Curvature = Literal["whitening", "hvp", "finite_difference"]
+CURVATURES: tuple[str, ...] = get_args(Curvature)
+IMPLEMENTED_CURVATURES: tuple[str, ...] = ("whitening",)
+UpdateRule = Literal["counter", "bernoulli"]
+UPDATE_RULES: tuple[str, ...] = get_args(UpdateRule)
+UpdateOrder = Literal["update_first", "precondition_first"]
+UPDATE_ORDERS: tuple[str, ...] = get_args(UpdateOrder)
+WhitenInput = Literal["momentum", "gradient"]
+WHITEN_INPUTS: tuple[str, ...] = get_args(WhitenInput)
+
+_BALANCE_STREAM, _BERNOULLI_STREAM = 0, 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PSGDKronPrecondition(MomentumMoments, TransformBase):
+    r"""PSGD with the Kronecker (affine Lie group) preconditioner, gradient whitening
+    (Li, arXiv 1512.04202; Pooladzandi and Li, arXiv 2402.11858, "Curvature-Informed SGD via
+    General Purpose Lie-Group Preconditioners").
+
+    Per step, with ``G`` the incoming update's matrix view (``(out, in*kh*kw)``):
+    ``m <- b m + (1-b) G``, ``M = m / (1 - b^t)`` (``momentum`` 0: ``M = G``); on an update step
+    (``update_rule`` over the probability schedule) the factors take one EQ step
+    (``functional.psgd.update_factors_``) on the pair ``(H, V)``, ``H`` = ``M`` or ``G``
+    (``whiten``) and ``V ~ N(0, I)`` the probe; the direction is
+    ``P M = Q_L^T Q_L M Q_R^T Q_R``, scaled by ``min(1, clip_rms / (rms(P M) + 1e-6))``.
+    ``update_order="update_first"``: the factors are updated before ``P M`` (the references');
+    ``"precondition_first"``: after (psgd_torch's unbiased variant).
+
+    Update probability (the Kron references' schedule): ``p(t) = clamp(prob_max
+    exp(-prob_decay (t - 1 - prob_flat_start)), prob_min, prob_max)``. ``update_rule="counter"``
+    (kron_torch, pytorch-optimizer): a counter reaching ``1/p(t)`` triggers an update, so it is
+    a deterministic function of the step; ``"bernoulli"`` (psgd_torch): an update with
+    probability ``p(t)``, drawn on the host from ``(seed, step)``. With probability
+    ``balance_prob`` an update step first rescales the factors to equal max-norms (drawn the
+    same way). The probe comes from a generator on the parameter's device seeded by
+    ``(seed, step, parameter name)``. Every decision is thus a function of the step: a resumed
+    run repeats it, and no device value is read on the host.
+
+    Factors: a side of size 1, over ``max_size_triangular``, or chosen by ``memory_save_mode``
+    is a diagonal (a vector), the others upper triangular matrices, initialised to ``I``
+    (``precond_init_scale`` 1).
+
+    State: ``Q_L``, ``Q_R`` (matrices or vectors), ``exp_avg`` (``momentum`` > 0), in
+    ``factor_dtype``.
+    """
+
+    key: ClassVar[str] = "psgd_kron"
+    formula: ClassVar[str] = (
+        r"Q \leftarrow Q - \tfrac{\mu}{\|AA^\top + BB^\top\|}\,\mathrm{triu}(AA^\top - BB^\top) Q;\;"
+        r"u \leftarrow Q_L^\top Q_L M Q_R^\top Q_R"
+    )
+    momentum: float = 0.9
+    precond_lr: float = 0.1
+    curvature: Curvature = "whitening"
+    whiten: WhitenInput = "momentum"
+    update_rule: UpdateRule = "counter"
+    update_order: UpdateOrder = "update_first"
+    prob_max: float = 1.0
+    prob_min: float = 0.03
+    prob_decay: float = 0.001
+    prob_flat_start: int = 500
+    balance_prob: float = 0.01
+    max_size_triangular: int = 8192
+    memory_save_mode: MemorySaveMode = "none"
+    clip_rms: float = 1.1
+    seed: int = 0
+    factor_dtype: FactorDtype = "auto"
+
+    def __post_init__(self) -> None:
+        check_beta("momentum", self.momentum)
+        check_positive("precond_lr", self.precond_lr)
+        check_choice("curvature", self.curvature, CURVATURES)
+        if self.curvature not in IMPLEMENTED_CURVATURES:
+            raise ValueError(
+                f"curvature={self.curvature!r} (Hessian-vector products or finite differences) is "
+                f"not implemented yet; implemented: {IMPLEMENTED_CURVATURES}"
+            )
+        check_choice("whiten", self.whiten, WHITEN_INPUTS)
+        if self.whiten == "momentum" and self.momentum == 0:
+            raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
+        check_choice("update_rule", self.update_rule, UPDATE_RULES)
+        check_choice("update_order", self.update_order, UPDATE_ORDERS)
+        check_positive("prob_max", self.prob_max)
+        check_positive("prob_min", self.prob_min)
+        if not self.prob_min <= self.prob_max <= 1.0:
+            raise ValueError(
+                f"need 0 < prob_min <= prob_max <= 1, got prob_min={self.prob_min!r}, "
+                f"prob_max={self.prob_max!r}"
+            )
+        check_finite_nonnegative("prob_decay", self.prob_decay)
+        if isinstance(self.prob_flat_start, bool) or not isinstance(self.prob_flat_start, int):
+            raise ValueError(f"prob_flat_start must be an integer, got {self.prob_flat_start!r}")
+        check_finite_nonnegative("balance_prob", self.balance_prob)
+        if self.balance_prob > 1:
+            raise ValueError(f"balance_prob must be in [0, 1], got {self.balance_prob!r}")
+        check_positive_int("max_size_triangular", self.max_size_triangular)
+        check_choice("memory_save_mode", self.memory_save_mode, MEMORY_SAVE_MODES)
+        check_positive("clip_rms", self.clip_rms)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_choice("factor_dtype", self.factor_dtype, FACTOR_DTYPES)
+
+    def validate(self, p: Tensor, name: str) -> None:
+        check_matrix(
+            "PSGDKronPrecondition",
+            tuple(p.shape),
+            name,
+            "route vectors to AdamW (build(..., model) does)",
+        )
+
+    def cost(self, shape: tuple[int, ...]) -> float:
+        m, n = _matrix_shape(shape)
+        # Preconditioning: four products (~4 mn(m+n)); an update: A, the two solves, four
+        # Gram products (~8 mn(m+n)), at most every step.
+        return float(12 * m * n * (m + n))
+
+    def sides(self, shape: tuple[int, ...]) -> tuple[bool, bool]:
+        """Which factors are triangular matrices for a parameter of ``shape``."""
+        rows, cols = _matrix_shape(shape)
+        return triangular_sides(rows, cols, self.max_size_triangular, self.memory_save_mode)
+
+    def init(self, p: Tensor) -> dict[str, Tensor]:
+        dtype = factor_dtype(p, self.factor_dtype)
+        shape = _matrix_shape(tuple(p.shape))
+        state: dict[str, Tensor] = {}
+        for name, size, matrix in zip(
+            ("Q_L", "Q_R"), shape, self.sides(tuple(p.shape)), strict=True
+        ):
+            state[name] = (
+                torch.eye(size, dtype=dtype, device=p.device)
+                if matrix
+                else torch.ones(size, dtype=dtype, device=p.device)
+            )
+        if self.momentum > 0:
+            state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=p.device)
+        return state
+
+    def updates_at(self, step: int) -> bool:
+        """Whether ``step`` (1-based) updates the preconditioner."""
+        schedule = (self.prob_max, self.prob_min, self.prob_decay, self.prob_flat_start)
+        if self.update_rule == "counter":
+            return counter_decision(step, *schedule)
+        p = update_probability(step, *schedule)
+        return host_uniform(self.seed, step, _BERNOULLI_STREAM) < p
+
+    def balances_at(self, step: int) -> bool:
+        """Whether an update at ``step`` first balances the factors."""
+        return host_uniform(self.seed, step, _BALANCE_STREAM) < self.balance_prob
+
+    def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
+        ql, qr = s["Q_L"], s["Q_R"]
+        g = u.reshape(_matrix_shape(tuple(u.shape))).to(ql.dtype)
+        m = g
+        if self.momentum > 0:
+            s["exp_avg"].mul_(self.momentum).add_(g, alpha=1.0 - self.momentum)
+            m = s["exp_avg"] / (1.0 - self.momentum**c.step)
+        step = int(c.step)
+        update = self.updates_at(step)
+        if update and self.update_order == "update_first":
+            self._update(ql, qr, m if self.whiten == "momentum" else g, c, step)
+        direction = precondition(ql, qr, m)
+        if update and self.update_order == "precondition_first":
+            self._update(ql, qr, m if self.whiten == "momentum" else g, c, step)
+        rms = direction.square().mean().sqrt()
+        direction.mul_(torch.clamp(self.clip_rms / (rms + 1e-6), max=1.0))
+        return direction.reshape(u.shape).to(u.dtype)
+
+    def _update(self, ql: Tensor, qr: Tensor, h: Tensor, c: Ctx, step: int) -> None:
+        if self.balances_at(step):
+            balance_(ql, qr)
+        v = probe(tuple(h.shape), self.seed, step, c.name, h.dtype, h.device)
+        a, b = whitening_pair(ql, qr, h, v)
+        update_factors_(ql, qr, a, b, self.precond_lr)
