@@ -1,4 +1,4 @@
-"""PSGD's Kronecker-factored preconditioner fitted on a Lie group (Li, arXiv 1512.04202, 2402.11858).
+"""PSGD's Kronecker-factored preconditioner fitted on a Lie group (arXiv 1512.04202, 2402.11858).
 
 A matrix gradient ``G`` (m x n) is preconditioned as ``P G = Q_L^T Q_L G Q_R^T Q_R``, i.e.
 ``P = (Q_R^T Q_R) kron (Q_L^T Q_L)`` on ``vec(G)``. Each factor ``Q`` is either an upper
@@ -147,10 +147,7 @@ def _apply_right_t(q: Tensor, x: Tensor) -> Tensor:
 def whitening_pair(ql: Tensor, qr: Tensor, h: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """``(A, B) = (Q_L H Q_R^T, Q_L^{-T} V Q_R^{-1})``; the inverses by triangular solves."""
     a = _apply_right_t(qr, _apply_left(ql, h))
-    if ql.dim() == 2:
-        b = torch.linalg.solve_triangular(ql.mT, v, upper=False)
-    else:
-        b = v / ql[:, None]
+    b = torch.linalg.solve_triangular(ql.mT, v, upper=False) if ql.dim() == 2 else v / ql[:, None]
     if qr.dim() == 2:
         b = torch.linalg.solve_triangular(qr, b, upper=True, left=False)
     else:

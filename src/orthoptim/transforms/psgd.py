@@ -82,7 +82,8 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
 
     key: ClassVar[str] = "psgd_kron"
     formula: ClassVar[str] = (
-        r"Q \leftarrow Q - \tfrac{\mu}{\|AA^\top + BB^\top\|}\,\mathrm{triu}(AA^\top - BB^\top) Q;\;"
+        r"Q \leftarrow Q - \tfrac{\mu}{\|AA^\top + BB^\top\|}"
+        r"\,\mathrm{triu}(AA^\top - BB^\top) Q;\;"
         r"u \leftarrow Q_L^\top Q_L M Q_R^\top Q_R"
     )
     momentum: float = 0.9
