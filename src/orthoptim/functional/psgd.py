@@ -64,8 +64,10 @@ def update_probability(
     """The probability of a preconditioner update at 1-based ``step``:
     ``clamp(max_prob exp(-decay (step - 1 - flat_start)), min_prob, max_prob)`` (the Kron
     references' anneal: ``max_prob`` for ``flat_start`` steps, then exponential decay)."""
-    raw = max_prob * math.exp(-decay * (step - 1 - flat_start))
-    return min(max(raw, min_prob), max_prob)
+    exponent = -decay * (step - 1 - flat_start)
+    if exponent >= 0:  # inside the flat start: max_prob, and exp would overflow for long ones
+        return max_prob
+    return min(max(max_prob * math.exp(exponent), min_prob), max_prob)
 
 
 @functools.lru_cache(maxsize=16)
