@@ -17,6 +17,7 @@ import orthoptim
 from orthoptim.functional.psgd import (
     counter_decision,
     precondition,
+    probe,
     spectral_norm_lower_bound,
     update_factors_,
     update_probability,
@@ -211,3 +212,14 @@ def test_the_fitted_preconditioner_is_what_helps() -> None:
         loss.backward()
         opt.step()
     assert loss.item() > 10 * 2e-4
+
+
+def test_probes_are_seeded_by_step_and_unwrapped_name() -> None:
+    """Same step and name: the same probe, also under DDP's ``module.`` or ``torch.compile``'s
+    ``_orig_mod.`` prefixes; another step, name or seed: another probe."""
+    cpu = torch.device("cpu")
+    base = probe((3, 4), 0, 7, "fc1.weight", torch.float32, cpu)
+    assert torch.equal(base, probe((3, 4), 0, 7, "module.fc1.weight", torch.float32, cpu))
+    assert torch.equal(base, probe((3, 4), 0, 7, "_orig_mod.fc1.weight", torch.float32, cpu))
+    for other in ((0, 8, "fc1.weight"), (0, 7, "fc2.weight"), (1, 7, "fc1.weight")):
+        assert not torch.equal(base, probe((3, 4), *other, torch.float32, cpu))

@@ -107,6 +107,13 @@ def host_uniform(seed: int, step: int, stream: int) -> float:
     return random.Random(f"{seed}/{step}/{stream}").random()
 
 
+WRAPPER_COMPONENTS: frozenset[str] = frozenset(
+    {"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
+)
+"""Name components that wrappers insert (DDP, ``torch.compile``, FSDP1, activation
+checkpointing): left out of the probe's seed, so a wrapped model draws the same probes."""
+
+
 def probe(
     shape: tuple[int, ...],
     seed: int,
@@ -116,11 +123,11 @@ def probe(
     device: torch.device,
 ) -> Tensor:
     """The probe ``V ~ N(0, I)`` of parameter ``name`` at ``step``, from a generator on
-    ``device`` seeded by ``(seed, step, name)``: resumed runs draw the same probes."""
+    ``device`` seeded by ``(seed, step, name)`` (``name`` without wrapper components): resumed
+    and wrapped runs draw the same probes."""
+    key = ".".join(part for part in name.split(".") if part not in WRAPPER_COMPONENTS)
     generator = torch.Generator(device=device)
-    generator.manual_seed(
-        (seed * 1_000_003 + step * 2654435761 + zlib.crc32(name.encode())) % 2**63
-    )
+    generator.manual_seed((seed * 1_000_003 + step * 2654435761 + zlib.crc32(key.encode())) % 2**63)
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
