@@ -10,6 +10,8 @@ factored einsum-free formulas of ``functional.psgd``.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -183,7 +185,7 @@ def test_diagonal_sides() -> None:
 
 
 def test_unimplemented_curvature_sources_raise() -> None:
-    for curvature in ("hvp", "finite_difference"):
+    for curvature in ("hvp",):
         with pytest.raises(ValueError, match="not implemented yet"):
             orthoptim.build(
                 "psgd_kron", [torch.zeros(3, 3, requires_grad=True)], curvature=curvature
@@ -223,3 +225,81 @@ def test_probes_are_seeded_by_step_and_unwrapped_name() -> None:
     assert torch.equal(base, probe((3, 4), 0, 7, "_orig_mod.fc1.weight", torch.float32, cpu))
     for other in ((0, 8, "fc1.weight"), (0, 7, "fc2.weight"), (1, 7, "fc1.weight")):
         assert not torch.equal(base, probe((3, 4), *other, torch.float32, cpu))
+
+
+def test_finite_differences_fit_the_inverse_hessian() -> None:
+    """The paper's secant pairs ``(d theta, d g)`` on a quadratic with Hessian
+    ``H = H_L kron H_R`` (``g = H_L theta H_R``): the fitted ``P`` solves ``P H C H P = C`` for
+    the pairs' covariance ``C``, i.e. ``P = H^{-1}``: the eigenvalues of ``P H`` go to 1
+    (measured max |eig - 1|: 0.07; at ``Q = I`` they are those of ``H``, up to 14)."""
+    gen = torch.Generator().manual_seed(6)
+    m, n = 4, 3
+    x = torch.randn(m, m, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    hl = x @ x.T / m + 0.5 * torch.eye(m, dtype=torch.float64)
+    hr = y @ y.T / n + 0.5 * torch.eye(n, dtype=torch.float64)
+    hess = torch.kron(hl, hr)
+    theta = torch.zeros(m, n, dtype=torch.float64)
+    state, step, errors = None, 0, []
+    for lr, steps in ((0.1, 500), (0.03, 1000), (0.01, 1500)):
+        t = PSGDKronPrecondition(
+            curvature="finite_difference", precond_lr=lr, balance_prob=0.0, prob_flat_start=10**9
+        )
+        state = state or t.init(theta)
+        for _ in range(steps):
+            step += 1
+            theta = theta + torch.randn(m, n, generator=gen, dtype=torch.float64)
+            g = hl @ theta @ hr
+            t.apply(g.clone(), state, Ctx(step=step, lr=1.0, weight_decay=0.0, param=theta, grad=g))
+        q = torch.kron(state["Q_L"], state["Q_R"])
+        errors.append((torch.linalg.eigvals(q.T @ q @ hess).real - 1).abs().max().item())
+    assert errors[-1] < 0.15, errors
+    assert (torch.linalg.eigvalsh(hess) - 1).abs().max() > 2
+
+
+def test_finite_differences_train_teacher_student() -> None:
+    """Measured at the default lr 1e-3, 300 steps: 0.219 -> 0.040 (whitening: 4.4e-5; lr 0.1:
+    0.011): the secant pairs of a full-batch run are nearly collinear, a poor curvature sample
+    on this problem, but the fit must still train."""
+    x, y, model, loss_fn = random_teacher(0)
+    opt = orthoptim.build("psgd_kron", model, curvature="finite_difference")
+    for _ in range(300):
+        opt.zero_grad()
+        loss = loss_fn(model, x, y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.06
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"curvature": "finite_difference"},
+        {"update_rule": "bernoulli", "prob_flat_start": 2, "prob_decay": 0.5, "balance_prob": 0.5},
+    ],
+    ids=["finite_difference", "bernoulli"],
+)
+def test_resume_is_bit_exact_with_options(options) -> None:
+    """The registry's resume test runs the defaults; these options keep their own state (the
+    previous parameter and gradient) or draw on the host from the step."""
+    x, y, model, loss_fn = random_teacher(0)
+
+    def run(m, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(m, x, y).backward()
+            opt.step()
+
+    whole = copy.deepcopy(model)
+    opt = orthoptim.build("psgd_kron", whole, **options)
+    run(whole, opt, 8)
+    first = copy.deepcopy(model)
+    opt = orthoptim.build("psgd_kron", first, **options)
+    run(first, opt, 4)
+    saved = copy.deepcopy(opt.state_dict())
+    resumed = copy.deepcopy(first)
+    opt = orthoptim.build("psgd_kron", resumed, **options)
+    opt.load_state_dict(saved)
+    run(resumed, opt, 4)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -45,9 +45,10 @@ def psgd_kron(
     Chain: ``M`` bias-corrected EMA of ``G``; on update steps one EQ step of ``Q_L, Q_R``
     towards ``P E[M M^T] P = I`` with a Gaussian probe; ``u <- Q_L^T Q_L M Q_R^T Q_R`` clipped
     to rms ``clip_rms``; ``u <- u + lambda theta``. The options (``PSGDKronPrecondition``) and
-    their sources: ``curvature`` (``"whitening"``, the Kron references' default; the paper's
-    Hessian-vector-product and finite-difference sources are named but not implemented yet and
-    raise ``ValueError``); ``update_rule`` and ``prob_*`` (the references' update probability
+    their sources: ``curvature`` (``"whitening"``, the Kron references' default;
+    ``"finite_difference"``, the paper's BFGS-like pair of parameter and gradient differences;
+    ``"hvp"``, Hessian-vector products, is named but not implemented yet and raises
+    ``ValueError``); ``update_rule`` and ``prob_*`` (the references' update probability
     schedule; ``"counter"`` kron_torch / pytorch-optimizer, ``"bernoulli"`` psgd_torch);
     ``max_size_triangular`` and ``memory_save_mode`` (triangular or diagonal factor per side,
     kron_torch's options); ``update_order`` (psgd_torch's ``update_preconditioner_first``);

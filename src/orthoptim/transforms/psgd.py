@@ -36,7 +36,7 @@ from orthoptim.transforms.kronecker import _matrix_shape
 
 Curvature = Literal["whitening", "hvp", "finite_difference"]
 CURVATURES: tuple[str, ...] = get_args(Curvature)
-IMPLEMENTED_CURVATURES: tuple[str, ...] = ("whitening",)
+IMPLEMENTED_CURVATURES: tuple[str, ...] = ("whitening", "finite_difference")
 UpdateRule = Literal["counter", "bernoulli"]
 UPDATE_RULES: tuple[str, ...] = get_args(UpdateRule)
 UpdateOrder = Literal["update_first", "precondition_first"]
@@ -59,6 +59,11 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
     (``functional.psgd.update_factors_``) on the pair ``(H, V)``, ``H`` = ``M`` or ``G``
     (``whiten``) and ``V ~ N(0, I)`` the probe; the direction is
     ``P M = Q_L^T Q_L M Q_R^T Q_R``, scaled by ``min(1, clip_rms / (rms(P M) + 1e-6))``.
+    ``curvature="finite_difference"`` (the paper's BFGS-like source) fits the factors to the
+    pair ``(V, H) = (theta_t - theta_{t-1}, g_t - g_{t-1})`` instead (``P -> |Hessian|^{-1}``
+    on a quadratic; no update at the first step, which has no pair); ``"hvp"`` (a probe and its
+    Hessian-vector product, which needs ``step(closure)`` with ``create_graph=True``) is named
+    but not implemented yet and raises ``ValueError``.
     ``update_order="update_first"``: the factors are updated before ``P M`` (the references');
     ``"precondition_first"``: after (psgd_torch's unbiased variant).
 
@@ -76,8 +81,8 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
     is a diagonal (a vector), the others upper triangular matrices, initialised to ``I``
     (``precond_init_scale`` 1).
 
-    State: ``Q_L``, ``Q_R`` (matrices or vectors), ``exp_avg`` (``momentum`` > 0), in
-    ``factor_dtype``.
+    State: ``Q_L``, ``Q_R`` (matrices or vectors), ``exp_avg`` (``momentum`` > 0),
+    ``prev_param``, ``prev_grad`` (finite differences), in ``factor_dtype``.
     """
 
     key: ClassVar[str] = "psgd_kron"
@@ -109,8 +114,9 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         check_choice("curvature", self.curvature, CURVATURES)
         if self.curvature not in IMPLEMENTED_CURVATURES:
             raise ValueError(
-                f"curvature={self.curvature!r} (Hessian-vector products or finite differences) is "
-                f"not implemented yet; implemented: {IMPLEMENTED_CURVATURES}"
+                f"curvature={self.curvature!r} (Hessian-vector products, which need step(closure) "
+                f"with create_graph=True) is not implemented yet; implemented: "
+                f"{IMPLEMENTED_CURVATURES}"
             )
         check_choice("whiten", self.whiten, WHITEN_INPUTS)
         if self.whiten == "momentum" and self.momentum == 0:
@@ -170,6 +176,9 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             )
         if self.momentum > 0:
             state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=p.device)
+        if self.curvature == "finite_difference":
+            state["prev_param"] = torch.zeros(shape, dtype=dtype, device=p.device)
+            state["prev_grad"] = torch.zeros(shape, dtype=dtype, device=p.device)
         return state
 
     def updates_at(self, step: int) -> bool:
@@ -192,19 +201,47 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             s["exp_avg"].mul_(self.momentum).add_(g, alpha=1.0 - self.momentum)
             m = s["exp_avg"] / (1.0 - self.momentum**c.step)
         step = int(c.step)
-        update = self.updates_at(step)
+        pair = self._pair(g, m, s, c, step)
+        update = pair is not None and self.updates_at(step)
         if update and self.update_order == "update_first":
-            self._update(ql, qr, m if self.whiten == "momentum" else g, c, step)
+            self._update(ql, qr, pair, step)
         direction = precondition(ql, qr, m)
         if update and self.update_order == "precondition_first":
-            self._update(ql, qr, m if self.whiten == "momentum" else g, c, step)
+            self._update(ql, qr, pair, step)
         rms = direction.square().mean().sqrt()
         direction.mul_(torch.clamp(self.clip_rms / (rms + 1e-6), max=1.0))
         return direction.reshape(u.shape).to(u.dtype)
 
-    def _update(self, ql: Tensor, qr: Tensor, h: Tensor, c: Ctx, step: int) -> None:
+    def _pair(self, g: Tensor, m: Tensor, s: State, c: Ctx, step: int) -> _Pair | None:
+        """The ``(V, H)`` the factors are fitted to at this step: ``(probe, M or G)`` for
+        whitening; ``(theta_t - theta_{t-1}, g_t - g_{t-1})`` for finite differences (none at
+        the first step, which only records ``theta_1, g_1``)."""
+        if self.curvature == "whitening":
+            h = m if self.whiten == "momentum" else g
+            return _Pair(c.name, h, None)
+        theta = c.param.reshape(g.shape).to(g.dtype)
+        pair = None
+        if step > 1:
+            pair = _Pair(c.name, g - s["prev_grad"], theta - s["prev_param"])
+        s["prev_param"].copy_(theta)
+        s["prev_grad"].copy_(g)
+        return pair
+
+    def _update(self, ql: Tensor, qr: Tensor, pair: _Pair, step: int) -> None:
         if self.balances_at(step):
             balance_(ql, qr)
-        v = probe(tuple(h.shape), self.seed, step, c.name, h.dtype, h.device)
+        h, v = pair.h, pair.v
+        if v is None:
+            v = probe(tuple(h.shape), self.seed, step, pair.name, h.dtype, h.device)
         a, b = whitening_pair(ql, qr, h, v)
         update_factors_(ql, qr, a, b, self.precond_lr)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """A fitting pair: ``h`` (gradient, momentum or gradient difference) and ``v`` (the
+    parameter difference; ``None``: a probe drawn for ``name``)."""
+
+    name: str
+    h: Tensor
+    v: Tensor | None
