@@ -23,6 +23,7 @@ from orthoptim.functional.psgd import (
     spectral_norm_lower_bound,
     update_factors_,
     update_probability,
+    upper_product,
     whitening_pair,
 )
 from orthoptim.transforms.base import Ctx
@@ -303,3 +304,11 @@ def test_resume_is_bit_exact_with_options(options) -> None:
     run(resumed, opt, 4)
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("m", [7, 512, 513, 1100])
+def test_upper_product_is_the_triangular_product(m) -> None:
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, m, generator=gen, dtype=torch.float64)
+    q = torch.triu(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    torch.testing.assert_close(upper_product(x, q), torch.triu(x) @ q, rtol=1e-12, atol=1e-11)

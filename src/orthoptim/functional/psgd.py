@@ -174,6 +174,26 @@ def _side_terms(a: Tensor, b: Tensor, side: int, matrix: bool) -> tuple[Tensor, 
     return a.mT @ a, b.mT @ b
 
 
+UPPER_PRODUCT_BLOCK = 512
+"""Below this size ``upper_product`` is one dense product (the split saves nothing there)."""
+
+
+def upper_product(x: Tensor, q: Tensor) -> Tensor:
+    """``triu(X) Q`` for an upper triangular ``Q``, by 2 x 2 blocks: the product of two upper
+    triangular matrices is upper triangular and its diagonal blocks are again such products, so
+    the zero blocks are never multiplied (about 2.5x fewer flops than the dense product at
+    2048; equal to it up to the order of the summation)."""
+    m = x.shape[0]
+    if m <= UPPER_PRODUCT_BLOCK:
+        return torch.triu(x) @ q
+    h = m // 2
+    out = torch.zeros_like(q)
+    out[:h, :h] = upper_product(x[:h, :h], q[:h, :h])
+    out[:h, h:] = torch.triu(x[:h, :h]) @ q[:h, h:] + x[:h, h:] @ q[h:, h:]
+    out[h:, h:] = upper_product(x[h:, h:], q[h:, h:])
+    return out
+
+
 def update_factors_(ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, lr: float) -> None:
     """One EQ step on both factors, from the same ``(A, B)``; in place.
 
@@ -185,7 +205,7 @@ def update_factors_(ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, lr: float) -> 
     for q, (t1, t2) in zip((ql, qr), terms, strict=True):
         if q.dim() == 2:
             norm = spectral_norm_lower_bound(t1 + t2) + NORMALIZER_EPS
-            q.sub_(torch.triu(t1 - t2).mul_(lr / norm) @ q)
+            q.sub_(upper_product((t1 - t2).mul_(lr / norm), q))
         else:
             norm = (t1 + t2).abs().amax() + NORMALIZER_EPS
             q.sub_((t1 - t2).mul_(q).mul_(lr / norm))
