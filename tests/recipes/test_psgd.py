@@ -312,3 +312,10 @@ def test_upper_product_is_the_triangular_product(m) -> None:
     x = torch.randn(m, m, generator=gen, dtype=torch.float64)
     q = torch.triu(torch.randn(m, m, generator=gen, dtype=torch.float64))
     torch.testing.assert_close(upper_product(x, q), torch.triu(x) @ q, rtol=1e-12, atol=1e-11)
+
+
+def test_whitening_momentum_needs_momentum() -> None:
+    with pytest.raises(ValueError, match="whiten='momentum' needs momentum > 0"):
+        PSGDKronPrecondition(momentum=0.0)
+    PSGDKronPrecondition(momentum=0.0, whiten="gradient")
+    PSGDKronPrecondition(momentum=0.0, curvature="finite_difference")  # whiten is unused there

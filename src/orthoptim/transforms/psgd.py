@@ -119,7 +119,7 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
                 f"{IMPLEMENTED_CURVATURES}"
             )
         check_choice("whiten", self.whiten, WHITEN_INPUTS)
-        if self.whiten == "momentum" and self.momentum == 0:
+        if self.curvature == "whitening" and self.whiten == "momentum" and self.momentum == 0:
             raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
         check_choice("update_rule", self.update_rule, UPDATE_RULES)
         check_choice("update_order", self.update_order, UPDATE_ORDERS)
