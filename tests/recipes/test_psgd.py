@@ -194,7 +194,7 @@ def test_unimplemented_curvature_sources_raise() -> None:
 
 
 def test_psgd_kron_trains_teacher_student_at_default_lr() -> None:
-    # Measured at lr 1e-3 (default), 300 steps: random teacher 0.219 -> 4.4e-5 (muon 1.0e-4,
+    # Measured at lr 1e-3 (default), 300 steps: random teacher 0.219 -> 3.4e-5 (muon 1.0e-4,
     # AdamW 7.1e-3, Shampoo 5.5e-3); ill-conditioned 1.01 -> 0.153 (AdamW 0.178, Shampoo
     # 0.142, muon 0.017).
     losses = train("psgd_kron", 300, problem=random_teacher)
@@ -206,7 +206,7 @@ def test_psgd_kron_trains_teacher_student_at_default_lr() -> None:
 def test_the_fitted_preconditioner_is_what_helps() -> None:
     """The same steps with the preconditioner frozen at ``I`` (a tiny ``precond_lr``): clipped
     momentum SGD, which the fitted preconditioner beats by orders of magnitude (measured: 3.7e-2
-    against 4.4e-5)."""
+    against 3.4e-5)."""
     x, y, model, loss_fn = random_teacher(0)
     opt = orthoptim.build("psgd_kron", model, precond_lr=1e-12)
     for _ in range(300):
@@ -217,14 +217,14 @@ def test_the_fitted_preconditioner_is_what_helps() -> None:
     assert loss.item() > 10 * 2e-4
 
 
-def test_probes_are_seeded_by_step_and_unwrapped_name() -> None:
-    """Same step and name: the same probe, also under DDP's ``module.`` or ``torch.compile``'s
-    ``_orig_mod.`` prefixes; another step, name or seed: another probe."""
+def test_probes_are_seeded_by_step_and_seed() -> None:
+    """The same step and seed: the same probe (whatever the parameter, so a stacked weight
+    steps as its separate matrices, tests/routing/test_layouts.py); another step or seed:
+    another probe."""
     cpu = torch.device("cpu")
-    base = probe((3, 4), 0, 7, "fc1.weight", torch.float32, cpu)
-    assert torch.equal(base, probe((3, 4), 0, 7, "module.fc1.weight", torch.float32, cpu))
-    assert torch.equal(base, probe((3, 4), 0, 7, "_orig_mod.fc1.weight", torch.float32, cpu))
-    for other in ((0, 8, "fc1.weight"), (0, 7, "fc2.weight"), (1, 7, "fc1.weight")):
+    base = probe((3, 4), 0, 7, torch.float32, cpu)
+    assert torch.equal(base, probe((3, 4), 0, 7, torch.float32, cpu))
+    for other in ((0, 8), (1, 7)):
         assert not torch.equal(base, probe((3, 4), *other, torch.float32, cpu))
 
 
@@ -259,7 +259,7 @@ def test_finite_differences_fit_the_inverse_hessian() -> None:
 
 
 def test_finite_differences_train_teacher_student() -> None:
-    """Measured at the default lr 1e-3, 300 steps: 0.219 -> 0.040 (whitening: 4.4e-5; lr 0.1:
+    """Measured at the default lr 1e-3, 300 steps: 0.219 -> 0.040 (whitening: 3.4e-5; lr 0.1:
     0.011): the secant pairs of a full-batch run are nearly collinear, a poor curvature sample
     on this problem, but the fit must still train."""
     x, y, model, loss_fn = random_teacher(0)

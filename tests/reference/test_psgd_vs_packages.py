@@ -51,7 +51,7 @@ def _compare(monkeypatch, po, dtype, ours_options, ref_options, steps=25) -> flo
     current = {"step": 0}
 
     def seeded_randn_like(x, dtype=None, **_):
-        return probe(tuple(x.shape), seed, current["step"], "", dtype or x.dtype, x.device)
+        return probe(tuple(x.shape), seed, current["step"], dtype or x.dtype, x.device)
 
     monkeypatch.setattr(torch, "randn_like", seeded_randn_like)
     worst = 0.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import random
-import zlib
 from typing import Literal, get_args
 
 import torch
@@ -107,27 +106,16 @@ def host_uniform(seed: int, step: int, stream: int) -> float:
     return random.Random(f"{seed}/{step}/{stream}").random()
 
 
-WRAPPER_COMPONENTS: frozenset[str] = frozenset(
-    {"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
-)
-"""Name components that wrappers insert (DDP, ``torch.compile``, FSDP1, activation
-checkpointing): left out of the probe's seed, so a wrapped model draws the same probes."""
-
-
 def probe(
-    shape: tuple[int, ...],
-    seed: int,
-    step: int,
-    name: str,
-    dtype: torch.dtype,
-    device: torch.device,
+    shape: tuple[int, ...], seed: int, step: int, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
-    """The probe ``V ~ N(0, I)`` of parameter ``name`` at ``step``, from a generator on
-    ``device`` seeded by ``(seed, step, name)`` (``name`` without wrapper components): resumed
-    and wrapped runs draw the same probes."""
-    key = ".".join(part for part in name.split(".") if part not in WRAPPER_COMPONENTS)
+    """The probe ``V ~ N(0, I)`` at ``step``, from a generator on ``device`` seeded by
+    ``(seed, step)``: a resumed run draws the same probes. Every parameter of a step gets the
+    same draw (each preconditioner is fitted on its own, so the probes need not be independent
+    across parameters): a stacked weight then steps exactly as its separate matrices, and a
+    parameter as under any wrapper that renames it (DDP's ``module.``)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + step * 2654435761 + zlib.crc32(key.encode())) % 2**63)
+    generator.manual_seed((seed * 1_000_003 + step * 2654435761) % 2**63)
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 

@@ -60,8 +60,9 @@ def psgd_kron(
     psgd_torch's ``KronWhiten`` at lixilinx/psgd_torch@a8616f1 as the author's):
     conv kernels are preconditioned as their ``(out, in*kh*kw)`` matrix view (two factors, the
     references: one per dimension); vectors go to the AdamW route instead of a diagonal
-    preconditioner; the probes and the balance decision come from generators seeded by the step
-    (and the parameter's name), not the global RNGs, so runs resume exactly; the update decision
+    preconditioner; the probes and the balance decision come from generators seeded by the step,
+    not the global RNGs, so runs resume exactly (and every parameter of a step gets the same
+    probe, the reference: independent draws); the update decision
     is per parameter from its step (the reference's counter is global); the spectral-norm lower
     bound starts from the largest column only (the reference picks row or column, equal for the
     symmetric matrices it is applied to); the author's current defaults (``dQ = Q^0.5 E Q^1.5``

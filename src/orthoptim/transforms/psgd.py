@@ -74,8 +74,8 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
     probability ``p(t)``, drawn on the host from ``(seed, step)``. With probability
     ``balance_prob`` an update step first rescales the factors to equal max-norms (drawn the
     same way). The probe comes from a generator on the parameter's device seeded by
-    ``(seed, step, parameter name)``. Every decision is thus a function of the step: a resumed
-    run repeats it, and no device value is read on the host.
+    ``(seed, step)``, the same draw for every parameter of a step. Every decision is thus a
+    function of the step: a resumed run repeats it, and no device value is read on the host.
 
     Factors: a side of size 1, over ``max_size_triangular``, or chosen by ``memory_save_mode``
     is a diagonal (a vector), the others upper triangular matrices, initialised to ``I``
@@ -218,11 +218,11 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         the first step, which only records ``theta_1, g_1``)."""
         if self.curvature == "whitening":
             h = m if self.whiten == "momentum" else g
-            return _Pair(c.name, h, None)
+            return _Pair(h, None)
         theta = c.param.reshape(g.shape).to(g.dtype)
         pair = None
         if step > 1:
-            pair = _Pair(c.name, g - s["prev_grad"], theta - s["prev_param"])
+            pair = _Pair(g - s["prev_grad"], theta - s["prev_param"])
         s["prev_param"].copy_(theta)
         s["prev_grad"].copy_(g)
         return pair
@@ -232,7 +232,7 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             balance_(ql, qr)
         h, v = pair.h, pair.v
         if v is None:
-            v = probe(tuple(h.shape), self.seed, step, pair.name, h.dtype, h.device)
+            v = probe(tuple(h.shape), self.seed, step, h.dtype, h.device)
         a, b = whitening_pair(ql, qr, h, v)
         update_factors_(ql, qr, a, b, self.precond_lr)
 
@@ -240,8 +240,7 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
 @dataclass(frozen=True, slots=True)
 class _Pair:
     """A fitting pair: ``h`` (gradient, momentum or gradient difference) and ``v`` (the
-    parameter difference; ``None``: a probe drawn for ``name``)."""
+    parameter difference; ``None``: the step's probe)."""
 
-    name: str
     h: Tensor
     v: Tensor | None
