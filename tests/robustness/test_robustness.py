@@ -38,6 +38,8 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "memory_save_mode": [None, "one", "all"],
     "clip_rms": [0.0, -1.0, math.nan],
     "seed": [1.5, "0", True],
+    "geometry": ["QEQ", "eq", None],
+    "lipschitz_beta": [1.0, -0.1, math.nan],
     "momentum": [-0.1, 1.0, 1.5, math.nan, math.inf, "0.9"],
     "nesterov": ["yes", 1, None],
     "momentum_dtype": ["float64", "bfloat16", None],

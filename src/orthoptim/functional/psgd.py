@@ -213,3 +213,57 @@ def precondition(ql: Tensor, qr: Tensor, g: Tensor) -> Tensor:
     x = _apply_right_t(qr, _apply_left(ql, g))
     left = ql.mT @ x if ql.dim() == 2 else ql[:, None] * x
     return left @ qr if qr.dim() == 2 else left * qr[None, :]
+
+
+def procrustes_step_(q: Tensor, max_step: float = 0.125) -> None:
+    """One online step of the orthogonal Procrustes problem ``min_U ||U Q - I||_F`` over
+    rotations, in place: ``Q <- exp(a R) Q`` to second order with ``R = Q^T - Q`` (normalised by
+    a lower bound of its norm) and ``a`` the line-search minimiser of the second-order model,
+    at most ``max_step`` (psgd_torch's ``procrustes_step2``). Keeps the factor of the
+    ``Q^0.5 E Q^1.5`` geometry close to symmetric positive definite."""
+    r = q.mT - q
+    r = r / (spectral_norm_lower_bound(r) + torch.finfo(r.dtype).smallest_normal)
+    rq = r @ q
+    rrq = r @ rq
+    tr_rq, tr_rrq = rq.diagonal().sum(), rrq.diagonal().sum()
+    a = torch.where(tr_rrq < 0, torch.clamp(-tr_rq / tr_rrq, max=max_step), max_step)
+    q.add_(a * (rq + 0.5 * a * rrq))
+
+
+def update_factors_procrustes_(
+    ql: Tensor,
+    qr: Tensor,
+    lipschitz: Tensor,
+    h: Tensor,
+    v: Tensor,
+    lr: float,
+    beta: float,
+    damping: float,
+) -> None:
+    """One ``dQ = Q^0.5 E Q^1.5`` whitening step of both factors, in place (psgd_torch's
+    ``update_precond_kron_whiten_q0p5eq1p5``, the author's current default).
+
+    With ``Pg = P (H + (damping + eps |H|) V)`` and ``T`` its Gram matrix along the factor's
+    side (``Pg Pg^T`` left, ``Pg^T Pg`` right; their diagonals for a diagonal factor) and
+    ``c = numel / side``: ``ell = lb(T) + c`` (diagonal: ``max T + c``), the Lipschitz estimate
+    ``L <- max(beta L + (1 - beta) ell, ell)`` (``lipschitz``, one entry per side), then
+    ``Q <- Q - lr (T Q - c Q) / L`` followed by one ``procrustes_step_`` (diagonal:
+    ``q <- q (1 - lr (T - c) / L)``)."""
+    damped = h + (damping + torch.finfo(h.dtype).eps * h.abs()) * v
+    pg = precondition(ql, qr, damped)
+    for side, q in enumerate((ql, qr)):
+        c = h.numel() / q.shape[0]
+        if q.dim() == 2:
+            t = pg @ pg.mT if side == 0 else pg.mT @ pg
+            ell = spectral_norm_lower_bound(t) + c
+        else:
+            t = (pg * pg).sum(dim=1 - side)
+            ell = t.amax() + c
+        ell = ell.to(lipschitz.dtype)
+        lipschitz[side] = torch.maximum(beta * lipschitz[side] + (1 - beta) * ell, ell)
+        step = (lr / lipschitz[side]).to(q.dtype)
+        if q.dim() == 2:
+            q.sub_(step * (t @ q - c * q))
+            procrustes_step_(q)
+        else:
+            q.mul_(1 - step * (t - c))

@@ -9,6 +9,7 @@ from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.psgd import (
     Curvature,
+    Geometry,
     PSGDKronPrecondition,
     UpdateOrder,
     UpdateRule,
@@ -24,6 +25,9 @@ def psgd_kron(
     momentum: float = default(_P, "momentum"),
     precond_lr: float = default(_P, "precond_lr"),
     curvature: Curvature = default(_P, "curvature"),
+    geometry: Geometry = default(_P, "geometry"),
+    lipschitz_beta: float = default(_P, "lipschitz_beta"),
+    damping: float = default(_P, "damping"),
     whiten: WhitenInput = default(_P, "whiten"),
     update_rule: UpdateRule = default(_P, "update_rule"),
     update_order: UpdateOrder = default(_P, "update_order"),
@@ -53,8 +57,11 @@ def psgd_kron(
     ``max_size_triangular`` and ``memory_save_mode`` (triangular or diagonal factor per side,
     kron_torch's options); ``update_order`` (psgd_torch's ``update_preconditioner_first``);
     ``whiten`` (pytorch-optimizer's ``momentum_into_precondition_update``, psgd_torch's
-    ``whiten_grad``). Defaults: pytorch-optimizer==4.1.0 ``Kron`` (lr 1e-3, momentum 0.9,
-    preconditioner lr 0.1, balance probability 0.01, max size 8192, rms clip 1.1).
+    ``whiten_grad``); ``geometry`` (psgd_torch's ``dQ``: ``"EQ"``, triangular factors, the Kron
+    references'; ``"Q0.5EQ1.5"``, the author's current default, with ``lipschitz_beta``
+    (``betaL``) and ``damping``, whitening only). Defaults: pytorch-optimizer==4.1.0 ``Kron``
+    (lr 1e-3, momentum 0.9, preconditioner lr 0.1, balance probability 0.01, max size 8192, rms
+    clip 1.1).
 
     Differences from the reference (pytorch-optimizer==4.1.0 ``Kron``, itself kron_torch;
     psgd_torch's ``KronWhiten`` at lixilinx/psgd_torch@a8616f1 as the author's):
@@ -65,10 +72,12 @@ def psgd_kron(
     probe, the reference: independent draws); the update decision
     is per parameter from its step (the reference's counter is global); the spectral-norm lower
     bound starts from the largest column only (the reference picks row or column, equal for the
-    symmetric matrices it is applied to); the author's current defaults (``dQ = Q^0.5 E Q^1.5``
-    with a Procrustes step, a Lipschitz EMA ``betaL`` normalising the step, damping, gradient
-    whitening, clipping at rms 2 and amplitude 10, init scale from the gradients) are not
-    offered: only the EQ geometry of the Kron references.
+    symmetric matrices it is applied to); the author's other current defaults (gradient rather
+    than momentum whitening, clipping at rms 2 and amplitude 10, an init scale from the first
+    gradients, update probability 1) are not the defaults here, and ``geometry="Q0.5EQ1.5"``
+    normalises its rotation and Gram terms with the deterministic two-step lower bound of
+    ``functional.psgd.spectral_norm_lower_bound`` (psgd_torch: a randomised 32-vector subspace
+    iteration); its QEP, QEQ, QUAD and PRO4P geometries are not offered.
 
     References: pytorch-optimizer==4.1.0 ``pytorch_optimizer/optimizer/psgd.py`` ``Kron``;
     lixilinx/psgd_torch@a8616f1d802136159793419ed382cd2ba8fb91dd psgd.py
@@ -79,6 +88,9 @@ def psgd_kron(
             momentum=momentum,
             precond_lr=precond_lr,
             curvature=curvature,
+            geometry=geometry,
+            lipschitz_beta=lipschitz_beta,
+            damping=damping,
             whiten=whiten,
             update_rule=update_rule,
             update_order=update_order,

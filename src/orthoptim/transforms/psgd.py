@@ -28,6 +28,7 @@ from orthoptim.functional.psgd import (
     probe,
     triangular_sides,
     update_factors_,
+    update_factors_procrustes_,
     update_probability,
     whitening_pair,
 )
@@ -41,6 +42,8 @@ UpdateRule = Literal["counter", "bernoulli"]
 UPDATE_RULES: tuple[str, ...] = get_args(UpdateRule)
 UpdateOrder = Literal["update_first", "precondition_first"]
 UPDATE_ORDERS: tuple[str, ...] = get_args(UpdateOrder)
+Geometry = Literal["EQ", "Q0.5EQ1.5"]
+GEOMETRIES: tuple[str, ...] = get_args(Geometry)
 WhitenInput = Literal["momentum", "gradient"]
 WHITEN_INPUTS: tuple[str, ...] = get_args(WhitenInput)
 
@@ -94,6 +97,9 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
     momentum: float = 0.9
     precond_lr: float = 0.1
     curvature: Curvature = "whitening"
+    geometry: Geometry = "EQ"
+    lipschitz_beta: float = 0.9
+    damping: float = 1e-9
     whiten: WhitenInput = "momentum"
     update_rule: UpdateRule = "counter"
     update_order: UpdateOrder = "update_first"
@@ -118,6 +124,14 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
                 f"with create_graph=True) is not implemented yet; implemented: "
                 f"{IMPLEMENTED_CURVATURES}"
             )
+        check_choice("geometry", self.geometry, GEOMETRIES)
+        if self.geometry != "EQ" and self.curvature != "whitening":
+            raise ValueError(
+                f"geometry={self.geometry!r} is implemented for curvature='whitening' only, got "
+                f"curvature={self.curvature!r}"
+            )
+        check_beta("lipschitz_beta", self.lipschitz_beta)
+        check_positive("damping", self.damping)
         check_choice("whiten", self.whiten, WHITEN_INPUTS)
         if self.curvature == "whitening" and self.whiten == "momentum" and self.momentum == 0:
             raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
@@ -176,6 +190,8 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             )
         if self.momentum > 0:
             state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=p.device)
+        if self.geometry == "Q0.5EQ1.5":
+            state["lipschitz"] = torch.zeros(2, dtype=torch.float32, device=p.device)
         if self.curvature == "finite_difference":
             state["prev_param"] = torch.zeros(shape, dtype=dtype, device=p.device)
             state["prev_grad"] = torch.zeros(shape, dtype=dtype, device=p.device)
@@ -204,10 +220,10 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         pair = self._pair(g, m, s, c, step)
         update = pair is not None and self.updates_at(step)
         if update and self.update_order == "update_first":
-            self._update(ql, qr, pair, step)
+            self._update(ql, qr, pair, s, step)
         direction = precondition(ql, qr, m)
         if update and self.update_order == "precondition_first":
-            self._update(ql, qr, pair, step)
+            self._update(ql, qr, pair, s, step)
         rms = direction.square().mean().sqrt()
         direction.mul_(torch.clamp(self.clip_rms / (rms + 1e-6), max=1.0))
         return direction.reshape(u.shape).to(u.dtype)
@@ -227,12 +243,20 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         s["prev_grad"].copy_(g)
         return pair
 
-    def _update(self, ql: Tensor, qr: Tensor, pair: _Pair, step: int) -> None:
-        if self.balances_at(step):
-            balance_(ql, qr)
+    def _update(self, ql: Tensor, qr: Tensor, pair: _Pair, s: State, step: int) -> None:
         h, v = pair.h, pair.v
         if v is None:
             v = probe(tuple(h.shape), self.seed, step, h.dtype, h.device)
+        if self.geometry == "Q0.5EQ1.5":
+            # psgd_torch balances after this geometry's step, kron_torch before its EQ step.
+            update_factors_procrustes_(
+                ql, qr, s["lipschitz"], h, v, self.precond_lr, self.lipschitz_beta, self.damping
+            )
+            if self.balances_at(step):
+                balance_(ql, qr)
+            return
+        if self.balances_at(step):
+            balance_(ql, qr)
         a, b = whitening_pair(ql, qr, h, v)
         update_factors_(ql, qr, a, b, self.precond_lr)
 
