@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import orthoptim
+from orthoptim.bench.speed import ops
 from orthoptim.functional.psgd import (
     counter_decision,
     precondition,
@@ -374,3 +375,25 @@ def test_procrustes_geometry_trains_teacher_student() -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"geometry": "Q0.5EQ1.5", "balance_prob": 1.0},
+        {"curvature": "finite_difference"},
+        {"update_rule": "bernoulli"},
+    ],
+    ids=["procrustes", "finite_difference", "bernoulli"],
+)
+def test_options_read_no_device_value(options) -> None:
+    """tests/optim/test_host_reads.py runs the defaults; the options' paths read nothing
+    either: per step only the shell's non-finite flag."""
+    counted = ops.measure(
+        "psgd_kron",
+        lambda m: [orthoptim.build("psgd_kron", m, **options)],
+        depth=2,
+        steps=4,
+        warmup=0,
+    )
+    assert counted.host_reads <= 1
