@@ -23,6 +23,7 @@ from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
 from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
+from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
 from orthoptim.transforms import Chain
@@ -275,6 +276,21 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="nikhilvyas/SOAP@a1e5535 soap.py; pytorch-optimizer==4.1.0 SOAP",
         tags=frozenset({"kronecker", "adaptive", "second-order", "matrix"}),
+    ),
+    Spec(
+        name="psgd_kron",
+        recipe=psgd_kron,
+        lr=1e-3,
+        paper=(
+            "Pooladzandi, Li 2024, 'Curvature-Informed SGD via General Purpose Lie-Group "
+            "Preconditioners' (2402.11858); Li 2015, PSGD (1512.04202)"
+        ),
+        reference=(
+            "pytorch-optimizer==4.1.0 Kron (kron_torch); "
+            "lixilinx/psgd_torch@a8616f1 psgd.py KronWhiten (dQ='EQ')"
+        ),
+        tags=frozenset({"kronecker", "second-order", "lie-group", "matrix"}),
+        adamw=PSGD_ADAMW,
     ),
     # -- Kronecker family (Shampoo, SOAP) --
     Spec(

@@ -24,6 +24,22 @@ NAMES = [spec.name for spec in REGISTRY]
 
 # option name -> values that must be refused at construction (ValueError or TypeError).
 INVALID_OPTIONS: dict[str, list[object]] = {
+    "precond_lr": [0.0, -0.1, math.nan, math.inf],
+    "curvature": ["hessian", "", None],
+    "whiten": ["grad", None],
+    "update_rule": ["random", ""],
+    "update_order": ["first", None],
+    "prob_max": [0.0, 1.5, -0.1, math.nan],
+    "prob_min": [0.0, -0.1, math.nan],
+    "prob_decay": [-0.001, math.nan, math.inf],
+    "prob_flat_start": [1.5, "500", True],
+    "balance_prob": [-0.01, 1.5, math.nan],
+    "max_size_triangular": [0, -1, 1.5, True],
+    "memory_save_mode": [None, "one", "all"],
+    "clip_rms": [0.0, -1.0, math.nan],
+    "seed": [1.5, "0", True],
+    "geometry": ["QEQ", "eq", None],
+    "lipschitz_beta": [1.0, -0.1, math.nan],
     "momentum": [-0.1, 1.0, 1.5, math.nan, math.inf, "0.9"],
     "nesterov": ["yes", 1, None],
     "momentum_dtype": ["float64", "bfloat16", None],

@@ -29,6 +29,7 @@ from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
 from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
+from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
 
@@ -57,6 +58,7 @@ __all__ = [
     "muon_polar",
     "noise_adaptive",
     "normuon",
+    "psgd_kron",
     "root",
     "sgd",
     "sgdp",

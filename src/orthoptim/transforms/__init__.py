@@ -17,6 +17,7 @@ from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
+from orthoptim.transforms.psgd import PSGDKronPrecondition
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, shape_factor
 from orthoptim.transforms.sign import LionSign
@@ -42,6 +43,7 @@ __all__ = [
     "Momentum",
     "NormalizeNeurons",
     "Orthogonalize",
+    "PSGDKronPrecondition",
     "ProjectRadial",
     "ScaleByAdam",
     "ScaleByCoshRms",
