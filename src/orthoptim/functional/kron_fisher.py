@@ -24,19 +24,18 @@ def sym_power(a: Tensor, power: float) -> Tensor:
     return sym_powers(a, (power,))[0]
 
 
-def update_factor_(
-    factor: Tensor, stat: Tensor, other_inv: Tensor, *, beta: float, damping: float, scale: int
-) -> Tensor:
-    """One FISMO factor update, in place; returns ``factor``.
+def update_factor_(factor: Tensor, gram: Tensor, *, beta: float, damping: float) -> Tensor:
+    """One FISMO factor update, in place; returns ``factor``. ``gram`` is consumed (overwritten).
 
-    ``L = stat other_inv stat^T / scale + damping tr(factor)/d I``,
-    ``F~ = beta factor + (1 - beta) L``, ``factor <- sym(d F~ / tr(F~))`` with ``d`` the factor's
-    size (trace normalised to ``d``). For the left factor ``stat = G`` and ``scale = n``; for the
-    right one ``stat = G^T`` and ``scale = m``.
+    ``L = gram + damping tr(factor)/d I``, ``F~ = beta factor + (1 - beta) L``,
+    ``factor <- sym(d F~ / tr(F~))`` with ``d`` the factor's size (trace normalised to ``d``). For
+    the left factor ``gram = G Q^-1 G^T / n = A A^T / n`` with ``A = G Q^-1/2``; for the right one
+    ``gram = G^T P^-1 G / m = B^T B / m`` with ``B = P^-1/2 G``: the caller forms them from the
+    roots it whitens with, so no ``Q^-1`` or ``P^-1`` is needed.
     """
     d = factor.shape[0]
-    lhs = stat @ other_inv @ stat.mT / scale
-    lhs.diagonal().add_(damping * factor.diagonal().sum() / d)
-    blended = factor.mul(beta).add_(lhs, alpha=1.0 - beta)
+    gram = gram.to(factor.dtype)
+    gram.diagonal().add_(damping * factor.diagonal().sum() / d)
+    blended = factor.mul(beta).add_(gram, alpha=1.0 - beta)
     blended.mul_(d / blended.diagonal().sum())
     return factor.copy_((blended + blended.mT) / 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orthoptim.recipes.options import default
 from orthoptim.transforms.chain import Chain, chain
-from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
+from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion, MatmulDtype
 from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
@@ -18,6 +18,8 @@ def fismo(
     factor_beta: float = default(FisherTrustRegion, "factor_beta"),
     damping: float = default(FisherTrustRegion, "damping"),
     factor_stats: FactorStats = default(FisherTrustRegion, "factor_stats"),
+    root_every: int = default(FisherTrustRegion, "root_every"),
+    matmul_dtype: MatmulDtype = default(FisherTrustRegion, "matmul_dtype"),
     coeffs: str = default(Orthogonalize, "coeffs"),
     ns_steps: int = default(Orthogonalize, "ns_steps"),
     compute_dtype: ComputeDtype = default(Orthogonalize, "compute_dtype"),
@@ -52,7 +54,12 @@ def fismo(
     )
     return chain(
         FisherTrustRegion(
-            inner=inner, factor_beta=factor_beta, damping=damping, factor_stats=factor_stats
+            inner=inner,
+            factor_beta=factor_beta,
+            damping=damping,
+            factor_stats=factor_stats,
+            root_every=root_every,
+            matmul_dtype=matmul_dtype,
         ),
         ScaleByShape(rule=shape_scale),
         AddWeightDecay(),
