@@ -77,8 +77,8 @@ class FisherTrustRegion(TransformBase):
     factor_beta: float = 0.95
     damping: float = 0.1
     factor_stats: FactorStats = "rms_normalized"
-    root_every: int = 1
-    matmul_dtype: MatmulDtype = "auto"
+    root_every: int = 10
+    matmul_dtype: MatmulDtype = "bfloat16"
 
     def __post_init__(self) -> None:
         if not isinstance(self.inner, Chain):
