@@ -24,18 +24,27 @@ def sym_power(a: Tensor, power: float) -> Tensor:
     return sym_powers(a, (power,))[0]
 
 
-def update_factor_(factor: Tensor, gram: Tensor, *, beta: float, damping: float) -> Tensor:
-    """One FISMO factor update, in place; returns ``factor``. ``gram`` is consumed (overwritten).
+def update_factor_(
+    factor: Tensor, gram: Tensor, *, beta: float, damping: float, scale: float | Tensor
+) -> Tensor:
+    """One FISMO factor update, in place; returns ``factor``.
 
-    ``L = gram + damping tr(factor)/d I``, ``F~ = beta factor + (1 - beta) L``,
-    ``factor <- sym(d F~ / tr(F~))`` with ``d`` the factor's size (trace normalised to ``d``). For
-    the left factor ``gram = G Q^-1 G^T / n = A A^T / n`` with ``A = G Q^-1/2``; for the right one
-    ``gram = G^T P^-1 G / m = B^T B / m`` with ``B = P^-1/2 G``: the caller forms them from the
-    roots it whitens with, so no ``Q^-1`` or ``P^-1`` is needed.
+    ``L = gram / scale + damping tr(factor)/d I``, ``F~ = beta factor + (1 - beta) L``,
+    ``factor <- d F~ / tr(F~)`` with ``d`` the factor's size (trace normalised to ``d``). For the
+    left factor ``gram = A A^T`` with ``A = G Q^-1/2`` (so ``gram = G Q^-1 G^T``) and
+    ``scale = n``; for the right one ``gram = B^T B`` with ``B = P^-1/2 G`` and ``scale = m``:
+    the caller forms them from the roots it whitens with, so no ``Q^-1`` or ``P^-1`` is needed.
+    ``scale`` may be a 0-d tensor (``n rms(G)^2`` for normalised statistics). ``gram`` may be
+    16-bit; the sum is taken in ``factor``'s dtype.
+
+    The trace of ``F~`` is known before it is formed (``tr gram`` is a diagonal sum), so the
+    blend and the normalisation are two passes over ``factor``. No symmetrisation: ``gram`` and
+    ``factor`` are symmetric up to rounding, and ``eigh`` reads one triangle.
     """
     d = factor.shape[0]
-    gram = gram.to(factor.dtype)
-    gram.diagonal().add_(damping * factor.diagonal().sum() / d)
-    blended = factor.mul(beta).add_(gram, alpha=1.0 - beta)
-    blended.mul_(d / blended.diagonal().sum())
-    return factor.copy_((blended + blended.mT) / 2)
+    trace = factor.diagonal().sum()
+    stat_trace = gram.diagonal().sum(dtype=factor.dtype) / scale
+    normalise = d / (beta * trace + (1.0 - beta) * (stat_trace + damping * trace))
+    factor.mul_(beta * normalise).addcmul_(gram, (1.0 - beta) * normalise / scale)
+    factor.diagonal().add_((1.0 - beta) * normalise * damping * trace / d)
+    return factor

@@ -141,27 +141,27 @@ class FisherTrustRegion(TransformBase):
             g = matrix_view(u).to(stats_dtype(u))
             P, Q, left, right = s["P"], s["Q"], s["P_root"], s["Q_root"]
             m, n = g.shape
-            rms = None
-            stat = g
+            # Normalised statistics divide the Gram products by rms(G)^2 (clamped, so that a
+            # zero gradient gives a zero statistic, not 0/0) instead of scaling G itself.
+            mean_square = None
             if self.factor_stats == "rms_normalized":
-                rms = torch.linalg.vector_norm(g) / (m * n) ** 0.5
-                rms = rms.clamp_min(torch.finfo(g.dtype).tiny)
-                stat = g / rms
+                mean_square = g.square().mean().clamp_min(torch.finfo(g.dtype).tiny)
+            g_mm = g.to(mm)
             refresh = c.step % self.root_every == 0
             # G Q^-1 G^T = A A^T with A = G Q^-1/2, from the root the update is whitened with
             # (the paper's Q^-1 of the previous step when root_every = 1).
-            a = stat.to(mm) @ right
-            update_factor_(P, a @ a.mT / n, **kw)
+            a = g_mm @ right
+            scale = n if mean_square is None else n * mean_square
+            update_factor_(P, a @ a.mT, scale=scale, **kw)
             if refresh:
                 left.copy_(sym_power(P, -0.5))
-            # P^-1/2 G once: the right statistic G^T P^-1 G = B^T B (B its rms-normalised
-            # form) and the first side of the whitening.
-            left_g = left @ g.to(mm)
-            b = left_g if rms is None else left_g / rms
-            update_factor_(Q, b.mT @ b / m, **kw)
+            # B = P^-1/2 G: the right statistic G^T P^-1 G = B^T B and the whitening's first side.
+            b = left @ g_mm
+            scale = m if mean_square is None else m * mean_square
+            update_factor_(Q, b.mT @ b, scale=scale, **kw)
             if refresh:
                 right.copy_(sym_power(Q, -0.5))
-            whitened.append((left_g @ right).to(u.dtype).reshape(u.shape))
+            whitened.append((b @ right).to(u.dtype).reshape(u.shape))
         outs = self.inner.apply_many(whitened, ss, cs)
         return [
             (s["P_root"] @ matrix_view(o).to(s["P_root"].dtype) @ s["Q_root"])
