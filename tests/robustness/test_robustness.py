@@ -67,6 +67,8 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "factor_beta": [-0.1, 1.5, math.nan, "0.95"],
     "damping": [0.0, -1.0, math.nan, math.inf],
     "factor_stats": ["fisher", "", None],
+    "root_every": [0, -1, 2.5, True],
+    "matmul_dtype": ["float16", "", None, torch.bfloat16],
     "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
     "noise_reference": ["median", "", None],
     # -- options of ROOT, FISMO and the noise-adaptive Muon --

@@ -25,18 +25,26 @@ def sym_power(a: Tensor, power: float) -> Tensor:
 
 
 def update_factor_(
-    factor: Tensor, stat: Tensor, other_inv: Tensor, *, beta: float, damping: float, scale: int
+    factor: Tensor, gram: Tensor, *, beta: float, damping: float, scale: float | Tensor
 ) -> Tensor:
     """One FISMO factor update, in place; returns ``factor``.
 
-    ``L = stat other_inv stat^T / scale + damping tr(factor)/d I``,
-    ``F~ = beta factor + (1 - beta) L``, ``factor <- sym(d F~ / tr(F~))`` with ``d`` the factor's
-    size (trace normalised to ``d``). For the left factor ``stat = G`` and ``scale = n``; for the
-    right one ``stat = G^T`` and ``scale = m``.
+    ``L = gram / scale + damping tr(factor)/d I``, ``F~ = beta factor + (1 - beta) L``,
+    ``factor <- d F~ / tr(F~)`` with ``d`` the factor's size (trace normalised to ``d``). For the
+    left factor ``gram = A A^T`` with ``A = G Q^-1/2`` (so ``gram = G Q^-1 G^T``) and
+    ``scale = n``; for the right one ``gram = B^T B`` with ``B = P^-1/2 G`` and ``scale = m``:
+    the caller forms them from the roots it whitens with, so no ``Q^-1`` or ``P^-1`` is needed.
+    ``scale`` may be a 0-d tensor (``n rms(G)^2`` for normalised statistics). ``gram`` may be
+    16-bit; the sum is taken in ``factor``'s dtype.
+
+    The trace of ``F~`` is known before it is formed (``tr gram`` is a diagonal sum), so the
+    blend and the normalisation are two passes over ``factor``. No symmetrisation: ``gram`` and
+    ``factor`` are symmetric up to rounding, and ``eigh`` reads one triangle.
     """
     d = factor.shape[0]
-    lhs = stat @ other_inv @ stat.mT / scale
-    lhs.diagonal().add_(damping * factor.diagonal().sum() / d)
-    blended = factor.mul(beta).add_(lhs, alpha=1.0 - beta)
-    blended.mul_(d / blended.diagonal().sum())
-    return factor.copy_((blended + blended.mT) / 2)
+    trace = factor.diagonal().sum()
+    stat_trace = gram.diagonal().sum(dtype=factor.dtype) / scale
+    normalise = d / (beta * trace + (1.0 - beta) * (stat_trace + damping * trace))
+    factor.mul_(beta * normalise).addcmul_(gram, (1.0 - beta) * normalise / scale)
+    factor.diagonal().add_((1.0 - beta) * normalise * damping * trace / d)
+    return factor
