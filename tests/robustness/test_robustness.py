@@ -86,6 +86,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "stabilize_above": [0.0, -1.0, math.nan, math.inf],
     "stats_clip": [0.0, -1.0, math.nan, math.inf],
     "inverse_update": ["momentum", "", None],
+    "product_dtype": ["bf16", "float32", "", None, torch.bfloat16],
     "switch_warmup": [0, -1, 1.5, True],
     "switch_ratio": [-0.1, 1.0, math.nan, "0.1"],
     "switch_beta": [-0.1, 1.0, math.nan, "0.9"],

@@ -91,12 +91,15 @@ def test_radial_projection_equals_the_branchy_rule(dtype, buffer_momentum, wd_ra
 
 
 def old_hybrid_apply(t: MKORHybridPrecondition, u: Tensor, s: dict[str, Tensor], c: Ctx) -> Tensor:
-    """The switch before: a host read of ``switched``, then MKOR or ``u`` as it is."""
+    """The switch before: a host read of ``switched``, then MKOR or ``u`` as it is (the
+    loss-decrease estimate in the transform's arithmetic, in place, so that the two agree bit
+    for bit)."""
     param, grad = c.param.detach(), c.grad.detach()
     if c.step > 1:
-        moved = param.to(s["prev_param"].dtype) - s["prev_param"]
-        total = torch.sum((s["prev_grad"] + grad.to(s["prev_grad"].dtype)) * moved)
-        decrease = torch.nan_to_num(-0.5 * total.float(), 0.0)
+        back = s["prev_param"].sub_(param)
+        both = s["prev_grad"].add_(grad)
+        total = torch.dot(both.reshape(-1), back.reshape(-1))
+        decrease = torch.nan_to_num(0.5 * total.float(), 0.0)
         rate = s["rate"].mul_(t.switch_beta).add_(decrease * (1 - t.switch_beta))
         torch.maximum(s["peak"], rate, out=s["peak"])
         if c.step >= t.switch_warmup:
