@@ -50,6 +50,7 @@ def run_chain(
     at_previous: Mapping[Tensor, Tensor] | None,
     capturable: bool = False,
     foreach: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
@@ -58,7 +59,10 @@ def run_chain(
     chain's trailing scale and decay are folded into the final update (``descend_``).
     ``capturable``: the transforms get the step counter itself (a device tensor), and ``lr``
     may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
-    element-wise passes itself)."""
+    element-wise passes itself). ``indices``: each parameter's ``Ctx.index`` (its position in
+    the param group, ``group_positions``); ``None``: its position in ``params``."""
+    if indices is None:
+        indices = range(len(params))
     tensors = [p for _, p in params]
     ctxs = [
         Ctx(
@@ -71,8 +75,9 @@ def run_chain(
             None if at_previous is None else at_previous.get(p),
             layout,
             multi_tensor=foreach and not capturable,
+            index=index,
         )
-        for (name, p), state in zip(params, states, strict=True)
+        for (name, p), state, index in zip(params, states, indices, strict=True)
     ]
     if foreach and not capturable:
         run_foreach(chain, tensors, states, ctxs, cast(float, lr))

@@ -42,6 +42,7 @@ from orthoptim.recipes.plan import (
     exposed_moments,
     group_layout,
     group_lr,
+    group_positions,
     live_chain,
     moment_key,
 )
@@ -344,6 +345,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             at_previous,
             self.capturable,
             multi_tensor,
+            group_positions(group, params),
         )
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:

@@ -20,7 +20,7 @@ from orthoptim.distributed.parts import (
     run_range,
     update_params,
 )
-from orthoptim.recipes.plan import group_layout, group_lr, live_chain
+from orthoptim.recipes.plan import group_layout, group_lr, group_positions, live_chain
 from orthoptim.transforms.base import Ctx
 
 
@@ -96,7 +96,7 @@ class ReplicatedSteps(Topology):
             lr, wd = group_lr(group), float(group["weight_decay"])
             job = Job(chain, lr, lo, hi, group_layout(group))
             n = len(chain.transforms)
-            for name, p in params:
+            for (name, p), position in zip(params, group_positions(group, params), strict=True):
                 st = state[p]
                 if not st:
                     st["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -114,6 +114,7 @@ class ReplicatedSteps(Topology):
                     name=name,
                     grad_at_previous=at_previous.get(p),
                     layout=job.layout,
+                    index=position,
                 )
                 u = grad.clone(memory_format=torch.preserve_format)
                 job.items.append(Item(name, p, st, ctx, u, self.owners[id(p)]))

@@ -24,7 +24,7 @@ from orthoptim.distributed.parts import (
     split_rows,
     update_params,
 )
-from orthoptim.recipes.plan import group_layout, group_lr, live_chain
+from orthoptim.recipes.plan import group_layout, group_lr, group_positions, live_chain
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.chain import Chain
 
@@ -47,7 +47,7 @@ class ShardedSteps(Topology):
             chain = live_chain(chain, group)
             lr, wd = group_lr(group), float(group["weight_decay"])
             job = Job(chain, lr, lo, hi, group_layout(group))
-            for name, p in params:
+            for (name, p), position in zip(params, group_positions(group, params), strict=True):
                 st = state[p]
                 owner = self.owners.get(id(p), self.rank)
                 if not st:
@@ -65,6 +65,7 @@ class ShardedSteps(Topology):
                     name=name,
                     grad_at_previous=None if previous is None else local_tensor(previous),
                     layout=job.layout,
+                    index=position,
                 )
                 u = grad.clone(memory_format=torch.preserve_format)
                 job.items.append(Item(name, p, st, ctx, u, owner))
@@ -185,6 +186,7 @@ class ShardedSteps(Topology):
                 grad=grad,
                 name=it.name,
                 layout=job.layout,
+                index=it.ctx.index,
             )
             cores.append(Item(it.name, it.p, it.state, ctx, u, it.owner))
         run_range(job.chain, job.lo, job.hi, cores, local=False)

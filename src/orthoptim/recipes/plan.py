@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from torch import Tensor
 
 from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES
@@ -71,6 +73,13 @@ def live_chain(chain: Chain, group: Mapping[str, Any]) -> Chain:
     if "momentum" in group:
         live[0] = float(group["momentum"])
     return chain if tuple(live) == moments else chain.with_moments(tuple(live))
+
+
+def group_positions(group: Mapping[str, Any], params: Sequence[tuple[str, Tensor]]) -> list[int]:
+    """Each of ``params``' position in ``group["params"]`` (``Ctx.index``): fixed when the
+    optimizer is built, whichever parameters have a gradient at this step."""
+    where = {id(p): i for i, p in enumerate(group["params"])}
+    return [where[id(p)] for _, p in params]
 
 
 def group_lr(group: Mapping[str, Any]) -> float:

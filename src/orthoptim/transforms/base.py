@@ -46,6 +46,10 @@ class Ctx:
         multi_tensor: the shell runs this step with multi-tensor ops over the group
             (``ChainOptimizer(foreach=True)``, a GPU's default): every working copy is alive at
             once, so a transform that ``batches`` may batch them.
+        index: the parameter's position in its param group, fixed by the order the optimizer
+            was built with: a stable key for per-parameter schedules (SOAP's staggered basis
+            refreshes), the same in a resumed run and on every rank. The matrices of a stacked
+            parameter share it.
     """
 
     step: int | Tensor
@@ -58,6 +62,7 @@ class Ctx:
     layout: str = DEFAULT_LAYOUT
     stored: Tensor | None = None
     multi_tensor: bool = False
+    index: int = 0
 
     @property
     def parameter(self) -> Tensor:
