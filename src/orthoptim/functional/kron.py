@@ -76,7 +76,10 @@ def refresh_basis(a: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     aq = a @ q
     order = torch.argsort((q * aq).sum(dim=0), descending=True)
     order = torch.where(finite, order, torch.arange(q.shape[1], device=q.device))
-    return torch.where(finite, torch.linalg.qr(aq.index_select(1, order))[0], q), order
+    # Q alone, as linalg.qr computes it (geqrf, then orgqr: equal bit for bit), without
+    # linalg.qr's R (a triangular copy, ~1/8 of the QR's time at 2048 x 2048 on a CPU).
+    reflectors, tau = torch.geqrf(aq.index_select(1, order))
+    return torch.where(finite, torch.linalg.householder_product(reflectors, tau), q), order
 
 
 def rotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
