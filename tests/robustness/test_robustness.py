@@ -58,6 +58,8 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "max_precond_dim": [0, -1, 2.5, True],
     "correct_bias": ["yes", 1, None],
     "factor_dtype": ["half", "", None, torch.float32],
+    "refresh_schedule": ["stagger", "", None],
+    "matmul_dtype": ["bf16", "float16", "", None, torch.bfloat16],
     "root": [0.0, -2.0, math.nan, math.inf, "4"],
     "grafting": ["adagrad", "", None],
     "graft_beta2": [-0.1, 1.0, math.nan, "0.999"],

@@ -14,6 +14,10 @@ from torch import Tensor
 
 FactorDtype = Literal["auto", "float32", "float64"]
 FACTOR_DTYPES: tuple[str, ...] = get_args(FactorDtype)
+MatmulDtype = Literal["factor", "bfloat16"]
+MATMUL_DTYPES: tuple[str, ...] = get_args(MatmulDtype)
+RefreshSchedule = Literal["together", "staggered"]
+REFRESH_SCHEDULES: tuple[str, ...] = get_args(RefreshSchedule)
 
 
 def factor_dtype(p: Tensor, choice: str) -> torch.dtype:
@@ -23,6 +27,23 @@ def factor_dtype(p: Tensor, choice: str) -> torch.dtype:
     if choice == "auto":
         return torch.float64 if p.dtype == torch.float64 else torch.float32
     return getattr(torch, choice)
+
+
+def matmul_dtype(factor: torch.dtype, choice: str) -> torch.dtype:
+    """The operand dtype of the per-step products: the factors' own (``"factor"``), or
+    bfloat16, whose products a CPU with AMX or a GPU's tensor cores run several times faster
+    than float32 ones (the products come back in bfloat16; callers cast them up)."""
+    return factor if choice == "factor" else torch.bfloat16
+
+
+def refresh_due(step: int, every: int, index: int, schedule: str) -> bool:
+    """Whether a parameter refreshes at ``step`` (its own counter): at the multiples of
+    ``every`` (``"together"``: every parameter at the same steps), or at the steps congruent to
+    ``index mod every`` (``"staggered"``: the parameters of a group spread over the period by
+    their position, so no step pays for every refresh). Either way once per ``every`` steps,
+    from the step counter and the position alone, so a resumed run refreshes at the same steps."""
+    phase = index % every if schedule == "staggered" else 0
+    return step % every == phase
 
 
 def accumulate_(factor: Tensor, outer: Tensor, beta: float) -> Tensor:
