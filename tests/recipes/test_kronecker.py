@@ -185,6 +185,8 @@ def test_soap_matches_naive_oracle(shape, max_dim, first_step, eps_placement) ->
         shampoo_beta=0.9,
         precondition_every=3,
         max_precond_dim=max_dim,
+        refresh_schedule="together",
+        matmul_dtype="factor",
         **kw,
     )
     print(f"soap vs naive oracle {shape} {first_step} {eps_placement}: {worst:.1e}")
@@ -212,6 +214,7 @@ def test_shampoo_matches_naive_oracle(shape, grafting, momentum, factor_beta) ->
         momentum=momentum,
         factor_beta=factor_beta,
         precondition_every=3,
+        refresh_schedule="together",
         **kw,
     )
     print(f"shampoo vs naive oracle {shape} {grafting}: {worst:.1e}")
@@ -393,9 +396,9 @@ def _on_regression(name: str, **options: object) -> float:
 
 
 SOAP_SPEED_OPTIONS = [
-    {"refresh_schedule": "staggered"},
-    {"matmul_dtype": "bfloat16"},
-    {"matmul_dtype": "bfloat16", "refresh_schedule": "staggered"},
+    {"refresh_schedule": "staggered", "matmul_dtype": "factor"},
+    {"refresh_schedule": "together", "matmul_dtype": "bfloat16"},
+    {"refresh_schedule": "staggered", "matmul_dtype": "bfloat16"},
 ]
 # name -> (reference options, teacher-student threshold, regression threshold); the regression
 # thresholds are those of the test above (0.1 and 0.5 x AdamW's measured 6.8e-4).
@@ -417,7 +420,9 @@ def test_speed_options_converge_within_10_percent_of_the_reference(name, options
     steps; AdamW ~0.18) -4.3%, -5.7%, -4.1%; seed 1 (5.41e-2) -7.0%, -4.1%, -3.3%; seed 2
     (5.09e-2) -4.0%, -1.6%, -0.9%; regression (9.33e-6 after 200 steps; one matrix, so
     staggering changes nothing) 0, +2.2%, +2.2%. shampoo (staggered): teacher-student seeds
-    0, 1, 2 (reference 0.142, 0.149, 0.144) +1.1%, +0.1%, -1.1%."""
+    0, 1, 2 (reference 0.142, 0.149, 0.144) +1.1%, +0.1%, -1.1%. The defaults are the last
+    soap row (``"staggered"``, and ``matmul_dtype="auto"``: bfloat16 for float32 factors) and
+    the shampoo row."""
     reference, student_limit, regression_limit = REFERENCE_PATHS[name]
     for seed in (0, 1, 2):
         ref = _on_teacher_student(name, seed, **reference)
@@ -530,4 +535,23 @@ def test_speed_options_resume_bit_identically(name, options) -> None:
     second_opt.load_state_dict(saved["opt"])
     run(second, second_opt, range(4, 9))
     for a, b in zip(second, straight, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "products"), [(torch.float32, "bfloat16"), (torch.float64, "factor")]
+)
+def test_default_products_are_bfloat16_for_float32_factors_only(dtype, products) -> None:
+    shapes = [(6, 4), (5, 3)]
+    grads = [_grads(s, 5, dtype=dtype, seed=i) for i, s in enumerate(shapes)]
+    runs = []
+    for options in ({}, {"refresh_schedule": "staggered", "matmul_dtype": products}):
+        ps = [torch.ones(s, dtype=dtype, requires_grad=True) for s in shapes]
+        opt = orthoptim.build("soap", ps, precondition_every=2, **options)
+        for k in range(5):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g[k].clone()
+            opt.step()
+        runs.append(ps)
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 FactorDtype = Literal["auto", "float32", "float64"]
 FACTOR_DTYPES: tuple[str, ...] = get_args(FactorDtype)
-MatmulDtype = Literal["factor", "bfloat16"]
+MatmulDtype = Literal["auto", "factor", "bfloat16"]
 MATMUL_DTYPES: tuple[str, ...] = get_args(MatmulDtype)
 RefreshSchedule = Literal["together", "staggered"]
 REFRESH_SCHEDULES: tuple[str, ...] = get_args(RefreshSchedule)
@@ -32,7 +32,11 @@ def factor_dtype(p: Tensor, choice: str) -> torch.dtype:
 def matmul_dtype(factor: torch.dtype, choice: str) -> torch.dtype:
     """The operand dtype of the per-step products: the factors' own (``"factor"``), or
     bfloat16, whose products a CPU with AMX or a GPU's tensor cores run several times faster
-    than float32 ones (the products come back in bfloat16; callers cast them up)."""
+    than float32 ones (the products come back in bfloat16; callers cast them up); ``"auto"``:
+    bfloat16 where the factors are float32 (16-bit and float32 parameters), the factors' own
+    where they are float64 (a float64 run asks for precision)."""
+    if choice == "auto":
+        return torch.bfloat16 if factor == torch.float32 else factor
     return factor if choice == "factor" else torch.bfloat16
 
 

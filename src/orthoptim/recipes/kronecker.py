@@ -49,8 +49,8 @@ def shampoo(
     scaling, iterate averaging or distributed options; roots by ``eigh`` (the reference's
     default too). ``factor_beta=1, momentum=0, grafting="none"`` is the original Shampoo
     (pytorch-optimizer==4.1.0 ``Shampoo`` with ``matrix_eps = eps``).
-    ``refresh_schedule="staggered"`` (off by default) spreads the parameters' root refreshes
-    over the period instead of running every ``eigh`` at one step.
+    The roots of the parameters of a group are refreshed at staggered steps
+    (``refresh_schedule="staggered"``; the reference: all at the same step, ``"together"``).
 
     References: facebookresearch/optimizers@f60660661194de26d3ee78bae6d15820ff8e583d
     distributed_shampoo/distributed_shampoo.py; pytorch-optimizer==4.1.0 ``Shampoo``.
@@ -105,11 +105,11 @@ def soap(
     kernels are their ``(out, in*kh*kw)`` view (the reference: one factor per dimension, no
     ``merge_dims``); factors and bases of float32 parameters in float32, float64 ones in float64
     (the reference: always float32); no ``normalize_grads``, ``precondition_1d`` or
-    ``data_format``; ``p.grad`` is left alone. Options the reference lacks, off by default:
-    ``refresh_schedule="staggered"`` spreads the parameters' basis refreshes over the period
-    instead of running them all at one step; ``matmul_dtype="bfloat16"`` runs the per-step
-    rotations and factor products in bfloat16 (``AdamInEigenbasis``; final losses within 10%
-    of the reference path on the convergence tests).
+    ``data_format``; ``p.grad`` is left alone; the parameters' basis refreshes are spread over
+    the period (``refresh_schedule="staggered"``; the reference: all at one step,
+    ``"together"``) and the per-step rotations and factor products of float32 factors run in
+    bfloat16 (``matmul_dtype="auto"``; the reference: float32, ``"factor"``): final losses
+    within 10% of the reference path on the convergence tests (``AdamInEigenbasis``).
 
     References: nikhilvyas/SOAP@a1e553530fde97d0e6b307d7c82ac6d38b072340 soap.py;
     pytorch-optimizer==4.1.0 ``SOAP`` (same conventions, ``exp_avg`` in the original space).

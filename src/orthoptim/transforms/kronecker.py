@@ -115,9 +115,10 @@ class ShampooPrecondition(MomentumMoments, TransformBase):
     before the first refresh the direction is that Adam step itself (``"none"``: ``Gbar``).
 
     ``refresh_schedule="staggered"`` (not in the reference, which refreshes every factor at the
-    same steps, ``"together"``): parameter ``i`` of its group refreshes its roots at the steps
-    ``t = i (mod precondition_every)`` instead (``functional.kron.refresh_due``), so no step
-    pays for every ``eigh``; the roots are still used from step ``precondition_every`` on.
+    same steps, ``"together"``; final losses within 10% of it on the convergence tests):
+    parameter ``i`` of its group refreshes its roots at the steps ``t = i (mod
+    precondition_every)`` instead (``functional.kron.refresh_due``), so no step pays for every
+    ``eigh``; the roots are still used from step ``precondition_every`` on.
 
     State: ``L``, ``R``, ``L_inv``, ``R_inv`` (per preconditioned side), ``exp_avg`` (momentum
     > 0), ``graft_v`` (Adam grafting); in ``factor_dtype``.
@@ -138,7 +139,7 @@ class ShampooPrecondition(MomentumMoments, TransformBase):
     graft_beta2: float = 0.999
     graft_eps: float = 1e-8
     factor_dtype: FactorDtype = "auto"
-    refresh_schedule: RefreshSchedule = "together"
+    refresh_schedule: RefreshSchedule = "staggered"
 
     def __post_init__(self) -> None:
         check_beta("momentum", self.momentum)
@@ -241,18 +242,19 @@ class AdamInEigenbasis(BetasMoments, TransformBase):
     second moment does not rotate linearly, so re-projection has no exact form. Vectors and
     scalars have no factors: exactly Adam.
 
-    Speed options (not in the reference; the defaults are the reference's):
-      ``refresh_schedule="together"``: every parameter refreshes at the Adam steps that are
-      multiples of ``precondition_every`` (reference), so that step pays for every refresh (QR
-      dominates it); ``"staggered"``: parameter ``i`` of its group refreshes at the steps
-      ``t = i (mod precondition_every)``, the same period at a different phase, so the refreshes
-      spread over the period (the mean step is unchanged, the slowest step drops); its first
-      refresh can come before step ``precondition_every``.
-      ``matmul_dtype="factor"``: the per-step products (the two rotations and ``G G^T``,
-      ``G^T G``) in the factors' dtype (reference); ``"bfloat16"``: their operands cast to
-      bfloat16 and the products cast back up (relative error ~4e-3), several times faster on
-      CPUs with AMX and GPUs' tensor cores. Factors, bases, moments, ``eigh`` and the refresh
-      (power step, QR, re-rotation of ``exp_avg``) stay in the factors' dtype.
+    Speed options (not in the reference; the defaults differ from it, within 10% of its final
+    loss on the convergence tests, ``tests/recipes/test_kronecker.py``):
+      ``refresh_schedule="staggered"``: parameter ``i`` of its group refreshes at the Adam steps
+      ``t = i (mod precondition_every)``, the same period at a different phase, so the
+      refreshes (QR dominates them) spread over the period: the mean step is unchanged, the
+      slowest drops; its first refresh can come before step ``precondition_every``.
+      ``"together"``: every parameter at the multiples of ``precondition_every`` (reference).
+      ``matmul_dtype="auto"``: the per-step products (the two rotations, ``G G^T`` and
+      ``G^T G``) with bfloat16 operands, cast back up (relative error ~4e-3), several times
+      faster on CPUs with AMX and on GPUs' tensor cores, where the factors are float32; in the
+      factors' dtype where they are float64. ``"bfloat16"``: always; ``"factor"``: never
+      (reference). Factors, bases, moments, ``eigh`` and the refresh (power step, QR,
+      re-rotation of ``exp_avg``) stay in the factors' dtype.
 
     State: ``L``, ``Q_L``, ``R``, ``Q_R`` (per preconditioned side), ``exp_avg``, ``exp_avg_sq``
     (matrix view, rotated basis), in ``factor_dtype``.
@@ -272,8 +274,8 @@ class AdamInEigenbasis(BetasMoments, TransformBase):
     correct_bias: bool = True
     eps_placement: EpsPlacement = "raw"
     factor_dtype: FactorDtype = "auto"
-    refresh_schedule: RefreshSchedule = "together"
-    matmul_dtype: MatmulDtype = "factor"
+    refresh_schedule: RefreshSchedule = "staggered"
+    matmul_dtype: MatmulDtype = "auto"
 
     def __post_init__(self) -> None:
         check_betas("betas", self.betas)
