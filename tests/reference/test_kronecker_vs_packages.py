@@ -68,6 +68,9 @@ def _compare(make_ours, make_ref, shape, dtype, steps=20) -> float:
     return worst
 
 
+# The references refresh every basis at the same step, with float32 (or float64) products.
+SOAP_REFERENCE_PATH = {"refresh_schedule": "together", "matmul_dtype": "factor"}
+
 # float64: the reference's float32 QR (1e-7 relative in the basis); float32: a few ulp per step.
 TOL = {torch.float64: 1e-6, torch.float32: 5e-6}
 
@@ -78,7 +81,13 @@ def test_soap_matches_pytorch_optimizer(shape, dtype, pytorch_optimizer) -> None
     po = pytorch_optimizer
     worst = _compare(
         lambda ps: orthoptim.build(
-            "soap", ps, lr=1e-2, weight_decay=0.0, precondition_every=3, max_precond_dim=20
+            "soap",
+            ps,
+            lr=1e-2,
+            weight_decay=0.0,
+            precondition_every=3,
+            max_precond_dim=20,
+            **SOAP_REFERENCE_PATH,
         ),
         lambda ps: po.SOAP(
             ps,
@@ -111,6 +120,7 @@ def test_shampoo_matches_pytorch_optimizer(shape, dtype, pytorch_optimizer) -> N
             grafting="none",
             precondition_every=1,
             eps=1e-6,
+            refresh_schedule="together",
         ),
         lambda ps: po.Shampoo(ps, lr=1e-2, momentum=0.0, matrix_eps=1e-6),
         shape,
@@ -137,6 +147,7 @@ def test_soap_matches_heavyball(shape, dtype, heavyball) -> None:
             precondition_every=1,
             max_precond_dim=4,
             eps_placement="debiased",
+            **SOAP_REFERENCE_PATH,
         ),
         lambda ps: hb.SOAP(
             ps,

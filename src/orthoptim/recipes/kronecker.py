@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orthoptim.functional.kron import FactorDtype
+from orthoptim.functional.kron import FactorDtype, MatmulDtype, RefreshSchedule
 from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.chain import Chain, chain
@@ -28,6 +28,7 @@ def shampoo(
     graft_beta2: float = default(ShampooPrecondition, "graft_beta2"),
     graft_eps: float = default(ShampooPrecondition, "graft_eps"),
     factor_dtype: FactorDtype = default(ShampooPrecondition, "factor_dtype"),
+    refresh_schedule: RefreshSchedule = default(ShampooPrecondition, "refresh_schedule"),
 ) -> Chain:
     """Shampoo (Gupta, Koren, Singer, arXiv 1802.09568) as Distributed Shampoo runs it
     (Shi et al., arXiv 2309.06497), for hidden matrices.
@@ -48,6 +49,8 @@ def shampoo(
     scaling, iterate averaging or distributed options; roots by ``eigh`` (the reference's
     default too). ``factor_beta=1, momentum=0, grafting="none"`` is the original Shampoo
     (pytorch-optimizer==4.1.0 ``Shampoo`` with ``matrix_eps = eps``).
+    The roots of the parameters of a group are refreshed at staggered steps
+    (``refresh_schedule="staggered"``; the reference: all at the same step, ``"together"``).
 
     References: facebookresearch/optimizers@f60660661194de26d3ee78bae6d15820ff8e583d
     distributed_shampoo/distributed_shampoo.py; pytorch-optimizer==4.1.0 ``Shampoo``.
@@ -64,6 +67,7 @@ def shampoo(
             graft_beta2=graft_beta2,
             graft_eps=graft_eps,
             factor_dtype=factor_dtype,
+            refresh_schedule=refresh_schedule,
         ),
         AddWeightDecay(),
     )
@@ -80,6 +84,8 @@ def soap(
     correct_bias: bool = default(AdamInEigenbasis, "correct_bias"),
     eps_placement: EpsPlacement = default(AdamInEigenbasis, "eps_placement"),
     factor_dtype: FactorDtype = default(AdamInEigenbasis, "factor_dtype"),
+    refresh_schedule: RefreshSchedule = default(AdamInEigenbasis, "refresh_schedule"),
+    matmul_dtype: MatmulDtype = default(AdamInEigenbasis, "matmul_dtype"),
 ) -> Chain:
     """SOAP (Vyas et al., arXiv 2409.11321): Adam in the eigenbasis of Shampoo's factors.
 
@@ -99,7 +105,11 @@ def soap(
     kernels are their ``(out, in*kh*kw)`` view (the reference: one factor per dimension, no
     ``merge_dims``); factors and bases of float32 parameters in float32, float64 ones in float64
     (the reference: always float32); no ``normalize_grads``, ``precondition_1d`` or
-    ``data_format``; ``p.grad`` is left alone.
+    ``data_format``; ``p.grad`` is left alone; the parameters' basis refreshes are spread over
+    the period (``refresh_schedule="staggered"``; the reference: all at one step,
+    ``"together"``) and the per-step rotations and factor products of float32 factors run in
+    bfloat16 (``matmul_dtype="auto"``; the reference: float32, ``"factor"``): final losses
+    within 10% of the reference path on the convergence tests (``AdamInEigenbasis``).
 
     References: nikhilvyas/SOAP@a1e553530fde97d0e6b307d7c82ac6d38b072340 soap.py;
     pytorch-optimizer==4.1.0 ``SOAP`` (same conventions, ``exp_avg`` in the original space).
@@ -115,6 +125,8 @@ def soap(
             correct_bias=correct_bias,
             eps_placement=eps_placement,
             factor_dtype=factor_dtype,
+            refresh_schedule=refresh_schedule,
+            matmul_dtype=matmul_dtype,
         ),
         AddWeightDecay(),
     )
