@@ -3,7 +3,7 @@
 On the 24 default matrices of ``orthoptim speed`` as bias-free ``nn.Linear`` weights with the
 capture's hooks (``bench.speed.hooked``; the forward and backward that fill the hooks run
 untimed before each step), times ``muon``, and ``mkor`` / ``mkor_h`` with each
-``product_dtype``; with ``--before REV``, also the MKOR transforms of git revision ``REV``
+``matmul_dtype``; with ``--before REV``, also the MKOR transforms of git revision ``REV``
 (their ``direction`` and ``apply`` swapped in), so that a change is measured beside what it
 replaced. Reports each entrant's median step and the median over rounds of its step over that
 round's Muon step. ``--clock cpu`` times process CPU time (with ``--threads 1``, the least
@@ -31,6 +31,7 @@ from torch import nn
 from orthoptim import registry
 from orthoptim.bench.speed.benchmark import LAYER_SHAPES, LAYERS
 from orthoptim.bench.speed.hooked import BATCH
+from orthoptim.functional.kron import MATMUL_DTYPES
 from orthoptim.transforms import mkor
 
 
@@ -100,8 +101,8 @@ def main() -> None:
     for name in ("mkor", "mkor_h"):
         if before is not None:
             entrants[f"{name} ({args.before})"] = (*hooked(name, {}), before)
-        for dtype in mkor.PRODUCT_DTYPES:
-            entrants[f"{name} {dtype}"] = (*hooked(name, {"product_dtype": dtype}), now)
+        for dtype in MATMUL_DTYPES:
+            entrants[f"{name} {dtype}"] = (*hooked(name, {"matmul_dtype": dtype}), now)
     times: dict[str, list[float]] = {n: [] for n in entrants}
     for r in range(args.rounds + 1):  # round 0 warms up
         for n, (prepare, step, code) in entrants.items():

@@ -203,7 +203,7 @@ def oracle_mkor(
 def test_mkor_matches_the_naive_paper_oracle(threshold) -> None:
     steps, lr = 8, 0.05
     model = frozen_head_model()
-    opt = orthoptim.build("mkor", model, lr=lr, stabilize_above=threshold, product_dtype="factors")
+    opt = orthoptim.build("mkor", model, lr=lr, stabilize_above=threshold, matmul_dtype="factor")
     for step in range(steps):
         x, y = teacher_batch(step)
         opt.zero_grad()
@@ -279,7 +279,7 @@ def test_bare_tensors_are_refused_and_a_failed_build_leaves_no_hooks(name) -> No
 
 def test_a_step_without_statistics_keeps_the_factors_and_stays_finite() -> None:
     model = mlp()
-    opt = orthoptim.build("mkor", model, product_dtype="factors")  # compared in float32 below
+    opt = orthoptim.build("mkor", model, matmul_dtype="factor")  # compared in float32 below
     loss(model, 0).backward()
     opt.step()
     hidden = model[2].weight
@@ -414,10 +414,10 @@ def test_convergence_on_an_ill_conditioned_regression_at_default_lr() -> None:
     assert mkor_h < 0.6 * plain
 
 
-def teacher_student_loss(name: str, product_dtype: str, steps: int = 200) -> float:
+def teacher_student_loss(name: str, matmul_dtype: str, steps: int = 200) -> float:
     """Full-batch MSE after ``steps`` steps on the random-teacher problem."""
     x, y, model, loss_fn = random_teacher()
-    opt = orthoptim.build(name, model, product_dtype=product_dtype)
+    opt = orthoptim.build(name, model, matmul_dtype=matmul_dtype)
     for _ in range(steps):
         opt.zero_grad()
         loss_fn(model, x, y).backward()
@@ -428,15 +428,15 @@ def teacher_student_loss(name: str, product_dtype: str, steps: int = 200) -> flo
 
 @pytest.mark.parametrize("name", ["mkor", "mkor_h"])
 def test_bfloat16_products_end_within_one_percent_of_float32_ones(name) -> None:
-    """The rule that made ``product_dtype="bfloat16"`` the default: on the ill-conditioned
-    regression and the random-teacher problem, its final loss is within 1% of the float32
-    products' (measured: at most 0.2%), and both pass the convergence bound."""
-    plain = fit(name, precondition=False, options={"product_dtype": "factors"})
+    """The rule that made ``matmul_dtype="auto"`` (bfloat16 products) the default: on the
+    ill-conditioned regression and the random-teacher problem, its final loss is within 1% of
+    the float32 products' (measured: at most 0.2%), and both pass the convergence bound."""
+    plain = fit(name, precondition=False, options={"matmul_dtype": "factor"})
     for problem, run in (
-        ("regression", lambda d: fit(name, options={"product_dtype": d})),
+        ("regression", lambda d: fit(name, options={"matmul_dtype": d})),
         ("random teacher", lambda d: teacher_student_loss(name, d)),
     ):
-        wide, narrow = run("factors"), run("bfloat16")
+        wide, narrow = run("factor"), run("auto")
         print(f"{name}, {problem}: float32 products {wide:.6f}, bfloat16 {narrow:.6f}")
         assert abs(narrow - wide) <= 0.01 * wide
         assert narrow != wide  # the option reached the products

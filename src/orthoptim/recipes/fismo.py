@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from orthoptim.functional.kron import MatmulDtype
 from orthoptim.recipes.options import default
 from orthoptim.transforms.chain import Chain, chain
-from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion, MatmulDtype
+from orthoptim.transforms.fisher import FactorStats, FisherTrustRegion
 from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.orthogonalize import ComputeDtype, Orthogonalize
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, ShapeRule
@@ -48,11 +49,12 @@ def fismo(
     ``root_every=10`` decomposes the factors every 10 steps, as SOAP's ``precondition_every``
     (the factors' EMAs still update every step; the statistics and whitening use the cached
     roots, the identity before step 10; 1 is the paper's every step), and
-    ``matmul_dtype="bfloat16"`` runs the statistics' and (un)whitening products on bfloat16
-    operands (factors, EMAs and ``eigh`` in float32; ``"auto"``: the factors' dtype). Tolerance
+    ``matmul_dtype="auto"`` runs the statistics' and (un)whitening products on bfloat16
+    operands for float32 factors (factors, EMAs and ``eigh`` in float32; ``"factor"``: the
+    factors' dtype, the paper's arithmetic). Tolerance
     (tests/recipes/test_fismo.py): on random_teacher the defaults' final loss after 150 steps is
     within 10% of the paper schedule's or below it, both under 1e-3 (measured 1.65e-4 vs
-    2.71e-4); the oracle test pins ``root_every=1, matmul_dtype="auto"``.
+    2.71e-4); the oracle test pins ``root_every=1, matmul_dtype="factor"``.
 
     References: Chenrui Xu, Wenjing Yan, Ying-Jun Angela Zhang, "FISMO: Fisher-Structured
     Momentum-Orthogonalized Optimizer", arXiv 2601.21750 (ICML 2026).

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from orthoptim._checks import check_bool
+from orthoptim.functional.kron import MatmulDtype
 from orthoptim.recipes.options import default, extends
 from orthoptim.recipes.plan import AdamWRoute
 from orthoptim.transforms.chain import Chain, chain
@@ -17,7 +18,6 @@ from orthoptim.transforms.mkor import (
     InverseUpdate,
     MKORHybridPrecondition,
     MKORPrecondition,
-    ProductDtype,
 )
 from orthoptim.transforms.momentum import Momentum, MomentumDtype
 from orthoptim.transforms.scaling import AddWeightDecay
@@ -37,7 +37,7 @@ def mkor(
     stabilize_above: float = default(MKORPrecondition, "stabilize_above"),
     stats_clip: float = default(MKORPrecondition, "stats_clip"),
     inverse_update: InverseUpdate = default(MKORPrecondition, "inverse_update"),
-    product_dtype: ProductDtype = default(MKORPrecondition, "product_dtype"),
+    matmul_dtype: MatmulDtype = default(MKORPrecondition, "matmul_dtype"),
 ) -> Chain:
     """MKOR (Mozaffari, Li, Zhang, Mehri Dehnavi, NeurIPS 2023, arXiv 2306.01685).
 
@@ -58,9 +58,10 @@ def mkor(
     the paper describes. Biases get AdamW instead of joining ``[W | b]``; the norm rescale is per
     weight. No AMP ``grad_scale`` (unscale before ``step``). A weight without statistics in a
     step (not a captured layer, hooks missed) is preconditioned with its unchanged factors.
-    ``L^-1 G R^-1`` is computed from bfloat16 copies (``product_dtype="bfloat16"``, default:
-    final losses within 1% of float32 products on the convergence tests), the factors and their
-    updates staying float32; ``product_dtype="factors"`` computes the products in float32 too.
+    ``L^-1 G R^-1`` is computed from bfloat16 copies (``matmul_dtype="auto"``, default, for
+    float32 factors: final losses within 1% of float32 products on the convergence tests), the
+    factors and their updates staying float32; ``matmul_dtype="factor"`` computes the products
+    in the factors' dtype too.
 
     References: arXiv 2306.01685;
     Mohammad-Mozaffari/mkor@3a0e3bb2df346851569e98799d0f340556bad811 mkor/mkor.py, utils/factors.py.
@@ -73,7 +74,7 @@ def mkor(
             stabilize_above=stabilize_above,
             stats_clip=stats_clip,
             inverse_update=inverse_update,
-            product_dtype=product_dtype,
+            matmul_dtype=matmul_dtype,
         ),
         AddWeightDecay(),
         Momentum(beta=momentum, kind="sum", nesterov=nesterov, dtype=momentum_dtype),

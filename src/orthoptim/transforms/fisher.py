@@ -12,6 +12,7 @@ from torch import Tensor
 
 from orthoptim._checks import check_choice, check_matrix, check_positive, check_positive_int
 from orthoptim._types import State
+from orthoptim.functional.kron import MATMUL_DTYPES, MatmulDtype, matmul_dtype
 from orthoptim.functional.kron_fisher import sym_power, update_factor_
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.polar import matrix_view
@@ -20,8 +21,6 @@ from orthoptim.transforms.chain import Chain
 
 FactorStats = Literal["rms_normalized", "raw"]
 FACTOR_STATS: tuple[str, ...] = get_args(FactorStats)
-MatmulDtype = Literal["auto", "bfloat16"]
-MATMUL_DTYPES: tuple[str, ...] = get_args(MatmulDtype)
 
 
 def _check_factor_beta(value: float) -> None:
@@ -66,10 +65,12 @@ class FisherTrustRegion(TransformBase):
         root_every: steps between decompositions of the factors, a positive int (Shampoo's and
             SOAP's ``precondition_every``); 1 decomposes every step as the paper.
         matmul_dtype: operand dtype of the per-step products (statistics, whitening,
-            unwhitening): ``"auto"`` the factors' dtype (float32, float64 for float64
-            parameters); ``"bfloat16"`` rounds ``G``, the roots and the inner chain's output to
-            bfloat16 (float32 accumulation, as Muon's Newton-Schulz); the factors, their EMA and
-            ``eigh`` stay in float32.
+            unwhitening; ``functional.kron.matmul_dtype``, as SOAP's and MKOR's):
+            ``"factor"`` the factors' dtype (float32, float64 for float64 parameters);
+            ``"bfloat16"`` rounds ``G``, the roots and the inner chain's output to bfloat16
+            (float32 accumulation, as Muon's Newton-Schulz); ``"auto"`` bfloat16 where the
+            factors are float32, theirs where float64. The factors, their EMA and ``eigh`` stay
+            in the factors' dtype.
     """
 
     key: ClassVar[str] = "fisher"
@@ -78,7 +79,7 @@ class FisherTrustRegion(TransformBase):
     damping: float = 0.1
     factor_stats: FactorStats = "rms_normalized"
     root_every: int = 10
-    matmul_dtype: MatmulDtype = "bfloat16"
+    matmul_dtype: MatmulDtype = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.inner, Chain):
@@ -128,7 +129,7 @@ class FisherTrustRegion(TransformBase):
         return state
 
     def _matmul_dtype(self, u: Tensor) -> torch.dtype:
-        return stats_dtype(u) if self.matmul_dtype == "auto" else torch.bfloat16
+        return matmul_dtype(stats_dtype(u), self.matmul_dtype)
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return self.apply_many([u], [s], [c])[0]

@@ -11,14 +11,13 @@ from torch import Tensor
 
 from orthoptim._checks import check_beta, check_choice, check_positive, check_positive_int
 from orthoptim._types import State
+from orthoptim.functional.kron import MATMUL_DTYPES, MatmulDtype, matmul_dtype
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
 from orthoptim.transforms.capture import ActivationCapture
 
 InverseUpdate = Literal["paper", "package"]
 INVERSE_UPDATES: tuple[str, ...] = get_args(InverseUpdate)
-ProductDtype = Literal["factors", "bfloat16"]
-PRODUCT_DTYPES: tuple[str, ...] = get_args(ProductDtype)
 
 
 def sherman_morrison_(
@@ -112,12 +111,14 @@ class MKORPrecondition(TransformBase):
     value is pulled to ``(1 - stabilization) F^-1 + stabilization I``. The step is rescaled to the
     gradient's Frobenius norm; if that fails (zero or non-finite norm) ``u`` passes unchanged. A
     step without captured statistics (hooks missed, no backward, unattached capture) keeps the
-    factors as they are and preconditions with them. ``product_dtype="bfloat16"`` (default)
-    computes the two products from bfloat16 copies of ``L^-1``, ``G``, ``R^-1`` (the factors
+    factors as they are and preconditions with them. ``matmul_dtype="auto"`` (default;
+    ``functional.kron.matmul_dtype``, as SOAP's and FISMO's) computes the two products from
+    bfloat16 copies of ``L^-1``, ``G``, ``R^-1`` where the factors are float32 (the factors
     themselves and their updates stay in their dtype; the rescale's norms in it too), as Muon's
-    Newton-Schulz does; ``"factors"`` computes them in the factors' dtype (the paper's
-    arithmetic). The default is bfloat16 because its final losses are within 1% of the
-    ``"factors"`` path's on the convergence problems (``tests/recipes/test_mkor.py``, measured
+    Newton-Schulz does; ``"factor"`` computes them in the factors' dtype (the paper's
+    arithmetic), ``"bfloat16"`` always in bfloat16. The default is bfloat16 because its final
+    losses are within 1% of the ``"factor"`` path's on the convergence problems
+    (``tests/recipes/test_mkor.py``, measured
     at most 0.2%), and the products are most of the step's work.
 
     State: ``L_inv`` (out x out), ``R_inv`` (in x in), float32 for 16-bit parameters.
@@ -133,7 +134,7 @@ class MKORPrecondition(TransformBase):
     stabilize_above: float = 2.0
     stats_clip: float = 100.0
     inverse_update: InverseUpdate = "paper"
-    product_dtype: ProductDtype = "bfloat16"
+    matmul_dtype: MatmulDtype = "auto"
     capture: ActivationCapture = field(default_factory=ActivationCapture, repr=False, compare=False)
 
     @property
@@ -150,7 +151,7 @@ class MKORPrecondition(TransformBase):
         check_positive("stabilize_above", self.stabilize_above)
         check_positive("stats_clip", self.stats_clip)
         check_choice("inverse_update", self.inverse_update, INVERSE_UPDATES)
-        check_choice("product_dtype", self.product_dtype, PRODUCT_DTYPES)
+        check_choice("matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
 
     def validate(self, p: Tensor, name: str) -> None:
         if p.ndim < 2:
@@ -186,10 +187,8 @@ class MKORPrecondition(TransformBase):
                     stabilization=self.stabilization,
                 )
         g = u.reshape(u.shape[0], -1).to(left.dtype)
-        if (
-            self.product_dtype == "bfloat16"
-        ):  # the factors stay in their dtype; copies feed the products
-            narrow = torch.bfloat16
+        narrow = matmul_dtype(left.dtype, self.matmul_dtype)
+        if narrow != left.dtype:  # the factors stay in their dtype; copies feed the products
             out = (left.to(narrow) @ g.to(narrow) @ right.to(narrow)).to(left.dtype)
         else:
             out = left @ g @ right
