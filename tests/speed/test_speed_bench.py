@@ -60,9 +60,9 @@ def test_speed_run_writes_records_with_ratios(tmp_path: Path) -> None:
     assert run["rates"]["bf16_flops"] > 0 and run["rates"]["bf16_best"] > 0
     assert math.isclose(run["floor_ms"], muon_flops / run["rates"]["bf16_flops"] * 1e3)
     # The memory floor: gradients read, parameters read and written, state read once (AdamW:
-    # 3 x 4 + 8 bytes per parameter), at the copy rate measured in the same run.
+    # 3 x 4 + 8 bytes per parameter), at the streaming rate measured in the same run.
     adamw = by["orthoptim:adamw"]
-    want_ms = adamw["params"] * (3 * 4 + 8) / run["rates"]["copy_bytes"] * 1e3
+    want_ms = adamw["params"] * (3 * 4 + 8) / run["rates"]["stream_bytes"] * 1e3
     assert math.isclose(adamw["memory_floor_ms"], want_ms)
     assert math.isclose(adamw["ratio_memory_floor"], adamw["step_ms_median"] / want_ms)
     assert "x mem" in lines[0]

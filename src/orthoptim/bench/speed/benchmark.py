@@ -21,8 +21,9 @@ Protocol, all in one process so every entrant sees the same machine state:
   round, so that floor and step are medians over the same rounds. The best-of rate before and
   after the rounds is reported beside it.
 * The memory floor of every entrant: the fewest bytes its step can move (gradients read,
-  parameters read and written, its state read once) at the machine's copy rate, measured in the
-  same run; it bounds the steps that FLOPs do not (AdamW, M-FAC's gradient window).
+  parameters read and written, its state read once) at the machine's streaming rate
+  (``measure.stream_rate``: the faster of a copy and torch's fused AdamW kernel), measured in
+  the same run; it bounds the steps that FLOPs do not (AdamW, M-FAC's gradient window).
 * Memory: optimizer-state bytes per parameter (every tensor the optimizer keeps in ``state``),
   and the step's transient peak: the process's resident-set high-water mark during one step
   above its resident set before it (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``).
@@ -51,12 +52,12 @@ from orthoptim.bench.speed.entrants import HEAD_FAMILIES, entrants, not_timed
 from orthoptim.bench.speed.measure import (
     MatmulProbe,
     Shape,
-    copy_bandwidth,
     count_flops,
     fixed_params,
     matmul_rate,
     set_grads,
     state_bytes,
+    stream_rate,
     transient_peak,
 )
 from orthoptim.bench.speed.report import render, summarize
@@ -159,7 +160,7 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     env = environment()  # before the rounds: its load average is the machine's, not ours
     bf16 = matmul_rate(torch.bfloat16, config.rate_size)
     fp32 = matmul_rate(torch.float32, config.rate_size)
-    copy_rate = copy_bandwidth()
+    stream = stream_rate()
     # Products worth a quarter second at the best rate: about one Muon step on the default set.
     repeats = max(1, round(0.25 * bf16 / (2 * config.rate_size**3)))
     head_rate = _time_entries(
@@ -172,9 +173,9 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
     # (the machine's best moment, which no median step is compared against).
     rates = {"bf16_flops": head_rate, "fp32_flops": fp32,
              "bf16_best": max(bf16, bf16_after), "bf16_first": bf16,
-             "bf16_last": bf16_after, "copy_bytes": copy_rate}  # fmt: skip
+             "bf16_last": bf16_after, "stream_bytes": stream}  # fmt: skip
     results = [result for result, _ in entries]
-    summary = summarize(results, rates["bf16_flops"], copy_rate)
+    summary = summarize(results, rates["bf16_flops"], stream)
     out = config.out or Path("runs") / dt.datetime.now().strftime("speed-%Y-%m-%d_%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     run_info = _run_info(config, matrices, full, repeats, rates, summary["floor_ms"])

@@ -33,11 +33,11 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize(
-    results: Sequence[Result], bf16_rate: float, copy_rate: float = math.nan
+    results: Sequence[Result], bf16_rate: float, stream_rate: float = math.nan
 ) -> dict[str, Any]:
     """Ratios: to the fastest peer of the same family, to the FLOP floor (FLOPs at the bf16
-    rate), to the memory floor (``measure.memory_floor_bytes`` at the copy rate), to orthoptim's
-    muon."""
+    rate), to the memory floor (``measure.memory_floor_bytes`` at the streaming rate), to
+    orthoptim's muon."""
     ok = [r for r in results if r.error is None and r.times_s]
     fastest = {}
     for family in ("muon", "adamw"):
@@ -53,7 +53,7 @@ def summarize(
         rate = r.rate_alongside or bf16_rate
         muon_ms = r.muon_ms_alongside or (_amortised_ms(muon) if muon is not None else math.nan)
         own_floor_ms = r.flops / rate * 1e3 if r.flops else math.nan
-        memory_floor_ms = memory_floor_bytes(r.param_bytes, r.state_bytes) / copy_rate * 1e3
+        memory_floor_ms = memory_floor_bytes(r.param_bytes, r.state_bytes) / stream_rate * 1e3
         rows[r.entrant.name] = {
             "ratio_fastest_peer": ms / fastest[family] if family in fastest else math.nan,
             "ratio_floor": _amortised_ms(r) / own_floor_ms if r.flops else math.nan,
@@ -101,9 +101,9 @@ def render(
         f"{rates['bf16_best'] / 1e9:.0f} before or after the rounds), fp32 "
         f"{rates['fp32_flops'] / 1e9:.0f} GFLOP/s; Muon FLOP floor "
         f"{_fmt(summary['floor_ms'], '.0f')} ms (NS matmul FLOPs / median bf16 rate)",
-        f"copy rate: {_fmt(rates.get('copy_bytes', math.nan) / 1e9, '.1f')} GB/s read + write; "
-        "x mem: step over its memory floor (grads read, params read and written, state read "
-        "once, at the copy rate)",
+        f"streaming rate: {_fmt(rates.get('stream_bytes', math.nan) / 1e9, '.1f')} GB/s (best of "
+        "a copy and torch's fused AdamW kernel); x mem: step over its memory floor (grads read, "
+        "params read and written, state read once, at that rate)",
         "",
         f"{'optimizer':<26}{'step ms':>9}{'mean ms':>9}{'x fastest peer':>16}{'x floor':>9}"
         f"{'x mem':>8}{'x muon':>8}"
