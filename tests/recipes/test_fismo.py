@@ -188,19 +188,6 @@ def test_fismo_trains_teacher_student_at_default_lr() -> None:
     assert min(losses) < 1e-3
 
 
-def _fismo_losses(steps: int, seed: int = 0, **options: object) -> list[float]:
-    x, y, model, loss_fn = random_teacher(seed)
-    opt = orthoptim.build("fismo", model, **options)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 def test_default_roots_every_10_in_bfloat16_train_as_well_as_the_paper_schedule() -> None:
     """The defaults (``root_every=10``, ``matmul_dtype="auto"``: bfloat16 products) against
     the paper's schedule (decomposition every step, float32 products) on random_teacher, 150 steps.
@@ -210,8 +197,10 @@ def test_default_roots_every_10_in_bfloat16_train_as_well_as_the_paper_schedule(
     2.05e-4; bfloat16 every step 2.61e-4, 2.69e-4, 3.34e-4 (ill_conditioned, seed 0:
     reference 0.256, default 0.232, bfloat16 every step 0.255). Part of the default's lead is
     its first 9 steps, Muon's (identity roots until the first refresh)."""
-    reference = _fismo_losses(150, root_every=1, matmul_dtype="factor")
-    ours = _fismo_losses(150)
+    reference = train(
+        "fismo", 150, problem=random_teacher, options={"root_every": 1, "matmul_dtype": "factor"}
+    )
+    ours = train("fismo", 150, problem=random_teacher)
     print(f"fismo reference {reference[-1]:.3g}, default {ours[-1]:.3g}")
     assert reference[-1] < 1e-3 and ours[-1] < 1e-3
     assert ours[-1] <= 1.1 * reference[-1]

@@ -25,6 +25,7 @@ import orthoptim
 from orthoptim.bench.models import TinyGPT
 from orthoptim.functional.projection import active_block, block_count
 from tests.helpers import straight_and_resumed
+from tests.recipes.test_lowrank import train
 
 LR, WD = 1e-2, 0.1
 
@@ -285,15 +286,6 @@ def mlp() -> nn.Module:
         nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 10),
         nn.Tanh(), nn.Linear(10, 12), nn.Tanh(), nn.Linear(12, 3),
     )  # fmt: skip
-
-
-def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
-    for s in steps:
-        g = torch.Generator().manual_seed(s)
-        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
 
 
 @pytest.mark.parametrize("order", ["descending", "ascending", "random", "mirror"])

@@ -148,28 +148,30 @@ def test_mfac_beats_sgd_and_adamw_on_ill_conditioned_logistic_regression(seed) -
     assert gaps["mfac"] < 0.2 * min(gaps["sgd"], gaps["adamw"])
 
 
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+
+
+def train_tiny(m: nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        opt.zero_grad()
+        m(torch.randn(8, 5, generator=g)).square().mean().backward()
+        opt.step()
+
+
 @pytest.mark.parametrize("window", [16, 4], ids=["mid-window", "after-wrap"])
 def test_resume_mid_window_is_bit_exact(window) -> None:
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
-
-    def train(m: nn.Module, opt, seeds: range) -> None:
-        for s in seeds:
-            g = torch.Generator().manual_seed(s)
-            opt.zero_grad()
-            m(torch.randn(8, 5, generator=g)).square().mean().backward()
-            opt.step()
-
-    a, b = model(), model()
+    a, b = tiny_model(), tiny_model()
     opt_a = orthoptim.build("mfac", a, window=window, weight_decay=0.01)
-    train(a, opt_a, range(6))  # 6 of 16 slots filled / wrapped once with 4
+    train_tiny(a, opt_a, range(6))  # 6 of 16 slots filled / wrapped once with 4
     saved = save_and_load(a, opt_a)
     b.load_state_dict(saved["model"])
     opt_b = orthoptim.build("mfac", b, window=window, weight_decay=0.01)
     opt_b.load_state_dict(saved["opt"])
-    train(a, opt_a, range(6, 13))
-    train(b, opt_b, range(6, 13))
+    train_tiny(a, opt_a, range(6, 13))
+    train_tiny(b, opt_b, range(6, 13))
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
         for key, t in opt_a.state[p].items():
@@ -468,26 +470,17 @@ def test_model_block_spans_the_route_groups_of_a_module() -> None:
 
 
 def test_model_block_resumes_bit_exactly_and_foreach_changes_nothing() -> None:
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
-
-    def train(m: nn.Module, opt, seeds: range) -> None:
-        for s in seeds:
-            g = torch.Generator().manual_seed(s)
-            opt.zero_grad()
-            m(torch.randn(8, 5, generator=g)).square().mean().backward()
-            opt.step()
-
     def make(m: nn.Module, foreach: bool = False):
         return orthoptim.build(
             "mfac", m, window=4, weight_decay=0.01, blocks="model", foreach=foreach
         )
 
-    straight, straight_opt, resumed, resumed_opt = straight_and_resumed(model, make, train, 6, 13)
-    together, together_opt = model(), None
+    straight, straight_opt, resumed, resumed_opt = straight_and_resumed(
+        tiny_model, make, train_tiny, 6, 13
+    )
+    together, together_opt = tiny_model(), None
     together_opt = make(together, foreach=True)
-    train(together, together_opt, range(13))
+    train_tiny(together, together_opt, range(13))
     for p, q, r in zip(
         straight.parameters(), resumed.parameters(), together.parameters(), strict=True
     ):
@@ -497,7 +490,7 @@ def test_model_block_resumes_bit_exactly_and_foreach_changes_nothing() -> None:
             assert torch.equal(t, resumed_opt.state[q][key]), key
     # a checkpoint of per-parameter blocks does not load into a model block
     with pytest.raises(ValueError, match="different optimizer"):
-        orthoptim.build("mfac", model(), blocks="parameter").load_state_dict(
+        orthoptim.build("mfac", tiny_model(), blocks="parameter").load_state_dict(
             straight_opt.state_dict()
         )
 

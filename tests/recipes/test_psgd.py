@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import orthoptim
+from orthoptim._types import State
 from orthoptim.bench.speed import ops
 from orthoptim.functional.psgd import (
     counter_decision,
@@ -114,11 +115,11 @@ def test_spectral_norm_lower_bound_is_a_tight_lower_bound() -> None:
     assert spectral_norm_lower_bound(torch.zeros(3, 3)) == 0
 
 
-def test_fitted_preconditioner_whitens_the_gradients() -> None:
-    """The paper's fixed point: gradients with covariance ``C = C_L kron C_R`` give
-    ``P -> C^{-1/2}``, i.e. ``P C P = I``. With a decreasing ``precond_lr`` the fit's noise
-    shrinks; measured max |eig(P C P) - 1| after each phase: 1.30, 0.48, 0.28, 0.14 (at ``Q = I``
-    it is max eig(C) - 1 = 81)."""
+def fit_whitening(**options: object) -> tuple[list[float], State]:
+    """Fit ``PSGDKronPrecondition(**options)`` (gradient whitening, no momentum) to gradients
+    ``G = R_L Z R_R^T`` of covariance ``C = C_L kron C_R`` (4 x 4 and 3 x 3 factors, float64)
+    over four phases of decreasing ``precond_lr``: ``max |eig(P C P) - 1|`` after each phase,
+    and the final state. ``P C P = I`` is the paper's fixed point, ``P = C^{-1/2}``."""
     gen = torch.Generator().manual_seed(4)
     m, n = 4, 3
     x = torch.randn(m, m, generator=gen, dtype=torch.float64)
@@ -126,11 +127,18 @@ def test_fitted_preconditioner_whitens_the_gradients() -> None:
     rl = 0.5 * x + 2 * torch.eye(m, dtype=torch.float64)
     rr = 0.5 * y + 2 * torch.eye(n, dtype=torch.float64)
     cov = torch.kron(rl @ rl.T, rr @ rr.T)
+    assert (torch.linalg.eigvalsh(cov) - 1).abs().max() > 50  # far from white at Q = I
     p = torch.zeros(m, n, dtype=torch.float64)
-    state, step, errors = None, 0, []
+    state: State | None = None
+    step, errors = 0, []
     for lr, steps in ((0.1, 500), (0.03, 1000), (0.01, 1500), (0.003, 1500)):
         t = PSGDKronPrecondition(
-            momentum=0.0, whiten="gradient", precond_lr=lr, balance_prob=0.0, prob_flat_start=10**9
+            momentum=0.0,
+            whiten="gradient",
+            precond_lr=lr,
+            balance_prob=0.0,
+            prob_flat_start=10**9,
+            **options,  # type: ignore[arg-type]
         )
         state = state or t.init(p)
         for _ in range(steps):
@@ -140,9 +148,18 @@ def test_fitted_preconditioner_whitens_the_gradients() -> None:
         q = torch.kron(state["Q_L"], state["Q_R"])
         big_p = q.T @ q
         errors.append((torch.linalg.eigvals(big_p @ cov @ big_p).real - 1).abs().max().item())
+    assert state is not None
+    return errors, state
+
+
+def test_fitted_preconditioner_whitens_the_gradients() -> None:
+    """The paper's fixed point: gradients with covariance ``C = C_L kron C_R`` give
+    ``P -> C^{-1/2}``, i.e. ``P C P = I``. With a decreasing ``precond_lr`` the fit's noise
+    shrinks; measured max |eig(P C P) - 1| after each phase: 1.30, 0.48, 0.28, 0.14 (at ``Q = I``
+    it is max eig(C) - 1 = 81)."""
+    errors, _ = fit_whitening()
     assert errors[-1] < 0.2, errors
     assert errors[0] > errors[-1] * 4, errors
-    assert (torch.linalg.eigvalsh(cov) - 1).abs().max() > 50
 
 
 def test_update_order_precondition_first_uses_the_old_factors() -> None:
@@ -327,32 +344,8 @@ def test_procrustes_geometry_whitens_and_keeps_factors_symmetric() -> None:
     """``geometry="Q0.5EQ1.5"`` (psgd_torch's default): the same fixed point ``P C P = I``,
     with factors kept close to symmetric by the Procrustes step (measured: max |eig - 1| 0.13,
     asymmetry ||Q - Q^T|| / ||Q|| 7e-6)."""
-    gen = torch.Generator().manual_seed(4)
-    m, n = 4, 3
-    x = torch.randn(m, m, generator=gen, dtype=torch.float64)
-    y = torch.randn(n, n, generator=gen, dtype=torch.float64)
-    rl = 0.5 * x + 2 * torch.eye(m, dtype=torch.float64)
-    rr = 0.5 * y + 2 * torch.eye(n, dtype=torch.float64)
-    cov = torch.kron(rl @ rl.T, rr @ rr.T)
-    p = torch.zeros(m, n, dtype=torch.float64)
-    state, step = None, 0
-    for lr, steps in ((0.1, 500), (0.03, 1000), (0.01, 1500), (0.003, 1500)):
-        t = PSGDKronPrecondition(
-            momentum=0.0,
-            whiten="gradient",
-            geometry="Q0.5EQ1.5",
-            precond_lr=lr,
-            balance_prob=0.0,
-            prob_flat_start=10**9,
-        )
-        state = state or t.init(p)
-        for _ in range(steps):
-            step += 1
-            g = rl @ torch.randn(m, n, generator=gen, dtype=torch.float64) @ rr.T
-            t.apply(g, state, Ctx(step=step, lr=1.0, weight_decay=0.0, param=p, grad=g))
-    q = torch.kron(state["Q_L"], state["Q_R"])
-    big_p = q.T @ q
-    error = (torch.linalg.eigvals(big_p @ cov @ big_p).real - 1).abs().max().item()
+    errors, state = fit_whitening(geometry="Q0.5EQ1.5")
+    error = errors[-1]
     print(f"\nQ0.5EQ1.5 whitening: max |eig(PCP) - 1| {error:.3f}")
     assert error < 0.2
     for f in (state["Q_L"], state["Q_R"]):
