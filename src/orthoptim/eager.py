@@ -62,23 +62,9 @@ def run_chain(
     element-wise passes itself). ``positions``: ``Ctx.position`` and ``Ctx.route_size`` by
     ``id(p)`` (``groups.route_positions``); without them each parameter is alone."""
     tensors = [p for _, p in params]
-    ctxs = [
-        Ctx(
-            state["step"] if capturable else int(state["step"].item()),
-            lr,
-            weight_decay,
-            p,
-            cast(Tensor, p.grad),
-            name,
-            None if at_previous is None else at_previous.get(p),
-            layout,
-            multi_tensor=foreach and not capturable,
-            position=where[0],
-            route_size=where[1],
-        )
-        for (name, p), state in zip(params, states, strict=True)
-        for where in [(0, 1) if positions is None else positions[id(p)]]
-    ]
+    ctxs = _contexts(
+        params, states, lr, weight_decay, layout, at_previous, positions, capturable, foreach
+    )
     if foreach and not capturable:
         run_foreach(chain, tensors, states, ctxs, cast(float, lr))
         return
@@ -108,6 +94,38 @@ def run_chain(
             u = scratch.copy_of(c.grad)
         u = chain.apply_narrow_range(0, fold, [u], [state], [c])[0] if fold else u
         descend_(p, u, lr, *chain.folded(c))
+
+
+def _contexts(
+    params: Sequence[tuple[str, Tensor]],
+    states: Sequence[State],
+    lr: float | Tensor,
+    weight_decay: float,
+    layout: str,
+    at_previous: Mapping[Tensor, Tensor] | None,
+    positions: Mapping[int, tuple[int, int]] | None,
+    capturable: bool = False,
+    foreach: bool = False,
+) -> list[Ctx]:
+    """Each parameter's ``Ctx`` for this step (``run_chain``'s arguments): the step counter as
+    an int, or the device tensor itself under ``capturable``; ``positions`` as ``run_chain``'s."""
+    return [
+        Ctx(
+            state["step"] if capturable else int(state["step"].item()),
+            lr,
+            weight_decay,
+            p,
+            cast(Tensor, p.grad),
+            name,
+            None if at_previous is None else at_previous.get(p),
+            layout,
+            multi_tensor=foreach and not capturable,
+            position=where[0],
+            route_size=where[1],
+        )
+        for (name, p), state in zip(params, states, strict=True)
+        for where in [(0, 1) if positions is None else positions[id(p)]]
+    ]
 
 
 class GroupStep(NamedTuple):
@@ -152,22 +170,15 @@ def run_route(
             )
     parts = []
     for group in groups:
-        ctxs = [
-            Ctx(
-                int(state["step"].item()),
-                group.lr,
-                group.weight_decay,
-                p,
-                cast(Tensor, p.grad),
-                name,
-                None if at_previous is None else at_previous.get(p),
-                group.layout,
-                position=where[0],
-                route_size=where[1],
-            )
-            for (name, p), state in zip(group.params, group.states, strict=True)
-            for where in [(0, 1) if positions is None else positions[id(p)]]
-        ]
+        ctxs = _contexts(
+            group.params,
+            group.states,
+            group.lr,
+            group.weight_decay,
+            group.layout,
+            at_previous,
+            positions,
+        )
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
         parts.append((ctxs, group.chain.apply_range(0, lo, updates, group.states, ctxs)))
     flat = first.apply_range(
