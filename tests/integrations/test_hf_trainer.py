@@ -1,0 +1,187 @@
+"""``transformers.Trainer`` trains with orthoptim both documented ways, and resumes exactly.
+
+- ``optimizers=(orthoptim.build(name, model), None)``: the user builds the optimizer, the
+  Trainer adds its lr scheduler;
+- ``optimizer_cls_and_kwargs=orthoptim.integrations.transformers.optimizer_cls_and_kwargs(...)``:
+  the Trainer builds it from its model, routed as ``build`` routes (checked against the zoo's
+  hand-written roles).
+
+A run of ``STEPS`` steps and a run stopped at its checkpoint of step ``SAVE_AT`` then resumed
+with ``resume_from_checkpoint`` end with bit-identical parameters, optimizer state and lr (CPU,
+seeded, a warmup + linear decay scheduler from the Trainer). Tiny configs, no downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+pytest.importorskip("transformers")
+
+import transformers
+from transformers import Trainer, TrainingArguments
+
+import orthoptim
+from orthoptim.integrations.transformers import TrainerFactory, optimizer_cls_and_kwargs
+from tests.integrations import zoo
+
+VOCAB, SEQ, BATCH, N_SAMPLES = 128, 16, 4, 32
+STEPS, SAVE_AT = 6, 3
+PATHS = ("optimizers", "optimizer_cls_and_kwargs")
+
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+class Tokens(torch.utils.data.Dataset):
+    """A fixed in-memory language-modelling set: ``{"input_ids", "labels"}`` rows."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.ids = torch.randint(0, VOCAB, (N_SAMPLES, SEQ), generator=g)
+
+    def __len__(self) -> int:
+        return N_SAMPLES
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def model_of(case: str) -> nn.Module:
+    model, _, _ = zoo.CASES[case].build()  # seeded inside
+    return model
+
+
+def arguments(out: Path, steps: int) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        logging_strategy="no",
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def trainer(path: str, model: nn.Module, out: Path, steps: int = STEPS) -> Trainer:
+    args = arguments(out, steps)
+    if path == "optimizers":
+        opt = orthoptim.build("muon", model, lr=0.02, adamw_lr=1e-3)
+        return Trainer(model=model, args=args, train_dataset=Tokens(), optimizers=(opt, None))
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Tokens(),
+        optimizer_cls_and_kwargs=optimizer_cls_and_kwargs("muon", lr=0.02, adamw_lr=1e-3),
+    )
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested state dict as ``{path: leaf}``."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}/{k}"))
+        return out
+    if isinstance(tree, list | tuple):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(flat(v, f"{prefix}/{i}"))
+        return out
+    return {prefix: tree}
+
+
+def assert_identical(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    assert got.keys() == want.keys(), f"{what}: keys differ"
+    for k, w in want.items():
+        g = got[k]
+        if isinstance(w, Tensor):
+            assert torch.equal(g, w), f"{what}: {k} differs"
+        else:
+            assert g == w, f"{what}: {k} is {g!r}, expected {w!r}"
+
+
+def final_state(t: Trainer) -> dict[str, Any]:
+    opt = t.optimizer
+    while not isinstance(opt, orthoptim.ChainOptimizer):  # the Trainer's AcceleratedOptimizer
+        opt = opt.optimizer
+    params = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    return {"params": params, "opt": flat(opt.state_dict()), "lr": t.lr_scheduler.get_last_lr()}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_trains_and_resumes_bit_exactly(path: str, tmp_path: Path) -> None:
+    full = trainer(path, model_of("gpt2"), tmp_path / "full")
+    start = {n: p.detach().clone() for n, p in full.model.named_parameters()}
+    full.train()
+    want = final_state(full)
+    assert isinstance(full.optimizer.optimizer, orthoptim.ChainOptimizer)
+    moved = [n for n, p in want["params"].items() if not torch.equal(p, start[n])]
+    assert len(moved) == len(start), "some parameters did not train"
+    assert want["lr"][0] < 0.02  # the Trainer's linear decay moved the lr
+
+    stopped = trainer(path, model_of("gpt2"), tmp_path / "part", steps=STEPS)
+    checkpoint = tmp_path / "full" / f"checkpoint-{SAVE_AT}"
+    assert (checkpoint / "optimizer.pt").exists()
+    stopped.train(resume_from_checkpoint=str(checkpoint))
+    got = final_state(stopped)
+    assert_identical(got["params"], want["params"], "parameters")
+    assert_identical(got["opt"], want["opt"], "optimizer state")
+    assert got["lr"] == want["lr"]
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama"])
+def test_factory_routes_as_build(case: str, tmp_path: Path) -> None:
+    model, _, rules = zoo.CASES[case].build()
+    roles = zoo.expected_roles(model, rules)
+    t = trainer("optimizer_cls_and_kwargs", model, tmp_path, steps=1)
+    t.create_optimizer()
+    opt = t.optimizer
+    assert isinstance(opt, orthoptim.ChainOptimizer)
+    placed = {n: g["role"] for g in opt.param_groups for n in g["param_names"]}
+    assert placed == roles
+    built = orthoptim.build("muon", model, lr=0.02, adamw_lr=1e-3)
+    assert [(g["role"], g["param_names"], g["lr"]) for g in built.param_groups] == [
+        (g["role"], g["param_names"], g["lr"]) for g in opt.param_groups
+    ]
+
+
+def test_options_are_checked_when_made() -> None:
+    with pytest.raises(KeyError, match="unknown optimizer"):
+        optimizer_cls_and_kwargs("muonn")
+    with pytest.raises(TypeError):
+        optimizer_cls_and_kwargs("muon", not_an_option=1)
+
+
+def test_param_groups_are_refused() -> None:
+    model = model_of("gpt2")
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    with pytest.raises(TypeError, match="no parameter names"):
+        TrainerFactory(groups, name="muon")
+    with pytest.raises(TypeError, match="not the model"):
+        TrainerFactory()(groups, name="muon")
+
+
+def test_keywords_match_build() -> None:
+    import inspect
+
+    theirs = dict(inspect.signature(orthoptim.build).parameters)
+    del theirs["params_or_model"]
+    ours = dict(inspect.signature(optimizer_cls_and_kwargs).parameters)
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.values()
+    ]
