@@ -1,0 +1,138 @@
+"""A ``LightningModule`` whose ``configure_optimizers`` returns ``orthoptim.build(name, self)``
+with a per-step lr scheduler dict (the pattern of ``docs/integrations.md``), fitted by a real
+``lightning.Trainer`` on the CPU.
+
+- Resume: ``MAX_STEPS`` steps straight, against a second Trainer given the checkpoint written
+  after step ``SAVE_AT``, the last batch of the first epoch (``ckpt_path=``): bit-identical
+  parameters, optimizer state and lr. The data order is Lightning's matter, not the optimizer's,
+  and it resumes exactly only from such checkpoints here: a plain ``DataLoader`` restarts at its
+  first batch after a mid-epoch checkpoint, and from an ``every_n_epochs`` checkpoint (written by
+  the epoch-end hook) Lightning 2.6 runs the next epoch's first batch twice (measured).
+- ``strategy="ddp_spawn"`` with 2 CPU processes (gloo): both ranks end with identical parameters,
+  equal to one process stepping on the ranks' batches together to round-off.
+  ``strategy="ddp"`` would re-launch the command line (``pytest``) in each child, so the spawning
+  form of the same strategy is the one a test can run; the optimizer sees the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+pytest.importorskip("lightning")
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+import orthoptim
+from tests.integrations.test_accelerate import VOCAB, TinyLM, flatten
+
+BATCH, SEQ, N_SAMPLES = 4, 8, 8  # 2 steps per epoch in one process
+MAX_STEPS, SAVE_AT = 4, 2
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # few dataloader workers, CPU only
+    pytest.mark.filterwarnings("ignore:.*LeafSpec"),  # Lightning's own
+]
+
+
+class LitLM(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = TinyLM()
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        (ids,) = batch
+        logits = self.net(ids[:, :-1])
+        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = orthoptim.build("muon", self, lr=0.02, adamw_lr=3e-3)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def loader(batch: int = BATCH) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (N_SAMPLES, SEQ), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=batch)
+
+
+def trainer(**options: Any) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=MAX_STEPS,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+
+
+def final_state(t: L.Trainer, module: LitLM) -> dict[str, Any]:
+    (opt,) = t.optimizers
+    return {
+        "params": {n: p.detach().clone() for n, p in module.named_parameters()},
+        "opt": flatten(opt.state_dict()),
+        "lr": [g["lr"] for g in opt.param_groups],
+    }
+
+
+def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
+    every = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_train_steps=SAVE_AT)
+    module = LitLM()
+    start = {n: p.detach().clone() for n, p in module.named_parameters()}
+    straight = trainer(callbacks=[every])
+    straight.fit(module, loader())
+    want = final_state(straight, module)
+    assert isinstance(straight.optimizers[0], orthoptim.ChainOptimizer)
+    assert all(not torch.equal(p, start[n]) for n, p in want["params"].items())
+    assert max(want["lr"]) < 0.02  # the scheduler stepped
+
+    (checkpoint,) = tmp_path.glob(f"epoch=0-step={SAVE_AT}.ckpt")
+    resumed_module = LitLM()
+    resumed = trainer()
+    resumed.fit(resumed_module, loader(), ckpt_path=str(checkpoint))
+    got = final_state(resumed, resumed_module)
+    for part in ("params", "opt"):
+        assert got[part].keys() == want[part].keys()
+        for k, w in want[part].items():
+            g = got[part][k]
+            assert torch.equal(g, w) if isinstance(w, Tensor) else g == w, f"{part}: {k}"
+    assert got["lr"] == want["lr"]
+
+
+class SaveParams(Callback):
+    """Each rank writes its parameters at the end of the fit (ddp_spawn returns only rank 0's)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        params = {n: p.detach().clone() for n, p in module.named_parameters()}
+        torch.save(params, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_spawn_two_processes_agree_and_match_one(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(strategy="ddp_spawn", devices=2, callbacks=[SaveParams(tmp_path)]).fit(
+            LitLM(), loader()
+        )
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    # Each rank's DistributedSampler takes every other sample: per step the two ranks see
+    # what one process sees with twice the batch, and DDP averages their gradients.
+    single = LitLM()
+    trainer().fit(single, loader(batch=2 * BATCH))
+    for n, p in single.named_parameters():
+        assert torch.equal(rank0[n], rank1[n]), f"{n}: the ranks disagree"
+        torch.testing.assert_close(rank0[n], p.detach(), rtol=1e-5, atol=1e-6, msg=n)
