@@ -185,3 +185,44 @@ def test_keywords_match_build() -> None:
     assert [(p.name, p.kind, p.default) for p in ours.values()] == [
         (p.name, p.kind, p.default) for p in theirs.values()
     ]
+
+
+def test_hooks_are_refused_under_several_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orthoptim.integrations.transformers as hf
+
+    model = model_of("gpt2")
+    monkeypatch.setattr(hf, "_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="drift apart"):
+        TrainerFactory()(model, name="mkor")
+    assert isinstance(TrainerFactory()(model, name="muon"), orthoptim.ChainOptimizer)
+    monkeypatch.setattr(hf, "_world_size", lambda: 1)
+    assert isinstance(TrainerFactory()(model, name="mkor"), orthoptim.ChainOptimizer)
+
+
+def test_importing_the_integration_does_not_import_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, orthoptim.integrations.transformers; "
+        "assert 'transformers' not in sys.modules, 'imported transformers'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_documented_snippets_compile_and_name_what_exists() -> None:
+    """The Python blocks of docs/integrations.md and README's trainer section are valid Python,
+    and README shows the same calls as the docs."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    docs = (root / "docs" / "integrations.md").read_text()
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Trainers\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.S)
+    readme_blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 4 and len(readme_blocks) == 2
+    for i, code in enumerate(blocks + readme_blocks):
+        compile(code, f"snippet {i}", "exec")
+    for line in ('optimizer_cls_and_kwargs("muon", lr=0.02, adamw_lr=3e-4)', '"interval": "step"'):
+        assert line in docs and line in section

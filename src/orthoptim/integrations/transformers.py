@@ -21,7 +21,12 @@ routing is exactly ``build``'s. Consequences:
   optimizer (as for any ``optimizer_cls_and_kwargs``): pass ``lr=``, ``weight_decay=``,
   ``adamw_lr=`` ... here; the Trainer's lr scheduler multiplies each group's lr as usual;
 - a Trainer that would call the factory the old way, with param groups, gets a ``TypeError``
-  saying so, never an optimizer routed without names.
+  saying so, never an optimizer routed without names;
+- the Trainer builds the optimizer before it wraps the model in DDP, so under ``torchrun`` each
+  rank computes every matrix step on the all-reduced gradients (no work sharing, and
+  ``optimizer.state_dict()`` on the main process alone, as the Trainer saves, is complete); an
+  optimizer that reads layer inputs through hooks (``mkor``) is refused there, since each
+  rank's hooks would see only its own batch.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from orthoptim.nonfinite import NonFinitePolicy
@@ -60,7 +66,20 @@ class TrainerFactory:
                 f"the Trainer handed {type(model).__name__} to the optimizer factory, not the "
                 "model: routing by parameter names needs the nn.Module"
             )
+        if get(name).needs_module and _world_size() > 1:
+            # The Trainer hands over the bare model (it wraps it in DDP afterwards), which
+            # build's own check cannot see as distributed.
+            raise ValueError(
+                f"{name} reads layer inputs through module hooks, and under the Trainer's "
+                f"{_world_size()} processes each rank's hooks see only its own batch: the ranks' "
+                "preconditioners, then their parameters, would drift apart. Train it in one "
+                "process, or build another optimizer."
+            )
         return build(name, model, **build_options)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def optimizer_cls_and_kwargs(
