@@ -159,11 +159,18 @@ def single_on_whole_batch(world: int) -> dict[str, Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def on_rank(rank: int, build_at: str, path: str) -> dict[str, Any]:
+def launched_env(rank: int) -> None:
+    """What ``torchrun`` sets for a rank of a one-node job (the ranks' process group, from
+    the harness, is already up: the trainer libraries use it as it is)."""
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD), OMP_NUM_THREADS="1",
+        LOCAL_WORLD_SIZE=str(WORLD), GROUP_RANK="0", ROLE_RANK=str(rank),
+        TORCHELASTIC_RUN_ID="orthoptim-tests", OMP_NUM_THREADS="1",
     )  # fmt: skip
+
+
+def on_rank(rank: int, build_at: str, path: str) -> dict[str, Any]:
+    launched_env(rank)
     try:
         straight, resumed = straight_and_resumed(build_at, path)
         accelerator = Accelerator(cpu=True)
@@ -194,13 +201,6 @@ def test_one_process_resumes_bit_exactly(
     want = single_on_whole_batch(1)
     for n, p in straight["params"].items():
         torch.testing.assert_close(p, want[n], rtol=0, atol=0, msg=n)
-
-
-@pytest.fixture(scope="module")
-def ranks() -> Any:
-    pair = Ranks()
-    yield pair
-    pair.close()
 
 
 @pytest.mark.parametrize("build_at", BUILD_AT)

@@ -8,16 +8,16 @@ with a per-step lr scheduler dict (the pattern of ``docs/integrations.md``), fit
   and it resumes exactly only from such checkpoints here: a plain ``DataLoader`` restarts at its
   first batch after a mid-epoch checkpoint, and from an ``every_n_epochs`` checkpoint (written by
   the epoch-end hook) Lightning 2.6 runs the next epoch's first batch twice (measured).
-- ``strategy="ddp_spawn"`` with 2 CPU processes (gloo): both ranks end with identical parameters,
-  equal to one process stepping on the ranks' batches together to round-off.
-  ``strategy="ddp"`` would re-launch the command line (``pytest``) in each child, so the spawning
-  form of the same strategy is the one a test can run; the optimizer sees the same thing.
+- ``strategy="ddp"`` on 2 CPU processes (gloo) launched as ``torchrun`` launches them (its
+  environment variables; Lightning then uses its ``TorchElasticEnvironment`` and launches
+  nothing itself, where from a bare ``pytest`` it would re-run the command line in a child):
+  both ranks end with identical parameters, equal to one process stepping on the ranks'
+  batches together to round-off.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from torch import Tensor, nn
 pytest.importorskip("lightning")
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import orthoptim
-from tests.integrations.test_accelerate import VOCAB, TinyLM, flatten
+from tests.distributed.harness import WORLD, Ranks
+from tests.integrations.test_accelerate import VOCAB, TinyLM, flatten, launched_env
 
 BATCH, SEQ, N_SAMPLES = 4, 8, 8  # 2 steps per epoch in one process
 MAX_STEPS, SAVE_AT = 4, 2
@@ -111,28 +112,22 @@ def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
     assert got["lr"] == want["lr"]
 
 
-class SaveParams(Callback):
-    """Each rank writes its parameters at the end of the fit (ddp_spawn returns only rank 0's)."""
+def ddp_on_rank(rank: int) -> dict[str, Any]:
+    launched_env(rank)
+    module = LitLM()
+    t = trainer(strategy="ddp", devices=WORLD)
+    t.fit(module, loader())
+    assert type(t.strategy.cluster_environment).__name__ == "TorchElasticEnvironment"
+    assert t.world_size == WORLD and t.global_rank == rank and t.global_step == MAX_STEPS
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
 
-    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        params = {n: p.detach().clone() for n, p in module.named_parameters()}
-        torch.save(params, self.out / f"rank{trainer.global_rank}.pt")
-
-
-def test_ddp_spawn_two_processes_agree_and_match_one(tmp_path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer(strategy="ddp_spawn", devices=2, callbacks=[SaveParams(tmp_path)]).fit(
-            LitLM(), loader()
-        )
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+def test_ddp_two_processes_agree_and_match_one(ranks: Ranks) -> None:
+    rank0, rank1 = ranks.run(ddp_on_rank)
     # Each rank's DistributedSampler takes every other sample: per step the two ranks see
     # what one process sees with twice the batch, and DDP averages their gradients.
     single = LitLM()
-    trainer().fit(single, loader(batch=2 * BATCH))
+    trainer().fit(single, loader(batch=WORLD * BATCH))
     for n, p in single.named_parameters():
         assert torch.equal(rank0[n], rank1[n]), f"{n}: the ranks disagree"
         torch.testing.assert_close(rank0[n], p.detach(), rtol=1e-5, atol=1e-6, msg=n)
