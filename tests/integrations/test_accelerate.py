@@ -13,7 +13,6 @@ process and in two gloo CPU processes (DDP).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,10 @@ from torch import Tensor, nn
 pytest.importorskip("accelerate")
 
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 import orthoptim
 from tests.distributed.harness import WORLD, Ranks
+from tests.integrations.launch import fresh_state, launched_env
 
 STEPS, SAVE_AT, BATCH, SEQ, VOCAB = 4, 2, 4, 8, 32
 BUILD_AT = ("before_prepare", "after_prepare")
@@ -59,12 +58,6 @@ def global_batch(step: int) -> Tensor:
 def loss_of(model: nn.Module, ids: Tensor) -> Tensor:
     logits = model(ids[:, :-1])
     return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
-
-
-def fresh_state() -> None:
-    """Accelerate keeps its state per process; each Accelerator here starts from nothing."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def prepared(build_at: str) -> tuple[Accelerator, nn.Module, Any, Any]:
@@ -157,16 +150,6 @@ def single_on_whole_batch(world: int) -> dict[str, Tensor]:
         for _ in range(world):
             sched.step()
     return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def launched_env(rank: int) -> None:
-    """What ``torchrun`` sets for a rank of a one-node job (the ranks' process group, from
-    the harness, is already up: the trainer libraries use it as it is)."""
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD), GROUP_RANK="0", ROLE_RANK=str(rank),
-        TORCHELASTIC_RUN_ID="orthoptim-tests", OMP_NUM_THREADS="1",
-    )  # fmt: skip
 
 
 def on_rank(rank: int, build_at: str, path: str) -> dict[str, Any]:

@@ -28,7 +28,9 @@ from transformers import Trainer, TrainingArguments
 
 import orthoptim
 from orthoptim.integrations.transformers import TrainerFactory, optimizer_cls_and_kwargs
+from tests.distributed.harness import Ranks
 from tests.integrations import zoo
+from tests.integrations.launch import fresh_state, launched_env
 
 VOCAB, SEQ, BATCH, N_SAMPLES = 128, 16, 4, 32
 STEPS, SAVE_AT = 6, 3
@@ -123,25 +125,52 @@ def final_state(t: Trainer) -> dict[str, Any]:
     return {"params": params, "opt": flat(opt.state_dict()), "lr": t.lr_scheduler.get_last_lr()}
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_trains_and_resumes_bit_exactly(path: str, tmp_path: Path) -> None:
-    full = trainer(path, model_of("gpt2"), tmp_path / "full")
-    start = {n: p.detach().clone() for n, p in full.model.named_parameters()}
+def straight_and_resumed(path: str, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The final state of a run of STEPS steps, and of one resumed from its checkpoint at
+    SAVE_AT."""
+    full = trainer(path, model_of("gpt2"), out / "full")
     full.train()
     want = final_state(full)
-    assert isinstance(full.optimizer.optimizer, orthoptim.ChainOptimizer)
-    moved = [n for n, p in want["params"].items() if not torch.equal(p, start[n])]
-    assert len(moved) == len(start), "some parameters did not train"
-    assert want["lr"][0] < 0.02  # the Trainer's linear decay moved the lr
+    assert (out / "full" / f"checkpoint-{SAVE_AT}" / "optimizer.pt").exists()
+    fresh_state()
+    resumed = trainer(path, model_of("gpt2"), out / "part")
+    resumed.train(resume_from_checkpoint=str(out / "full" / f"checkpoint-{SAVE_AT}"))
+    return want, final_state(resumed)
 
-    stopped = trainer(path, model_of("gpt2"), tmp_path / "part", steps=STEPS)
-    checkpoint = tmp_path / "full" / f"checkpoint-{SAVE_AT}"
-    assert (checkpoint / "optimizer.pt").exists()
-    stopped.train(resume_from_checkpoint=str(checkpoint))
-    got = final_state(stopped)
+
+@pytest.mark.parametrize("path", PATHS)
+def test_trains_and_resumes_bit_exactly(path: str, tmp_path: Path) -> None:
+    want, got = straight_and_resumed(path, tmp_path)
+    start = dict(model_of("gpt2").named_parameters())
+    assert all(not torch.equal(p, start[n]) for n, p in want["params"].items()), "did not train"
+    assert want["lr"][0] < 0.02  # the Trainer's linear decay moved the lr
     assert_identical(got["params"], want["params"], "parameters")
     assert_identical(got["opt"], want["opt"], "optimizer state")
     assert got["lr"] == want["lr"]
+
+
+def ddp_on_rank(rank: int, path: str, out: str) -> dict[str, Tensor]:
+    launched_env(rank)
+    fresh_state()
+    try:
+        want, got = straight_and_resumed(path, Path(out))
+        assert_identical(got["params"], want["params"], "parameters")
+        assert_identical(got["opt"], want["opt"], "optimizer state")
+        assert got["lr"] == want["lr"]
+        return want["params"]
+    finally:
+        fresh_state()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_ddp_two_processes_resume_and_agree(path: str, ranks: Ranks, tmp_path: Path) -> None:
+    """Under ``torchrun`` the Trainer wraps the model in DDP after building the optimizer and
+    saves the optimizer state from the main process alone: each rank resumes exactly and the
+    ranks end bit-identical."""
+    rank0, rank1 = ranks.run(ddp_on_rank, path, str(tmp_path))
+    assert len(rank0) == len(rank1) > 0
+    for n, p in rank0.items():
+        assert torch.equal(p, rank1[n]), f"{n}: the ranks disagree"
 
 
 @pytest.mark.parametrize("case", ["gpt2", "llama"])

@@ -32,7 +32,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import orthoptim
 from tests.distributed.harness import WORLD, Ranks
-from tests.integrations.test_accelerate import VOCAB, TinyLM, flatten, launched_env
+from tests.integrations.launch import launched_env
+from tests.integrations.test_accelerate import VOCAB, TinyLM, flatten
 
 BATCH, SEQ, N_SAMPLES = 4, 8, 8  # 2 steps per epoch in one process
 MAX_STEPS, SAVE_AT = 4, 2
