@@ -12,10 +12,10 @@ calls ``cls(groups, **kwargs)`` with two param groups (decay / no decay, from
 ``get_decay_parameter_names``) that carry neither names nor roles, so routing by parameter
 names as ``build`` does would be impossible there (mapping tensors back to names needs the
 model, which the class never sees). Anything else in that slot is an optimizer *factory*
-(transformers 5's ``trainer_optimizer.is_optimizer_factory``): the Trainer instantiates it
-without arguments and calls the instance with ``(model, **kwargs)``, the model being the one it
-trains. ``TrainerFactory`` is such a factory: it hands the model to ``orthoptim.build``, so the
-routing is exactly ``build``'s. Consequences:
+(``transformers.trainer_optimizer.is_optimizer_factory`` in 5.25, where this is tested): the
+Trainer instantiates it without arguments and calls the instance with ``(model, **kwargs)``,
+the model being the one it trains. ``TrainerFactory`` is such a factory: it hands the model
+to ``orthoptim.build``, so the routing is exactly ``build``'s. Consequences:
 
 - the Trainer's ``learning_rate``, ``weight_decay`` and Adam settings do not reach the
   optimizer (as for any ``optimizer_cls_and_kwargs``): pass ``lr=``, ``weight_decay=``,
@@ -55,9 +55,9 @@ class TrainerFactory:
         if groups or options:
             raise TypeError(
                 "this Trainer calls optimizer_cls_and_kwargs' class with param groups, which "
-                "carry no parameter names to route by (transformers >= 5 calls it with the "
-                "model instead); use Trainer(..., optimizers=(orthoptim.build(name, model, ...), "
-                "None)) with this version"
+                "carry no parameter names to route by (transformers 5.25, where this is tested, "
+                "calls it as a factory with the model); with this version use "
+                "Trainer(..., optimizers=(orthoptim.build(name, model, ...), None))"
             )
 
     def __call__(self, model: nn.Module, name: str, **build_options: Any) -> ChainOptimizer:
