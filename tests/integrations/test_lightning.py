@@ -69,9 +69,13 @@ def loader(batch: int = BATCH) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=batch)
 
 
-def trainer(**options: Any) -> L.Trainer:
+def trainer(root: Path, checkpoint: ModelCheckpoint | None = None, **options: Any) -> L.Trainer:
+    """A CPU trainer writing only under ``root``, checkpointing only through ``checkpoint``."""
     return L.Trainer(
         accelerator="cpu",
+        default_root_dir=root,
+        enable_checkpointing=checkpoint is not None,
+        callbacks=[] if checkpoint is None else [checkpoint],
         max_steps=MAX_STEPS,
         logger=False,
         enable_progress_bar=False,
@@ -93,7 +97,7 @@ def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
     every = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_train_steps=SAVE_AT)
     module = LitLM()
     start = {n: p.detach().clone() for n, p in module.named_parameters()}
-    straight = trainer(callbacks=[every])
+    straight = trainer(tmp_path, every)
     straight.fit(module, loader())
     want = final_state(straight, module)
     assert isinstance(straight.optimizers[0], orthoptim.ChainOptimizer)
@@ -102,7 +106,7 @@ def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
 
     (checkpoint,) = tmp_path.glob(f"epoch=0-step={SAVE_AT}.ckpt")
     resumed_module = LitLM()
-    resumed = trainer()
+    resumed = trainer(tmp_path)
     resumed.fit(resumed_module, loader(), ckpt_path=str(checkpoint))
     got = final_state(resumed, resumed_module)
     for part in ("params", "opt"):
@@ -113,22 +117,22 @@ def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
     assert got["lr"] == want["lr"]
 
 
-def ddp_on_rank(rank: int) -> dict[str, Any]:
+def ddp_on_rank(rank: int, root: str) -> dict[str, Any]:
     launched_env(rank)
     module = LitLM()
-    t = trainer(strategy="ddp", devices=WORLD)
+    t = trainer(Path(root), strategy="ddp", devices=WORLD)
     t.fit(module, loader())
     assert type(t.strategy.cluster_environment).__name__ == "TorchElasticEnvironment"
     assert t.world_size == WORLD and t.global_rank == rank and t.global_step == MAX_STEPS
     return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
-def test_ddp_two_processes_agree_and_match_one(ranks: Ranks) -> None:
-    rank0, rank1 = ranks.run(ddp_on_rank)
+def test_ddp_two_processes_agree_and_match_one(ranks: Ranks, tmp_path: Path) -> None:
+    rank0, rank1 = ranks.run(ddp_on_rank, str(tmp_path))
     # Each rank's DistributedSampler takes every other sample: per step the two ranks see
     # what one process sees with twice the batch, and DDP averages their gradients.
     single = LitLM()
-    trainer().fit(single, loader(batch=WORLD * BATCH))
+    trainer(tmp_path).fit(single, loader(batch=WORLD * BATCH))
     for n, p in single.named_parameters():
         assert torch.equal(rank0[n], rank1[n]), f"{n}: the ranks disagree"
         torch.testing.assert_close(rank0[n], p.detach(), rtol=1e-5, atol=1e-6, msg=n)
