@@ -27,37 +27,23 @@ from accelerate import Accelerator
 
 import orthoptim
 from tests.distributed.harness import WORLD, Ranks
-from tests.integrations.launch import fresh_state, launched_env
+from tests.integrations.common import (
+    VOCAB,
+    TinyLM,
+    assert_same_end,
+    end_state,
+    fresh_state,
+    launched_env,
+    next_token_loss,
+)
 
-STEPS, SAVE_AT, BATCH, SEQ, VOCAB = 4, 2, 4, 8, 32
+STEPS, SAVE_AT, BATCH, SEQ = 4, 2, 4, 8
 BUILD_AT = ("before_prepare", "after_prepare")
-
-
-class TinyLM(nn.Module):
-    """An embedding, two hidden matrices, a norm and an untied head: every routing role."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, 16)
-        self.fc1 = nn.Linear(16, 24)
-        self.fc2 = nn.Linear(24, 16)
-        self.norm = nn.LayerNorm(16)
-        self.head = nn.Linear(16, VOCAB)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        h = self.emb(ids)
-        h = h + self.fc2(torch.tanh(self.fc1(h)))
-        return self.head(self.norm(h))
 
 
 def global_batch(step: int) -> Tensor:
     g = torch.Generator().manual_seed(100 + step)
     return torch.randint(0, VOCAB, (WORLD * BATCH, SEQ), generator=g)
-
-
-def loss_of(model: nn.Module, ids: Tensor) -> Tensor:
-    logits = model(ids[:, :-1])
-    return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
 
 
 def prepared(build_at: str) -> tuple[Accelerator, nn.Module, Any, Any]:
@@ -82,41 +68,14 @@ def train(accelerator: Accelerator, model: nn.Module, opt: Any, sched: Any, step
     for step in steps:
         ids = global_batch(step).chunk(world)[rank]
         opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss_of(model, ids))
+        accelerator.backward(next_token_loss(model, ids))
         opt.step()
         sched.step()
 
 
 def snapshot(accelerator: Accelerator, model: nn.Module, opt: Any, sched: Any) -> dict[str, Any]:
     bare = accelerator.unwrap_model(model)
-    return {
-        "params": {n: p.detach().clone() for n, p in bare.named_parameters()},
-        "opt": flatten(opt.optimizer.state_dict()),
-        "lr": sched.get_last_lr(),
-    }
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        items: Any = tree.items()
-    elif isinstance(tree, list | tuple):
-        items = enumerate(tree)
-    else:
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for k, v in items:
-        out.update(flatten(v, f"{prefix}/{k}"))
-    return out
-
-
-def assert_identical(got: dict[str, Any], want: dict[str, Any]) -> None:
-    for part in ("params", "opt"):
-        assert got[part].keys() == want[part].keys(), part
-        for k, w in want[part].items():
-            g = got[part][k]
-            same = torch.equal(g, w) if isinstance(w, Tensor) else g == w
-            assert same, f"{part}: {k} differs"
-    assert got["lr"] == want["lr"]
+    return end_state(bare.named_parameters(), opt.optimizer.state_dict(), sched.get_last_lr())
 
 
 def straight_and_resumed(build_at: str, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -145,7 +104,7 @@ def single_on_whole_batch(world: int) -> dict[str, Tensor]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     for step in range(STEPS):
         opt.zero_grad(set_to_none=True)
-        loss_of(model, global_batch(step)).backward()
+        next_token_loss(model, global_batch(step)).backward()
         opt.step()
         for _ in range(world):
             sched.step()
@@ -162,7 +121,7 @@ def on_rank(rank: int, build_at: str, path: str) -> dict[str, Any]:
         _, _, opt, _ = prepared(build_at)
         # built from the DDP model, the matrix steps are shared; from the bare one, not
         assert (opt.optimizer.distributed is not None) == (build_at == "after_prepare")
-        assert_identical(resumed, straight)
+        assert_same_end(resumed, straight)
         return straight["params"]
     finally:
         fresh_state()
@@ -180,7 +139,7 @@ def test_one_process_resumes_bit_exactly(
     build_at: str, tmp_path: Path, clean_accelerate: Any
 ) -> None:
     straight, resumed = straight_and_resumed(build_at, str(tmp_path / "state"))
-    assert_identical(resumed, straight)
+    assert_same_end(resumed, straight)
     want = single_on_whole_batch(1)
     for n, p in straight["params"].items():
         torch.testing.assert_close(p, want[n], rtol=0, atol=0, msg=n)

@@ -30,7 +30,7 @@ import orthoptim
 from orthoptim.integrations.transformers import TrainerFactory, optimizer_cls_and_kwargs
 from tests.distributed.harness import Ranks
 from tests.integrations import zoo
-from tests.integrations.launch import fresh_state, launched_env
+from tests.integrations.common import assert_same_end, end_state, fresh_state, launched_env
 
 VOCAB, SEQ, BATCH, N_SAMPLES = 128, 16, 4, 32
 STEPS, SAVE_AT = 6, 3
@@ -92,37 +92,11 @@ def trainer(path: str, model: nn.Module, out: Path, steps: int = STEPS) -> Train
     )
 
 
-def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested state dict as ``{path: leaf}``."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flat(v, f"{prefix}/{k}"))
-        return out
-    if isinstance(tree, list | tuple):
-        out = {}
-        for i, v in enumerate(tree):
-            out.update(flat(v, f"{prefix}/{i}"))
-        return out
-    return {prefix: tree}
-
-
-def assert_identical(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
-    assert got.keys() == want.keys(), f"{what}: keys differ"
-    for k, w in want.items():
-        g = got[k]
-        if isinstance(w, Tensor):
-            assert torch.equal(g, w), f"{what}: {k} differs"
-        else:
-            assert g == w, f"{what}: {k} is {g!r}, expected {w!r}"
-
-
 def final_state(t: Trainer) -> dict[str, Any]:
     opt = t.optimizer
     while not isinstance(opt, orthoptim.ChainOptimizer):  # the Trainer's AcceleratedOptimizer
         opt = opt.optimizer
-    params = {n: p.detach().clone() for n, p in t.model.named_parameters()}
-    return {"params": params, "opt": flat(opt.state_dict()), "lr": t.lr_scheduler.get_last_lr()}
+    return end_state(t.model.named_parameters(), opt.state_dict(), t.lr_scheduler.get_last_lr())
 
 
 def straight_and_resumed(path: str, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,9 +118,7 @@ def test_trains_and_resumes_bit_exactly(path: str, tmp_path: Path) -> None:
     start = dict(model_of("gpt2").named_parameters())
     assert all(not torch.equal(p, start[n]) for n, p in want["params"].items()), "did not train"
     assert want["lr"][0] < 0.02  # the Trainer's linear decay moved the lr
-    assert_identical(got["params"], want["params"], "parameters")
-    assert_identical(got["opt"], want["opt"], "optimizer state")
-    assert got["lr"] == want["lr"]
+    assert_same_end(got, want)
 
 
 def ddp_on_rank(rank: int, path: str, out: str) -> dict[str, Tensor]:
@@ -154,9 +126,7 @@ def ddp_on_rank(rank: int, path: str, out: str) -> dict[str, Tensor]:
     fresh_state()
     try:
         want, got = straight_and_resumed(path, Path(out))
-        assert_identical(got["params"], want["params"], "parameters")
-        assert_identical(got["opt"], want["opt"], "optimizer state")
-        assert got["lr"] == want["lr"]
+        assert_same_end(got, want)
         return want["params"]
     finally:
         fresh_state()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 pytest.importorskip("lightning")
 
@@ -32,8 +32,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import orthoptim
 from tests.distributed.harness import WORLD, Ranks
-from tests.integrations.launch import launched_env
-from tests.integrations.test_accelerate import VOCAB, TinyLM, flatten
+from tests.integrations.common import (
+    VOCAB,
+    TinyLM,
+    assert_same_end,
+    end_state,
+    launched_env,
+    next_token_loss,
+)
 
 BATCH, SEQ, N_SAMPLES = 4, 8, 8  # 2 steps per epoch in one process
 MAX_STEPS, SAVE_AT = 4, 2
@@ -54,8 +60,7 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         (ids,) = batch
-        logits = self.net(ids[:, :-1])
-        return nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        return next_token_loss(self.net, ids)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = orthoptim.build("muon", self, lr=0.02, adamw_lr=3e-3)
@@ -86,11 +91,9 @@ def trainer(root: Path, checkpoint: ModelCheckpoint | None = None, **options: An
 
 def final_state(t: L.Trainer, module: LitLM) -> dict[str, Any]:
     (opt,) = t.optimizers
-    return {
-        "params": {n: p.detach().clone() for n, p in module.named_parameters()},
-        "opt": flatten(opt.state_dict()),
-        "lr": [g["lr"] for g in opt.param_groups],
-    }
+    return end_state(
+        module.named_parameters(), opt.state_dict(), [g["lr"] for g in opt.param_groups]
+    )
 
 
 def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
@@ -108,13 +111,7 @@ def test_fit_checkpoint_and_resume_bit_exactly(tmp_path: Path) -> None:
     resumed_module = LitLM()
     resumed = trainer(tmp_path)
     resumed.fit(resumed_module, loader(), ckpt_path=str(checkpoint))
-    got = final_state(resumed, resumed_module)
-    for part in ("params", "opt"):
-        assert got[part].keys() == want[part].keys()
-        for k, w in want[part].items():
-            g = got[part][k]
-            assert torch.equal(g, w) if isinstance(w, Tensor) else g == w, f"{part}: {k}"
-    assert got["lr"] == want["lr"]
+    assert_same_end(final_state(resumed, resumed_module), want)
 
 
 def ddp_on_rank(rank: int, root: str) -> dict[str, Any]:
