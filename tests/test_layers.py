@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "registry": 4,
     "specs": 4,
     "bench": 5,
+    "integrations": 5,
     "cli": 6,
     "__main__": 6,
     "__init__": 7,
