@@ -253,3 +253,29 @@ def test_hvp_trains_teacher_student_with_the_closure() -> None:
     x, y, model, loss_fn = ill_conditioned(0)
     opt = orthoptim.build("psgd_kron", model, curvature="hvp", lr=0.1)
     assert _closure_loop(model, opt, x, y, loss_fn, 300)[-1] < 0.2
+
+
+@pytest.mark.parametrize("layout", ["in_out", "stacked_out_in"])
+def test_matrix_core_sees_the_products_in_out_in_order(layout) -> None:
+    """A transposed or stacked weight: the core reads ``(v, H v)`` as the views of its
+    matrices, like its gradient."""
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(w[0] if layout == "in_out" else w)
+    w = module.w
+    seen: list = []
+    opt = ChainOptimizer(module, chain(_Recorder(seen=seen)), lr=0.0, layouts={"w": layout})
+    opt.zero_grad()
+    (w.sin().sum() * w.square().sum()).backward(create_graph=True)
+    g = w.grad.detach().clone()
+    opt.step(lambda: None)
+    v = probe(tuple(w.shape), 3, 1, w.dtype, w.device)
+    (hv,) = torch.autograd.functional.hvp(lambda x: x.sin().sum() * x.square().sum(), w, v)[1:]
+    views = [v.T, hv.T] if layout == "in_out" else [v, hv]
+    matrices = [[x] for x in views] if layout == "in_out" else [list(x) for x in views]
+    assert len(seen) == len(matrices[0])
+    for index, (_, (vm, hm)) in enumerate(seen):
+        assert torch.equal(vm, matrices[0][index])
+        torch.testing.assert_close(hm, matrices[1][index], rtol=1e-12, atol=1e-12)
+    assert torch.equal(w.grad, g)
