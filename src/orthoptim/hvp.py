@@ -1,16 +1,8 @@
 """Hessian-vector products of a step, for chains that ``needs_hvp`` (PSGD's
 ``curvature="hvp"``), read as ``Ctx.hvp``.
 
-``step(closure)`` with a closure that builds the gradient's graph::
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward(create_graph=True)
-        return loss
-
-    opt.step(closure)
-
+``step(closure)`` with a closure that calls ``loss.backward(create_graph=True)`` (the usage
+example: ``recipes.psgd.psgd_kron``, docs/architecture.md, "The step, top to bottom").
 After the closure the shell asks each such route's chain for its probes (``hvp_probe``: the
 transform's own generator, seeded by the step, so a resumed run draws the same ones), and where
 any parameter has one, differentiates ``sum_i <g_i, v_i>`` once more (one double backward for
