@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from orthoptim.groups import names_of
-from orthoptim.nonfinite import NonFiniteGradientError, NonFinitePolicy, all_finite
+from orthoptim.nonfinite import NonFiniteGradientError, all_finite
 from orthoptim.recipes.plan import Plan
 
 
@@ -44,15 +44,14 @@ def hessian_vector_products(
     state: Mapping[Tensor, Mapping[str, Tensor]],
     param_groups: Sequence[Mapping[str, Any]],
     plan: Plan,
-    nonfinite: NonFinitePolicy,
 ) -> dict[Tensor, tuple[Tensor, Tensor]]:
     """``{p: (v, H v)}`` for the parameters (with a gradient) whose route's chain draws a probe
     at this step, after the closure has run; ``{}`` where none does. Every gradient is detached
     after, probes or not, so no graph outlives the step.
 
     ``ValueError`` where no gradient of those routes carries a graph (the closure did not call
-    ``backward(create_graph=True)``); with ``nonfinite="raise"``, ``NonFiniteGradientError``
-    for a non-finite product, before any parameter or state changes."""
+    ``backward(create_graph=True)``), before any parameter or state changes. The products join
+    the gradients in the shell's non-finite check (``raise_for_products`` names one)."""
     probed: list[tuple[str, Tensor, Tensor]] = []
     graphs = checked = False
     for group in param_groups:
@@ -94,11 +93,22 @@ def hessian_vector_products(
         for p in group["params"]:
             if p.grad is not None and p.grad.grad_fn is not None:
                 p.grad = p.grad.detach()
-    if nonfinite == "raise" and products and not all_finite([h for _, h in products.values()]):
-        name = next(n or "<unnamed>" for n, p, _ in probed if not products[p][1].isfinite().all())
-        raise NonFiniteGradientError(
-            f"Hessian-vector product of parameter {name} holds NaN, Inf, or a value whose "
-            "square overflows; nothing was updated (pass nonfinite='skip' to skip such steps "
-            "instead)"
-        )
     return products
+
+
+def raise_for_products(
+    param_groups: Sequence[Mapping[str, Any]], products: Mapping[Tensor, tuple[Tensor, Tensor]]
+) -> None:
+    """``NonFiniteGradientError`` naming the first parameter whose ``H v`` is not finite, where
+    the step's non-finite check failed and every gradient is finite (else ``nonfinite.raise_for``
+    names the gradient); called on that error path only, so a step reads nothing more."""
+    named = [(n, p) for g in param_groups for n, p in zip(names_of(g), g["params"], strict=True)]
+    if any(p.grad is not None and not all_finite([p.grad]) for _, p in named):
+        return
+    for name, p in named:
+        if p in products and not all_finite([products[p][1]]):
+            raise NonFiniteGradientError(
+                f"Hessian-vector product of parameter {name or '<unnamed>'} holds NaN, Inf, or a "
+                "value whose square overflows; nothing was updated (pass nonfinite='skip' to "
+                "skip such steps instead)"
+            )

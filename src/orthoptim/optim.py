@@ -36,7 +36,7 @@ from orthoptim.groups import (
     route_positions,
     with_grads,
 )
-from orthoptim.hvp import check_closure, hessian_vector_products
+from orthoptim.hvp import check_closure, hessian_vector_products, raise_for_products
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
 from orthoptim.previous_point import grads_at_previous_points
 from orthoptim.recipes.plan import (
@@ -254,7 +254,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         hvps = (
-            hessian_vector_products(self.state, self.param_groups, self.plan, self.nonfinite)
+            hessian_vector_products(self.state, self.param_groups, self.plan)
             if self.plan.needs_hvp
             else {}
         )
@@ -275,6 +275,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
                 return loss
+            raise_for_products(self.param_groups, hvps)
             raise_for(work)
         amp.unscale_(extra, grad_scale)
         if self.distributed is not None:
