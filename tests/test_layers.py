@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "groups": 4,
     "checkpoint": 4,
     "previous_point": 4,
+    "hvp": 4,
     "eager": 4,
     "routing": 4,
     "model_trace": 4,

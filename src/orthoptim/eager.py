@@ -51,6 +51,7 @@ def run_chain(
     capturable: bool = False,
     foreach: bool = False,
     positions: Mapping[int, tuple[int, int]] | None = None,
+    hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
@@ -60,10 +61,11 @@ def run_chain(
     ``capturable``: the transforms get the step counter itself (a device tensor), and ``lr``
     may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
     element-wise passes itself). ``positions``: ``Ctx.position`` and ``Ctx.route_size`` by
-    ``id(p)`` (``groups.route_positions``); without them each parameter is alone."""
+    ``id(p)`` (``groups.route_positions``); without them each parameter is alone. ``hvps``:
+    ``Ctx.hvp`` by parameter (``orthoptim.hvp``)."""
     tensors = [p for _, p in params]
     ctxs = _contexts(
-        params, states, lr, weight_decay, layout, at_previous, positions, capturable, foreach
+        params, states, lr, weight_decay, layout, at_previous, positions, capturable, foreach, hvps
     )
     if foreach and not capturable:
         run_foreach(chain, tensors, states, ctxs, cast(float, lr))
@@ -106,9 +108,11 @@ def _contexts(
     positions: Mapping[int, tuple[int, int]] | None,
     capturable: bool = False,
     foreach: bool = False,
+    hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
 ) -> list[Ctx]:
     """Each parameter's ``Ctx`` for this step (``run_chain``'s arguments): the step counter as
-    an int, or the device tensor itself under ``capturable``; ``positions`` as ``run_chain``'s."""
+    an int, or the device tensor itself under ``capturable``; ``positions`` and ``hvps`` as
+    ``run_chain``'s."""
     return [
         Ctx(
             state["step"] if capturable else int(state["step"].item()),
@@ -122,6 +126,7 @@ def _contexts(
             multi_tensor=foreach and not capturable,
             position=where[0],
             route_size=where[1],
+            hvp=None if hvps is None else hvps.get(p),
         )
         for (name, p), state in zip(params, states, strict=True)
         for where in [(0, 1) if positions is None else positions[id(p)]]
@@ -145,6 +150,7 @@ def run_route(
     groups: Sequence[GroupStep],
     at_previous: Mapping[Tensor, Tensor] | None,
     positions: Mapping[int, tuple[int, int]] | None = None,
+    hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
 ) -> None:
     """``run_chain`` over all of a route's param groups at once, for a chain whose matrix core
     needs the route's parameters together (``Chain.route_wide``: M-FAC's model-wide block):
@@ -153,7 +159,7 @@ def run_route(
     and each parameter's final update with its group's lr and decay. One parameter's working
     copy per parameter alive at once, as on ``run_chain``'s transform-major path; no
     multi-tensor ops (the core's m x m work and window products dominate its step).
-    ``positions``: as ``run_chain``'s.
+    ``positions``, ``hvps``: as ``run_chain``'s.
 
     ``ValueError`` where the groups' live chains differ inside the core: one core cannot run
     with two sets of coefficients."""
@@ -178,6 +184,7 @@ def run_route(
             group.layout,
             at_previous,
             positions,
+            hvps=hvps,
         )
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
         parts.append((ctxs, group.chain.apply_range(0, lo, updates, group.states, ctxs)))

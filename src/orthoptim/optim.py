@@ -2,7 +2,8 @@
 
 The shell reads like torch's optimizers; what it delegates lives beside it: param groups and
 their checks (``groups``), the non-finite policy (``nonfinite``), the second gradient of exact
-MARS (``previous_point``), what checkpoints carry and how they load (``checkpoint``), and the
+MARS (``previous_point``), the Hessian-vector products of PSGD's ``curvature="hvp"`` (``hvp``),
+what checkpoints carry and how they load (``checkpoint``), and the
 distributed step (``distributed``).
 """
 
@@ -35,6 +36,7 @@ from orthoptim.groups import (
     route_positions,
     with_grads,
 )
+from orthoptim.hvp import check_closure, hessian_vector_products, raise_for_products
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
 from orthoptim.previous_point import grads_at_previous_points
 from orthoptim.recipes.plan import (
@@ -205,6 +207,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         )
         if capturable:
             _check_capturable(recipe, self.distributed)
+        if self.distributed is not None and recipe.needs_hvp:
+            raise ValueError(
+                "a transform of this plan reads Hessian-vector products (psgd_kron "
+                "curvature='hvp'), which the distributed step does not evaluate: use "
+                "curvature='whitening' or 'finite_difference' under DDP or FSDP2, or train in "
+                "one process"
+            )
         if self.distributed is not None and recipe.needs_closure:
             raise ValueError(
                 "a transform of this plan needs the gradient at the previous parameters (MARS "
@@ -237,15 +246,22 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._gathered = None  # what consolidate_state_dict gathered describes the last step
         grad_scale, found_inf = amp.scaler_inputs(self)
         loss = None
+        check_closure(self.param_groups, self.plan, closure)
         at_previous = grads_at_previous_points(
             self.state, self.param_groups, self.plan, closure, self.nonfinite
         )
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        hvps = (
+            hessian_vector_products(self.state, self.param_groups, self.plan)
+            if self.plan.needs_hvp
+            else {}
+        )
         work = [(group, with_grads(group)) for group in self.param_groups]
         grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
-        grads += at_previous.values()  # "skip" skips a step with non-finite ones too
+        extra = [*at_previous.values(), *(h for _, h in hvps.values())]
+        grads += extra  # "skip" skips a step with non-finite ones too
         if found_inf is not None and self.distributed is None and self._all_fused(work):
             # every kernel takes found_inf and skips on the device: no host read
             self._skipped_on_device = found_inf.float() + (
@@ -259,10 +275,11 @@ class ChainOptimizer(torch.optim.Optimizer):
             if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
                 return loss
+            raise_for_products(self.param_groups, hvps)
             raise_for(work)
-        amp.unscale_(list(at_previous.values()), grad_scale)
+        amp.unscale_(extra, grad_scale)
         if self.distributed is not None:
-            amp.unscale_(grads[: len(grads) - len(at_previous)], grad_scale)
+            amp.unscale_(grads[: len(grads) - len(extra)], grad_scale)
             self.distributed.step(self.state, work, at_previous, self._step_group)
             return loss
         together: dict[str, list[tuple[dict[str, Any], list[tuple[str, Tensor]]]]] = {}
@@ -272,9 +289,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             if self.plan.route_named(group["route"]).chain.route_wide:
                 together.setdefault(group["route"], []).append((group, params))
             else:
-                self._step_group(group, params, at_previous, grad_scale)
+                self._step_group(group, params, at_previous, grad_scale, hvps=hvps)
         for groups in together.values():
-            self._step_route(groups, at_previous, grad_scale)
+            self._step_route(groups, at_previous, grad_scale, hvps)
         return loss
 
     @property
@@ -326,6 +343,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         at_previous: Mapping[Tensor, Tensor] | None = None,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
+        hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         chain = live_chain(self.plan.route_named(group["route"]).chain, group)
         lr, weight_decay = self._lr(group), float(group["weight_decay"])
@@ -349,6 +367,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.capturable,
             multi_tensor,
             self.positions,
+            hvps,
         )
 
     def _counted_states(
@@ -385,6 +404,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         groups: list[tuple[dict[str, Any], list[tuple[str, Tensor]]]],
         at_previous: Mapping[Tensor, Tensor] | None,
         grad_scale: Tensor | None,
+        hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         """One step of a route whose chain is ``route_wide``, all its groups at once
         (``eager.run_route``); never fused nor capturable (``_check_capturable``)."""
@@ -396,7 +416,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             amp.unscale_([cast(Tensor, p.grad) for _, p in params], grad_scale)
             lr = cast(float, self._lr(group))
             parts.append(GroupStep(chain, params, states, lr, float(group["weight_decay"]), layout))
-        run_route(parts, at_previous, self.positions)
+        run_route(parts, at_previous, self.positions, hvps)
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
         """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under

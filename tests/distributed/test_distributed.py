@@ -262,6 +262,12 @@ def test_exact_mars_is_refused_at_build(ranks: Ranks, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_psgd_hvp_is_refused_at_build(ranks: Ranks, mode: str) -> None:
+    """The Hessian-vector products need the whole graph's double backward in one process."""
+    assert all("Hessian-vector products" in m for m in ranks.run(W.psgd_hvp_error, mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_mfac_model_block_is_refused_at_build(ranks: Ranks, mode: str) -> None:
     """``blocks="model"`` needs every parameter's gradient in one step; the default
     (``"parameter"``) runs distributed (``DISTRIBUTABLE``)."""

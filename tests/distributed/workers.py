@@ -447,6 +447,14 @@ def exact_mars_error(rank: int, mode: str) -> str:
     return ""
 
 
+def psgd_hvp_error(rank: int, mode: str) -> str:
+    try:
+        build("psgd_kron", wrap(mode), curvature="hvp")
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def mfac_model_block_errors(rank: int, mode: str) -> list[str]:
     """The errors of M-FAC's model-wide block under a distributed step: through ``build``
     (the registry's check) and through ``ChainOptimizer`` directly."""

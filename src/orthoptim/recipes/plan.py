@@ -180,8 +180,14 @@ class Plan:
 
     @property
     def needs_closure(self) -> bool:
-        """Whether ``step`` needs a closure (a route's chain evaluates a second gradient)."""
+        """Whether ``step`` needs a closure (a route's chain evaluates a second gradient or
+        reads Hessian-vector products)."""
         return any(r.chain.needs_closure for r in self.routes)
+
+    @property
+    def needs_hvp(self) -> bool:
+        """Whether a route's chain reads Hessian-vector products (``orthoptim.hvp``)."""
+        return any(r.chain.needs_hvp for r in self.routes)
 
     @property
     def needs_module(self) -> bool:
@@ -293,7 +299,7 @@ def with_adamw(main: Chain, *, name: str, adamw_route: AdamWRoute | None = None)
         raise TypeError(f"the main route must be a Chain such as recipes.{name}(), got {main!r}")
     aux = AdamWRoute() if adamw_route is None else adamw_route
     rest = adamw(betas=aux.betas, eps=aux.eps)
-    if main.needs_closure:
+    if main.previous_point is not None:
         record = MarsCorrection(gamma=0.0, beta1=aux.betas[0], clip=None, variant="exact")
         rest = chain(record, rest)
     return Plan(
