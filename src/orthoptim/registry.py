@@ -163,6 +163,16 @@ def check_distributable(
 ) -> None:
     """``ValueError`` if ``spec``'s ``recipe`` cannot run distributed and these parameters
     would be."""
+    reason = single_process_reason(spec, recipe)
+    if reason is not None and is_distributed(params_or_model, process_group):
+        raise ValueError(
+            f"{spec.name} cannot run distributed (DDP, FSDP2 or a process group): {reason}. "
+            "Use it in a single process, or build another optimizer."
+        )
+
+
+def single_process_reason(spec: Spec, recipe: Chain | Plan) -> str | None:
+    """Why ``spec``'s ``recipe`` cannot run distributed; ``None`` where it can."""
     reason = spec.single_process_only
     if reason is None and recipe.needs_module:
         reason = (
@@ -175,11 +185,7 @@ def check_distributable(
             "one window over the whole model), and each owner rank holds only its own; "
             "blocks='parameter' runs distributed"
         )
-    if reason is not None and is_distributed(params_or_model, process_group):
-        raise ValueError(
-            f"{spec.name} cannot run distributed (DDP, FSDP2 or a process group): {reason}. "
-            "Use it in a single process, or build another optimizer."
-        )
+    return reason
 
 
 def show(name: str) -> str:
