@@ -16,7 +16,7 @@ from orthoptim.distributed import is_distributed
 from orthoptim.nonfinite import NonFinitePolicy
 from orthoptim.optim import ChainOptimizer
 from orthoptim.recipes import Plan
-from orthoptim.recipes.switch import from_adamw, with_lr_rule
+from orthoptim.recipes.switch import FROM_ADAMW, from_adamw, with_lr_rule
 from orthoptim.routing import HEAD_NAMES, is_named_parameters
 from orthoptim.specs import REGISTRY, Spec
 from orthoptim.transforms import Chain, explain
@@ -225,6 +225,10 @@ def show(name: str) -> str:
         f"  tags:      {', '.join(sorted(spec.tags)) or '-'}",
         "  options:   " + (", ".join(f"{k}={v!r}" for k, v in spec.options().items()) or "none"),
     ]
+    match = FROM_ADAMW.get(spec.name)
+    if match is not None:
+        needs = "".join(f", {k}={v!r}" for k, v in match.options.items())
+        lines.append(f"  from_adamw_lr: lr = {match.lr_ratio:g} x AdamW's{needs} ({match.reason})")
     for route in plan.routes:
         lines.append(f"  route {route.name} ({', '.join(route.roles)}), {route.describe_lr()}:")
         lines.append(f"    {route.chain!r}")

@@ -42,6 +42,8 @@ def test_each_family_gets_its_ratio() -> None:
     assert set(FROM_ADAMW) <= set(orthoptim.names())
     for name in FROM_ADAMW:
         assert orthoptim.registry.get(name).adamw is not None
+    assert "from_adamw_lr: lr = 0.2 x AdamW's" in orthoptim.registry.show("mars_lion")
+    assert "from_adamw_lr" not in orthoptim.registry.show("psgd_kron")
 
 
 def test_conflicting_or_unsupported_requests_raise() -> None:
