@@ -675,3 +675,14 @@ def frugal_switch(rank: int, mode: str, path: str) -> dict[str, Any]:
         _train(resumed, resumed_opt, rank, range(3, 5), 1, mode)
         out["full"] = _full(resumed)
     return out
+
+
+def state_bytes(rank: int, names: list[str]) -> dict[str, int]:
+    """Per optimizer, the bytes of this rank's state after one DDP step."""
+    out = {}
+    for name in names:
+        m = wrap("ddp")
+        opt = build(name, m)
+        _train(m, opt, rank, range(1), 1, "ddp")
+        out[name] = sum(t.nbytes for s in opt.state.values() for t in s.values())
+    return out

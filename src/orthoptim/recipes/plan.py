@@ -92,6 +92,9 @@ class Route:
             with the optimizer's lr (its groups get ``lr_scale = lr / optimizer lr``). At most
             one of ``lr`` and ``lr_scale``.
         weight_decay: its groups' weight decay; ``None`` takes the optimizer's.
+        lr_rule: how its lr was chosen, in words with the rule's source, where a rule chose it
+            (``build(..., from_adamw_lr=...)``, ``recipes.switch``); shown by ``explain`` and
+            ``ChainOptimizer.describe``.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Route:
     lr_scale: float | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    lr_rule: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -176,7 +180,13 @@ class Plan:
             )
             body = "\n".join("  " + line for line in explain(route.chain).splitlines())
             blocks.append(f"{header}\n{body}")
+        blocks += [f"lr rule: {rule}" for rule in self.lr_rules]
         return "\n".join(blocks)
+
+    @property
+    def lr_rules(self) -> list[str]:
+        """The routes' ``lr_rule`` texts, each once, in route order."""
+        return list(dict.fromkeys(r.lr_rule for r in self.routes if r.lr_rule))
 
     @property
     def needs_closure(self) -> bool:
