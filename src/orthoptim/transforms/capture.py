@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,11 +42,12 @@ def is_dense(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or is_hf_conv1d(m)
 
 
-CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """The convolutions whose weight is ``(out, in, *kernel)`` over the unfolded input."""
+Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
-def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
+def _conv_patch_mean(m: Conv, xbar: Tensor) -> Tensor:
     """The mean unfolded column of the mean image ``xbar`` (channels, *spatial).
 
     Unfolding is linear, so this equals the mean over batch and output positions of the unfolded
@@ -55,7 +56,7 @@ def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
     """
     kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
     nd = len(kernel)
-    xbar = nn.functional.pad(xbar, m._reversed_padding_repeated_twice)  # type: ignore[arg-type]
+    xbar = nn.functional.pad(xbar, m._reversed_padding_repeated_twice)
     positions = [
         (xbar.shape[1 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in range(nd)
     ]
@@ -65,7 +66,8 @@ def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
             slice(o * dil, o * dil + st * (n - 1) + 1, st)
             for o, dil, st, n in zip(offset, dilation, stride, positions, strict=True)
         )
-        columns.append(xbar[(slice(None), *window)].flatten(1))
+        index = (slice(None), *window)  # mypy reads x[(a, *b)] as 3.11's x[a, *b]
+        columns.append(xbar[index].flatten(1))
     # (C, K, L) is the unfolded mean image, rows in the weight's column order (in-channel-major,
     # then kernel offset); reducing it as one (C K, L) block keeps Conv2d's numbers bit-exact.
     return torch.stack(columns, 1).flatten(0, 1).mean(1)
@@ -77,8 +79,9 @@ def _input_mean(m: nn.Module, x: Tensor) -> Tensor:
     x = x.to(stats_dtype(x))
     if is_dense(m):
         return x.reshape(-1, x.shape[-1]).mean(0)
-    batched = x.dim() == len(m.kernel_size) + 2
-    return _conv_patch_mean(m, x.mean(0) if batched else x)
+    conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
+    batched = x.dim() == len(conv.kernel_size) + 2
+    return _conv_patch_mean(conv, x.mean(0) if batched else x)
 
 
 def _output_grad_sum(m: nn.Module, grad: Tensor) -> Tensor:
@@ -87,7 +90,8 @@ def _output_grad_sum(m: nn.Module, grad: Tensor) -> Tensor:
     grad = grad.detach().to(stats_dtype(grad))
     if is_dense(m):
         return grad.reshape(-1, grad.shape[-1]).sum(0)
-    grad = grad if grad.dim() == len(m.kernel_size) + 2 else grad.unsqueeze(0)
+    conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
+    grad = grad if grad.dim() == len(conv.kernel_size) + 2 else grad.unsqueeze(0)
     return grad.sum(0).mean(tuple(range(1, grad.dim() - 1)))
 
 
@@ -215,7 +219,7 @@ class _Slot:
             self.a, self.g, self.count = self.a + a, self.g + g, self.count + 1
 
 
-@dataclass(eq=False, slots=True, weakref_slot=True)
+@dataclass(eq=False)  # no slots: weakref_slot needs Python 3.11
 class ActivationCapture:
     """Per weight of every ``nn.Linear``, transformers ``Conv1D`` and zero-padded ungrouped
     ``nn.Conv1d/2d/3d``: the mean layer input ``a`` (over the weight's matrix-view columns; for
@@ -288,7 +292,7 @@ def _on_forward(ref: weakref.ref, m: nn.Module, args: tuple[Any, ...], output: A
 
 
 def _on_grad(slot: _Slot, m: nn.Module, a: Tensor, grad: Tensor) -> None:
-    slot.add(m.weight, a, _output_grad_sum(m, grad))
+    slot.add(cast(Tensor, m.weight), a, _output_grad_sum(m, grad))
 
 
 def _remove_all(handles: Iterable[RemovableHandle]) -> None:

@@ -225,10 +225,10 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         step = int(c.step)
         pair = self._pair(g, m, s, c, step)
         update = pair is not None and self.updates_at(step)
-        if update and self.update_order == "update_first":
+        if pair is not None and update and self.update_order == "update_first":
             self._update(ql, qr, pair, s, step)
         direction = precondition(ql, qr, m)
-        if update and self.update_order == "precondition_first":
+        if pair is not None and update and self.update_order == "precondition_first":
             self._update(ql, qr, pair, s, step)
         rms = direction.square().mean().sqrt()
         direction.mul_(torch.clamp(self.clip_rms / (rms + 1e-6), max=1.0))
