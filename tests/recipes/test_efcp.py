@@ -15,14 +15,13 @@ independent dense oracles here (not its code):
   coupled decay ``g + wd theta``; given our seeded first right factor (the reference draws it
   unseeded).
 
-Measured max abs parameter differences (float64, 12 steps): sparse reference 1.8e-15 (asserted
-1e-12), low-rank reference 2.2e-16 (asserted 1e-9: the reference's 1e-8 in the normalisation);
-``density=1`` against ``mfac`` 1.1e-15 (asserted 1e-12).
+Measured max abs parameter differences (float64, 12 steps): sparse reference 3.1e-14 (asserted
+1e-12), low-rank reference 6.0e-11 (asserted 1e-9: the reference's ``+ 1e-8`` in the
+normalisation); ``density=1`` or full rank against ``mfac``, 11 steps: at most 2.4e-13
+(asserted 1e-12).
 """
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -34,7 +33,7 @@ from orthoptim.recipes.efcp import efcp
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.efcp import EfcpPrecondition
 from orthoptim.transforms.mfac import MFacPrecondition
-from tests.recipes.teacher_student import ill_conditioned, random_teacher
+from tests.recipes.teacher_student import ill_conditioned, random_teacher, train
 
 SHAPES = [(6, 5), (4,), (3, 6), (2, 3, 2)]
 
@@ -100,7 +99,6 @@ def test_error_feedback_invariant(compression) -> None:
             stored[s["indices"][slot].long()] = s["values"][slot]
             assert s["indices"].dtype == torch.int32
             assert (stored != 0).sum() == topk_count(120, 0.1) == 12
-            assert stored.abs().min() + 0 >= 0
             kept = stored != 0
             assert acc[kept].abs().min() >= acc[~kept].abs().max()
         else:
@@ -272,32 +270,20 @@ def test_zero_gradients_and_huge_repeated_gradients_stay_finite() -> None:
         assert (p.detach() - 1).abs().max() < 1e-6
 
 
-def train(name: str, problem, steps: int, **options) -> tuple[float, float]:
-    x, y, model, loss_fn = problem(0)
-    opt = orthoptim.build(name, model, **options)
-    first = math.nan
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        first = loss.item() if math.isnan(first) else first
-    with torch.no_grad():
-        return first, loss_fn(model, x, y).item()
-
-
 @pytest.mark.parametrize("problem", [ill_conditioned, random_teacher], ids=["ill", "teacher"])
 @pytest.mark.parametrize("compression", ["topk", "lowrank"])
 def test_compressed_window_trains_like_the_dense_one(problem, compression) -> None:
     """The paper's claim on the teacher-student problems: EFCP at its defaults (top-k 1%, or
     rank 4) against the same optimizer uncompressed (``density=1``: M-FAC over the same
     128-gradient window, damping and lr), 120 full-batch steps. Tolerance: the compressed final
-    loss within 10% of the uncompressed one, and below 25% of the initial loss. Measured (final
-    losses, uncompressed / top-k / low rank): ill-conditioned 0.2064 / 0.2149 / 0.2072 (start
-    1.01; ratios 1.04, 1.00); random teacher 0.01663 / 0.01767 / 0.01671 (start 0.219; ratios
-    1.06, 1.00); sgd and adamw at their defaults: 0.396, 0.223 and 0.0249, 0.0163."""
-    first, compressed = train("efcp", problem, 120, compression=compression)
-    _, dense = train("efcp", problem, 120, density=1.0)
+    loss within 10% of the uncompressed one, and below 25% of the initial loss (losses before
+    the first and the last step). Measured (uncompressed / top-k / low rank): ill-conditioned
+    0.2067 / 0.2152 / 0.2077 (start 1.01; ratios 1.04, 1.005); random teacher 0.01666 /
+    0.01773 / 0.01674 (start 0.219; ratios 1.06, 1.005). For scale, 120 steps of sgd and
+    adamw at their defaults: 0.396 and 0.223 (ill), 0.0249 and 0.0163 (teacher)."""
+    losses = train("efcp", 120, problem=problem, options={"compression": compression})
+    first, compressed = losses[0], losses[-1]
+    dense = train("efcp", 120, problem=problem, options={"density": 1.0})[-1]
     print(problem.__name__, compression, first, compressed, dense)
     assert max(compressed, dense) < 0.25 * first
     assert compressed < 1.1 * dense
