@@ -60,13 +60,15 @@ def efcp(
     damping=1e-5, momentum=0.0)`` runs it. Why ours differ: the window's memory is what EFCP
     shrinks, but its ``m x m`` eigendecomposition still costs ``9 m^3`` per block and step
     (about 0.8 s for m=1024 in float64 on two CPU cores; the reference's unpivoted LU is the same
-    order), so m=128 keeps the step near ``mfac``'s on the benchmark while holding 8 times its
-    gradients in under a quarter of its bytes; ``"parameter"`` blocks run under a distributed
-    step. Damping 1e-2 and no momentum (not ``mfac``'s 1e-3 and 0.9): at ``mfac``'s the top-k
-    window's first steps, ``~ C(a) / lambda`` while ``||C(a)||^2 << m lambda``, and the
-    error buffer's delayed entries fed through momentum made the teacher-student losses rise
-    (random teacher 0.22 -> 0.58 in 120 steps), whereas at 1e-2 without momentum the compressed
-    window trains like the uncompressed one (tests/recipes/test_efcp.py, within 10%).
+    order), so m=128 keeps the step at 1.2x ``muon``'s and 1.5x ``mfac``'s (m=16) on the speed
+    benchmark's 24 matrices (one CPU thread; the top-k selection is a third of it) while holding 8
+    times ``mfac``'s gradients in under a quarter of its bytes; ``"parameter"`` blocks run under
+    a distributed step. Damping 1e-2 and no momentum (not ``mfac``'s 1e-3 and 0.9): at
+    ``mfac``'s the top-k window's first steps, ``~ C(a) / lambda`` while
+    ``||C(a)||^2 << m lambda``, and the error buffer's delayed entries fed through momentum made
+    the teacher-student losses rise (random teacher 0.22 -> 0.58 in 120 steps), whereas at 1e-2
+    without momentum the compressed window trains like the uncompressed one
+    (tests/recipes/test_efcp.py, within 10%).
 
     Differences from the reference (IST-DASLab/EFCP@a33a3a5 ``optimizers/sparse/
     SparseGradientMFAC.py``, ``SparseHinvSequential.py``, ``helpers/optim.py::apply_topk``,
