@@ -29,3 +29,8 @@ def heavyball(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 @pytest.fixture
 def pytorch_optimizer() -> ModuleType:
     return pinned_package("pytorch_optimizer", "pytorch-optimizer", "4.1.0")
+
+
+@pytest.fixture
+def psgd_torch() -> ModuleType:
+    return pinned_package("psgd_torch", "psgd_torch", "0.6.1")
