@@ -171,9 +171,9 @@ def check_distributable(
         )
     if reason is None and recipe.route_wide:
         reason = (
-            "these options need all of a route's parameters in one step (mfac blocks='model': "
-            "one window over the whole model), and each owner rank holds only its own; "
-            "blocks='parameter' runs distributed"
+            "these options need all of a route's parameters in one step (blocks='model' of mfac "
+            "or psgd_lra: one window or preconditioner over the whole model), and each owner "
+            "rank holds only its own; blocks='parameter' runs distributed"
         )
     if reason is not None and is_distributed(params_or_model, process_group):
         raise ValueError(

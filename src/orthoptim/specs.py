@@ -296,7 +296,7 @@ REGISTRY: tuple[Spec, ...] = (
     Spec(
         name="psgd_lra",
         recipe=psgd_lra,
-        lr=1e-3,
+        lr=1e-2,
         paper=(
             "Pooladzandi, Li 2024, 'Curvature-Informed SGD via General Purpose Lie-Group "
             "Preconditioners' (2402.11858); Li 2015, PSGD (1512.04202)"
