@@ -21,7 +21,8 @@ from orthoptim.functional.psgd_lra import dense_q, precondition, update_
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.psgd_lra import PSGDLRAPrecondition
-from tests.recipes.teacher_student import ill_conditioned, random_teacher
+from tests.helpers import straight_and_resumed
+from tests.recipes.teacher_student import ill_conditioned, random_teacher, train
 
 F64 = torch.float64
 
@@ -159,15 +160,7 @@ def _losses(problem, steps: int = 300, **options: object) -> tuple[float, float]
     """The first loss and the median of the last 50 of ``steps`` full-batch steps at the
     registry's lr (the rms-clipped steps at a fixed lr make the last losses oscillate within
     a factor of about 4: their median is the stable measure)."""
-    x, y, model, loss_fn = problem(0)
-    opt = orthoptim.build("psgd_lra", model, **options)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train("psgd_lra", steps, problem=problem, options=options)
     return losses[0], statistics.median(losses[-50:])
 
 
@@ -267,23 +260,19 @@ def test_resume_is_bit_exact_with_options(options) -> None:
     x, y, model, loss_fn = random_teacher(0)
 
     def run(m, opt, steps):
-        for _ in range(steps):
+        for _ in steps:
             opt.zero_grad()
             loss_fn(m, x, y).backward()
             opt.step()
 
-    whole = copy.deepcopy(model)
-    opt = orthoptim.build("psgd_lra", whole, **options)
-    run(whole, opt, 8)
-    first = copy.deepcopy(model)
-    opt = orthoptim.build("psgd_lra", first, **options)
-    run(first, opt, 4)
-    saved = copy.deepcopy(opt.state_dict())
-    resumed = copy.deepcopy(first)
-    opt = orthoptim.build("psgd_lra", resumed, **options)
-    opt.load_state_dict(saved)
-    run(resumed, opt, 4)
-    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+    straight, _, resumed, _ = straight_and_resumed(
+        lambda: copy.deepcopy(model),
+        lambda m: orthoptim.build("psgd_lra", m, **options),
+        run,
+        split=4,
+        total=8,
+    )
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
