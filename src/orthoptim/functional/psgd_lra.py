@@ -134,27 +134,26 @@ def update_(
         d.sub_(mu_d * d * g)
 
     fixed = vs if update_u else us
-    at, bt = _row(a, fixed), _row(b, fixed)  # a^T V, b^T V (or with U)
-    # ||V V^T a|| etc.: the size of the step's rank-one parts along a and b.
-    fa = [f @ at for f in fixed]
-    fb = [f @ bt for f in fixed]
+    # a and b side by side (N x 2): each pass over U or V below serves both.
+    ab = [torch.stack([x, y], dim=1) for x, y in zip(a, b, strict=True)]
+    rows = _gram(ab, fixed)  # [a^T V; b^T V] (or with U), 2 x r
+    f = [m @ rows.mT for m in fixed]  # [V V^T a, V V^T b]: the step's rank-one parts
+    gab, gf = _gram(ab, ab), _gram(f, f)
     if normalizer == "2nd":
-        norm = _dot(a, a).sqrt() * _dot(fa, fa).sqrt() + _dot(b, b).sqrt() * _dot(fb, fb).sqrt()
+        norm = gab[0, 0].sqrt() * gf[0, 0].sqrt() + gab[1, 1].sqrt() * gf[1, 1].sqrt()
     else:
         # ||a (V V^T a)^T - b (V V^T b)^T||_F.
-        norm = (
-            (_dot(a, a) * _dot(fa, fa) + _dot(b, b) * _dot(fb, fb) - 2 * _dot(a, b) * _dot(fa, fb))
-            .abs()
-            .sqrt()
-        )
+        norm = (gab[0, 0] * gf[0, 0] + gab[1, 1] * gf[1, 1] - 2 * gab[0, 1] * gf[0, 1]).abs()
+        norm = norm.sqrt()
     mu = lr / (norm + tiny)
+    signed = torch.stack([rows[0], -rows[1]]) * -mu  # -mu [a^T V; -b^T V]
     if update_u:
-        ra, rb = at @ ip_vtu, bt @ ip_vtu
-        for u, x, y_ in zip(us, a, b, strict=True):
-            u.sub_(mu * (torch.outer(x, ra) - torch.outer(y_, rb)))
+        signed = signed @ ip_vtu
+        for u, x in zip(us, ab, strict=True):
+            u.addmm_(x, signed)
     else:
-        for v, x, y_ in zip(vs, a, b, strict=True):
-            v.sub_(mu * (torch.outer(x + v @ at, at) - torch.outer(y_ + v @ bt, bt)))
+        for v, x in zip(vs, ab, strict=True):
+            v.addmm_(x + v @ rows.mT, signed)
 
 
 def dense_q(us: Sequence[Tensor], vs: Sequence[Tensor], ds: Sequence[Tensor]) -> Tensor:
