@@ -48,17 +48,29 @@ WhitenInput = Literal["momentum", "gradient"]
 WHITEN_INPUTS: tuple[str, ...] = get_args(WhitenInput)
 
 
-def check_update_schedule(
+def check_shared_options(
+    *,
+    curvature: str,
+    whiten: str,
+    momentum: float,
     update_rule: str,
+    update_order: str,
     prob_max: float,
     prob_min: float,
     prob_decay: float,
     prob_flat_start: int,
     balance_prob: float,
+    seed: int,
 ) -> None:
-    """``ValueError`` for an invalid update rule, probability schedule or balance probability
-    (PSGD's options shared by its preconditioners)."""
+    """``ValueError`` for an invalid whitening input, update rule, order, probability
+    schedule, balance probability or seed (the options PSGD's preconditioners share)."""
+    check_choice("whiten", whiten, WHITEN_INPUTS)
+    if curvature == "whitening" and whiten == "momentum" and momentum == 0:
+        raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
     check_choice("update_rule", update_rule, UPDATE_RULES)
+    check_choice("update_order", update_order, UPDATE_ORDERS)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     check_positive("prob_max", prob_max)
     check_positive("prob_min", prob_min)
     if not prob_min <= prob_max <= 1.0:
@@ -155,23 +167,22 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             )
         check_beta("lipschitz_beta", self.lipschitz_beta)
         check_positive("damping", self.damping)
-        check_choice("whiten", self.whiten, WHITEN_INPUTS)
-        if self.curvature == "whitening" and self.whiten == "momentum" and self.momentum == 0:
-            raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
-        check_update_schedule(
-            self.update_rule,
-            self.prob_max,
-            self.prob_min,
-            self.prob_decay,
-            self.prob_flat_start,
-            self.balance_prob,
+        check_shared_options(
+            curvature=self.curvature,
+            whiten=self.whiten,
+            momentum=self.momentum,
+            update_rule=self.update_rule,
+            update_order=self.update_order,
+            prob_max=self.prob_max,
+            prob_min=self.prob_min,
+            prob_decay=self.prob_decay,
+            prob_flat_start=self.prob_flat_start,
+            balance_prob=self.balance_prob,
+            seed=self.seed,
         )
-        check_choice("update_order", self.update_order, UPDATE_ORDERS)
         check_positive_int("max_size_triangular", self.max_size_triangular)
         check_choice("memory_save_mode", self.memory_save_mode, MEMORY_SAVE_MODES)
         check_positive("clip_rms", self.clip_rms)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_choice("factor_dtype", self.factor_dtype, FACTOR_DTYPES)
 
     def validate(self, p: Tensor, name: str) -> None:

@@ -30,12 +30,10 @@ from orthoptim.transforms.base import Ctx, TransformBase
 from orthoptim.transforms.mfac import BLOCKS, Blocks
 from orthoptim.transforms.psgd import (
     CURVATURES,
-    UPDATE_ORDERS,
-    WHITEN_INPUTS,
     Curvature,
     UpdateOrder,
     WhitenInput,
-    check_update_schedule,
+    check_shared_options,
 )
 
 StepNormalizer = Literal["2nd", "1st"]
@@ -121,23 +119,22 @@ class PSGDLRAPrecondition(TransformBase):
                 f"curvature={self.curvature!r} (Hessian-vector products) is not implemented for "
                 f"psgd_lra; allowed: {LRA_CURVATURES}"
             )
-        check_choice("whiten", self.whiten, WHITEN_INPUTS)
-        if self.curvature == "whitening" and self.whiten == "momentum" and self.momentum == 0:
-            raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
-        check_update_schedule(
-            self.update_rule,
-            self.prob_max,
-            self.prob_min,
-            self.prob_decay,
-            self.prob_flat_start,
-            self.balance_prob,
+        check_shared_options(
+            curvature=self.curvature,
+            whiten=self.whiten,
+            momentum=self.momentum,
+            update_rule=self.update_rule,
+            update_order=self.update_order,
+            prob_max=self.prob_max,
+            prob_min=self.prob_min,
+            prob_decay=self.prob_decay,
+            prob_flat_start=self.prob_flat_start,
+            balance_prob=self.balance_prob,
+            seed=self.seed,
         )
-        check_choice("update_order", self.update_order, UPDATE_ORDERS)
         if self.precond_init_scale is not None:
             check_positive("precond_init_scale", self.precond_init_scale)
         check_positive("clip_rms", self.clip_rms)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_choice("factor_dtype", self.factor_dtype, FACTOR_DTYPES)
 
     @property
