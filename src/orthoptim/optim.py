@@ -223,8 +223,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         if self.distributed is not None and recipe.route_wide:
             raise ValueError(
-                "a transform of this plan needs all of its route's parameters in one step (mfac "
-                "blocks='model': one window over the whole model), and under DDP or FSDP2 each "
+                "a transform of this plan needs all of its route's parameters in one step "
+                "(blocks='model' of mfac or psgd_lra: one window or preconditioner over the whole "
+                "model), and under DDP or FSDP2 each "
                 "owner rank holds only its own: use blocks='parameter', or train in one process"
             )
 

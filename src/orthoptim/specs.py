@@ -25,6 +25,7 @@ from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
 from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
+from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
 from orthoptim.transforms import Chain
@@ -291,6 +292,18 @@ REGISTRY: tuple[Spec, ...] = (
             "lixilinx/psgd_torch@a8616f1 psgd.py KronWhiten (dQ='EQ')"
         ),
         tags=frozenset({"kronecker", "second-order", "lie-group", "matrix"}),
+        adamw=PSGD_ADAMW,
+    ),
+    Spec(
+        name="psgd_lra",
+        recipe=psgd_lra,
+        lr=1e-2,
+        paper=(
+            "Pooladzandi, Li 2024, 'Curvature-Informed SGD via General Purpose Lie-Group "
+            "Preconditioners' (2402.11858); Li 2015, PSGD (1512.04202)"
+        ),
+        reference="psgd_torch==0.6.1 psgd.py LRA (preconditioner_type='whitening')",
+        tags=frozenset({"low-rank", "second-order", "lie-group"}),
         adamw=PSGD_ADAMW,
     ),
     # -- Kronecker family (Shampoo, SOAP) --

@@ -27,6 +27,9 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "precond_lr": [0.0, -0.1, math.nan, math.inf],
     "curvature": ["hessian", "", None],
     "whiten": ["grad", None],
+    "rank": [0, -1, 1.5, True, "10"],
+    "step_normalizer": ["3rd", "", None],
+    "precond_init_scale": [0.0, -1.0, math.nan, math.inf, "1"],
     "update_rule": ["random", ""],
     "update_order": ["first", None],
     "prob_max": [0.0, 1.5, -0.1, math.nan],
@@ -95,7 +98,6 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "blocks": ["layer", "", None, "Model"],
     "compression": ["svd", "", None, "TopK"],
     "density": [0.0, -0.1, 1.5, math.nan, math.inf, True],
-    "rank": [0, -1, 1.5, True, "4"],
     # -- M-FAC options --
     "clip": [0.0, -1.0, math.nan, math.inf, "1"],
     "variant": ["approx", "", None],

@@ -31,6 +31,7 @@ from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
 from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
 from orthoptim.recipes.psgd import psgd_kron
+from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
 
@@ -61,6 +62,7 @@ __all__ = [
     "noise_adaptive",
     "normuon",
     "psgd_kron",
+    "psgd_lra",
     "root",
     "sgd",
     "sgdp",

@@ -19,6 +19,7 @@ from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
 from orthoptim.transforms.psgd import PSGDKronPrecondition
+from orthoptim.transforms.psgd_lra import PSGDLRAPrecondition
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, shape_factor
 from orthoptim.transforms.sign import LionSign
@@ -46,6 +47,7 @@ __all__ = [
     "NormalizeNeurons",
     "Orthogonalize",
     "PSGDKronPrecondition",
+    "PSGDLRAPrecondition",
     "ProjectRadial",
     "ScaleByAdam",
     "ScaleByCoshRms",
