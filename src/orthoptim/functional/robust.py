@@ -125,13 +125,14 @@ def nuclear_norm(m: Tensor, method: NuclearNorm = "exact") -> Tensor:
     input: ``svdvals``, which the Gram matrix could not beat), exact up to rounding: about
     ``1e-8 sigma_max`` per singular value even for low-rank ``M``, more accurate than float32
     ``svdvals`` and cheaper (benchmarks/records/2026-12-06_step-speed-5). ``"gram"``: formed and
-    decomposed in ``m``'s own dtype, 0.7x ``"exact"``'s share of a ``muon_nalr`` step on 2048 x
-    512 float32 matrices. Squaring loses half the digits: each float32 eigenvalue carries
-    rounding of about ``1e-9 sigma_max^2``, whose root (about ``3e-5 sigma_max``) is added
-    for every zero singular value, so the relative error grows as the rank falls. Measured
-    against ``"exact"`` (benchmarks/records/2026-12-06_nalr-adamw-speed): Gaussian 2048 x 512,
-    512 x 2048, 512 x 512: <= 2e-7; rank 1 / 4 / 32 / 256: 1.5e-2 / 1.1e-2 / 3.1e-3 / 4.2e-4;
-    rank 4 plus 1e-1 to 1e-3 relative full-rank noise: <= 2.9e-3.
+    decomposed in ``m``'s own dtype: a ``muon_nalr`` step on the default 24 float32 matrices
+    takes 0.64x the time of one with ``"exact"``. Squaring loses half the digits: each float32
+    eigenvalue carries rounding of about ``1e-9 sigma_max^2``, whose root (about ``3e-5
+    sigma_max``) is added for every zero singular value, so the relative error grows as the
+    rank falls. Measured against ``"exact"``
+    (benchmarks/records/2026-12-06_nalr-adamw-speed): Gaussian 2048 x 512, 512 x 2048,
+    512 x 512: <= 2e-7; rank 1 / 4 / 32 / 256: 1.5e-2 / 1.1e-2 / 3.1e-3 / 4.2e-4; rank 4 plus
+    1e-1 to 1e-3 relative full-rank noise: <= 2.9e-3.
     """
     if method not in NUCLEAR_NORMS:
         raise ValueError(f"nuclear_norm must be one of {NUCLEAR_NORMS}, got {method!r}")

@@ -61,7 +61,7 @@ class ScaleByLayerNoise(TransformBase):
     beta: float = 0.95
     dual_norm: DualNorm = "nuclear"
     reference: NoiseReference = "mean"
-    # "gram" trains as "exact" does (tests/recipes/test_nalr.py) at 0.7x its time
+    # "gram" trains as "exact" does (tests/recipes/test_nalr.py) in 0.64x the step time
     nuclear_norm: NuclearNorm = "gram"
 
     def __post_init__(self) -> None:
