@@ -73,6 +73,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "root_every": [0, -1, 2.5, True],
     "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
     "noise_reference": ["median", "", None],
+    "nuclear_norm": ["svd", "", None],
     # -- options of ROOT, FISMO and the noise-adaptive Muon --
     "shampoo_beta": [-0.1, 1.0, math.nan, "0.95"],
     "precondition_every": [0, -1, 2.5, True],
