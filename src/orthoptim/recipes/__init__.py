@@ -32,6 +32,7 @@ from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_
 from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
     "PLAN_OPTIONS",
@@ -64,5 +65,6 @@ __all__ = [
     "sgdp",
     "shampoo",
     "soap",
+    "spd_momentum",
     "with_adamw",
 ]

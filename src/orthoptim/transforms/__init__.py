@@ -21,6 +21,7 @@ from orthoptim.transforms.psgd import PSGDKronPrecondition
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, shape_factor
 from orthoptim.transforms.sign import LionSign
+from orthoptim.transforms.spd import SPDPrecondition
 from orthoptim.transforms.variance import MarsCorrection
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Orthogonalize",
     "PSGDKronPrecondition",
     "ProjectRadial",
+    "SPDPrecondition",
     "ScaleByAdam",
     "ScaleByCoshRms",
     "ScaleByLayerNoise",
