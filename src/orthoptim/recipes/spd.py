@@ -64,7 +64,8 @@ def spd_momentum(
     ``update_every=10`` are the reference's defaults.
 
     References: arXiv 2302.09738;
-    yorkerlin/StructuredNGD-DL@288b20cae250dd1b0f885133130139ec17023326 optimizers/local_cov.py, utils/kfac_utils.py; SINGD (arXiv 2312.05705), singd==0.0.5.
+    yorkerlin/StructuredNGD-DL@288b20cae250dd1b0f885133130139ec17023326 optimizers/local_cov.py,
+    utils/kfac_utils.py; SINGD (arXiv 2312.05705), singd==0.0.5.
     """
     check_bool("nesterov", nesterov)
     return chain(
