@@ -29,3 +29,9 @@ def heavyball(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 @pytest.fixture
 def pytorch_optimizer() -> ModuleType:
     return pinned_package("pytorch_optimizer", "pytorch-optimizer", "4.1.0")
+
+
+@pytest.fixture
+def singd() -> ModuleType:
+    pinned_package("singd", "singd", "0.0.5")
+    return pytest.importorskip("singd.optim.optimizer")
