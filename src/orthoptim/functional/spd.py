@@ -38,38 +38,33 @@ def spd_factor_dtype(p: Tensor, choice: str) -> torch.dtype:
     return getattr(torch, choice)
 
 
-def _avg_trace(h: Tensor, structure: str) -> Tensor:
-    return (h.diagonal() if structure == "dense" else h).mean()
-
-
-def _inner(f: Tensor, structure: str) -> Tensor:
-    """``F^T F`` in the structure's representation (a vector for diagonal factors)."""
-    return f.T @ f if structure == "dense" else f * f
-
-
-def _sandwich(f: Tensor, stat: Tensor, structure: str) -> Tensor:
-    """``Pi(F^T S F)`` for a dense statistic ``S``."""
-    if structure == "dense":
-        h = f.T @ (stat @ f)
-        return (h + h.T) * 0.5  # exact symmetry, as the reference's (ng + ng^T) / 2
-    return f * f * stat.diagonal()
-
-
 def local_gradients(
     k: Tensor, c: Tensor, stat_k: Tensor, stat_c: Tensor, damping: float, structure: str
 ) -> tuple[Tensor, Tensor]:
-    """``(Pi(g_K), Pi(g_C))`` of the module docstring, in the factors' dtypes."""
-    h_k = _sandwich(k, stat_k.to(k.dtype), structure)
-    h_c = _sandwich(c, stat_c.to(c.dtype), structure)
-    kk, cc = _inner(k, structure), _inner(c, structure)
-    tr_hk, tr_hc = _avg_trace(h_k, structure), _avg_trace(h_c, structure)
-    tr_kk, tr_cc = _avg_trace(kk, structure), _avg_trace(cc, structure)
-    g_k = h_k.mul_(tr_hc.to(k.dtype)).add_(kk.mul_(damping * tr_cc.to(k.dtype)))
-    g_c = h_c.mul_(tr_hk.to(c.dtype)).add_(cc.mul_(damping * tr_kk.to(c.dtype)))
-    for g in (g_k, g_c):
-        (g.diagonal() if structure == "dense" else g).sub_(1.0)
-        g.mul_(0.5)
-    return g_k, g_c
+    """``(Pi(g_K), Pi(g_C))`` of the module docstring, in the factors' dtypes.
+
+    Dense: ``g_K = 1/2 (K^T (damping tr(C^T C)/d_C K + tr(H_C)/d_C S_K K) - I)``, one product
+    for both terms, and the traces as elementwise sums (``tr(K^T S K) = sum(K * S K)``,
+    ``tr(K^T K) = sum(K * K)``): 4 d^3 per factor where the formula's products one by one cost
+    8 d^3 (the reference's ``faster`` path). Equal to the formula to round-off
+    (``tests/recipes/test_spd.py``)."""
+    if structure == "dense":
+        t_k, t_c = stat_k.to(k.dtype) @ k, stat_c.to(c.dtype) @ c
+    else:
+        t_k, t_c = stat_k.diagonal().to(k.dtype) * k, stat_c.diagonal().to(c.dtype) * c
+    tr_hk, tr_hc = (k * t_k).sum() / k.shape[0], (c * t_c).sum() / c.shape[0]
+    tr_kk, tr_cc = (k * k).sum() / k.shape[0], (c * c).sum() / c.shape[0]
+    out = []
+    for f, t, tr_h, tr_f in ((k, t_k, tr_hc, tr_cc), (c, t_c, tr_hk, tr_kk)):
+        mixed = t.mul_(tr_h.to(f.dtype)).add_(f, alpha=damping * tr_f.to(f.dtype))
+        if structure == "dense":
+            g = f.T @ mixed
+            g = g.add_(g.T.clone()).mul_(0.25)  # exact symmetry, as the reference's (ng + ng^T)/2
+            g.diagonal().sub_(0.5)
+        else:
+            g = mixed.mul_(f).sub_(1.0).mul_(0.5)
+        out.append(g)
+    return out[0], out[1]
 
 
 def move_(f: Tensor, m: Tensor, g: Tensor, alpha: float, beta: float, structure: str) -> None:
