@@ -21,7 +21,7 @@ from torch import nn
 import orthoptim
 from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.spd import SPDPrecondition, factor_lr
-from tests.helpers import straight_and_resumed
+from tests.helpers import conv_classifier, straight_and_resumed, train_conv_classifier
 from tests.recipes.teacher_student import random_teacher, train
 
 
@@ -223,28 +223,13 @@ def test_bfloat16_factors_end_within_tolerance_of_float32_ones() -> None:
 
 
 def test_resume_is_bit_exact_on_a_conv_model_across_an_update() -> None:
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8),
-            nn.Tanh(), nn.Linear(8, 3),
-        )  # fmt: skip
-
-    def run(m: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
-        for s in steps:
-            g = torch.Generator().manual_seed(s)
-            x, y = torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(x), y).backward()
-            opt.step()
-
     for structure in ("dense", "diagonal"):
         straight, _, second, _ = straight_and_resumed(
-            model,
+            conv_classifier,
             lambda m, s=structure: orthoptim.build(
                 "spd_momentum", m, update_every=3, cov_warmup="none", structure=s
             ),
-            run,
+            train_conv_classifier,
             5,
             10,
         )
