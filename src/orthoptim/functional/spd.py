@@ -56,7 +56,8 @@ def local_gradients(
     tr_kk, tr_cc = (k * k).sum() / k.shape[0], (c * c).sum() / c.shape[0]
     out = []
     for f, t, tr_h, tr_f in ((k, t_k, tr_hc, tr_cc), (c, t_c, tr_hk, tr_kk)):
-        mixed = t.mul_(tr_h.to(f.dtype)).add_(f, alpha=damping * tr_f.to(f.dtype))
+        # addcmul with the 0-d trace: add_(alpha=tensor) would read it on the host
+        mixed = t.mul_(tr_h.to(f.dtype)).addcmul_(f, (damping * tr_f).to(f.dtype))
         if structure == "dense":
             g = f.T @ mixed
             g = g.add_(g.T.clone()).mul_(0.25)  # exact symmetry, as the reference's (ng + ng^T)/2
