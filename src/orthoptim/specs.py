@@ -28,6 +28,7 @@ from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
+from orthoptim.recipes.spd import SPD_ADAMW, spd_momentum
 from orthoptim.transforms import Chain
 
 
@@ -324,6 +325,23 @@ REGISTRY: tuple[Spec, ...] = (
         reference="no MKOR-H code in Mohammad-Mozaffari/mkor@3a0e3bb; switching rule is ours",
         tags=frozenset({"kronecker", "second-order", "activations", "hybrid", "matrix"}),
         adamw=MKOR_ADAMW,
+    ),
+    Spec(
+        name="spd_momentum",
+        recipe=spd_momentum,
+        lr=1e-3,
+        weight_decay=1e-2,
+        paper=(
+            "Lin, Duruisseaux, Leok, Nielsen, Khan, Schmidt 2023, 'Simplifying Momentum-based "
+            "Positive-definite Submanifold Optimization with Applications to Deep Learning' "
+            "(ICML, 2302.09738)"
+        ),
+        reference=(
+            "yorkerlin/StructuredNGD-DL@288b20c optimizers/local_cov.py LocalOptimizer; "
+            "singd==0.0.5 SINGD (dense, diagonal)"
+        ),
+        tags=frozenset({"kronecker", "second-order", "activations", "inverse-free", "matrix"}),
+        adamw=SPD_ADAMW,
     ),
     # -- activation-Kronecker family (MKOR, MKOR-H) --
     Spec(

@@ -119,6 +119,11 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "residual": ["signsgd", "adam", None],
     "residual_scale": [-1.0, math.nan, math.inf],
     # -- low-rank family options (FRUGAL, low-rank AdamW) --
+    "structure": ["Dense", "block", "", None],
+    "riemannian_momentum": [-0.1, 1.0, math.nan, "0.5"],
+    "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
+    "cov_warmup": ["linear", "", None],
+    # -- SPD-submanifold options (spd_momentum) --
 }
 
 

@@ -34,6 +34,7 @@ from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
     "PLAN_OPTIONS",
@@ -68,5 +69,6 @@ __all__ = [
     "sgdp",
     "shampoo",
     "soap",
+    "spd_momentum",
     "with_adamw",
 ]

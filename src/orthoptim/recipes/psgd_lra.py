@@ -53,9 +53,10 @@ def psgd_lra(
     ``preconditioner_type="Newton"`` with exact Hessian-vector products: ``step(closure)``,
     the closure calling ``loss.backward(create_graph=True)``, as ``psgd_kron``'s usage
     example shows; ``blocks="parameter"`` only); ``whiten``, ``update_rule``,
-    ``update_order``, ``prob_*`` and ``balance_prob`` as ``psgd_kron`` (the defaults: update at every step, the reference's
-    ``preconditioner_update_probability=1``; balance probability 0.01, the reference's fixed
-    one); ``blocks`` (below). lr 1e-2 (the registry's), the reference's ``lr_params``.
+    ``update_order``, ``prob_*`` and ``balance_prob`` as ``psgd_kron`` (the defaults:
+    update at every step, the reference's ``preconditioner_update_probability=1``; balance
+    probability 0.01, the reference's fixed one); ``blocks`` (below). lr 1e-2 (the
+    registry's), the reference's ``lr_params``.
 
     Blocks: ``"parameter"`` (default), a preconditioner per parameter; ``"model"``, the
     reference's one preconditioner over the flattened parameters of the route (the matrices;

@@ -23,6 +23,7 @@ from orthoptim.transforms.psgd_lra import PSGDLRAPrecondition
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, shape_factor
 from orthoptim.transforms.sign import LionSign
+from orthoptim.transforms.spd import SPDPrecondition
 from orthoptim.transforms.variance import MarsCorrection
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "PSGDKronPrecondition",
     "PSGDLRAPrecondition",
     "ProjectRadial",
+    "SPDPrecondition",
     "ScaleByAdam",
     "ScaleByCoshRms",
     "ScaleByLayerNoise",
