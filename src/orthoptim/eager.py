@@ -4,7 +4,8 @@ tested against."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, cast
 
 import torch
@@ -14,6 +15,9 @@ from orthoptim._types import State
 from orthoptim.functional import multi_tensor
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.chain import Chain
+
+Recorder = Callable[[Tensor, str, Tensor], None]
+"""``(parameter, figure, value)``: where a telemetry step's transforms report (``Ctx.record``)."""
 
 
 class _Scratch:
@@ -51,6 +55,7 @@ def run_chain(
     capturable: bool = False,
     foreach: bool = False,
     positions: Mapping[int, tuple[int, int]] | None = None,
+    record: Recorder | None = None,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
@@ -60,10 +65,21 @@ def run_chain(
     ``capturable``: the transforms get the step counter itself (a device tensor), and ``lr``
     may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
     element-wise passes itself). ``positions``: ``Ctx.position`` and ``Ctx.route_size`` by
-    ``id(p)`` (``groups.route_positions``); without them each parameter is alone."""
+    ``id(p)`` (``groups.route_positions``); without them each parameter is alone.
+    ``record``: on a telemetry step, what each parameter's ``Ctx.record`` reports to, with the
+    parameter first (``telemetry.Probe.record``)."""
     tensors = [p for _, p in params]
     ctxs = _contexts(
-        params, states, lr, weight_decay, layout, at_previous, positions, capturable, foreach
+        params,
+        states,
+        lr,
+        weight_decay,
+        layout,
+        at_previous,
+        positions,
+        capturable,
+        foreach,
+        record,
     )
     if foreach and not capturable:
         run_foreach(chain, tensors, states, ctxs, cast(float, lr))
@@ -106,9 +122,11 @@ def _contexts(
     positions: Mapping[int, tuple[int, int]] | None,
     capturable: bool = False,
     foreach: bool = False,
+    record: Recorder | None = None,
 ) -> list[Ctx]:
     """Each parameter's ``Ctx`` for this step (``run_chain``'s arguments): the step counter as
-    an int, or the device tensor itself under ``capturable``; ``positions`` as ``run_chain``'s."""
+    an int, or the device tensor itself under ``capturable``; ``positions`` and ``record`` as
+    ``run_chain``'s."""
     return [
         Ctx(
             state["step"] if capturable else int(state["step"].item()),
@@ -122,6 +140,7 @@ def _contexts(
             multi_tensor=foreach and not capturable,
             position=where[0],
             route_size=where[1],
+            record=None if record is None else functools.partial(record, p),
         )
         for (name, p), state in zip(params, states, strict=True)
         for where in [(0, 1) if positions is None else positions[id(p)]]
@@ -145,6 +164,7 @@ def run_route(
     groups: Sequence[GroupStep],
     at_previous: Mapping[Tensor, Tensor] | None,
     positions: Mapping[int, tuple[int, int]] | None = None,
+    record: Recorder | None = None,
 ) -> None:
     """``run_chain`` over all of a route's param groups at once, for a chain whose matrix core
     needs the route's parameters together (``Chain.route_wide``: M-FAC's model-wide block):
@@ -153,7 +173,7 @@ def run_route(
     and each parameter's final update with its group's lr and decay. One parameter's working
     copy per parameter alive at once, as on ``run_chain``'s transform-major path; no
     multi-tensor ops (the core's m x m work and window products dominate its step).
-    ``positions``: as ``run_chain``'s.
+    ``positions`` and ``record``: as ``run_chain``'s.
 
     ``ValueError`` where the groups' live chains differ inside the core: one core cannot run
     with two sets of coefficients."""
@@ -178,6 +198,7 @@ def run_route(
             group.layout,
             at_previous,
             positions,
+            record=record,
         )
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
         parts.append((ctxs, group.chain.apply_range(0, lo, updates, group.states, ctxs)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -52,6 +52,10 @@ class Ctx:
             rank and after a resume, so a schedule over the route's tensors (FRUGAL's
             state-full blocks) needs no state.
         route_size: how many matrices the route has (1 where a transform is run alone).
+        record: on a telemetry step (``ChainOptimizer(telemetry_every=N)``), where a transform
+            reports a figure of this parameter's step as a device tensor, ``record(figure,
+            value)`` (Orthogonalize: ``"polar_health"``); ``None`` on every other step, where a
+            transform must do no extra work.
     """
 
     step: int | Tensor
@@ -66,6 +70,7 @@ class Ctx:
     multi_tensor: bool = False
     position: int = 0
     route_size: int = 1
+    record: Callable[[str, Tensor], None] | None = None
 
     @property
     def parameter(self) -> Tensor:
