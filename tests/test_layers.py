@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "checkpoint": 4,
     "previous_point": 4,
     "eager": 4,
+    "telemetry": 4,
     "routing": 4,
     "model_trace": 4,
     "registry": 4,
