@@ -187,3 +187,12 @@ def test_flat_tags() -> None:
     assert "telemetry/muon/polar_deviation" in tags
     assert "telemetry/param/fc1.weight/effective_lr" in tags
     assert not any("/param/" in k for k in flat(opt.telemetry(), per_parameter=False))
+
+
+def test_refused_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshots would see only this rank's owners' work: refused, saying so."""
+    from orthoptim import optim
+
+    monkeypatch.setattr(optim, "detect", lambda *args: object())
+    with pytest.raises(ValueError, match="distributed"):
+        registry.build("muon", model(), telemetry_every=1)
