@@ -475,6 +475,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         too), leaving ``defaults`` as they were: torch adds ``differentiable`` to them, which
         ``add_param_group`` would then copy into every new group. ``positions`` are recomputed:
         they are keyed by the tensors' ids, and a copy's tensors are new."""
+        state.setdefault("_telemetry", self.__dict__.get("_telemetry"))  # older pickles: off
         defaults = state.get("defaults", self.__dict__.get("defaults", {}))
         had_differentiable = "differentiable" in defaults
         super().__setstate__(state)

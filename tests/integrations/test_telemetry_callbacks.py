@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
 
 import orthoptim
 from orthoptim.telemetry import flat
@@ -109,22 +108,15 @@ def test_lightning_logs_the_figures_to_its_loggers(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
     from orthoptim.integrations.lightning import TelemetryCallback
+    from tests.integrations.test_lightning import LitLM
 
-    class LitLM(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = TinyLM()
-
-        def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-            return next_token_loss(self.net, batch[0])
-
+    class Measured(LitLM):
         def configure_optimizers(self) -> Any:
             return orthoptim.build("muon", self, lr=0.02, telemetry_every=EVERY)
 
     ids = torch.randint(0, VOCAB, (16, 8), generator=torch.Generator().manual_seed(1))
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=4)
-    module = LitLM()
+    module = Measured()
     trainer = L.Trainer(
         accelerator="cpu",
         default_root_dir=tmp_path,
