@@ -196,3 +196,22 @@ def test_refused_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(optim, "detect", lambda *args: object())
     with pytest.raises(ValueError, match="distributed"):
         registry.build("muon", model(), telemetry_every=1)
+
+
+@pytest.mark.parametrize("name", [n for n in registry.names() if not registry.get(n).needs_closure])
+def test_every_registered_optimizer_measures_without_changing_its_step(name: str) -> None:
+    """Whatever path a route takes (fused, route-wide, hooked, one tensor at a time)."""
+    runs = []
+    for every in (None, 1):
+        m = model()
+        opt = registry.build(name, m, telemetry_every=every)
+        train(m, opt, 2)
+        runs.append((m, opt))
+    (m0, _), (m1, opt) = runs
+    for (n, p0), p1 in zip(m0.named_parameters(), m1.parameters(), strict=True):
+        assert torch.equal(p0, p1), n
+    report = opt.telemetry()
+    assert report["step"] == 2
+    assert report["params"].keys() == {n for n, _ in m1.named_parameters()}
+    for figures in report["params"].values():
+        assert all(math.isfinite(v) for v in figures.values())
