@@ -1,5 +1,5 @@
-"""Imports only go down the layers: functional <- transforms <- recipes <- optim/routing/registry
-<- bench <- cli. Private top-level modules (``_types``, ``_checks``) are layer 0."""
+"""Imports only go down the layers: functional <- transforms <- recipes <- optim/routing/registry/
+estimate <- bench <- cli. Private top-level modules (``_types``, ``_checks``) are layer 0."""
 
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ LAYERS: dict[str, int] = {
     "groups": 4,
     "checkpoint": 4,
     "previous_point": 4,
+    "hvp": 4,
     "eager": 4,
     "telemetry": 4,
     "routing": 4,
     "model_trace": 4,
     "registry": 4,
     "specs": 4,
+    "estimate": 4,
     "bench": 5,
     "integrations": 5,
     "cli": 6,

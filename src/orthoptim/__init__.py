@@ -7,6 +7,7 @@ Quick start::
 """
 
 from orthoptim import functional, recipes, registry, routing, transforms
+from orthoptim.estimate import Estimate, estimate
 from orthoptim.nonfinite import NonFiniteGradientError
 from orthoptim.optim import ChainOptimizer
 from orthoptim.recipes import Plan, Route
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Chain",
     "ChainOptimizer",
+    "Estimate",
     "NonFiniteGradientError",
     "Plan",
     "Route",
@@ -27,6 +29,7 @@ __all__ = [
     "build",
     "chain",
     "classify",
+    "estimate",
     "explain",
     "functional",
     "names",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from torch import nn
 
 from orthoptim import registry
 from orthoptim.bench.models import MODELS
@@ -34,6 +38,41 @@ def _route(args: argparse.Namespace) -> int:
     print(f"{args.spec} on {args.model} ({sum(p.numel() for p in model.parameters()):,} params)")
     print(registry.build(args.spec, model).describe())
     return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    import torch
+
+    from orthoptim.estimate import estimate
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = _model(args.model)
+    print(estimate(args.name, model, world_size=args.world_size))
+    return 0
+
+
+def _model(spec: str) -> nn.Module:
+    """A built-in model's name, or ``MODULE:ATTR`` / ``FILE.py:ATTR``: an ``nn.Module`` class or
+    a zero-argument function that returns one, called as it is."""
+    if spec in MODELS:
+        return MODELS[spec]()
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ValueError(
+            f"--model must be one of {sorted(MODELS)} or MODULE:ATTR / FILE.py:ATTR, got {spec!r}"
+        )
+    if where.endswith(".py"):
+        loaded = importlib.util.spec_from_file_location(Path(where).stem, where)
+        if loaded is None or loaded.loader is None:
+            raise ValueError(f"--model: cannot load {where!r}")
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    made = getattr(module, attr)()
+    if not isinstance(made, nn.Module):
+        raise TypeError(f"--model {spec!r} made a {type(made).__name__}, not an nn.Module")
+    return made
 
 
 def _race(args: argparse.Namespace) -> int:
@@ -145,6 +184,23 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("--model", choices=sorted(MODELS), default="tiny_gpt")
     route.add_argument("--spec", default="muon", help="registry name")
     route.set_defaults(run=_route)
+    est = sub.add_parser(
+        "estimate",
+        help="an optimizer's state bytes and step FLOPs on a model, per route and rank",
+        description="Built on the meta device: nothing is allocated and no step runs "
+        "(orthoptim.estimate).",
+    )
+    est.add_argument("name", help="registry name")
+    est.add_argument(
+        "--model",
+        default="tiny_gpt",
+        help=f"{' | '.join(sorted(MODELS))} | MODULE:ATTR | FILE.py:ATTR (an nn.Module class or "
+        "a function returning one; default tiny_gpt)",
+    )
+    est.add_argument(
+        "--world-size", type=int, default=1, help="data-parallel ranks for the per-rank split"
+    )
+    est.set_defaults(run=_estimate)
     _race_parser(sub)
     _speed_parser(sub)
     _ops_parser(sub)

@@ -55,6 +55,7 @@ def run_chain(
     capturable: bool = False,
     foreach: bool = False,
     positions: Mapping[int, tuple[int, int]] | None = None,
+    hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
     record: Recorder | None = None,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
@@ -65,9 +66,9 @@ def run_chain(
     ``capturable``: the transforms get the step counter itself (a device tensor), and ``lr``
     may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
     element-wise passes itself). ``positions``: ``Ctx.position`` and ``Ctx.route_size`` by
-    ``id(p)`` (``groups.route_positions``); without them each parameter is alone.
-    ``record``: on a telemetry step, what each parameter's ``Ctx.record`` reports to, with the
-    parameter first (``telemetry.Probe.record``)."""
+    ``id(p)`` (``groups.route_positions``); without them each parameter is alone. ``hvps``:
+    ``Ctx.hvp`` by parameter (``orthoptim.hvp``). ``record``: on a telemetry step, what each
+    parameter's ``Ctx.record`` reports to, with the parameter first (``telemetry.Probe``)."""
     tensors = [p for _, p in params]
     ctxs = _contexts(
         params,
@@ -79,6 +80,7 @@ def run_chain(
         positions,
         capturable,
         foreach,
+        hvps,
         record,
     )
     if foreach and not capturable:
@@ -122,10 +124,11 @@ def _contexts(
     positions: Mapping[int, tuple[int, int]] | None,
     capturable: bool = False,
     foreach: bool = False,
+    hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
     record: Recorder | None = None,
 ) -> list[Ctx]:
     """Each parameter's ``Ctx`` for this step (``run_chain``'s arguments): the step counter as
-    an int, or the device tensor itself under ``capturable``; ``positions`` and ``record`` as
+    an int, or the device tensor itself under ``capturable``; ``positions``, ``hvps``, ``record`` as
     ``run_chain``'s."""
     return [
         Ctx(
@@ -140,6 +143,7 @@ def _contexts(
             multi_tensor=foreach and not capturable,
             position=where[0],
             route_size=where[1],
+            hvp=None if hvps is None else hvps.get(p),
             record=None if record is None else functools.partial(record, p),
         )
         for (name, p), state in zip(params, states, strict=True)
@@ -164,6 +168,7 @@ def run_route(
     groups: Sequence[GroupStep],
     at_previous: Mapping[Tensor, Tensor] | None,
     positions: Mapping[int, tuple[int, int]] | None = None,
+    hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
     record: Recorder | None = None,
 ) -> None:
     """``run_chain`` over all of a route's param groups at once, for a chain whose matrix core
@@ -173,7 +178,7 @@ def run_route(
     and each parameter's final update with its group's lr and decay. One parameter's working
     copy per parameter alive at once, as on ``run_chain``'s transform-major path; no
     multi-tensor ops (the core's m x m work and window products dominate its step).
-    ``positions`` and ``record``: as ``run_chain``'s.
+    ``positions``, ``hvps``, ``record``: as ``run_chain``'s.
 
     ``ValueError`` where the groups' live chains differ inside the core: one core cannot run
     with two sets of coefficients."""
@@ -198,6 +203,7 @@ def run_route(
             group.layout,
             at_previous,
             positions,
+            hvps=hvps,
             record=record,
         )
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]

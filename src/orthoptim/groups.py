@@ -329,4 +329,5 @@ def describe(
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"[{i}] not on its role's route: {note}" for i, note in enumerate(notes, 1)]
+    lines += [f"lr rule: {rule}" for rule in plan.lr_rules]
     return "\n".join(lines)

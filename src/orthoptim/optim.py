@@ -2,7 +2,8 @@
 
 The shell reads like torch's optimizers; what it delegates lives beside it: param groups and
 their checks (``groups``), the non-finite policy (``nonfinite``), the second gradient of exact
-MARS (``previous_point``), what checkpoints carry and how they load (``checkpoint``), and the
+MARS (``previous_point``), the Hessian-vector products of PSGD's ``curvature="hvp"`` (``hvp``),
+what checkpoints carry and how they load (``checkpoint``), and the
 distributed step (``distributed``).
 """
 
@@ -35,6 +36,7 @@ from orthoptim.groups import (
     route_positions,
     with_grads,
 )
+from orthoptim.hvp import check_closure, hessian_vector_products, raise_for_products
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
 from orthoptim.previous_point import grads_at_previous_points
 from orthoptim.recipes.plan import (
@@ -220,6 +222,13 @@ class ChainOptimizer(torch.optim.Optimizer):
                 "process, which neither a captured (capturable=True) nor a distributed step "
                 "allows: turn telemetry off there (telemetry_every=None)"
             )
+        if self.distributed is not None and recipe.needs_hvp:
+            raise ValueError(
+                "a transform of this plan reads Hessian-vector products (psgd_kron "
+                "curvature='hvp'), which the distributed step does not evaluate: use "
+                "curvature='whitening' or 'finite_difference' under DDP or FSDP2, or train in "
+                "one process"
+            )
         if self.distributed is not None and recipe.needs_closure:
             raise ValueError(
                 "a transform of this plan needs the gradient at the previous parameters (MARS "
@@ -252,18 +261,24 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._gathered = None  # what consolidate_state_dict gathered describes the last step
         grad_scale, found_inf = amp.scaler_inputs(self)
         loss = None
+        check_closure(self.param_groups, self.plan, closure)
         at_previous = grads_at_previous_points(
             self.state, self.param_groups, self.plan, closure, self.nonfinite
         )
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        hvps = (
+            hessian_vector_products(self.state, self.param_groups, self.plan)
+            if self.plan.needs_hvp
+            else {}
+        )
         work = [(group, with_grads(group)) for group in self.param_groups]
         if self._telemetry is None:
-            self._apply(work, at_previous, grad_scale, found_inf)
+            self._apply(work, at_previous, hvps, grad_scale, found_inf)
             return loss
         probe = self._telemetry.begin(self.param_groups, self.plan, self.positions)
-        self._apply(work, at_previous, grad_scale, found_inf, probe)
+        self._apply(work, at_previous, hvps, grad_scale, found_inf, probe)
         if probe is not None:
             self._telemetry.finish(probe)
         return loss
@@ -272,6 +287,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self,
         work: list[tuple[dict[str, Any], list[tuple[str, Tensor]]]],
         at_previous: Mapping[Tensor, Tensor],
+        hvps: Mapping[Tensor, tuple[Tensor, Tensor]],
         grad_scale: Tensor | None,
         found_inf: Tensor | None,
         probe: Probe | None = None,
@@ -280,7 +296,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         step's, whose ``record`` the transforms report to)."""
         record = None if probe is None else probe.record
         grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
-        grads += at_previous.values()  # "skip" skips a step with non-finite ones too
+        extra = [*at_previous.values(), *(h for _, h in hvps.values())]
+        grads += extra  # "skip" skips a step with non-finite ones too
         if found_inf is not None and self.distributed is None and self._all_fused(work):
             # every kernel takes found_inf and skips on the device: no host read
             self._skipped_on_device = found_inf.float() + (
@@ -288,16 +305,17 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
             for group, params in work:
                 if params:
-                    self._step_group(group, params, None, grad_scale, found_inf, record)
+                    self._step_group(group, params, None, grad_scale, found_inf, record=record)
             return
         if not self._usable(grads, found_inf):
             if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
                 return
+            raise_for_products(self.param_groups, hvps)
             raise_for(work)
-        amp.unscale_(list(at_previous.values()), grad_scale)
+        amp.unscale_(extra, grad_scale)
         if self.distributed is not None:
-            amp.unscale_(grads[: len(grads) - len(at_previous)], grad_scale)
+            amp.unscale_(grads[: len(grads) - len(extra)], grad_scale)
             self.distributed.step(self.state, work, at_previous, self._step_group)
             return
         together: dict[str, list[tuple[dict[str, Any], list[tuple[str, Tensor]]]]] = {}
@@ -307,10 +325,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             if self.plan.route_named(group["route"]).chain.route_wide:
                 together.setdefault(group["route"], []).append((group, params))
             else:
-                self._step_group(group, params, at_previous, grad_scale, record=record)
+                self._step_group(group, params, at_previous, grad_scale, hvps=hvps, record=record)
         for groups in together.values():
-            self._step_route(groups, at_previous, grad_scale, record)
-        return
+            self._step_route(groups, at_previous, grad_scale, hvps, record)
 
     @property
     def skipped_steps(self) -> int:
@@ -361,6 +378,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         at_previous: Mapping[Tensor, Tensor] | None = None,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
+        hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
         record: Recorder | None = None,
     ) -> None:
         chain = live_chain(self.plan.route_named(group["route"]).chain, group)
@@ -385,6 +403,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.capturable,
             multi_tensor,
             self.positions,
+            hvps,
             record,
         )
 
@@ -422,6 +441,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         groups: list[tuple[dict[str, Any], list[tuple[str, Tensor]]]],
         at_previous: Mapping[Tensor, Tensor] | None,
         grad_scale: Tensor | None,
+        hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
         record: Recorder | None = None,
     ) -> None:
         """One step of a route whose chain is ``route_wide``, all its groups at once
@@ -434,7 +454,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             amp.unscale_([cast(Tensor, p.grad) for _, p in params], grad_scale)
             lr = cast(float, self._lr(group))
             parts.append(GroupStep(chain, params, states, lr, float(group["weight_decay"]), layout))
-        run_route(parts, at_previous, self.positions, record)
+        run_route(parts, at_previous, self.positions, hvps, record)
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
         """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under

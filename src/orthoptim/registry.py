@@ -16,6 +16,7 @@ from orthoptim.distributed import is_distributed
 from orthoptim.nonfinite import NonFinitePolicy
 from orthoptim.optim import ChainOptimizer
 from orthoptim.recipes import Plan
+from orthoptim.recipes.switch import FROM_ADAMW, from_adamw, with_lr_rule
 from orthoptim.routing import HEAD_NAMES, is_named_parameters
 from orthoptim.specs import REGISTRY, Spec
 from orthoptim.transforms import Chain, explain
@@ -65,6 +66,7 @@ def build(
     head_names: Sequence[str] = HEAD_NAMES,
     layouts: Mapping[str, str] | None = None,
     example_input: Any = None,
+    from_adamw_lr: float | None = None,
     telemetry_every: int | None = None,
     **recipe_options: Any,
 ) -> ChainOptimizer:
@@ -81,6 +83,16 @@ def build(
     ``adamw_lr_scale`` (relative to ``lr``; the family's published pairing by default),
     ``adamw_weight_decay``, ``adamw_betas``, ``adamw_eps``. Either way the route's groups keep
     their lr relative to ``lr`` (``lr_scale``), so every torch scheduler moves both together.
+
+    Switching from AdamW: ``from_adamw_lr=3e-4`` (your AdamW lr) instead of ``lr``,
+    ``adamw_lr`` and ``adamw_lr_scale`` (``ValueError`` with any of them) runs the AdamW route
+    at that lr and the matrix route at the lr whose update has AdamW's RMS: Moonlight's
+    matching (Liu et al. 2025, "Muon is Scalable for LLM Training", arXiv 2502.16982: Muon's
+    update ``O`` times ``0.2 sqrt(max(A, B))`` has RMS 0.2, AdamW's typical 0.2-0.4, so both
+    share AdamW's lr; ``shape_scale="moonlight_rms"`` is set unless given). Each family's
+    rule, from its update's RMS, is in ``recipes.switch.FROM_ADAMW`` (e.g. ``mars_lion``:
+    a sign update has RMS 1, so 0.2 x the AdamW lr); other families raise ``ValueError``
+    naming the supported ones. ``describe()`` and ``explain()`` print the rule.
 
     Args:
         name: a registry name (``orthoptim.registry.names()``).
@@ -105,6 +117,7 @@ def build(
             ``routing.layouts``.
         example_input: what ``model(...)`` takes for a small batch: routing then finds heads,
             tables and layouts by one traced forward (``model_trace``) instead of by names.
+        from_adamw_lr: your AdamW lr: both routes' lrs from it (above; ``recipes.switch``).
         telemetry_every: measure every N-th step for ``opt.telemetry()`` (``ChainOptimizer``,
             ``orthoptim.telemetry``); ``None``: off, no extra work in the step.
         **recipe_options: keyword options of the recipe and, for a whole model, of its AdamW
@@ -113,12 +126,24 @@ def build(
     spec = get(name)
     if not isinstance(params_or_model, nn.Module):
         params_or_model = list(params_or_model)  # read more than once below; may be a generator
-    if (
+    whole_model = (
         isinstance(params_or_model, nn.Module)
         or _has_roles(params_or_model)
         or is_named_parameters(params_or_model)
-    ):
+    )
+    rule = None
+    if from_adamw_lr is not None:
+        if not whole_model:
+            raise ValueError(
+                "from_adamw_lr sets the lrs of a whole model's two routes (matrices, AdamW): "
+                f"pass the nn.Module, named parameters or groups with a 'role' to build({name!r}, "
+                "...)"
+            )
+        lr, recipe_options, rule = from_adamw(name, from_adamw_lr, {**recipe_options, "lr": lr})
+    if whole_model:
         recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
+        if rule is not None:
+            recipe = with_lr_rule(recipe, rule)
     else:
         recipe = spec.make(recipe_options)
     check_distributable(spec, recipe, params_or_model, process_group)
@@ -167,6 +192,16 @@ def check_distributable(
 ) -> None:
     """``ValueError`` if ``spec``'s ``recipe`` cannot run distributed and these parameters
     would be."""
+    reason = single_process_reason(spec, recipe)
+    if reason is not None and is_distributed(params_or_model, process_group):
+        raise ValueError(
+            f"{spec.name} cannot run distributed (DDP, FSDP2 or a process group): {reason}. "
+            "Use it in a single process, or build another optimizer."
+        )
+
+
+def single_process_reason(spec: Spec, recipe: Chain | Plan) -> str | None:
+    """Why ``spec``'s ``recipe`` cannot run distributed; ``None`` where it can."""
     reason = spec.single_process_only
     if reason is None and recipe.needs_module:
         reason = (
@@ -179,11 +214,7 @@ def check_distributable(
             "one window over the whole model), and each owner rank holds only its own; "
             "blocks='parameter' runs distributed"
         )
-    if reason is not None and is_distributed(params_or_model, process_group):
-        raise ValueError(
-            f"{spec.name} cannot run distributed (DDP, FSDP2 or a process group): {reason}. "
-            "Use it in a single process, or build another optimizer."
-        )
+    return reason
 
 
 def show(name: str) -> str:
@@ -198,6 +229,10 @@ def show(name: str) -> str:
         f"  tags:      {', '.join(sorted(spec.tags)) or '-'}",
         "  options:   " + (", ".join(f"{k}={v!r}" for k, v in spec.options().items()) or "none"),
     ]
+    match = FROM_ADAMW.get(spec.name)
+    if match is not None:
+        needs = "".join(f", {k}={v!r}" for k, v in match.options.items())
+        lines.append(f"  from_adamw_lr: lr = {match.lr_ratio:g} x AdamW's{needs} ({match.reason})")
     for route in plan.routes:
         lines.append(f"  route {route.name} ({', '.join(route.roles)}), {route.describe_lr()}:")
         lines.append(f"    {route.chain!r}")

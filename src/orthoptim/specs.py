@@ -13,6 +13,7 @@ from typing import Any
 
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
+from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
@@ -322,6 +323,20 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="IST-DASLab/M-FAC@8116367 optim.py MFAC (dynamic algorithm)",
         tags=frozenset({"second-order", "fisher", "matrix"}),
+    ),
+    Spec(
+        name="efcp",
+        recipe=efcp,
+        lr=1e-2,
+        paper=(
+            "Modoranu, Kalinov, Kurtic, Frantar, Alistarh 2024, 'Error Feedback Can Accurately "
+            "Compress Preconditioners' (2306.06098)"
+        ),
+        reference=(
+            "IST-DASLab/EFCP@a33a3a5 optimizers/sparse/SparseGradientMFAC.py (top-k), "
+            "optimizers/lowrank/low_rank_optim.py LowRankMFAC (low rank)"
+        ),
+        tags=frozenset({"second-order", "fisher", "compressed", "matrix"}),
     ),
     # -- M-FAC --
     Spec(

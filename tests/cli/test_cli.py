@@ -66,3 +66,27 @@ def test_console_script_and_module_entry_points() -> None:
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
         assert "muon_polar" in result.stdout
+
+
+def test_estimate_prints_routes_totals_and_ranks(capsys) -> None:
+    assert main(["estimate", "muon", "--model", "tiny_gpt", "--world-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "route" in out and "muon" in out and "adamw" in out and "total" in out
+    assert "rank 0:" in out and "rank 1:" in out
+    assert main(["estimate", "adamw", "--model", "small_cnn"]) == 0
+    assert "rank 0:" not in capsys.readouterr().out
+
+
+def test_estimate_takes_a_model_from_a_file(capsys, tmp_path) -> None:
+    path = tmp_path / "net.py"
+    path.write_text(
+        "from torch import nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))\n"
+    )
+    assert main(["estimate", "adamw", "--model", f"{path}:make"]) == 0
+    out = capsys.readouterr().out
+    # AdamW: two float32 moments per element (1,011,010 of them) and a step counter per tensor
+    assert f"{(2 * 4 * 1_011_010 + 4 * 4) / 2**20:.2f} MiB" in out
+    assert main(["estimate", "adamw", "--model", "no_colon"]) == 2
+    assert "MODULE:ATTR" in capsys.readouterr().err

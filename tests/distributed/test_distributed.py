@@ -262,6 +262,12 @@ def test_exact_mars_is_refused_at_build(ranks: Ranks, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_psgd_hvp_is_refused_at_build(ranks: Ranks, mode: str) -> None:
+    """The Hessian-vector products need the whole graph's double backward in one process."""
+    assert all("Hessian-vector products" in m for m in ranks.run(W.psgd_hvp_error, mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_mfac_model_block_is_refused_at_build(ranks: Ranks, mode: str) -> None:
     """``blocks="model"`` needs every parameter's gradient in one step; the default
     (``"parameter"``) runs distributed (``DISTRIBUTABLE``)."""
@@ -287,6 +293,18 @@ def test_state_is_rank_symmetric_where_dcp_needs_it(ranks: Ranks) -> None:
                     assert all("momentum.m" in k for k in per_rank)
             else:
                 assert per_rank[0] == per_rank[1]
+
+
+def test_estimate_gives_each_ddp_rank_its_state(ranks: Ranks) -> None:
+    """``orthoptim.estimate``'s per-rank split is the distributed step's: the owner assignment
+    and what each rank keeps, measured after one step on 2 ranks."""
+    from orthoptim.estimate import estimate
+
+    names = ["muon", "normuon", "shampoo", "adamw"]
+    measured = ranks.run(W.state_bytes, names)
+    for name in names:
+        est = estimate(name, W.model(), world_size=W.WORLD)
+        assert [m[name] for m in measured] == [est.rank_state_bytes(r) for r in range(W.WORLD)]
 
 
 def test_unsupported_layouts_and_optimizers_raise(ranks: Ranks) -> None:

@@ -447,6 +447,14 @@ def exact_mars_error(rank: int, mode: str) -> str:
     return ""
 
 
+def psgd_hvp_error(rank: int, mode: str) -> str:
+    try:
+        build("psgd_kron", wrap(mode), curvature="hvp")
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 def mfac_model_block_errors(rank: int, mode: str) -> list[str]:
     """The errors of M-FAC's model-wide block under a distributed step: through ``build``
     (the registry's check) and through ``ChainOptimizer`` directly."""
@@ -666,4 +674,15 @@ def frugal_switch(rank: int, mode: str, path: str) -> dict[str, Any]:
         resumed_opt.load_state_dict(full)
         _train(resumed, resumed_opt, rank, range(3, 5), 1, mode)
         out["full"] = _full(resumed)
+    return out
+
+
+def state_bytes(rank: int, names: list[str]) -> dict[str, int]:
+    """Per optimizer, the bytes of this rank's state after one DDP step."""
+    out = {}
+    for name in names:
+        m = wrap("ddp")
+        opt = build(name, m)
+        _train(m, opt, rank, range(1), 1, "ddp")
+        out[name] = sum(t.nbytes for s in opt.state.values() for t in s.values())
     return out

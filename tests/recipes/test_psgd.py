@@ -203,12 +203,9 @@ def test_diagonal_sides() -> None:
     assert s["Q_L"].shape == (4, 4) and s["Q_R"].shape == (9,)
 
 
-def test_unimplemented_curvature_sources_raise() -> None:
-    for curvature in ("hvp",):
-        with pytest.raises(ValueError, match="not implemented yet"):
-            orthoptim.build(
-                "psgd_kron", [torch.zeros(3, 3, requires_grad=True)], curvature=curvature
-            )
+def test_unknown_curvature_source_raises() -> None:
+    with pytest.raises(ValueError, match="finite_difference"):
+        orthoptim.build("psgd_kron", [torch.zeros(3, 3, requires_grad=True)], curvature="newton")
 
 
 def test_psgd_kron_trains_teacher_student_at_default_lr() -> None:

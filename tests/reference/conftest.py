@@ -1,6 +1,6 @@
-"""The reference packages, pinned: a test that takes ``heavyball`` or ``pytorch_optimizer`` is
-skipped unless the ``[reference]`` extra is installed at exactly the versions whose conventions
-and tolerances the tests were written against."""
+"""The reference packages, pinned: a test that takes ``heavyball``, ``psgd_torch`` or
+``pytorch_optimizer`` is skipped unless the ``[reference]`` extra is installed at exactly the
+versions whose conventions and tolerances the tests were written against."""
 
 from __future__ import annotations
 
@@ -29,3 +29,8 @@ def heavyball(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 @pytest.fixture
 def pytorch_optimizer() -> ModuleType:
     return pinned_package("pytorch_optimizer", "pytorch-optimizer", "4.1.0")
+
+
+@pytest.fixture
+def psgd_torch() -> ModuleType:
+    return pinned_package("psgd_torch", "psgd_torch", "0.6.1")

@@ -93,6 +93,9 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     # -- activation-Kronecker family options (MKOR, MKOR-H) --
     "window": [0, -1, 1.5, True, "16"],
     "blocks": ["layer", "", None, "Model"],
+    "compression": ["svd", "", None, "TopK"],
+    "density": [0.0, -0.1, 1.5, math.nan, math.inf, True],
+    "rank": [0, -1, 1.5, True, "4"],
     # -- M-FAC options --
     "clip": [0.0, -1.0, math.nan, math.inf, "1"],
     "variant": ["approx", "", None],

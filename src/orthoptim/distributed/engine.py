@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
-from orthoptim.distributed.owners import assign_owners
+from orthoptim.distributed.owners import assign_owners, matrix_jobs
 from orthoptim.distributed.parts import Layout, UnsupportedLayoutError, local_tensor
 from orthoptim.distributed.replicated import ReplicatedSteps
 from orthoptim.distributed.sharded import ShardedSteps
@@ -146,13 +146,7 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
 
     def assign(self, groups: Sequence[Mapping[str, Any]]) -> None:
         """Give each new matrix-chain parameter of ``groups`` an owner (LPT over chain cost)."""
-        jobs = []
-        for group in groups:
-            chain, lo, hi = self.split(group["route"])
-            if lo < hi:
-                layout = group_layout(group)
-                jobs += [(chain.cost(tuple(p.shape), layout), p) for p in group["params"]]
-        jobs = [(c, p) for c, p in jobs if id(p) not in self.owners]
+        jobs = [(c, p) for c, p in matrix_jobs(self.plan, groups) if id(p) not in self.owners]
         shapes = [tuple(p.shape) for _, p in jobs]
         ranks = assign_owners([c for c, _ in jobs], self.world, self._loads, shapes)
         self.owners.update({id(p): r for (_, p), r in zip(jobs, ranks, strict=True)})

@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from functools import cache
+from typing import Any
 
+from torch import Tensor
+
+from orthoptim.recipes.plan import Plan, group_layout
 from orthoptim.transforms.chain import Chain
+
+
+def owned_span(chain: Chain) -> tuple[int, int]:
+    """The ``(lo, hi)`` of ``chain``'s matrix core that an owner rank runs: ``Chain.core`` cut
+    at ``Chain.fold_from`` (the folded tail is part of the final update, which every rank
+    applies). ``lo == hi``: an element-wise chain, run on every rank."""
+    lo, hi = chain.core
+    return min(lo, chain.fold_from), min(hi, chain.fold_from)
+
+
+def matrix_jobs(plan: Plan, groups: Sequence[Mapping[str, Any]]) -> list[tuple[float, Tensor]]:
+    """``(cost, parameter)`` of every parameter of ``groups`` whose route's chain has a matrix
+    core (``owned_span``), in the groups' order: what ``assign_owners`` shares out, both in the
+    distributed step and in ``orthoptim.estimate`` (which needs no process group)."""
+    jobs: list[tuple[float, Tensor]] = []
+    for group in groups:
+        chain = plan.route_named(group["route"]).chain
+        lo, hi = owned_span(chain)
+        if lo < hi:
+            layout = group_layout(group)
+            jobs += [(chain.cost(tuple(p.shape), layout), p) for p in group["params"]]
+    return jobs
 
 
 def assign_owners(

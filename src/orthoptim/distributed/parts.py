@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from orthoptim.distributed.owners import owned_span
 from orthoptim.eager import descend_
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.plan import Plan
@@ -161,8 +162,7 @@ class Topology:
         ``Chain.fold_from``: the transforms from there on are folded into the final update
         (``update_params``), as in one process, so the owner's core stops before them."""
         chain = self.plan.route_named(route).chain
-        lo, hi = chain.core
-        return chain, min(lo, chain.fold_from), min(hi, chain.fold_from)
+        return chain, *owned_span(chain)
 
     def owns(self, p: Tensor) -> bool:
         """Whether this rank computes ``p``'s matrix step (element-wise chains: every rank)."""

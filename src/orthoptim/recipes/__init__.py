@@ -18,6 +18,7 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
+from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
 from orthoptim.recipes.kronecker import shampoo, soap
@@ -42,6 +43,7 @@ __all__ = [
     "adamw",
     "auon",
     "cautious",
+    "efcp",
     "fismo",
     "frugal",
     "grams",

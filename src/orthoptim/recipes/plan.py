@@ -92,6 +92,9 @@ class Route:
             with the optimizer's lr (its groups get ``lr_scale = lr / optimizer lr``). At most
             one of ``lr`` and ``lr_scale``.
         weight_decay: its groups' weight decay; ``None`` takes the optimizer's.
+        lr_rule: how its lr was chosen, in words with the rule's source, where a rule chose it
+            (``build(..., from_adamw_lr=...)``, ``recipes.switch``); shown by ``explain`` and
+            ``ChainOptimizer.describe``.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Route:
     lr_scale: float | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    lr_rule: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -176,12 +180,24 @@ class Plan:
             )
             body = "\n".join("  " + line for line in explain(route.chain).splitlines())
             blocks.append(f"{header}\n{body}")
+        blocks += [f"lr rule: {rule}" for rule in self.lr_rules]
         return "\n".join(blocks)
 
     @property
+    def lr_rules(self) -> list[str]:
+        """The routes' ``lr_rule`` texts, each once, in route order."""
+        return list(dict.fromkeys(r.lr_rule for r in self.routes if r.lr_rule))
+
+    @property
     def needs_closure(self) -> bool:
-        """Whether ``step`` needs a closure (a route's chain evaluates a second gradient)."""
+        """Whether ``step`` needs a closure (a route's chain evaluates a second gradient or
+        reads Hessian-vector products)."""
         return any(r.chain.needs_closure for r in self.routes)
+
+    @property
+    def needs_hvp(self) -> bool:
+        """Whether a route's chain reads Hessian-vector products (``orthoptim.hvp``)."""
+        return any(r.chain.needs_hvp for r in self.routes)
 
     @property
     def needs_module(self) -> bool:
@@ -293,7 +309,7 @@ def with_adamw(main: Chain, *, name: str, adamw_route: AdamWRoute | None = None)
         raise TypeError(f"the main route must be a Chain such as recipes.{name}(), got {main!r}")
     aux = AdamWRoute() if adamw_route is None else adamw_route
     rest = adamw(betas=aux.betas, eps=aux.eps)
-    if main.needs_closure:
+    if main.previous_point is not None:
         record = MarsCorrection(gamma=0.0, beta1=aux.betas[0], clip=None, variant="exact")
         rest = chain(record, rest)
     return Plan(

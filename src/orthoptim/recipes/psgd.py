@@ -51,9 +51,10 @@ def psgd_kron(
     to rms ``clip_rms``; ``u <- u + lambda theta``. The options (``PSGDKronPrecondition``) and
     their sources: ``curvature`` (``"whitening"``, the Kron references' default;
     ``"finite_difference"``, the paper's BFGS-like pair of parameter and gradient differences;
-    ``"hvp"``, Hessian-vector products, is named but not implemented yet and raises
-    ``ValueError``); ``update_rule`` and ``prob_*`` (the references' update probability
-    schedule; ``"counter"`` kron_torch / pytorch-optimizer, ``"bernoulli"`` psgd_torch);
+    ``"hvp"``, the paper's Newton pair of a probe and its Hessian-vector product, psgd_torch's
+    ``preconditioner_type="Newton"``, which needs ``step(closure)``, below); ``update_rule``
+    and ``prob_*`` (the references' update probability schedule; ``"counter"`` kron_torch /
+    pytorch-optimizer, ``"bernoulli"`` psgd_torch);
     ``max_size_triangular`` and ``memory_save_mode`` (triangular or diagonal factor per side,
     kron_torch's options); ``update_order`` (psgd_torch's ``update_preconditioner_first``);
     ``whiten`` (pytorch-optimizer's ``momentum_into_precondition_update``, psgd_torch's
@@ -62,6 +63,27 @@ def psgd_kron(
     (``betaL``) and ``damping``, whitening only). Defaults: pytorch-optimizer==4.1.0 ``Kron``
     (lr 1e-3, momentum 0.9, preconditioner lr 0.1, balance probability 0.01, max size 8192, rms
     clip 1.1).
+
+    ``curvature="hvp"`` steps with a closure that builds the gradient's graph; the optimizer
+    then takes ``H v`` by one double backward on the update steps (none on the others) and
+    frees the graph (``orthoptim.hvp``)::
+
+        opt = orthoptim.build("psgd_kron", model, curvature="hvp", lr=0.01)
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward(create_graph=True)
+            return loss
+
+        opt.step(closure)
+
+    ``step()`` without a closure, or a closure that calls ``backward()`` without
+    ``create_graph=True``, raises ``ValueError`` before anything changes; a non-finite ``H v``
+    is a non-finite gradient (``nonfinite``); a distributed step refuses it at construction.
+    The Newton preconditioner approximates ``|H|^{-1}``, so its steps are Newton-sized: the
+    teacher-student tests train at lr 0.01 to 0.1 (psgd_torch's Newton default: 0.01, ten
+    times its whitening one).
 
     Differences from the reference (pytorch-optimizer==4.1.0 ``Kron``, itself kron_torch;
     psgd_torch's ``KronWhiten`` at lixilinx/psgd_torch@a8616f1 as the author's):
@@ -77,11 +99,17 @@ def psgd_kron(
     gradients, update probability 1) are not the defaults here, and ``geometry="Q0.5EQ1.5"``
     normalises its rotation and Gram terms with the deterministic two-step lower bound of
     ``functional.psgd.spectral_norm_lower_bound`` (psgd_torch: a randomised 32-vector subspace
-    iteration); its QEP, QEQ, QUAD and PRO4P geometries are not offered.
+    iteration); its QEP, QEQ, QUAD and PRO4P geometries are not offered. ``curvature="hvp"``
+    (psgd_torch==0.6.1 ``Kron``, ``preconditioner_type="Newton"``): the probe ``v`` is drawn for
+    the ``psgd_kron`` route's parameters only, so ``H v`` leaves out the AdamW route's columns
+    of the Hessian (the reference probes every parameter it holds); its finite-difference
+    ``H v`` (``exact_hessian_vector_product=False``) is not offered (``"finite_difference"``
+    is the paper's secant pair instead).
 
     References: pytorch-optimizer==4.1.0 ``pytorch_optimizer/optimizer/psgd.py`` ``Kron``;
     lixilinx/psgd_torch@a8616f1d802136159793419ed382cd2ba8fb91dd psgd.py
-    (``update_precond_kron_eq``, ``KronWhiten``).
+    (``update_precond_kron_eq``, ``KronWhiten``); psgd_torch==0.6.1 (PyPI) ``psgd.py``
+    (``Kron``, ``update_precond_kron_math_``) for ``curvature="hvp"``.
     """
     return chain(
         PSGDKronPrecondition(

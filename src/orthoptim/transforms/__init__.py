@@ -6,6 +6,7 @@ from orthoptim.transforms.base import Ctx, Transform, TransformBase
 from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.chain import Chain, chain, explain
+from orthoptim.transforms.efcp import EfcpPrecondition
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
@@ -33,6 +34,7 @@ __all__ = [
     "ClipOutliers",
     "Ctx",
     "Dampen",
+    "EfcpPrecondition",
     "FisherTrustRegion",
     "LionSign",
     "LowRankAdam",

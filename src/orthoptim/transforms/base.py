@@ -52,6 +52,10 @@ class Ctx:
             rank and after a resume, so a schedule over the route's tensors (FRUGAL's
             state-full blocks) needs no state.
         route_size: how many matrices the route has (1 where a transform is run alone).
+        hvp: ``(v, H v)``, a probe and the Hessian-vector product at it, in the parameter's
+            layout (the matrix core sees them in ``(out, in)`` order), which
+            ``ChainOptimizer.step(closure)`` evaluates (``orthoptim.hvp``) for a transform
+            that ``needs_hvp`` at the steps its ``hvp_probe`` draws one; ``None`` otherwise.
         record: on a telemetry step (``ChainOptimizer(telemetry_every=N)``), where a transform
             reports a figure of this parameter's step as a device tensor, ``record(figure,
             value)`` (Orthogonalize: ``"polar_health"``); ``None`` on every other step, where a
@@ -70,6 +74,7 @@ class Ctx:
     multi_tensor: bool = False
     position: int = 0
     route_size: int = 1
+    hvp: tuple[Tensor, Tensor] | None = None
     record: Callable[[str, Tensor], None] | None = None
 
     @property
@@ -107,6 +112,11 @@ class Transform(Protocol):
 
     @property
     def needs_closure(self) -> bool: ...
+
+    @property
+    def needs_hvp(self) -> bool: ...
+
+    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None: ...
 
     @property
     def needs_module(self) -> bool: ...
@@ -202,8 +212,23 @@ class TransformBase:
 
     @property
     def needs_closure(self) -> bool:
-        """Whether ``step`` needs a closure: a second gradient evaluation per step."""
-        return self.previous_point is not None
+        """Whether ``step`` needs a closure: a second gradient evaluation per step, or a
+        gradient with its graph for Hessian-vector products."""
+        return self.previous_point is not None or self.needs_hvp
+
+    @property
+    def needs_hvp(self) -> bool:
+        """Whether it reads ``Ctx.hvp``: ``step(closure)``, with a closure that calls
+        ``loss.backward(create_graph=True)``, then differentiates the gradients once more
+        along the probes of ``hvp_probe`` (``orthoptim.hvp``)."""
+        return False
+
+    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+        """The probe ``v`` (shaped and typed like ``p``) whose ``H v`` it reads at 1-based
+        ``step``, or ``None`` where it reads none (the shell then skips the double backward).
+        Must be a deterministic function of its arguments and the transform, so a resumed run
+        draws the same probes."""
+        return None
 
     @property
     def groupwise(self) -> bool:

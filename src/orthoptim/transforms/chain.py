@@ -74,12 +74,20 @@ class _Slice(MutableMapping[str, Tensor]):
         return len(self._state)
 
 
-def _oriented_ctx(c: Ctx, param: Tensor, grad: Tensor, previous: Tensor | None, index: int) -> Ctx:
+def _oriented_ctx(
+    c: Ctx,
+    param: Tensor,
+    grad: Tensor,
+    previous: Tensor | None,
+    hvp: tuple[Tensor, Tensor] | None,
+    index: int,
+) -> Ctx:
     return dataclasses.replace(
         c,
         param=param,
         grad=grad,
         grad_at_previous=previous,
+        hvp=hvp,
         layout=DEFAULT_LAYOUT,
         stored=c.parameter,
         position=c.position + index,  # a stack's matrices hold consecutive positions
@@ -131,6 +139,12 @@ class Chain(TransformBase):
         while fold_from > 0 and flat[fold_from - 1].foldable:
             fold_from -= 1
         object.__setattr__(self, "fold_from", fold_from)
+        readers = [key for key, t in zip(prefixes, flat, strict=True) if t.needs_hvp]
+        if len(readers) > 1:
+            raise ValueError(
+                f"at most one transform of a chain may read Hessian-vector products (one probe "
+                f"per parameter and step), got {readers}"
+            )
 
     @property
     def formula(self) -> str:  # type: ignore[override]
@@ -284,18 +298,24 @@ class Chain(TransformBase):
                 if c.grad_at_previous is None
                 else matrices(c.grad_at_previous, c.layout)
             )
+            hvps: list[tuple[Tensor, Tensor] | None] = (
+                [None] * len(updates)
+                if c.hvp is None
+                else list(zip(*(matrices(x, c.layout) for x in c.hvp), strict=True))
+            )
             views = zip(
                 updates,
                 matrices(c.param, c.layout),
                 matrices(c.grad, c.layout),
                 previous,
+                hvps,
                 strict=True,
             )
-            for index, (view, param, grad, prev) in enumerate(views):
+            for index, (view, param, grad, prev, hvp) in enumerate(views):
                 owners.append((i, view))
                 flat_us.append(view.contiguous())
                 flat_ss.append(_Slice(s, index) if is_stacked(c.layout) else s)
-                flat_cs.append(_oriented_ctx(c, param, grad, prev, index))
+                flat_cs.append(_oriented_ctx(c, param, grad, prev, hvp, index))
         results = self._run(lo, hi, flat_us, flat_ss, flat_cs)
         out = list(us)
         for (i, view), result in zip(owners, results, strict=True):
@@ -375,6 +395,15 @@ class Chain(TransformBase):
             ),
             None,
         )
+
+    @property
+    def needs_hvp(self) -> bool:  # type: ignore[override]
+        return any(t.needs_hvp for t in self.transforms)
+
+    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+        """The probe of the transform that ``needs_hvp`` (one per chain: two would need two
+        probes of one parameter, ``ValueError`` at construction)."""
+        return next((t.hvp_probe(p, step) for t in self.transforms if t.needs_hvp), None)
 
     @property
     def needs_module(self) -> bool:  # type: ignore[override]

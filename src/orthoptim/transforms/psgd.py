@@ -37,7 +37,6 @@ from orthoptim.transforms.kronecker import _matrix_shape
 
 Curvature = Literal["whitening", "hvp", "finite_difference"]
 CURVATURES: tuple[str, ...] = get_args(Curvature)
-IMPLEMENTED_CURVATURES: tuple[str, ...] = ("whitening", "finite_difference")
 UpdateRule = Literal["counter", "bernoulli"]
 UPDATE_RULES: tuple[str, ...] = get_args(UpdateRule)
 UpdateOrder = Literal["update_first", "precondition_first"]
@@ -64,9 +63,12 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
     ``P M = Q_L^T Q_L M Q_R^T Q_R``, scaled by ``min(1, clip_rms / (rms(P M) + 1e-6))``.
     ``curvature="finite_difference"`` (the paper's BFGS-like source) fits the factors to the
     pair ``(V, H) = (theta_t - theta_{t-1}, g_t - g_{t-1})`` instead (``P -> |Hessian|^{-1}``
-    on a quadratic; no update at the first step, which has no pair); ``"hvp"`` (a probe and its
-    Hessian-vector product, which needs ``step(closure)`` with ``create_graph=True``) is named
-    but not implemented yet and raises ``ValueError``.
+    on a quadratic; no update at the first step, which has no pair); ``"hvp"`` (the paper's
+    Newton source, psgd_torch's ``preconditioner_type="Newton"``) to ``(V, H) = (v, Hess v)``
+    with ``v`` the step's probe and ``Hess v`` its Hessian-vector product, which
+    ``ChainOptimizer.step(closure)`` evaluates (``orthoptim.hvp``: the closure calls
+    ``loss.backward(create_graph=True)``; one double backward, on update steps only):
+    ``P E[Hess v v^T Hess] P = E[v v^T] = I``, so ``P -> |Hess|^{-1}``.
     ``update_order="update_first"``: the factors are updated before ``P M`` (the references');
     ``"precondition_first"``: after (psgd_torch's unbiased variant).
 
@@ -118,12 +120,6 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         check_beta("momentum", self.momentum)
         check_positive("precond_lr", self.precond_lr)
         check_choice("curvature", self.curvature, CURVATURES)
-        if self.curvature not in IMPLEMENTED_CURVATURES:
-            raise ValueError(
-                f"curvature={self.curvature!r} (Hessian-vector products, which need step(closure) "
-                f"with create_graph=True) is not implemented yet; implemented: "
-                f"{IMPLEMENTED_CURVATURES}"
-            )
         check_choice("geometry", self.geometry, GEOMETRIES)
         if self.geometry != "EQ" and self.curvature != "whitening":
             raise ValueError(
@@ -197,6 +193,16 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             state["prev_grad"] = torch.zeros(shape, dtype=dtype, device=p.device)
         return state
 
+    @property
+    def needs_hvp(self) -> bool:
+        return self.curvature == "hvp"
+
+    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+        """The step's probe, shaped like ``p`` (``functional.psgd.probe``), on update steps."""
+        if not self.needs_hvp or not self.updates_at(step):
+            return None
+        return probe(tuple(p.shape), self.seed, step, p.dtype, p.device)
+
     def updates_at(self, step: int) -> bool:
         """Whether ``step`` (1-based) updates the preconditioner."""
         schedule = (self.prob_max, self.prob_min, self.prob_decay, self.prob_flat_start)
@@ -230,11 +236,24 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
 
     def _pair(self, g: Tensor, m: Tensor, s: State, c: Ctx, step: int) -> _Pair | None:
         """The ``(V, H)`` the factors are fitted to at this step: ``(probe, M or G)`` for
-        whitening; ``(theta_t - theta_{t-1}, g_t - g_{t-1})`` for finite differences (none at
-        the first step, which only records ``theta_1, g_1``)."""
+        whitening; ``(v, Hess v)`` from ``c.hvp`` for Hessian-vector products (none off the
+        update steps, where the shell draws no probe); ``(theta_t - theta_{t-1},
+        g_t - g_{t-1})`` for finite differences (none at the first step, which only records
+        ``theta_1, g_1``)."""
         if self.curvature == "whitening":
             h = m if self.whiten == "momentum" else g
             return _Pair(h, None)
+        if self.curvature == "hvp":
+            if c.hvp is None:
+                if self.updates_at(step):
+                    raise ValueError(
+                        "curvature='hvp' updates the preconditioner at this step and got no "
+                        "Hessian-vector product: step it with ChainOptimizer.step(closure), the "
+                        "closure calling loss.backward(create_graph=True)"
+                    )
+                return None
+            v, hv = (x.reshape(g.shape).to(g.dtype) for x in c.hvp)
+            return _Pair(hv, v)
         theta = c.param.reshape(g.shape).to(g.dtype)
         pair = None
         if step > 1:
@@ -263,8 +282,9 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
 
 @dataclass(frozen=True, slots=True)
 class _Pair:
-    """A fitting pair: ``h`` (gradient, momentum or gradient difference) and ``v`` (the
-    parameter difference; ``None``: the step's probe)."""
+    """A fitting pair: ``h`` (gradient, momentum, gradient difference or Hessian-vector
+    product) and ``v`` (the parameter difference or the shell's probe; ``None``: the step's
+    probe)."""
 
     h: Tensor
     v: Tensor | None
