@@ -41,6 +41,27 @@ def loss(model: nn.Module, seed: int) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
 
 
+def conv_classifier() -> nn.Module:
+    """A seeded conv-then-dense classifier of 1 x 4 x 4 images (the hooked recipes' resume
+    tests: a convolution's unfolded statistics and dense ones in one model)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8),
+        nn.Tanh(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def train_conv_classifier(m: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    """``conv_classifier`` on batch ``s`` (seeded) of 8 random images for each ``s`` of
+    ``steps``: cross-entropy, backward, step."""
+    for s in steps:
+        g = torch.Generator().manual_seed(s)
+        x, y = torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+
+
 def straight_and_resumed(
     make_model: Callable[[], nn.Module],
     make_opt: Callable[[nn.Module], torch.optim.Optimizer],

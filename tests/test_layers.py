@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "previous_point": 4,
     "hvp": 4,
     "eager": 4,
+    "telemetry": 4,
     "routing": 4,
     "model_trace": 4,
     "registry": 4,

@@ -4,7 +4,8 @@ tested against."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, cast
 
 import torch
@@ -14,6 +15,9 @@ from orthoptim._types import State
 from orthoptim.functional import multi_tensor
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.chain import Chain
+
+Recorder = Callable[[Tensor, str, Tensor], None]
+"""``(parameter, figure, value)``: where a telemetry step's transforms report (``Ctx.record``)."""
 
 
 class _Scratch:
@@ -52,6 +56,7 @@ def run_chain(
     foreach: bool = False,
     positions: Mapping[int, tuple[int, int]] | None = None,
     hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
+    record: Recorder | None = None,
 ) -> None:
     """Update each ``(name, p)`` of ``params`` by ``chain``, its ``state`` already counting
     this step: transform-major over the group where a transform works on the group together
@@ -62,10 +67,21 @@ def run_chain(
     may be a tensor: no host read; it runs the single-tensor path (a compiled step fuses the
     element-wise passes itself). ``positions``: ``Ctx.position`` and ``Ctx.route_size`` by
     ``id(p)`` (``groups.route_positions``); without them each parameter is alone. ``hvps``:
-    ``Ctx.hvp`` by parameter (``orthoptim.hvp``)."""
+    ``Ctx.hvp`` by parameter (``orthoptim.hvp``). ``record``: on a telemetry step, what each
+    parameter's ``Ctx.record`` reports to, with the parameter first (``telemetry.Probe``)."""
     tensors = [p for _, p in params]
     ctxs = _contexts(
-        params, states, lr, weight_decay, layout, at_previous, positions, capturable, foreach, hvps
+        params,
+        states,
+        lr,
+        weight_decay,
+        layout,
+        at_previous,
+        positions,
+        capturable,
+        foreach,
+        hvps,
+        record,
     )
     if foreach and not capturable:
         run_foreach(chain, tensors, states, ctxs, cast(float, lr))
@@ -109,9 +125,10 @@ def _contexts(
     capturable: bool = False,
     foreach: bool = False,
     hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
+    record: Recorder | None = None,
 ) -> list[Ctx]:
     """Each parameter's ``Ctx`` for this step (``run_chain``'s arguments): the step counter as
-    an int, or the device tensor itself under ``capturable``; ``positions`` and ``hvps`` as
+    an int, or the device tensor itself under ``capturable``; ``positions``, ``hvps``, ``record`` as
     ``run_chain``'s."""
     return [
         Ctx(
@@ -127,6 +144,7 @@ def _contexts(
             position=where[0],
             route_size=where[1],
             hvp=None if hvps is None else hvps.get(p),
+            record=None if record is None else functools.partial(record, p),
         )
         for (name, p), state in zip(params, states, strict=True)
         for where in [(0, 1) if positions is None else positions[id(p)]]
@@ -151,6 +169,7 @@ def run_route(
     at_previous: Mapping[Tensor, Tensor] | None,
     positions: Mapping[int, tuple[int, int]] | None = None,
     hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
+    record: Recorder | None = None,
 ) -> None:
     """``run_chain`` over all of a route's param groups at once, for a chain whose matrix core
     needs the route's parameters together (``Chain.route_wide``: M-FAC's model-wide block):
@@ -159,7 +178,7 @@ def run_route(
     and each parameter's final update with its group's lr and decay. One parameter's working
     copy per parameter alive at once, as on ``run_chain``'s transform-major path; no
     multi-tensor ops (the core's m x m work and window products dominate its step).
-    ``positions``, ``hvps``: as ``run_chain``'s.
+    ``positions``, ``hvps``, ``record``: as ``run_chain``'s.
 
     ``ValueError`` where the groups' live chains differ inside the core: one core cannot run
     with two sets of coefficients."""
@@ -185,6 +204,7 @@ def run_route(
             at_previous,
             positions,
             hvps=hvps,
+            record=record,
         )
         updates = [c.grad.clone(memory_format=torch.preserve_format) for c in ctxs]
         parts.append((ctxs, group.chain.apply_range(0, lo, updates, group.states, ctxs)))

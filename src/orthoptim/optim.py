@@ -24,7 +24,7 @@ from orthoptim._checks import (
 )
 from orthoptim._types import ParamsLike
 from orthoptim.distributed import DistributedStep, detect
-from orthoptim.eager import GroupStep, run_chain, run_route
+from orthoptim.eager import GroupStep, Recorder, run_chain, run_route
 from orthoptim.fused import FusedAdamW
 from orthoptim.groups import (
     configure,
@@ -49,6 +49,7 @@ from orthoptim.recipes.plan import (
     moment_key,
 )
 from orthoptim.routing import HEAD_NAMES
+from orthoptim.telemetry import Probe, Telemetry, check_every
 from orthoptim.transforms.chain import Chain
 
 _HOST = torch.device("cpu")
@@ -123,6 +124,11 @@ class ChainOptimizer(torch.optim.Optimizer):
             ``muon_polar``, ``adamp`` and ``sgdp`` are), else ``ValueError``; one process
             only. Equal to the default step within float32 round-off of the bias corrections
             (``tests/optim/test_capturable.py``).
+        telemetry_every: measure every N-th step's figures (update RMS, update / parameter
+            norm ratio, gradient norm, effective lr, and the Newton-Schulz output's health on
+            orthogonalized routes), which ``telemetry()`` returns (``orthoptim.telemetry``).
+            ``None`` or 0 (default): off, the step unchanged. Not with ``capturable`` nor
+            distributed (``ValueError``).
         foreach: multi-tensor kernels (``torch._foreach_*``) over a param group where a step
             can use them, instead of one kernel per parameter: the non-finite check, and each
             chain's element-wise transforms before and after its matrix core (the core one
@@ -164,8 +170,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         replicate_state: bool = False,
         foreach: bool | None = None,
         capturable: bool = False,
+        telemetry_every: int | None = None,
     ) -> None:
         check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        every = check_every(telemetry_every)
+        self._telemetry = Telemetry(every) if every else None
         check_bool("fast_paths", fast_paths)
         check_optional_bool("foreach", foreach)
         self.foreach = foreach
@@ -207,6 +216,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         )
         if capturable:
             _check_capturable(recipe, self.distributed)
+        if self._telemetry is not None and (capturable or self.distributed is not None):
+            raise ValueError(
+                "telemetry_every measures a step from snapshots of the parameters taken in this "
+                "process, which neither a captured (capturable=True) nor a distributed step "
+                "allows: turn telemetry off there (telemetry_every=None)"
+            )
         if self.distributed is not None and recipe.needs_hvp:
             raise ValueError(
                 "a transform of this plan reads Hessian-vector products (psgd_kron "
@@ -223,8 +238,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         if self.distributed is not None and recipe.route_wide:
             raise ValueError(
-                "a transform of this plan needs all of its route's parameters in one step (mfac "
-                "blocks='model': one window over the whole model), and under DDP or FSDP2 each "
+                "a transform of this plan needs all of its route's parameters in one step "
+                "(blocks='model' of mfac or psgd_lra: one window or preconditioner over the whole "
+                "model), and under DDP or FSDP2 each "
                 "owner rank holds only its own: use blocks='parameter', or train in one process"
             )
 
@@ -259,6 +275,27 @@ class ChainOptimizer(torch.optim.Optimizer):
             else {}
         )
         work = [(group, with_grads(group)) for group in self.param_groups]
+        if self._telemetry is None:
+            self._apply(work, at_previous, hvps, grad_scale, found_inf)
+            return loss
+        probe = self._telemetry.begin(self.param_groups, self.plan, self.positions)
+        self._apply(work, at_previous, hvps, grad_scale, found_inf, probe)
+        if probe is not None:
+            self._telemetry.finish(probe)
+        return loss
+
+    def _apply(
+        self,
+        work: list[tuple[dict[str, Any], list[tuple[str, Tensor]]]],
+        at_previous: Mapping[Tensor, Tensor],
+        hvps: Mapping[Tensor, tuple[Tensor, Tensor]],
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+        probe: Probe | None = None,
+    ) -> None:
+        """``step`` after the closure: check, then update every group (``probe``: a measured
+        step's, whose ``record`` the transforms report to)."""
+        record = None if probe is None else probe.record
         grads = [cast(Tensor, p.grad) for _, params in work for _, p in params]
         extra = [*at_previous.values(), *(h for _, h in hvps.values())]
         grads += extra  # "skip" skips a step with non-finite ones too
@@ -269,19 +306,19 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
             for group, params in work:
                 if params:
-                    self._step_group(group, params, None, grad_scale, found_inf)
-            return loss
+                    self._step_group(group, params, None, grad_scale, found_inf, record=record)
+            return
         if not self._usable(grads, found_inf):
             if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
-                return loss
+                return
             raise_for_products(self.param_groups, hvps)
             raise_for(work)
         amp.unscale_(extra, grad_scale)
         if self.distributed is not None:
             amp.unscale_(grads[: len(grads) - len(extra)], grad_scale)
             self.distributed.step(self.state, work, at_previous, self._step_group)
-            return loss
+            return
         together: dict[str, list[tuple[dict[str, Any], list[tuple[str, Tensor]]]]] = {}
         for group, params in work:
             if not params:
@@ -289,10 +326,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             if self.plan.route_named(group["route"]).chain.route_wide:
                 together.setdefault(group["route"], []).append((group, params))
             else:
-                self._step_group(group, params, at_previous, grad_scale, hvps=hvps)
+                self._step_group(group, params, at_previous, grad_scale, hvps=hvps, record=record)
         for groups in together.values():
-            self._step_route(groups, at_previous, grad_scale, hvps)
-        return loss
+            self._step_route(groups, at_previous, grad_scale, hvps, record)
 
     @property
     def skipped_steps(self) -> int:
@@ -344,6 +380,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
         hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
+        record: Recorder | None = None,
     ) -> None:
         chain = live_chain(self.plan.route_named(group["route"]).chain, group)
         lr, weight_decay = self._lr(group), float(group["weight_decay"])
@@ -368,6 +405,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             multi_tensor,
             self.positions,
             hvps,
+            record,
         )
 
     def _counted_states(
@@ -405,6 +443,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         at_previous: Mapping[Tensor, Tensor] | None,
         grad_scale: Tensor | None,
         hvps: Mapping[Tensor, tuple[Tensor, Tensor]] | None = None,
+        record: Recorder | None = None,
     ) -> None:
         """One step of a route whose chain is ``route_wide``, all its groups at once
         (``eager.run_route``); never fused nor capturable (``_check_capturable``)."""
@@ -416,7 +455,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             amp.unscale_([cast(Tensor, p.grad) for _, p in params], grad_scale)
             lr = cast(float, self._lr(group))
             parts.append(GroupStep(chain, params, states, lr, float(group["weight_decay"]), layout))
-        run_route(parts, at_previous, self.positions, hvps)
+        run_route(parts, at_previous, self.positions, hvps, record)
 
     def _fused(self, chain: Chain) -> FusedAdamW | None:
         """The fused kernel computing ``chain`` where ``fast_paths`` allow it; not under
@@ -457,6 +496,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         too), leaving ``defaults`` as they were: torch adds ``differentiable`` to them, which
         ``add_param_group`` would then copy into every new group. ``positions`` are recomputed:
         they are keyed by the tensors' ids, and a copy's tensors are new."""
+        state.setdefault("_telemetry", self.__dict__.get("_telemetry"))  # older pickles: off
         defaults = state.get("defaults", self.__dict__.get("defaults", {}))
         had_differentiable = "differentiable" in defaults
         super().__setstate__(state)
@@ -523,6 +563,24 @@ class ChainOptimizer(torch.optim.Optimizer):
             {k: v for k, v in state_dict.items() if k not in checkpoint.LEGACY_KEYS}
         )
         self.skipped_steps = checkpoint.restore(self.state, self.param_groups, state_dict, expected)
+        if self._telemetry is not None:  # measure the steps the saved run would have measured
+            counts = [int(s["step"].max().item()) for s in self.state.values() if "step" in s]
+            self._telemetry.restart_at(max(counts, default=0) + self.skipped_steps)
+
+    def telemetry(self) -> dict[str, Any]:
+        """The figures of the last measured step (``telemetry_every``; ``orthoptim.telemetry``
+        defines them): ``{"step": n, "routes": {route: {figure: value}}, "params": {name:
+        {figure: value}}}``, ``step`` being the ``step()`` call measured (``None`` and empty
+        mappings before the first). The figures stay on the device during the step; this call
+        reads them to the host, once per measured step (one device sync), so call it where a
+        logger would (every N steps), not inside a captured region. Parameters passed without
+        names appear as ``route[position]``. ``ValueError`` when telemetry is off."""
+        if self._telemetry is None:
+            raise ValueError(
+                "telemetry is off: build the optimizer with telemetry_every=N to measure every "
+                "N-th step (orthoptim.build(name, model, telemetry_every=100))"
+            )
+        return self._telemetry.read()
 
     def explain(self) -> str:
         """The update rule of every route, one line per transform (``Plan.explain``)."""

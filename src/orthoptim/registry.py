@@ -67,6 +67,7 @@ def build(
     layouts: Mapping[str, str] | None = None,
     example_input: Any = None,
     from_adamw_lr: float | None = None,
+    telemetry_every: int | None = None,
     **recipe_options: Any,
 ) -> ChainOptimizer:
     """Build the registered optimizer ``name``: the entry point of users, the CLI and the arena.
@@ -117,6 +118,8 @@ def build(
         example_input: what ``model(...)`` takes for a small batch: routing then finds heads,
             tables and layouts by one traced forward (``model_trace``) instead of by names.
         from_adamw_lr: your AdamW lr: both routes' lrs from it (above; ``recipes.switch``).
+        telemetry_every: measure every N-th step for ``opt.telemetry()`` (``ChainOptimizer``,
+            ``orthoptim.telemetry``); ``None``: off, no extra work in the step.
         **recipe_options: keyword options of the recipe and, for a whole model, of its AdamW
             route (``TypeError`` for unknown ones).
     """
@@ -170,6 +173,7 @@ def build(
             fast_paths=fast_paths,
             foreach=foreach,
             capturable=capturable,
+            telemetry_every=telemetry_every,
         )
     except Exception:
         for capture in captures:  # leave the model without hooks
@@ -205,9 +209,9 @@ def single_process_reason(spec: Spec, recipe: Chain | Plan) -> str | None:
         )
     if reason is None and recipe.route_wide:
         reason = (
-            "these options need all of a route's parameters in one step (mfac blocks='model': "
-            "one window over the whole model), and each owner rank holds only its own; "
-            "blocks='parameter' runs distributed"
+            "these options need all of a route's parameters in one step (blocks='model' of mfac "
+            "or psgd_lra: one window or preconditioner over the whole model), and each owner "
+            "rank holds only its own; blocks='parameter' runs distributed"
         )
     return reason
 

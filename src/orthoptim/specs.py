@@ -13,6 +13,7 @@ from typing import Any
 
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
+from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
@@ -24,8 +25,10 @@ from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
 from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
+from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
+from orthoptim.recipes.spd import SPD_ADAMW, spd_momentum
 from orthoptim.transforms import Chain
 
 
@@ -292,6 +295,18 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"kronecker", "second-order", "lie-group", "matrix"}),
         adamw=PSGD_ADAMW,
     ),
+    Spec(
+        name="psgd_lra",
+        recipe=psgd_lra,
+        lr=1e-2,
+        paper=(
+            "Pooladzandi, Li 2024, 'Curvature-Informed SGD via General Purpose Lie-Group "
+            "Preconditioners' (2402.11858); Li 2015, PSGD (1512.04202)"
+        ),
+        reference="psgd_torch==0.6.1 psgd.py LRA (preconditioner_type='whitening')",
+        tags=frozenset({"low-rank", "second-order", "lie-group"}),
+        adamw=PSGD_ADAMW,
+    ),
     # -- Kronecker family (Shampoo, SOAP) --
     Spec(
         name="mkor",
@@ -311,6 +326,23 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"kronecker", "second-order", "activations", "hybrid", "matrix"}),
         adamw=MKOR_ADAMW,
     ),
+    Spec(
+        name="spd_momentum",
+        recipe=spd_momentum,
+        lr=1e-3,
+        weight_decay=1e-2,
+        paper=(
+            "Lin, Duruisseaux, Leok, Nielsen, Khan, Schmidt 2023, 'Simplifying Momentum-based "
+            "Positive-definite Submanifold Optimization with Applications to Deep Learning' "
+            "(ICML, 2302.09738)"
+        ),
+        reference=(
+            "yorkerlin/StructuredNGD-DL@288b20c optimizers/local_cov.py LocalOptimizer; "
+            "singd==0.0.5 SINGD (dense, diagonal)"
+        ),
+        tags=frozenset({"kronecker", "second-order", "activations", "inverse-free", "matrix"}),
+        adamw=SPD_ADAMW,
+    ),
     # -- activation-Kronecker family (MKOR, MKOR-H) --
     Spec(
         name="mfac",
@@ -322,6 +354,20 @@ REGISTRY: tuple[Spec, ...] = (
         ),
         reference="IST-DASLab/M-FAC@8116367 optim.py MFAC (dynamic algorithm)",
         tags=frozenset({"second-order", "fisher", "matrix"}),
+    ),
+    Spec(
+        name="efcp",
+        recipe=efcp,
+        lr=1e-2,
+        paper=(
+            "Modoranu, Kalinov, Kurtic, Frantar, Alistarh 2024, 'Error Feedback Can Accurately "
+            "Compress Preconditioners' (2306.06098)"
+        ),
+        reference=(
+            "IST-DASLab/EFCP@a33a3a5 optimizers/sparse/SparseGradientMFAC.py (top-k), "
+            "optimizers/lowrank/low_rank_optim.py LowRankMFAC (low rank)"
+        ),
+        tags=frozenset({"second-order", "fisher", "compressed", "matrix"}),
     ),
     # -- M-FAC --
     Spec(

@@ -220,7 +220,7 @@ def test_documented_snippets_compile_and_name_what_exists() -> None:
     section = readme.split("## Trainers\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", docs, flags=re.S)
     readme_blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 4 and len(readme_blocks) == 2
+    assert len(blocks) == 7 and len(readme_blocks) == 2
     for i, code in enumerate(blocks + readme_blocks):
         compile(code, f"snippet {i}", "exec")
     for line in ('optimizer_cls_and_kwargs("muon", lr=0.02, adamw_lr=3e-4)', '"interval": "step"'):

@@ -22,7 +22,13 @@ from orthoptim.transforms.mkor import (
     sherman_morrison_,
     update_factor_,
 )
-from tests.helpers import loss, mlp, straight_and_resumed
+from tests.helpers import (
+    conv_classifier,
+    loss,
+    mlp,
+    straight_and_resumed,
+    train_conv_classifier,
+)
 from tests.recipes.teacher_student import random_teacher
 
 # ------------------------------------------------------------------------------------------
@@ -446,24 +452,13 @@ def test_bfloat16_products_end_within_one_percent_of_float32_ones(name) -> None:
 
 @pytest.mark.parametrize("name", ["mkor", "mkor_h"])
 def test_resume_is_bit_exact_on_a_conv_model_across_the_switch(name) -> None:
-    def model() -> nn.Module:
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8),
-            nn.Tanh(), nn.Linear(8, 3),
-        )  # fmt: skip
-
-    def train(m: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
-        for s in steps:
-            g = torch.Generator().manual_seed(s)
-            x, y = torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
-            opt.zero_grad()
-            nn.functional.cross_entropy(m(x), y).backward()
-            opt.step()
-
     options = {"switch_warmup": 3, "switch_ratio": 0.9} if name == "mkor_h" else {}
     straight, straight_opt, second, _ = straight_and_resumed(
-        model, lambda m: orthoptim.build(name, m, **options), train, 5, 10
+        conv_classifier,
+        lambda m: orthoptim.build(name, m, **options),
+        train_conv_classifier,
+        5,
+        10,
     )
     for p, q in zip(straight.parameters(), second.parameters(), strict=True):
         assert torch.equal(p, q)

@@ -40,8 +40,8 @@ def test_variants_show_their_base_options() -> None:
     assert options(muon_polar) == base | {"coeffs": "polar_express_modded_nanogpt", "eps": 1e-6}
     assert list(options(normuon)) == ["momentum", "beta2", "normalize_neurons", *list(base)[1:]]
     nalr = options(muon_nalr)
-    assert list(nalr)[:-2] == [n for n in base if n not in ("pre_norm", "eps")]
-    assert list(nalr)[-2:] == ["noise_beta", "noise_reference"]
+    assert list(nalr)[:-3] == [n for n in base if n not in ("pre_norm", "eps")]
+    assert list(nalr)[-3:] == ["noise_beta", "noise_reference", "nuclear_norm"]
     assert list(options(mkor_h))[:-3] == list(options(mkor))
     assert list(options(hybrid_auon)) == [
         *[n for n in options(auon) if n != "normalize"],

@@ -34,3 +34,9 @@ def pytorch_optimizer() -> ModuleType:
 @pytest.fixture
 def psgd_torch() -> ModuleType:
     return pinned_package("psgd_torch", "psgd_torch", "0.6.1")
+
+
+@pytest.fixture
+def singd() -> ModuleType:
+    pinned_package("singd", "singd", "0.0.5")
+    return pytest.importorskip("singd.optim.optimizer")

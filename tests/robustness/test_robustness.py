@@ -27,6 +27,9 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "precond_lr": [0.0, -0.1, math.nan, math.inf],
     "curvature": ["hessian", "", None],
     "whiten": ["grad", None],
+    "rank": [0, -1, 1.5, True, "10"],
+    "step_normalizer": ["3rd", "", None],
+    "precond_init_scale": [0.0, -1.0, math.nan, math.inf, "1"],
     "update_rule": ["random", ""],
     "update_order": ["first", None],
     "prob_max": [0.0, 1.5, -0.1, math.nan],
@@ -70,6 +73,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "root_every": [0, -1, 2.5, True],
     "noise_beta": [-0.1, 1.0, math.nan, "0.9"],
     "noise_reference": ["median", "", None],
+    "nuclear_norm": ["svd", "", None],
     # -- options of ROOT, FISMO and the noise-adaptive Muon --
     "shampoo_beta": [-0.1, 1.0, math.nan, "0.95"],
     "precondition_every": [0, -1, 2.5, True],
@@ -93,6 +97,8 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     # -- activation-Kronecker family options (MKOR, MKOR-H) --
     "window": [0, -1, 1.5, True, "16"],
     "blocks": ["layer", "", None, "Model"],
+    "compression": ["svd", "", None, "TopK"],
+    "density": [0.0, -0.1, 1.5, math.nan, math.inf, True],
     # -- M-FAC options --
     "clip": [0.0, -1.0, math.nan, math.inf, "1"],
     "variant": ["approx", "", None],
@@ -113,6 +119,11 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "residual": ["signsgd", "adam", None],
     "residual_scale": [-1.0, math.nan, math.inf],
     # -- low-rank family options (FRUGAL, low-rank AdamW) --
+    "structure": ["Dense", "block", "", None],
+    "riemannian_momentum": [-0.1, 1.0, math.nan, "0.5"],
+    "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
+    "cov_warmup": ["linear", "", None],
+    # -- SPD-submanifold options (spd_momentum) --
 }
 
 

@@ -26,7 +26,7 @@ class Mixed(nn.Module):
 
 def test_uncapturable_layers_are_rerouted_with_the_reason() -> None:
     model = Mixed()
-    for name in ("mkor", "mkor_h"):
+    for name in ("mkor", "mkor_h", "spd_momentum"):
         opt = orthoptim.build(name, model)
         route = {n: (g["route"], g.get("note")) for g in opt.param_groups for n in g["param_names"]}
         assert route["mlp.weight"] == (name, None)
@@ -41,7 +41,8 @@ def test_uncapturable_layers_are_rerouted_with_the_reason() -> None:
             model(tokens).square().mean().backward()
             opt.step()
         eye = torch.eye(8)
-        assert not torch.equal(opt.state[model.mlp.weight][f"{name}.L_inv"], eye)
+        factor = "spd.C" if name == "spd_momentum" else f"{name}.L_inv"  # the output side
+        assert not torch.equal(opt.state[model.mlp.weight][factor], eye)
         for c in opt.plan.routes[0].chain.transforms:
             if hasattr(c, "capture"):
                 c.capture.remove()

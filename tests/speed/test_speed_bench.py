@@ -182,7 +182,7 @@ def test_hooked_optimizers_are_timed_with_statistics(tmp_path: Path) -> None:
     assert "mkor" not in by["orthoptim:muon"]["run"]["not_timed"]
 
 
-@pytest.mark.parametrize("name", ["mkor", "mkor_h"])
+@pytest.mark.parametrize("name", ["mkor", "mkor_h", "spd_momentum"])
 def test_hooked_layers_feed_the_hooks_before_each_step(name: str) -> None:
     params, grads = fixed_params(((24, 8), (8, 16)), 0)
     stepper = HookedLayers(name, params)
@@ -193,8 +193,11 @@ def test_hooked_layers_feed_the_hooks_before_each_step(name: str) -> None:
         stepper.step()
     for p in params:
         state = stepper.optimizer.state[p]
-        inverse = next(v for k, v in state.items() if k.endswith("L_inv"))
-        assert not torch.equal(inverse, torch.eye(inverse.shape[0])), "no statistics reached MKOR"
+        suffix = "spd.C" if name == "spd_momentum" else "L_inv"  # the output-side factor
+        inverse = next(v for k, v in state.items() if k.endswith(suffix))
+        assert not torch.equal(inverse, torch.eye(inverse.shape[0])), (
+            f"no statistics reached {name}"
+        )
 
 
 def test_flop_count_adds_the_decompositions_standard_estimates() -> None:

@@ -137,10 +137,18 @@ def ihvp_of_row_split(windows: Sequence[Tensor], coef: Tensor, slot: int) -> lis
     column-wise concatenation of ``windows`` (each ``m x d_i``) and ``coef`` is ``C`` of its
     total Gram matrix (``block_gram``): the pieces ``m G_i^T C e_slot`` of ``ihvp_of_row``, the
     m-element column and its scale computed once: O(m sum_i d_i + m)."""
-    column = coef[:, slot] * coef.shape[0]
-    scale = _scale(column)
-    scaled = column / scale
+    scaled, scale = row_coefficients(coef, slot)
     return [
         _combine_scaled(window, scaled.to(window.device), scale.to(window.device))
         for window in windows
     ]
+
+
+def row_coefficients(coef: Tensor, slot: int) -> tuple[Tensor, Tensor]:
+    """``(c / s, s)`` for the coefficients ``c = m C e_slot`` of ``F^{-1} g = G^T c`` (row
+    ``slot`` holding ``g``) and ``s = max |c|``: a window in any storage (dense here, sparse or
+    low-rank in ``functional.efcp``) combines its rows with ``c / s`` and multiplies ``s`` back,
+    so a float32 product of a huge or tiny ``c`` stays finite."""
+    column = coef[:, slot] * coef.shape[0]
+    scale = _scale(column)
+    return column / scale, scale

@@ -100,6 +100,30 @@ def counter_decision(
     return decisions[step - 1]
 
 
+UpdateRule = Literal["counter", "bernoulli"]
+UPDATE_RULES: tuple[str, ...] = get_args(UpdateRule)
+BALANCE_STREAM, BERNOULLI_STREAM = 0, 1
+"""The ``host_uniform`` streams of the balance and of the Bernoulli update decisions."""
+
+
+def updates_at(
+    rule: str,
+    step: int,
+    seed: int,
+    prob_max: float,
+    prob_min: float,
+    prob_decay: float,
+    prob_flat_start: int,
+) -> bool:
+    """Whether 1-based ``step`` updates the preconditioner under ``rule``: ``"counter"``
+    (``counter_decision``) or ``"bernoulli"`` (a ``host_uniform`` draw under
+    ``update_probability``). A function of the step and seed only."""
+    schedule = (prob_max, prob_min, prob_decay, prob_flat_start)
+    if rule == "counter":
+        return counter_decision(step, *schedule)
+    return host_uniform(seed, step, BERNOULLI_STREAM) < update_probability(step, *schedule)
+
+
 def host_uniform(seed: int, step: int, stream: int) -> float:
     """A uniform draw in [0, 1) on the host from ``(seed, step, stream)``: the same in a resumed
     run, and never a device read."""

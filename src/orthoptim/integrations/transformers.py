@@ -31,18 +31,21 @@ to ``orthoptim.build``, so the routing is exactly ``build``'s. Consequences:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch.distributed as dist
 from torch import nn
 
+from orthoptim.integrations._unwrap import chain_optimizer
 from orthoptim.nonfinite import NonFinitePolicy
 from orthoptim.optim import ChainOptimizer
 from orthoptim.registry import build, get
 from orthoptim.routing import HEAD_NAMES
+from orthoptim.telemetry import flat
 
-__all__ = ["TrainerFactory", "optimizer_cls_and_kwargs"]
+__all__ = ["TrainerFactory", "optimizer_cls_and_kwargs"]  # and TelemetryCallback, made on use
 
 
 class TrainerFactory:
@@ -95,6 +98,7 @@ def optimizer_cls_and_kwargs(
     head_names: Sequence[str] = HEAD_NAMES,
     layouts: Mapping[str, str] | None = None,
     example_input: Any = None,
+    telemetry_every: int | None = None,
     **recipe_options: Any,
 ) -> tuple[type[TrainerFactory], dict[str, Any]]:
     """``Trainer(optimizer_cls_and_kwargs=...)`` building ``orthoptim.build(name, model, ...)``
@@ -118,6 +122,66 @@ def optimizer_cls_and_kwargs(
         "head_names": head_names,
         "layouts": layouts,
         "example_input": example_input,
+        "telemetry_every": telemetry_every,
         **recipe_options,
     }
     return TrainerFactory, kwargs
+
+
+@functools.cache
+def _telemetry_callback() -> type:
+    """``TelemetryCallback``, defined on first use: subclassing ``TrainerCallback`` imports
+    transformers, which ``import orthoptim.integrations.transformers`` does not."""
+    from transformers import TrainerCallback
+
+    class TelemetryCallback(TrainerCallback):
+        """Logs ``opt.telemetry()`` (``orthoptim.telemetry``) with the Trainer's logs.
+
+        At each of the Trainer's log events (``logging_steps``) after a step the optimizer
+        measured (``build(..., telemetry_every=N)``; take ``N`` a multiple of
+        ``logging_steps``, or equal), the figures join that log record as
+        ``telemetry/{route}/{figure}`` and, with ``per_parameter``,
+        ``telemetry/param/{name}/{figure}`` (``orthoptim.telemetry.flat``); a measurement
+        is logged once. They land in ``state.log_history`` and reach every callback after
+        this one in the Trainer's list. The reporting callbacks (TensorBoard, W&B, ...,
+        ``report_to``) come first in that list when callbacks are passed to ``Trainer(...,
+        callbacks=...)``: add this one with ``TelemetryCallback.add_to(trainer)``, which puts
+        it before them, for them to log the figures too.
+        """
+
+        def __init__(self, per_parameter: bool = False) -> None:
+            self.per_parameter = per_parameter
+            self._logged: int | None = None
+
+        def add_to(self, trainer: Any) -> TelemetryCallback:
+            """Put this callback first in ``trainer``'s list, before the reporting ones."""
+            trainer.callback_handler.callbacks.insert(0, self)
+            return self
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            chain_optimizer(kwargs["optimizer"]).telemetry()  # ValueError when it is off
+
+        def on_log(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            logs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            report = chain_optimizer(kwargs["optimizer"]).telemetry()
+            if logs is None or report["step"] is None or report["step"] == self._logged:
+                return
+            self._logged = report["step"]
+            tags = flat(report, per_parameter=self.per_parameter)
+            logs.update(tags)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(tags)
+
+    return TelemetryCallback
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TelemetryCallback":
+        return _telemetry_callback()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
+from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
 from orthoptim.recipes.kronecker import shampoo, soap
@@ -30,8 +31,10 @@ from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
 from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
 from orthoptim.recipes.psgd import psgd_kron
+from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
     "PLAN_OPTIONS",
@@ -42,6 +45,7 @@ __all__ = [
     "adamw",
     "auon",
     "cautious",
+    "efcp",
     "fismo",
     "frugal",
     "grams",
@@ -59,10 +63,12 @@ __all__ = [
     "noise_adaptive",
     "normuon",
     "psgd_kron",
+    "psgd_lra",
     "root",
     "sgd",
     "sgdp",
     "shampoo",
     "soap",
+    "spd_momentum",
     "with_adamw",
 ]

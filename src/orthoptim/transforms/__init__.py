@@ -6,6 +6,7 @@ from orthoptim.transforms.base import Ctx, Transform, TransformBase
 from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.chain import Chain, chain, explain
+from orthoptim.transforms.efcp import EfcpPrecondition
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
@@ -18,9 +19,11 @@ from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
 from orthoptim.transforms.psgd import PSGDKronPrecondition
+from orthoptim.transforms.psgd_lra import PSGDLRAPrecondition
 from orthoptim.transforms.radial import Dampen, ProjectRadial
 from orthoptim.transforms.scaling import AddWeightDecay, ScaleByShape, shape_factor
 from orthoptim.transforms.sign import LionSign
+from orthoptim.transforms.spd import SPDPrecondition
 from orthoptim.transforms.variance import MarsCorrection
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "ClipOutliers",
     "Ctx",
     "Dampen",
+    "EfcpPrecondition",
     "FisherTrustRegion",
     "LionSign",
     "LowRankAdam",
@@ -44,7 +48,9 @@ __all__ = [
     "NormalizeNeurons",
     "Orthogonalize",
     "PSGDKronPrecondition",
+    "PSGDLRAPrecondition",
     "ProjectRadial",
+    "SPDPrecondition",
     "ScaleByAdam",
     "ScaleByCoshRms",
     "ScaleByLayerNoise",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
@@ -60,6 +60,10 @@ class Ctx:
             layout (the matrix core sees them in ``(out, in)`` order), which
             ``ChainOptimizer.step(closure)`` evaluates (``orthoptim.hvp``) for a transform
             that ``needs_hvp`` at the steps its ``hvp_probe`` draws one; ``None`` otherwise.
+        record: on a telemetry step (``ChainOptimizer(telemetry_every=N)``), where a transform
+            reports a figure of this parameter's step as a device tensor, ``record(figure,
+            value)`` (Orthogonalize: ``"polar_health"``); ``None`` on every other step, where a
+            transform must do no extra work.
     """
 
     step: int | Tensor
@@ -75,6 +79,7 @@ class Ctx:
     position: int = 0
     route_size: int = 1
     hvp: tuple[Tensor, Tensor] | None = None
+    record: Callable[[str, Tensor], None] | None = None
 
     @property
     def int_step(self) -> int:

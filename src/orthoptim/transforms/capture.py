@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,62 @@ def _input_mean(m: nn.Module, x: Tensor) -> Tensor:
     conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
     batched = x.dim() == len(conv.kernel_size) + 2
     return _conv_patch_mean(conv, x.mean(0) if batched else x)
+
+
+def _conv_patches(m: Conv, x: Tensor) -> Tensor:
+    """The unfolded input of a convolution, one row per (sample, output position), its columns
+    in the weight's column order (the batched form of ``_conv_patch_mean``'s slices)."""
+    x = x if x.dim() == len(m.kernel_size) + 2 else x.unsqueeze(0)
+    kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+    x = nn.functional.pad(x, m._reversed_padding_repeated_twice)
+    positions = [
+        (x.shape[2 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1
+        for d in range(len(kernel))
+    ]
+    columns = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        window = tuple(
+            slice(o * dil, o * dil + st * (n - 1) + 1, st)
+            for o, dil, st, n in zip(offset, dilation, stride, positions, strict=True)
+        )
+        index = (slice(None), slice(None), *window)  # mypy reads x[(a, *b)] as 3.11's x[a, *b]
+        columns.append(x[index].flatten(2))
+    # (N, C, K, L) -> (N L, C K)
+    return (
+        torch.stack(columns, 2).flatten(1, 2).transpose(1, 2).reshape(-1, x.shape[1] * len(columns))
+    )
+
+
+def _input_covariance(m: nn.Module, x: Tensor) -> Tensor:
+    """``A^T A / rows`` of the layer input as a matrix ``A`` with one row per sample and token
+    (dense layers) or per sample and output position (convolutions, unfolded): the K-FAC input
+    factor, ``ComputeCovA`` of yorkerlin/StructuredNGD-DL and SINGD's ``kfac_approx="expand"``."""
+    x = x.detach()
+    x = x.to(stats_dtype(x))
+    # the hooks attach to dense layers and CONVS only
+    rows = x.reshape(-1, x.shape[-1]) if is_dense(m) else _conv_patches(cast(Conv, m), x)
+    return rows.T @ (rows / rows.shape[0])
+
+
+def _output_grad_covariance(m: nn.Module, grad: Tensor) -> Tensor:
+    """``n G^T G`` of the output gradient as a matrix ``G`` with one row per sample and token
+    (or output position), ``n`` the leading (batch) dim: for a loss averaged over the batch,
+    the mean over samples of the per-sample gradients' outer products (SINGD's
+    ``loss_average="batch"``; the reference's ``batch_averaged=True`` on 2-D inputs)."""
+    grad = grad.detach().to(stats_dtype(grad))
+    if is_dense(m):
+        n = grad.shape[0] if grad.dim() > 1 else 1
+        rows = grad.reshape(-1, grad.shape[-1])
+    else:
+        conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
+        grad = grad if grad.dim() == len(conv.kernel_size) + 2 else grad.unsqueeze(0)
+        n = grad.shape[0]
+        rows = grad.flatten(2).transpose(1, 2).reshape(-1, grad.shape[1])
+    return rows.T @ (rows * n)
+
+
+Statistics = Literal["mean", "covariance"]
+STATISTICS: tuple[str, ...] = get_args(Statistics)
 
 
 def _output_grad_sum(m: nn.Module, grad: Tensor) -> Tensor:
@@ -234,6 +290,13 @@ class ActivationCapture:
     _slots: WeakIdKeyDictionary = field(default_factory=WeakIdKeyDictionary)
     _handles: list[RemovableHandle] = field(default_factory=list)
     _finalizer: Any = None
+    statistics: Statistics = "mean"
+    """``"mean"``: the vectors ``a``, ``g`` above (MKOR); ``"covariance"``: the K-FAC factors
+    ``a``, ``g`` = ``_input_covariance``, ``_output_grad_covariance`` (in x in, out x out)."""
+
+    def __post_init__(self) -> None:
+        if self.statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {STATISTICS}, got {self.statistics!r}")
 
     @property
     def attached(self) -> bool:
@@ -259,12 +322,12 @@ class ActivationCapture:
         if self._finalizer is not None:
             self._finalizer.detach()
 
-    def __reduce__(self) -> tuple[type[ActivationCapture], tuple[()]]:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
         # Hooks belong to one model: a copy (copy, deepcopy, pickle) starts unattached.
-        return (ActivationCapture, ())
+        return (_unattached, (self.statistics,))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ActivationCapture:
-        return ActivationCapture()
+        return _unattached(self.statistics)
 
     def tracks(self, weight: Tensor) -> bool:
         return weight in self._slots
@@ -282,7 +345,15 @@ class ActivationCapture:
         slot = self._slots.get(m.weight)
         if slot is None or not torch.is_grad_enabled() or not output.requires_grad:
             return
-        output.register_hook(partial(_on_grad, slot, m, _input_mean(m, x)))
+        if self.statistics == "mean":
+            output.register_hook(partial(_on_grad, slot, m, _input_mean(m, x), _output_grad_sum))
+        else:
+            stat = _input_covariance(m, x)
+            output.register_hook(partial(_on_grad, slot, m, stat, _output_grad_covariance))
+
+
+def _unattached(statistics: str) -> ActivationCapture:
+    return ActivationCapture(statistics=statistics)  # type: ignore[arg-type]
 
 
 def _on_forward(ref: weakref.ref, m: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -291,8 +362,8 @@ def _on_forward(ref: weakref.ref, m: nn.Module, args: tuple[Any, ...], output: A
         capture.record(m, args[0], output)
 
 
-def _on_grad(slot: _Slot, m: nn.Module, a: Tensor, grad: Tensor) -> None:
-    slot.add(cast(Tensor, m.weight), a, _output_grad_sum(m, grad))
+def _on_grad(slot: _Slot, m: nn.Module, a: Tensor, reduce: Any, grad: Tensor) -> None:
+    slot.add(cast(Tensor, m.weight), a, reduce(m, grad))
 
 
 def _remove_all(handles: Iterable[RemovableHandle]) -> None:

@@ -26,6 +26,23 @@ Blocks = Literal["parameter", "model"]
 BLOCKS: tuple[str, ...] = get_args(Blocks)
 
 
+def block_slot(cs: Sequence[Ctx], window: int, name: str) -> int:
+    """The window slot ``(step - 1) mod window`` of a model-wide block, whose parameters must
+    share one step count (one window row across all of them): ``ValueError`` naming their
+    counts where they differ (a parameter without a gradient at some step skipped it)."""
+    steps = [int(c.step) for c in cs]
+    if len(set(steps)) > 1:
+        counts = {
+            c.name or f"#{i}": step for i, (c, step) in enumerate(zip(cs, steps, strict=True))
+        }
+        raise ValueError(
+            f"{name} blocks='model' needs a gradient for every parameter of the route at every "
+            f"step (one window over all of them); their step counts differ: {counts}. Give "
+            "every parameter a gradient (zero for an unused one), or use blocks='parameter'"
+        )
+    return (steps[0] - 1) % window
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MFacPrecondition(TransformBase):
     r"""``u <- F^{-1} u`` with ``F = lambda I + G^T G / m``, ``G`` the last ``m`` incoming updates.
@@ -129,17 +146,7 @@ class MFacPrecondition(TransformBase):
         ``F^{-1} g`` split back into the parameters' pieces."""
         if not us:
             return us
-        steps = [int(c.step) for c in cs]
-        if len(set(steps)) > 1:
-            counts = {
-                c.name or f"#{i}": step for i, (c, step) in enumerate(zip(cs, steps, strict=True))
-            }
-            raise ValueError(
-                "mfac blocks='model' needs a gradient for every parameter of the route at every "
-                f"step (one window over all of them); their step counts differ: {counts}. Give "
-                "every parameter a gradient (zero for an unused one), or use blocks='parameter'"
-            )
-        slot = (steps[0] - 1) % self.window
+        slot = block_slot(cs, self.window, "mfac")
         for u, s in zip(us, ss, strict=True):
             insert_(s["grads"], s["gram"], slot, u.reshape(-1).to(s["grads"].dtype))
         # K is known to ~m eps relative in the coarsest dtype of its pieces (``coefficients``).

@@ -19,7 +19,13 @@ from orthoptim._checks import (
 )
 from orthoptim._types import State
 from orthoptim.functional.coefficients import PRESET_NAMES, resolve_preset
-from orthoptim.functional.polar import PRE_NORMS, PreNorm, matrix_view, newton_schulz
+from orthoptim.functional.polar import (
+    PRE_NORMS,
+    PreNorm,
+    matrix_view,
+    newton_schulz,
+    polar_health,
+)
 from orthoptim.transforms.base import Ctx, TransformBase
 
 ComputeDtype = Literal["bfloat16", "float32", "float64", "input"]
@@ -111,13 +117,13 @@ class Orthogonalize(TransformBase):
         )
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
-        return _cast_into(u, self._polar(matrix_view(u)))
+        return _cast_into(u, _recorded(c, self._polar(matrix_view(u))))
 
     def apply_narrow(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         """The factor in ``compute_dtype`` where ``u.dtype`` holds its values exactly (a
         bfloat16 factor of a float32 update, which torch.optim.Muon adds to the parameter as
         it is), else ``apply``'s cast into ``u``."""
-        polar = self._polar(matrix_view(u))
+        polar = _recorded(c, self._polar(matrix_view(u)))
         if not _holds_exactly(u.dtype, polar.dtype):
             return _cast_into(u, polar)
         return polar if polar.shape == u.shape else polar.reshape(u.shape)
@@ -140,8 +146,16 @@ class Orthogonalize(TransformBase):
                 continue
             polar = self._polar(torch.stack([matrix_view(us[i]) for i in members]))
             for i, factor in zip(members, polar, strict=True):
+                _recorded(cs[i], factor)
                 out[i] = factor.to(us[i].dtype).reshape(us[i].shape)
         return out
+
+
+def _recorded(c: Ctx, polar: Tensor) -> Tensor:
+    """``polar``, its health (``functional.polar.polar_health``) recorded on a telemetry step."""
+    if c.record is not None:
+        c.record("polar_health", polar_health(polar))
+    return polar
 
 
 def _cast_into(u: Tensor, polar: Tensor) -> Tensor:

@@ -19,17 +19,19 @@ from orthoptim._checks import (
 from orthoptim._types import State
 from orthoptim.functional.kron import FACTOR_DTYPES, FactorDtype, factor_dtype
 from orthoptim.functional.psgd import (
+    BALANCE_STREAM,
     MEMORY_SAVE_MODES,
+    UPDATE_RULES,
     MemorySaveMode,
+    UpdateRule,
     balance_,
-    counter_decision,
     host_uniform,
     precondition,
     probe,
     triangular_sides,
     update_factors_,
     update_factors_procrustes_,
-    update_probability,
+    updates_at,
     whitening_pair,
 )
 from orthoptim.transforms.base import Ctx, MomentumMoments, TransformBase
@@ -37,8 +39,6 @@ from orthoptim.transforms.kronecker import _matrix_shape
 
 Curvature = Literal["whitening", "hvp", "finite_difference"]
 CURVATURES: tuple[str, ...] = get_args(Curvature)
-UpdateRule = Literal["counter", "bernoulli"]
-UPDATE_RULES: tuple[str, ...] = get_args(UpdateRule)
 UpdateOrder = Literal["update_first", "precondition_first"]
 UPDATE_ORDERS: tuple[str, ...] = get_args(UpdateOrder)
 Geometry = Literal["EQ", "Q0.5EQ1.5"]
@@ -46,7 +46,42 @@ GEOMETRIES: tuple[str, ...] = get_args(Geometry)
 WhitenInput = Literal["momentum", "gradient"]
 WHITEN_INPUTS: tuple[str, ...] = get_args(WhitenInput)
 
-_BALANCE_STREAM, _BERNOULLI_STREAM = 0, 1
+
+def check_shared_options(
+    *,
+    curvature: str,
+    whiten: str,
+    momentum: float,
+    update_rule: str,
+    update_order: str,
+    prob_max: float,
+    prob_min: float,
+    prob_decay: float,
+    prob_flat_start: int,
+    balance_prob: float,
+    seed: int,
+) -> None:
+    """``ValueError`` for an invalid whitening input, update rule, order, probability
+    schedule, balance probability or seed (the options PSGD's preconditioners share)."""
+    check_choice("whiten", whiten, WHITEN_INPUTS)
+    if curvature == "whitening" and whiten == "momentum" and momentum == 0:
+        raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
+    check_choice("update_rule", update_rule, UPDATE_RULES)
+    check_choice("update_order", update_order, UPDATE_ORDERS)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_positive("prob_max", prob_max)
+    check_positive("prob_min", prob_min)
+    if not prob_min <= prob_max <= 1.0:
+        raise ValueError(
+            f"need 0 < prob_min <= prob_max <= 1, got prob_min={prob_min!r}, prob_max={prob_max!r}"
+        )
+    check_finite_nonnegative("prob_decay", prob_decay)
+    if isinstance(prob_flat_start, bool) or not isinstance(prob_flat_start, int):
+        raise ValueError(f"prob_flat_start must be an integer, got {prob_flat_start!r}")
+    check_finite_nonnegative("balance_prob", balance_prob)
+    if balance_prob > 1:
+        raise ValueError(f"balance_prob must be in [0, 1], got {balance_prob!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,29 +163,22 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             )
         check_beta("lipschitz_beta", self.lipschitz_beta)
         check_positive("damping", self.damping)
-        check_choice("whiten", self.whiten, WHITEN_INPUTS)
-        if self.curvature == "whitening" and self.whiten == "momentum" and self.momentum == 0:
-            raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
-        check_choice("update_rule", self.update_rule, UPDATE_RULES)
-        check_choice("update_order", self.update_order, UPDATE_ORDERS)
-        check_positive("prob_max", self.prob_max)
-        check_positive("prob_min", self.prob_min)
-        if not self.prob_min <= self.prob_max <= 1.0:
-            raise ValueError(
-                f"need 0 < prob_min <= prob_max <= 1, got prob_min={self.prob_min!r}, "
-                f"prob_max={self.prob_max!r}"
-            )
-        check_finite_nonnegative("prob_decay", self.prob_decay)
-        if isinstance(self.prob_flat_start, bool) or not isinstance(self.prob_flat_start, int):
-            raise ValueError(f"prob_flat_start must be an integer, got {self.prob_flat_start!r}")
-        check_finite_nonnegative("balance_prob", self.balance_prob)
-        if self.balance_prob > 1:
-            raise ValueError(f"balance_prob must be in [0, 1], got {self.balance_prob!r}")
+        check_shared_options(
+            curvature=self.curvature,
+            whiten=self.whiten,
+            momentum=self.momentum,
+            update_rule=self.update_rule,
+            update_order=self.update_order,
+            prob_max=self.prob_max,
+            prob_min=self.prob_min,
+            prob_decay=self.prob_decay,
+            prob_flat_start=self.prob_flat_start,
+            balance_prob=self.balance_prob,
+            seed=self.seed,
+        )
         check_positive_int("max_size_triangular", self.max_size_triangular)
         check_choice("memory_save_mode", self.memory_save_mode, MEMORY_SAVE_MODES)
         check_positive("clip_rms", self.clip_rms)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_choice("factor_dtype", self.factor_dtype, FACTOR_DTYPES)
 
     def validate(self, p: Tensor, name: str) -> None:
@@ -206,14 +234,11 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
     def updates_at(self, step: int) -> bool:
         """Whether ``step`` (1-based) updates the preconditioner."""
         schedule = (self.prob_max, self.prob_min, self.prob_decay, self.prob_flat_start)
-        if self.update_rule == "counter":
-            return counter_decision(step, *schedule)
-        p = update_probability(step, *schedule)
-        return host_uniform(self.seed, step, _BERNOULLI_STREAM) < p
+        return updates_at(self.update_rule, step, self.seed, *schedule)
 
     def balances_at(self, step: int) -> bool:
         """Whether an update at ``step`` first balances the factors."""
-        return host_uniform(self.seed, step, _BALANCE_STREAM) < self.balance_prob
+        return host_uniform(self.seed, step, BALANCE_STREAM) < self.balance_prob
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         ql, qr = s["Q_L"], s["Q_R"]

@@ -32,11 +32,15 @@ def _orthoptim(name: str, **options: Any) -> Callable[[list[torch.Tensor]], Any]
     return make
 
 
-# Variants timed beside their defaults: torch.optim's behaviour (no non-finite check), and
-# Newton-Schulz batched by shape (an execution choice that pays on some machines).
+# Variants timed beside their defaults: torch.optim's behaviour (no non-finite check),
+# Newton-Schulz batched by shape (an execution choice that pays on some machines), and a
+# step that telemetry measures (telemetry_every=1: each timed step is a measured one; every
+# N steps costs (its time / muon's - 1) / N of a muon step, and off nothing: the step is
+# unchanged, tests/optim/test_telemetry.py).
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("adamw", "unchecked", {"nonfinite": "off"}),
     ("muon", "batched", {"batch_by_shape": True}),
+    ("muon", "telemetry", {"telemetry_every": 1}),
 )
 
 

@@ -1,6 +1,7 @@
-"""Entrants that read layer statistics through module hooks (``needs_module``: MKOR, MKOR-H):
-the benchmark's matrices as the weights of bias-free ``nn.Linear`` layers, with one fixed forward
-and backward before each timed step so that the hooks hold fresh statistics."""
+"""Entrants that read layer statistics through module hooks (``needs_module``: MKOR, MKOR-H,
+spd_momentum): the benchmark's matrices as the weights of bias-free ``nn.Linear`` layers, with one
+fixed forward and backward before each timed step so that the hooks hold fresh statistics (what
+the hooks compute, spd_momentum's covariances included, falls in that untimed pass)."""
 
 from __future__ import annotations
 
