@@ -55,7 +55,7 @@ def suspect(grads: Sequence[Tensor], multi_tensor: bool = False) -> Tensor | Non
     and no square or partial sum of squares overflows: by one ``torch.linalg.vector_norm`` per
     gradient (one threaded reduction; ``torch.dot`` took 0.24x to 0.9x of a fused AdamW step
     over the same gradients on 2 shared CPU threads, the norm 0.04x to 0.07x, side by side:
-    benchmarks/records/2026-12-06_nalr-adamw-speed), or with ``multi_tensor`` by
+    benchmarks/nalr_adamw_speed), or with ``multi_tensor`` by
     ``torch._foreach_norm`` per device and dtype (one multi-tensor kernel on a GPU instead of
     one per gradient). float16 gradients (whose own norm overflows at 65504) go to the exact
     check.

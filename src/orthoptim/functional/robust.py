@@ -130,7 +130,7 @@ def nuclear_norm(m: Tensor, method: NuclearNorm = "exact") -> Tensor:
     eigenvalue carries rounding of about ``1e-9 sigma_max^2``, whose root (about ``3e-5
     sigma_max``) is added for every zero singular value, so the relative error grows as the
     rank falls. Measured against ``"exact"``
-    (benchmarks/records/2026-12-06_nalr-adamw-speed): Gaussian 2048 x 512, 512 x 2048,
+    (benchmarks/nalr_adamw_speed): Gaussian 2048 x 512, 512 x 2048,
     512 x 512: <= 2e-7; rank 1 / 4 / 32 / 256: 1.5e-2 / 1.1e-2 / 3.1e-3 / 4.2e-4; rank 4 plus
     1e-1 to 1e-3 relative full-rank noise: <= 2.9e-3.
     """

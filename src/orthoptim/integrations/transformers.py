@@ -98,6 +98,7 @@ def optimizer_cls_and_kwargs(
     head_names: Sequence[str] = HEAD_NAMES,
     layouts: Mapping[str, str] | None = None,
     example_input: Any = None,
+    from_adamw_lr: float | None = None,
     telemetry_every: int | None = None,
     **recipe_options: Any,
 ) -> tuple[type[TrainerFactory], dict[str, Any]]:
@@ -122,6 +123,7 @@ def optimizer_cls_and_kwargs(
         "head_names": head_names,
         "layouts": layouts,
         "example_input": example_input,
+        "from_adamw_lr": from_adamw_lr,
         "telemetry_every": telemetry_every,
         **recipe_options,
     }

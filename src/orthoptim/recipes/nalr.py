@@ -63,7 +63,7 @@ def muon_nalr(
     nuclear norm from a float32 Gram matrix by default (``nuclear_norm="gram"``: up to 1.5% of
     the norm high for low-rank differences, ``functional.robust.nuclear_norm``; trains as
     ``"exact"`` does within the tolerance of tests/recipes/test_nalr.py, in 0.64x its step
-    time: benchmarks/records/2026-12-06_nalr-adamw-speed), the map ``min(1, sigma_ref /
+    time: benchmarks/nalr_adamw_speed), the map ``min(1, sigma_ref /
     sigma_l)`` (inverse noise level, capped so no layer exceeds the tuned group lr;
     ``noise_reference`` ``"mean"`` or ``"min"``), and the factor scaling the layer's whole
     step, weight decay included.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
@@ -47,41 +47,46 @@ WhitenInput = Literal["momentum", "gradient"]
 WHITEN_INPUTS: tuple[str, ...] = get_args(WhitenInput)
 
 
-def check_shared_options(
-    *,
-    curvature: str,
-    whiten: str,
-    momentum: float,
-    update_rule: str,
-    update_order: str,
-    prob_max: float,
-    prob_min: float,
-    prob_decay: float,
-    prob_flat_start: int,
-    balance_prob: float,
-    seed: int,
-) -> None:
+class SharedOptions(Protocol):
+    """The options PSGD's preconditioners share (``PSGDKronPrecondition``,
+    ``PSGDLRAPrecondition``)."""
+
+    curvature: str
+    whiten: str
+    momentum: float
+    update_rule: str
+    update_order: str
+    prob_max: float
+    prob_min: float
+    prob_decay: float
+    prob_flat_start: int
+    balance_prob: float
+    seed: int
+
+
+def check_shared_options(t: SharedOptions) -> None:
     """``ValueError`` for an invalid whitening input, update rule, order, probability
     schedule, balance probability or seed (the options PSGD's preconditioners share)."""
-    check_choice("whiten", whiten, WHITEN_INPUTS)
-    if curvature == "whitening" and whiten == "momentum" and momentum == 0:
+    check_choice("whiten", t.whiten, WHITEN_INPUTS)
+    if t.curvature == "whitening" and t.whiten == "momentum" and t.momentum == 0:
         raise ValueError("whiten='momentum' needs momentum > 0; use whiten='gradient'")
-    check_choice("update_rule", update_rule, UPDATE_RULES)
-    check_choice("update_order", update_order, UPDATE_ORDERS)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    check_positive("prob_max", prob_max)
-    check_positive("prob_min", prob_min)
-    if not prob_min <= prob_max <= 1.0:
+    check_choice("update_rule", t.update_rule, UPDATE_RULES)
+    check_choice("update_order", t.update_order, UPDATE_ORDERS)
+    if isinstance(t.seed, bool) or not isinstance(t.seed, int):
+        raise ValueError(f"seed must be an integer, got {t.seed!r}")
+    check_positive("prob_max", t.prob_max)
+    check_positive("prob_min", t.prob_min)
+    if not t.prob_min <= t.prob_max <= 1.0:
         raise ValueError(
-            f"need 0 < prob_min <= prob_max <= 1, got prob_min={prob_min!r}, prob_max={prob_max!r}"
+            f"need 0 < prob_min <= prob_max <= 1, got prob_min={t.prob_min!r}, "
+            f"prob_max={t.prob_max!r}"
         )
-    check_finite_nonnegative("prob_decay", prob_decay)
-    if isinstance(prob_flat_start, bool) or not isinstance(prob_flat_start, int):
-        raise ValueError(f"prob_flat_start must be an integer, got {prob_flat_start!r}")
-    check_finite_nonnegative("balance_prob", balance_prob)
-    if balance_prob > 1:
-        raise ValueError(f"balance_prob must be in [0, 1], got {balance_prob!r}")
+    check_finite_nonnegative("prob_decay", t.prob_decay)
+    if isinstance(t.prob_flat_start, bool) or not isinstance(t.prob_flat_start, int):
+        raise ValueError(f"prob_flat_start must be an integer, got {t.prob_flat_start!r}")
+    check_finite_nonnegative("balance_prob", t.balance_prob)
+    if t.balance_prob > 1:
+        raise ValueError(f"balance_prob must be in [0, 1], got {t.balance_prob!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,19 +168,7 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             )
         check_beta("lipschitz_beta", self.lipschitz_beta)
         check_positive("damping", self.damping)
-        check_shared_options(
-            curvature=self.curvature,
-            whiten=self.whiten,
-            momentum=self.momentum,
-            update_rule=self.update_rule,
-            update_order=self.update_order,
-            prob_max=self.prob_max,
-            prob_min=self.prob_min,
-            prob_decay=self.prob_decay,
-            prob_flat_start=self.prob_flat_start,
-            balance_prob=self.balance_prob,
-            seed=self.seed,
-        )
+        check_shared_options(self)
         check_positive_int("max_size_triangular", self.max_size_triangular)
         check_choice("memory_save_mode", self.memory_save_mode, MEMORY_SAVE_MODES)
         check_positive("clip_rms", self.clip_rms)

@@ -119,19 +119,7 @@ class PSGDLRAPrecondition(TransformBase):
                 "block would repeat across parameters of one shape); allowed curvatures with "
                 "blocks='model': 'whitening', 'finite_difference'"
             )
-        check_shared_options(
-            curvature=self.curvature,
-            whiten=self.whiten,
-            momentum=self.momentum,
-            update_rule=self.update_rule,
-            update_order=self.update_order,
-            prob_max=self.prob_max,
-            prob_min=self.prob_min,
-            prob_decay=self.prob_decay,
-            prob_flat_start=self.prob_flat_start,
-            balance_prob=self.balance_prob,
-            seed=self.seed,
-        )
+        check_shared_options(self)
         if self.precond_init_scale is not None:
             check_positive("precond_init_scale", self.precond_init_scale)
         check_positive("clip_rms", self.clip_rms)
