@@ -51,17 +51,39 @@ class SharedOptions(Protocol):
     """The options PSGD's preconditioners share (``PSGDKronPrecondition``,
     ``PSGDLRAPrecondition``)."""
 
-    curvature: str
-    whiten: str
-    momentum: float
-    update_rule: str
-    update_order: str
-    prob_max: float
-    prob_min: float
-    prob_decay: float
-    prob_flat_start: int
-    balance_prob: float
-    seed: int
+    # Read-only: the preconditioners are frozen dataclasses, their fields narrower Literals.
+    @property
+    def curvature(self) -> str: ...
+
+    @property
+    def whiten(self) -> str: ...
+
+    @property
+    def momentum(self) -> float: ...
+
+    @property
+    def update_rule(self) -> str: ...
+
+    @property
+    def update_order(self) -> str: ...
+
+    @property
+    def prob_max(self) -> float: ...
+
+    @property
+    def prob_min(self) -> float: ...
+
+    @property
+    def prob_decay(self) -> float: ...
+
+    @property
+    def prob_flat_start(self) -> int: ...
+
+    @property
+    def balance_prob(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
 
 
 def check_shared_options(t: SharedOptions) -> None:
