@@ -5,7 +5,7 @@ loading would change (dtypes, FSDP2 shards, Python-number steps, other ranks' bu
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -204,8 +204,9 @@ def restore(
                 )
             if key in sharded and not isinstance(buffers[key], DTensor):
                 # a consolidated checkpoint's full buffer: this rank's FSDP2 shard of it
+                shard = cast(DTensor, p)  # its keys are sharded: an FSDP2 parameter
                 buffers[key] = distribute_tensor(
-                    buffers[key], p.device_mesh, p.placements, src_data_rank=None
+                    buffers[key], shard.device_mesh, shard.placements, src_data_rank=None
                 )
     # torch's own optimizers accept a Python number as ``step`` (older and hand-edited
     # checkpoints) and torch loads it as it is; the step reads it as the float32 0-d tensor

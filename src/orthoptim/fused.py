@@ -101,7 +101,7 @@ class FusedAdamW:
         self,
         params: Sequence[Tensor],
         states: Sequence[State],
-        lr: float,
+        lr: float | Tensor,
         weight_decay: float,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,

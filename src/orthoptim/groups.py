@@ -75,7 +75,8 @@ def initial_groups(
     """What ``torch.optim.Optimizer.__init__`` gets: a model's or named parameters' groups
     routed by ``plan`` (``param_groups``), or the user's tensors or groups as they are."""
     items = params if isinstance(params, nn.Module) else list(cast(Iterable[Any], params))
-    routing, named_params = None, []
+    routing = None
+    named_params: list[tuple[str, Tensor]] = []
     if isinstance(items, nn.Module):
         routing = route(items, overrides, head_names, layouts, example_input)
         named_params = list(items.named_parameters())
@@ -92,8 +93,14 @@ def initial_groups(
                 f"{', '.join(given)} route parameters of a model: pass the nn.Module "
                 "(or model.named_parameters() for overrides and layouts)"
             )
+    groups: list[Any]
     if routing is None:
-        groups = items if not items or isinstance(items[0], dict) else [{"params": items}]
+        given_items = cast(list[Any], items)  # a module is always routed
+        groups = (
+            given_items
+            if not given_items or isinstance(given_items[0], dict)
+            else [{"params": given_items}]
+        )
     else:
         groups = param_groups(
             named_params,

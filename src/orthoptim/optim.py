@@ -257,7 +257,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.distributed.assign(self.param_groups[-1:])
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
         self._gathered = None  # what consolidate_state_dict gathered describes the last step
         grad_scale, found_inf = amp.scaler_inputs(self)
@@ -504,8 +504,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.defaults.pop("differentiable", None)
         if "positions" in self.__dict__:  # keyed by id(p): a copy holds other tensors
             self.positions = route_positions(self.param_groups)
-            if self.__dict__.get("distributed") is not None:
-                self.distributed.positions = self.positions
+            distributed = self.__dict__.get("distributed")
+            if distributed is not None:
+                distributed.positions = self.positions
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, complete on every rank, and in each saved group what the

@@ -124,13 +124,11 @@ def build(
             route (``TypeError`` for unknown ones).
     """
     spec = get(name)
-    if not isinstance(params_or_model, nn.Module):
-        params_or_model = list(params_or_model)  # read more than once below; may be a generator
-    whole_model = (
-        isinstance(params_or_model, nn.Module)
-        or _has_roles(params_or_model)
-        or is_named_parameters(params_or_model)
+    # Read more than once below; may be a generator.
+    items: nn.Module | list[Any] = (
+        params_or_model if isinstance(params_or_model, nn.Module) else list(params_or_model)
     )
+    whole_model = isinstance(items, nn.Module) or _has_roles(items) or is_named_parameters(items)
     rule = None
     if from_adamw_lr is not None:
         if not whole_model:
@@ -140,14 +138,14 @@ def build(
                 "...)"
             )
         lr, recipe_options, rule = from_adamw(name, from_adamw_lr, {**recipe_options, "lr": lr})
+    recipe: Chain | Plan
     if whole_model:
-        recipe: Chain | Plan = spec.whole_model_plan(recipe_options)
-        if rule is not None:
-            recipe = with_lr_rule(recipe, rule)
+        plan = spec.whole_model_plan(recipe_options)
+        recipe = plan if rule is None else with_lr_rule(plan, rule)
     else:
         recipe = spec.make(recipe_options)
-    check_distributable(spec, recipe, params_or_model, process_group)
-    if recipe.needs_module and not isinstance(params_or_model, nn.Module):
+    check_distributable(spec, recipe, items, process_group)
+    if recipe.needs_module and not isinstance(items, nn.Module):
         raise ValueError(
             f"{name} reads layer inputs and output gradients through module hooks, so it needs "
             f"the nn.Module: orthoptim.build({name!r}, model), not tensors or param groups"
@@ -155,11 +153,12 @@ def build(
     chains = [r.chain for r in recipe.routes] if isinstance(recipe, Plan) else [recipe]
     # Layers the hooks cannot see go to the AdamW route, saying why: never a preconditioner
     # that silently stays the identity.
-    reroutes = uncapturable_params(params_or_model) if recipe.needs_module else None
-    captures = attach_captures(chains, params_or_model) if recipe.needs_module else []
+    hooked = items if recipe.needs_module and isinstance(items, nn.Module) else None
+    reroutes = None if hooked is None else uncapturable_params(hooked)
+    captures = [] if hooked is None else attach_captures(chains, hooked)
     try:
         return ChainOptimizer(
-            params_or_model,
+            items,
             recipe,
             lr=spec.lr if lr is None else lr,
             weight_decay=spec.weight_decay if weight_decay is None else weight_decay,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -128,7 +128,8 @@ def _features(m: nn.Module) -> tuple[int, int]:
         return m.in_features, m.out_features
     if isinstance(m, CONVS):
         return m.in_channels, m.out_channels
-    return int(m.weight.shape[0]), int(m.weight.shape[1])  # Hugging Face Conv1D: (in, out)
+    weight = cast(Tensor, m.weight)
+    return int(weight.shape[0]), int(weight.shape[1])  # Hugging Face Conv1D: (in, out)
 
 
 def named_heads(model: nn.Module, head_names: Sequence[str] = HEAD_NAMES) -> set[int]:
@@ -264,10 +265,11 @@ def _layouts(
         if matched is not None:
             layout = overrides[matched]
         else:
-            layout = _layer_layout(owner_of[name], p) or (
-                usage.matmul_layout if usage is not None and usage.matmul_layout else None
+            layout = (
+                _layer_layout(owner_of[name], p)
+                or (usage.matmul_layout if usage is not None else None)
+                or DEFAULT_LAYOUT
             )
-            layout = layout or DEFAULT_LAYOUT
         check_layout(layout, tuple(p.shape), name)
         out[name] = layout
     return out

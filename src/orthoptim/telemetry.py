@@ -118,7 +118,8 @@ class Telemetry:
         self.calls += 1
         if self.calls % self.every != 0:
             return None
-        entries, route_lr = [], {}
+        entries: list[_Entry] = []
+        route_lr: dict[str, float] = {}
         for group in param_groups:
             route = str(group["route"])
             chain = live_chain(plan.route_named(route).chain, group)
@@ -166,11 +167,11 @@ class Telemetry:
                 keys.append(("params", e.label, figure))
                 scalars.append(value.to(device))
             floats[("params", e.label, "effective_lr")] = e.effective_lr
-            route = sums.setdefault(e.route, [torch.zeros((), device=device)] * 3)
+            acc = sums.setdefault(e.route, [torch.zeros((), device=device)] * 3)
             sums[e.route] = [
-                route[0] + d_sq.to(device),
-                route[1] + before_sq.to(device),
-                route[2] + g_sq.to(device),
+                acc[0] + d_sq.to(device),
+                acc[1] + before_sq.to(device),
+                acc[2] + g_sq.to(device),
             ]
             counts[e.route] = counts.get(e.route, 0) + n
         for route, (d_sq, before_sq, g_sq) in sums.items():

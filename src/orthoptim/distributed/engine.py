@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,14 +80,13 @@ def detect(
                 f"some parameters are DTensors and some are not (plain: {plain[:5]}); shard the "
                 "whole model with fully_shard or none of it"
             )
-        mesh = cast(DTensor, sharded[0][1]).device_mesh
+        mesh = sharded[0][1].device_mesh
         if mesh.ndim != 1:
             raise UnsupportedLayoutError(
                 f"mesh {mesh} has {mesh.ndim} dimensions (HSDP or tensor parallel); only a 1-D "
                 "FSDP2 mesh is supported"
             )
-        for n, p in sharded:
-            d = cast(DTensor, p)
+        for n, d in sharded:
             if d.device_mesh != mesh:
                 raise UnsupportedLayoutError(
                     f"parameter {n} lives on mesh {d.device_mesh}, others on {mesh}: one optimizer "
@@ -199,10 +198,10 @@ class DistributedStep(ReplicatedSteps, ShardedSteps):
                 continue  # not stepped yet: no rank holds buffers for it
             owner = self.owners[id(p)]
             meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
-            fresh, held = chain.init(meta, layout), chain.held(meta, layout)
+            fresh, in_use = chain.init(meta, layout), chain.held(meta, layout)
             kept = self._kept_keys(chain, p, owner=False)
             for key in sorted(k for k in fresh if kept is not None and k not in kept):
-                jobs.append((p, key, owner, fresh[key], held[key], name))
+                jobs.append((p, key, owner, fresh[key], in_use[key], name))
         if not jobs:  # the same on every rank: nothing to gather, no collective
             return {}
         device = local_tensor(jobs[0][0]).device

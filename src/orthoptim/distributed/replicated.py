@@ -70,9 +70,9 @@ class ReplicatedSteps(Topology):
                 else:
                     step_group(work[index][0], mine, at_previous)
             members = [rounds[r][k][1] if k < len(rounds[r]) else [] for r in range(self.world)]
-            params = [p for r in range(self.world) for _, p in members[r]]
+            gathered = [p for r in range(self.world) for _, p in members[r]]
             owners = [r for r in range(self.world) for _ in members[r]]
-            pending += self._all_gather_start(params, owners)
+            pending += self._all_gather_start(gathered, owners)
         for finish in pending:
             finish()
 
@@ -128,7 +128,7 @@ class ReplicatedSteps(Topology):
     ) -> list[Callable[[], None]]:
         """Start one all-gather per dtype of the owners' values of ``params``; the returned
         calls wait for each and copy the values into the other ranks' parameters."""
-        finishes = []
+        finishes: list[Callable[[], None]] = []
         for dtype in sorted({p.dtype for p in params}, key=str):
             pairs = [(p, o) for p, o in zip(params, owners, strict=True) if p.dtype == dtype]
             sizes = [sum(p.numel() for p, o in pairs if o == r) for r in range(self.world)]

@@ -54,7 +54,7 @@ class ShardedSteps(Topology):
                     st["step"] = torch.tensor(0.0, dtype=torch.float32)
                     self._init_sharded(chain, lo, hi, p, st, owner, job.layout)
                 st["step"] += 1
-                local, grad = p.to_local(), cast(DTensor, p.grad).to_local()
+                local, grad = cast(DTensor, p).to_local(), cast(DTensor, p.grad).to_local()
                 previous = at_previous.get(p)
                 ctx = Ctx(
                     step=int(st["step"].item()),

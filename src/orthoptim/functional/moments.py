@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Literal, cast, get_args, overload
 
 import torch
 from torch import Tensor
@@ -23,6 +23,14 @@ def ema_(average: Tensor, x: Tensor, beta: float) -> Tensor:
 def ema_square_(average: Tensor, x: Tensor, beta: float) -> Tensor:
     """In place ``average <- beta * average + (1 - beta) * x^2``; returns ``average``."""
     return average.mul_(beta).addcmul_(x, x, value=1.0 - beta)
+
+
+@overload
+def bias_correction(beta: float, step: int) -> float: ...
+
+
+@overload
+def bias_correction(beta: float, step: int | Tensor) -> float | Tensor: ...
 
 
 def bias_correction(beta: float, step: int | Tensor) -> float | Tensor:
@@ -75,7 +83,7 @@ def adam_direction(
 
 
 def adam_direction_foreach(
-    exp_avgs: list[Tensor],
+    exp_avgs: list[Tensor] | tuple[Tensor, ...],
     exp_avg_sqs: list[Tensor],
     *,
     steps: list[int],
@@ -91,18 +99,19 @@ def adam_direction_foreach(
     bc1 = [bias_correction(betas[0], t) for t in steps]
     root2 = [math.sqrt(bias_correction(betas[1], t)) for t in steps]
     if out is None:
-        direction = torch._foreach_sqrt(exp_avg_sqs)
+        # lists at run time; torch's stubs type the foreach results as tuples
+        direction = cast(list[Tensor], torch._foreach_sqrt(exp_avg_sqs))
     else:
         direction = out
         torch._foreach_copy_(direction, exp_avg_sqs)
         torch._foreach_sqrt_(direction)
     if eps_placement == "raw":
         torch._foreach_add_(direction, eps)
-        direction = torch._foreach_div(exp_avgs, direction)
+        direction = cast(list[Tensor], torch._foreach_div(exp_avgs, direction))
         torch._foreach_mul_(direction, [r / b for r, b in zip(root2, bc1, strict=True)])
         return direction
     torch._foreach_div_(direction, root2)
     torch._foreach_add_(direction, eps)
-    direction = torch._foreach_div(exp_avgs, direction)
+    direction = cast(list[Tensor], torch._foreach_div(exp_avgs, direction))
     torch._foreach_div_(direction, bc1)
     return direction

@@ -161,6 +161,8 @@ def project_up(
     """``low P^T``: by a matmul, or (``basis=None``) by scattering into columns ``indices``."""
     if basis is not None:
         return low @ basis.mT
+    if indices is None:
+        raise TypeError("project_up takes a basis or column indices")
     out = low.new_zeros(low.shape[0], n)
     return out.index_copy_(1, indices, low)
 

@@ -13,7 +13,7 @@ from orthoptim.telemetry import flat
 __all__ = ["TelemetryCallback"]
 
 
-class TelemetryCallback(Callback):  # type: ignore[misc]
+class TelemetryCallback(Callback):
     """After each training batch whose step the optimizer measured (``build(...,
     telemetry_every=N)``), log its figures to every logger of the trainer (TensorBoard, W&B,
     CSV: ``trainer.loggers``) at the trainer's ``global_step``, as ``telemetry/{route}/{figure}``

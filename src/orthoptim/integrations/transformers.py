@@ -136,7 +136,7 @@ def _telemetry_callback() -> type:
     transformers, which ``import orthoptim.integrations.transformers`` does not."""
     from transformers import TrainerCallback
 
-    class TelemetryCallback(TrainerCallback):  # type: ignore[misc, valid-type]
+    class TelemetryCallback(TrainerCallback):
         """Logs ``opt.telemetry()`` (``orthoptim.telemetry``) with the Trainer's logs.
 
         At each of the Trainer's log events (``logging_steps``) after a step the optimizer

@@ -4,6 +4,7 @@ the cautious mask of any recipe (entries whose sign disagrees with the gradient'
 from __future__ import annotations
 
 import dataclasses
+from typing import overload
 
 from orthoptim.functional.moments import EpsPlacement
 from orthoptim.recipes.options import default
@@ -45,6 +46,16 @@ def grams(
         AlignToGradientSign(),
         AddWeightDecay(),
     )
+
+
+@overload
+def cautious(
+    recipe: Chain, *, rescale: CautiousRescale = ..., after: str | None = None
+) -> Chain: ...
+
+
+@overload
+def cautious(recipe: Plan, *, rescale: CautiousRescale = ..., after: str | None = None) -> Plan: ...
 
 
 def cautious(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from orthoptim.functional.projection import BlockOrder, Projection
 from orthoptim.recipes.options import default, extends
@@ -113,7 +113,8 @@ def frugal(
     correction, as the reference's AdamW.
     """
     base = lowrank_adamw(**options)
-    adam = dataclasses.replace(base.transforms[0], residual=residual, residual_scale=residual_scale)
+    first = cast(LowRankAdam, base.transforms[0])  # lowrank_adamw's chain starts with it
+    adam = dataclasses.replace(first, residual=residual, residual_scale=residual_scale)
     return base.replace("lowrank", adam)
 
 

@@ -105,7 +105,7 @@ class ScaleByAdam(BetasMoments, TransformBase):
         directions = adam_direction_foreach(
             numerators,
             exp_avg_sqs,
-            steps=[c.step for c in cs],
+            steps=[c.int_step for c in cs],
             betas=self.betas,
             eps=self.eps,
             eps_placement=self.eps_placement,

@@ -14,12 +14,16 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, cast, runtime_checkable
 
 from torch import Tensor
 
 from orthoptim._types import State
 from orthoptim.functional.layout import DEFAULT_LAYOUT
+
+_T = TypeVar("_T")
+_BetasT = TypeVar("_BetasT", bound="BetasMoments")
+_MomentumT = TypeVar("_MomentumT", bound="MomentumMoments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,14 @@ class Ctx:
     record: Callable[[str, Tensor], None] | None = None
 
     @property
+    def int_step(self) -> int:
+        """``step`` as the Python int it is wherever the counter stays on the host: in every
+        transform that is not ``capturable`` (``ChainOptimizer(capturable=True)`` refuses
+        those) and on the multi-tensor path (``apply_foreach``), which ``capturable`` turns
+        off."""
+        return cast(int, self.step)
+
+    @property
     def parameter(self) -> Tensor:
         """The parameter tensor itself (what per-parameter lookups, such as a layer capture's,
         are keyed by), also where ``param`` is a view of it in ``(out, in)`` order."""
@@ -89,16 +101,35 @@ class Transform(Protocol):
     """What the optimizer shell needs from a transform."""
 
     key: ClassVar[str]
-    formula: ClassVar[str]
-    capturable: ClassVar[bool]
+
+    # Read-only here: a transform declares them as class constants (``TransformBase``), a
+    # composite one (``Chain``, ``FisherTrustRegion``) derives them from its parts.
+    @property
+    def formula(self) -> str: ...
+
+    @property
+    def capturable(self) -> bool: ...
+
+    @property
+    def elementwise(self) -> bool: ...
 
     def init(self, p: Tensor) -> dict[str, Tensor]: ...
+
+    def held(self, p: Tensor) -> dict[str, Tensor]: ...
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor: ...
 
     def apply_many(
         self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
     ) -> list[Tensor]: ...
+
+    def apply_foreach(
+        self, us: list[Tensor], ss: Sequence[State], cs: Sequence[Ctx]
+    ) -> list[Tensor]: ...
+
+    def apply_narrow(self, u: Tensor, s: State, c: Ctx) -> Tensor: ...
+
+    def affine(self, c: Ctx) -> tuple[float, float] | None: ...
 
     def validate(self, p: Tensor, name: str) -> None: ...
 
@@ -120,6 +151,23 @@ class Transform(Protocol):
 
     @property
     def needs_module(self) -> bool: ...
+
+    @property
+    def groupwise(self) -> bool: ...
+
+    @property
+    def route_wide(self) -> bool: ...
+
+    @property
+    def batches(self) -> bool: ...
+
+    @property
+    def multi_tensor(self) -> bool: ...
+
+    @property
+    def foldable(self) -> bool: ...
+
+    def with_moments(self, moments: tuple[float, ...]) -> Transform: ...
 
 
 class TransformBase:
@@ -176,7 +224,7 @@ class TransformBase:
         ``theta - lr u`` promotes it to the same numbers, without a copy back into ``u``.
         Called only where the final update is the next consumer, on the multi-tensor path
         (``Chain.apply_narrow_range``)."""
-        return self.apply(u, s, c)  # type: ignore[attr-defined, no-any-return]
+        return self.apply(u, s, c)  # type: ignore[attr-defined]  # every concrete transform has it
 
     def affine(self, c: Ctx) -> tuple[float, float] | None:
         """``(a, b)`` where this transform is ``u <- a u + b theta`` with numbers known from
@@ -272,7 +320,7 @@ class TransformBase:
         hooks see only that rank's batch."""
         return False
 
-    def with_moments(self, moments: tuple[float, ...]) -> TransformBase:
+    def with_moments(self: _T, moments: tuple[float, ...]) -> _T:
         """This transform with ``moments`` in place of its own (validated like the fields)."""
         raise TypeError(f"{type(self).__name__} has no moment coefficients")
 
@@ -287,7 +335,7 @@ class BetasMoments:
     def moments(self) -> tuple[float, ...]:
         return tuple(self.betas)
 
-    def with_moments(self, moments: tuple[float, ...]) -> BetasMoments:
+    def with_moments(self: _BetasT, moments: tuple[float, ...]) -> _BetasT:
         betas = (float(moments[0]), float(moments[1]) if len(moments) > 1 else self.betas[1])
         return dataclasses.replace(self, betas=betas)  # type: ignore[type-var]
 
@@ -302,5 +350,5 @@ class MomentumMoments:
     def moments(self) -> tuple[float, ...]:
         return (self.momentum,) if self.momentum else ()
 
-    def with_moments(self, moments: tuple[float, ...]) -> MomentumMoments:
+    def with_moments(self: _MomentumT, moments: tuple[float, ...]) -> _MomentumT:
         return dataclasses.replace(self, momentum=float(moments[0]))  # type: ignore[type-var]

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -42,11 +42,12 @@ def is_dense(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or is_hf_conv1d(m)
 
 
-CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """The convolutions whose weight is ``(out, in, *kernel)`` over the unfolded input."""
+Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
-def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
+def _conv_patch_mean(m: Conv, xbar: Tensor) -> Tensor:
     """The mean unfolded column of the mean image ``xbar`` (channels, *spatial).
 
     Unfolding is linear, so this equals the mean over batch and output positions of the unfolded
@@ -55,7 +56,7 @@ def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
     """
     kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
     nd = len(kernel)
-    xbar = nn.functional.pad(xbar, m._reversed_padding_repeated_twice)  # type: ignore[arg-type]
+    xbar = nn.functional.pad(xbar, m._reversed_padding_repeated_twice)
     positions = [
         (xbar.shape[1 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1 for d in range(nd)
     ]
@@ -65,7 +66,8 @@ def _conv_patch_mean(m: nn.Module, xbar: Tensor) -> Tensor:
             slice(o * dil, o * dil + st * (n - 1) + 1, st)
             for o, dil, st, n in zip(offset, dilation, stride, positions, strict=True)
         )
-        columns.append(xbar[(slice(None), *window)].flatten(1))
+        index = (slice(None), *window)  # mypy reads x[(a, *b)] as 3.11's x[a, *b]
+        columns.append(xbar[index].flatten(1))
     # (C, K, L) is the unfolded mean image, rows in the weight's column order (in-channel-major,
     # then kernel offset); reducing it as one (C K, L) block keeps Conv2d's numbers bit-exact.
     return torch.stack(columns, 1).flatten(0, 1).mean(1)
@@ -77,16 +79,17 @@ def _input_mean(m: nn.Module, x: Tensor) -> Tensor:
     x = x.to(stats_dtype(x))
     if is_dense(m):
         return x.reshape(-1, x.shape[-1]).mean(0)
-    batched = x.dim() == len(m.kernel_size) + 2
-    return _conv_patch_mean(m, x.mean(0) if batched else x)
+    conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
+    batched = x.dim() == len(conv.kernel_size) + 2
+    return _conv_patch_mean(conv, x.mean(0) if batched else x)
 
 
-def _conv_patches(m: nn.Module, x: Tensor) -> Tensor:
+def _conv_patches(m: Conv, x: Tensor) -> Tensor:
     """The unfolded input of a convolution, one row per (sample, output position), its columns
     in the weight's column order (the batched form of ``_conv_patch_mean``'s slices)."""
     x = x if x.dim() == len(m.kernel_size) + 2 else x.unsqueeze(0)
     kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
-    x = nn.functional.pad(x, m._reversed_padding_repeated_twice)  # type: ignore[arg-type]
+    x = nn.functional.pad(x, m._reversed_padding_repeated_twice)
     positions = [
         (x.shape[2 + d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1
         for d in range(len(kernel))
@@ -97,7 +100,8 @@ def _conv_patches(m: nn.Module, x: Tensor) -> Tensor:
             slice(o * dil, o * dil + st * (n - 1) + 1, st)
             for o, dil, st, n in zip(offset, dilation, stride, positions, strict=True)
         )
-        columns.append(x[(slice(None), slice(None), *window)].flatten(2))
+        index = (slice(None), slice(None), *window)  # mypy reads x[(a, *b)] as 3.11's x[a, *b]
+        columns.append(x[index].flatten(2))
     # (N, C, K, L) -> (N L, C K)
     return (
         torch.stack(columns, 2).flatten(1, 2).transpose(1, 2).reshape(-1, x.shape[1] * len(columns))
@@ -110,7 +114,8 @@ def _input_covariance(m: nn.Module, x: Tensor) -> Tensor:
     factor, ``ComputeCovA`` of yorkerlin/StructuredNGD-DL and SINGD's ``kfac_approx="expand"``."""
     x = x.detach()
     x = x.to(stats_dtype(x))
-    rows = x.reshape(-1, x.shape[-1]) if is_dense(m) else _conv_patches(m, x)
+    # the hooks attach to dense layers and CONVS only
+    rows = x.reshape(-1, x.shape[-1]) if is_dense(m) else _conv_patches(cast(Conv, m), x)
     return rows.T @ (rows / rows.shape[0])
 
 
@@ -124,7 +129,8 @@ def _output_grad_covariance(m: nn.Module, grad: Tensor) -> Tensor:
         n = grad.shape[0] if grad.dim() > 1 else 1
         rows = grad.reshape(-1, grad.shape[-1])
     else:
-        grad = grad if grad.dim() == len(m.kernel_size) + 2 else grad.unsqueeze(0)
+        conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
+        grad = grad if grad.dim() == len(conv.kernel_size) + 2 else grad.unsqueeze(0)
         n = grad.shape[0]
         rows = grad.flatten(2).transpose(1, 2).reshape(-1, grad.shape[1])
     return rows.T @ (rows * n)
@@ -140,7 +146,8 @@ def _output_grad_sum(m: nn.Module, grad: Tensor) -> Tensor:
     grad = grad.detach().to(stats_dtype(grad))
     if is_dense(m):
         return grad.reshape(-1, grad.shape[-1]).sum(0)
-    grad = grad if grad.dim() == len(m.kernel_size) + 2 else grad.unsqueeze(0)
+    conv = cast(Conv, m)  # the hooks attach to dense layers and CONVS only
+    grad = grad if grad.dim() == len(conv.kernel_size) + 2 else grad.unsqueeze(0)
     return grad.sum(0).mean(tuple(range(1, grad.dim() - 1)))
 
 
@@ -268,7 +275,7 @@ class _Slot:
             self.a, self.g, self.count = self.a + a, self.g + g, self.count + 1
 
 
-@dataclass(eq=False, slots=True, weakref_slot=True)
+@dataclass(eq=False)  # no slots: weakref_slot needs Python 3.11
 class ActivationCapture:
     """Per weight of every ``nn.Linear``, transformers ``Conv1D`` and zero-padded ungrouped
     ``nn.Conv1d/2d/3d``: the mean layer input ``a`` (over the weight's matrix-view columns; for
@@ -356,7 +363,7 @@ def _on_forward(ref: weakref.ref, m: nn.Module, args: tuple[Any, ...], output: A
 
 
 def _on_grad(slot: _Slot, m: nn.Module, a: Tensor, reduce: Any, grad: Tensor) -> None:
-    slot.add(m.weight, a, reduce(m, grad))
+    slot.add(cast(Tensor, m.weight), a, reduce(m, grad))
 
 
 def _remove_all(handles: Iterable[RemovableHandle]) -> None:

@@ -228,7 +228,7 @@ class Chain(TransformBase):
         us = self.apply_range(lo, hi - 1, us, ss, cs)
         prefix = self.prefixes[hi - 1]
         return [
-            last.apply_narrow(u, _Namespaced(s, prefix), c)  # type: ignore[attr-defined]
+            last.apply_narrow(u, _Namespaced(s, prefix), c)
             for u, s, c in zip(us, ss, cs, strict=True)
         ]
 
@@ -241,7 +241,7 @@ class Chain(TransformBase):
         if lo < hi and lo < core_hi and hi > core_lo:
             raise ValueError(f"transforms [{lo}, {hi}) overlap the matrix core {self.core}")
         for prefix, t in zip(self.prefixes[lo:hi], self.transforms[lo:hi], strict=True):
-            us = t.apply_foreach(us, [_Namespaced(s, prefix) for s in ss], cs)  # type: ignore[attr-defined]
+            us = t.apply_foreach(us, [_Namespaced(s, prefix) for s in ss], cs)
         return us
 
     def multi_tensor_span(self) -> tuple[int, int]:
@@ -250,7 +250,7 @@ class Chain(TransformBase):
         between runs one parameter at a time. ``head == tail == fold_from`` when all do."""
         core_lo, core_hi = self.core
         outside = [
-            t.multi_tensor and not core_lo <= i < core_hi  # type: ignore[attr-defined]
+            t.multi_tensor and not core_lo <= i < core_hi
             for i, t in enumerate(self.transforms[: self.fold_from])
         ]
         head = outside.index(False) if False in outside else len(outside)
@@ -265,7 +265,7 @@ class Chain(TransformBase):
         stored layout)."""
         a, b = 1.0, 0.0
         for t in self.transforms[self.fold_from if start is None else start :]:
-            x, y = t.affine(c)  # type: ignore[attr-defined, misc]
+            x, y = t.affine(c)  # type: ignore[misc]  # from fold_from on, every one is foldable
             a, b = a * x, b * x + y
         return a, b
 
@@ -318,11 +318,11 @@ class Chain(TransformBase):
                 flat_cs.append(_oriented_ctx(c, param, grad, prev, hvp, index))
         results = self._run(lo, hi, flat_us, flat_ss, flat_cs)
         out = list(us)
-        for (i, view), result in zip(owners, results, strict=True):
-            if view is None:
+        for (i, target), result in zip(owners, results, strict=True):
+            if target is None:
                 out[i] = result
             else:
-                view.copy_(result)
+                target.copy_(result)
         return out
 
     def validate(self, p: Tensor, name: str) -> None:
@@ -340,14 +340,14 @@ class Chain(TransformBase):
         )
 
     @property
-    def moments(self) -> tuple[float, ...]:  # type: ignore[override]
+    def moments(self) -> tuple[float, ...]:
         """The first transform's moment coefficients that has any (``TransformBase.moments``)."""
         return next((t.moments for t in self.transforms if t.moments), ())
 
     def with_moments(self, moments: tuple[float, ...]) -> Chain:
         """This chain with ``moments`` in its first transform that has moment coefficients."""
         index = next(i for i, t in enumerate(self.transforms) if t.moments)
-        replaced = self.transforms[index].with_moments(moments)  # type: ignore[attr-defined]
+        replaced = self.transforms[index].with_moments(moments)
         return Chain((*self.transforms[:index], replaced, *self.transforms[index + 1 :]))
 
     def insert(self, transform: Transform, *, after: str) -> Chain:
@@ -385,7 +385,7 @@ class Chain(TransformBase):
         )
 
     @property
-    def previous_point(self) -> str | None:  # type: ignore[override]
+    def previous_point(self) -> str | None:
         """The namespaced state key of the first transform's ``previous_point``."""
         return next(
             (
@@ -397,7 +397,7 @@ class Chain(TransformBase):
         )
 
     @property
-    def needs_hvp(self) -> bool:  # type: ignore[override]
+    def needs_hvp(self) -> bool:
         return any(t.needs_hvp for t in self.transforms)
 
     def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
@@ -406,7 +406,7 @@ class Chain(TransformBase):
         return next((t.hvp_probe(p, step) for t in self.transforms if t.needs_hvp), None)
 
     @property
-    def needs_module(self) -> bool:  # type: ignore[override]
+    def needs_module(self) -> bool:
         return any(t.needs_module for t in self.transforms)
 
     @property
@@ -415,19 +415,19 @@ class Chain(TransformBase):
         return all(t.capturable for t in self.transforms)
 
     @property
-    def groupwise(self) -> bool:  # type: ignore[override]
+    def groupwise(self) -> bool:
         """Whether a transform of the chain works on the group's parameters together
         (``TransformBase.groupwise``), so the chain must run transform-major."""
         return any(t.groupwise for t in self.transforms)
 
     @property
-    def route_wide(self) -> bool:  # type: ignore[override]
+    def route_wide(self) -> bool:
         """Whether a transform of the chain needs its route's parameters together
         (``TransformBase.route_wide``)."""
         return any(t.route_wide for t in self.transforms)
 
     @property
-    def batches(self) -> bool:  # type: ignore[override]
+    def batches(self) -> bool:
         """Whether a transform of the chain batches the group on the multi-tensor path
         (``TransformBase.batches``)."""
         return any(t.batches for t in self.transforms)

@@ -195,7 +195,7 @@ class ShampooPrecondition(MomentumMoments, TransformBase):
         gbar = g
         if self.momentum > 0:
             gbar = s["exp_avg"].lerp_(g, 1.0 - self.momentum) / (1.0 - self.momentum**c.step)
-        if refresh_due(c.step, self.precondition_every, c.position, self.refresh_schedule):
+        if refresh_due(c.int_step, self.precondition_every, c.position, self.refresh_schedule):
             debias = 1.0 if self.factor_beta == 1.0 else 1.0 - self.factor_beta**c.step
             for factor, inv in (("L", "L_inv"), ("R", "R_inv")):
                 if factor in s:
@@ -326,7 +326,7 @@ class AdamInEigenbasis(BetasMoments, TransformBase):
                     s[basis].copy_(eigenbasis(s[factor]))
             if skip:
                 return u.zero_()
-        t = c.step - 1 if skip else c.step
+        t = c.int_step - 1 if skip else c.int_step
         # One narrow copy of each basis serves both rotations of this step.
         ql, qr = _cast(s.get("Q_L"), low), _cast(s.get("Q_R"), low)
         b1, b2 = self.betas

@@ -161,7 +161,7 @@ class LowRankAdam(BetasMoments, TransformBase):
         old = self._matrix(s, n).clone() if rotate else None
         # Seeded by step and name, not the global RNG: a resumed run draws the same subspaces.
         generator = torch.Generator().manual_seed(
-            (c.step * 2654435761 + zlib.crc32(c.name.encode())) % 2**63
+            (c.int_step * 2654435761 + zlib.crc32(c.name.encode())) % 2**63
         )
         s["indices" if "indices" in s else "basis"].copy_(
             choose_subspace(self.projection, x, s["exp_avg"].shape[1], generator)

@@ -119,7 +119,7 @@ class MFacPrecondition(TransformBase):
         ``blocks="model"``, all of ``us`` form one block (``_apply_block``)."""
         if self.blocks == "model":
             return self._apply_block(us, ss, cs)
-        slots = [(c.step - 1) % self.window for c in cs]
+        slots = [(c.int_step - 1) % self.window for c in cs]
         same: dict[tuple[Any, ...], list[int]] = {}
         for i, (u, s, slot) in enumerate(zip(us, ss, slots, strict=True)):
             grads = s["grads"]

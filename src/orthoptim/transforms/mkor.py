@@ -63,6 +63,7 @@ def update_factor_(
     # would not (addr_ and add(alpha=) use an FMA in their vector loop only, so tail columns
     # round differently and the factor drifts from symmetry), hence the outer product.
     dtype, device = inv.dtype, inv.device
+    scale: float | Tensor  # a tensor where ``keep`` holds some factors as they are
     if rule == "paper":
         k = (1.0 - beta) / beta
         w = inv @ v
@@ -159,8 +160,11 @@ class MKORPrecondition(TransformBase):
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         rows, cols = p.shape[0], p.numel() // max(p.shape[0], 1)
-        kw = {"dtype": stats_dtype(p), "device": p.device}
-        return {"L_inv": torch.eye(rows, **kw), "R_inv": torch.eye(cols, **kw)}
+        dtype, device = stats_dtype(p), p.device
+        return {
+            "L_inv": torch.eye(rows, dtype=dtype, device=device),
+            "R_inv": torch.eye(cols, dtype=dtype, device=device),
+        }
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return u.copy_(self.direction(u, s, c).view_as(u))  # no copy where it is u's memory
@@ -256,14 +260,13 @@ class MKORHybridPrecondition(TransformBase):
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         dt = stats_dtype(p)
-        scalar = {"dtype": torch.float32, "device": p.device}
         return {
             **self.inner.init(p),
             "prev_param": p.detach().to(dt, copy=True),
             "prev_grad": torch.zeros_like(p, dtype=dt),
-            "rate": torch.zeros((), **scalar),
-            "peak": torch.zeros((), **scalar),
-            "switched": torch.zeros((), **scalar),
+            "rate": torch.zeros((), dtype=torch.float32, device=p.device),
+            "peak": torch.zeros((), dtype=torch.float32, device=p.device),
+            "switched": torch.zeros((), dtype=torch.float32, device=p.device),
         }
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:

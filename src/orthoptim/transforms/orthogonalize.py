@@ -96,11 +96,11 @@ class Orthogonalize(TransformBase):
         return float(self.ns_steps * (4 * m * m * n + 2 * m**3))
 
     @property
-    def groupwise(self) -> bool:  # type: ignore[override]
+    def groupwise(self) -> bool:
         return self.batch_by_shape is True
 
     @property
-    def batches(self) -> bool:  # type: ignore[override]
+    def batches(self) -> bool:
         return self.batch_by_shape is None
 
     def _polar(self, matrices: Tensor) -> Tensor:

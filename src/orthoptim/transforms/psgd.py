@@ -51,17 +51,39 @@ class SharedOptions(Protocol):
     """The options PSGD's preconditioners share (``PSGDKronPrecondition``,
     ``PSGDLRAPrecondition``)."""
 
-    curvature: str
-    whiten: str
-    momentum: float
-    update_rule: str
-    update_order: str
-    prob_max: float
-    prob_min: float
-    prob_decay: float
-    prob_flat_start: int
-    balance_prob: float
-    seed: int
+    # Read-only: the preconditioners are frozen dataclasses, their fields narrower Literals.
+    @property
+    def curvature(self) -> str: ...
+
+    @property
+    def whiten(self) -> str: ...
+
+    @property
+    def momentum(self) -> float: ...
+
+    @property
+    def update_rule(self) -> str: ...
+
+    @property
+    def update_order(self) -> str: ...
+
+    @property
+    def prob_max(self) -> float: ...
+
+    @property
+    def prob_min(self) -> float: ...
+
+    @property
+    def prob_decay(self) -> float: ...
+
+    @property
+    def prob_flat_start(self) -> int: ...
+
+    @property
+    def balance_prob(self) -> float: ...
+
+    @property
+    def seed(self) -> int: ...
 
 
 def check_shared_options(t: SharedOptions) -> None:
@@ -243,10 +265,10 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
         step = int(c.step)
         pair = self._pair(g, m, s, c, step)
         update = pair is not None and self.updates_at(step)
-        if update and self.update_order == "update_first":
+        if pair is not None and update and self.update_order == "update_first":
             self._update(ql, qr, pair, s, step)
         direction = precondition(ql, qr, m)
-        if update and self.update_order == "precondition_first":
+        if pair is not None and update and self.update_order == "precondition_first":
             self._update(ql, qr, pair, s, step)
         rms = direction.square().mean().sqrt()
         direction.mul_(torch.clamp(self.clip_rms / (rms + 1e-6), max=1.0))

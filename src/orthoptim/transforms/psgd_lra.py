@@ -213,10 +213,10 @@ class PSGDLRAPrecondition(TransformBase):
             self._draw_uv(ss)
         pair = self._pairs(gs, ms, ss, cs, step)
         update = pair is not None and self.updates_at(step)
-        if update and self.update_order == "update_first":
+        if pair is not None and update and self.update_order == "update_first":
             self._update(ss, pair, step)
         directions = precondition([s["U"] for s in ss], [s["V"] for s in ss], _ds(ss), ms)
-        if update and self.update_order == "precondition_first":
+        if pair is not None and update and self.update_order == "precondition_first":
             self._update(ss, pair, step)
         n = sum(x.numel() for x in directions)
         rms = (torch.stack([x.square().sum() for x in directions]).sum() / n).sqrt()

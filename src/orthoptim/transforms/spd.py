@@ -104,10 +104,14 @@ class SPDPrecondition(TransformBase):
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         rows, cols = p.shape[0], p.numel() // max(p.shape[0], 1)
-        kw = {"dtype": spd_factor_dtype(p, self.factor_dtype), "device": p.device}
+        dtype, device = spd_factor_dtype(p, self.factor_dtype), p.device
         state = {}
         for side, d in (("K", cols), ("C", rows)):
-            eye = torch.eye(d, **kw) if self.structure == "dense" else torch.ones(d, **kw)
+            eye = (
+                torch.eye(d, dtype=dtype, device=device)
+                if self.structure == "dense"
+                else torch.ones(d, dtype=dtype, device=device)
+            )
             state[side] = eye
             state[f"m_{side}"] = torch.zeros_like(eye)
             state[f"P_{side}"] = eye.clone()
@@ -116,7 +120,7 @@ class SPDPrecondition(TransformBase):
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         k, cf = s["K"], s["C"]
         stats = self.capture.take(c.parameter)  # always taken: a skipped step drops its stats
-        due = refresh_due(c.step - 1, self.update_every, c.position, self.refresh_schedule)  # type: ignore[operator]
+        due = refresh_due(c.int_step - 1, self.update_every, c.position, self.refresh_schedule)
         if (
             due
             and stats is not None

@@ -305,8 +305,7 @@ def _bar(ax: Any, y: int, row: Row, color: str, limit: float) -> None:
     """One racer's bar: median time to target, min..max whisker and the time written beside
     it; a note where the median was not reached."""
     s = row.time_to_target
-    ok = s.median is not None and math.isfinite(s.median)
-    if ok:
+    if s.median is not None and math.isfinite(s.median):
         hi = s.hi if s.hi is not None and math.isfinite(s.hi) else math.inf
         ax.barh(
             y,

@@ -73,7 +73,7 @@ def _torch_muon(model: nn.Module, lr: float, adamw_lr: float | None = None) -> A
     adjust = {"keller": "original", "moonlight_rms": "match_rms_adamw"}.get(d.shape_rule)
     if adjust is None:
         raise ValueError(f"torch.optim.Muon has no shape rule {d.shape_rule!r}")
-    opts = []
+    opts: list[torch.optim.Optimizer] = []
     if hidden:
         opts.append(
             torch.optim.Muon(

@@ -46,7 +46,7 @@ HEADER = (
 def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
     """The headline table of one task: one tuple of cells per racer."""
     base = baseline(rows)
-    out = []
+    out: list[tuple[str, ...]] = []
     for row in rows:
         t, s = ratio(row, base, "time"), ratio(row, base, "steps")
         reached = row.steps_to_target.n

@@ -32,6 +32,7 @@ user runs: ``torch.optim.Muon`` on the hidden matrices (as routed for ``muon``) 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -197,15 +198,17 @@ def _stepper(optimizers: Sequence[torch.optim.Optimizer]) -> Callable[[], None]:
     return step
 
 
+def _build_foreach(name: str, model: nn.Module) -> list[torch.optim.Optimizer]:
+    return [registry.build(name, model, foreach=True)]
+
+
 def entrants() -> list[tuple[str, Callable[[nn.Module], list[torch.optim.Optimizer]]]]:
     """Every registered optimizer that steps without a closure, then torch's."""
     out: list[tuple[str, Callable[[nn.Module], list[torch.optim.Optimizer]]]] = []
     for name in registry.names():
         if registry.get(name).needs_closure:
             continue
-        out.append(
-            (f"orthoptim:{name}", lambda m, name=name: [registry.build(name, m, foreach=True)])
-        )
+        out.append((f"orthoptim:{name}", functools.partial(_build_foreach, name)))
     out += [
         ("torch:muon+adamw_foreach", torch_muon_adamw),
         ("torch:adamw_foreach", lambda m: [torch.optim.AdamW(m.parameters(), foreach=True)]),
@@ -246,7 +249,7 @@ def run(
     run_info = {
         "kind": "ops",
         "command": command,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(),
         "steps": steps,
     }

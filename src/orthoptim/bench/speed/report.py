@@ -81,7 +81,7 @@ def _ours(r: Result) -> bool:
     return r.entrant.library == "orthoptim"
 
 
-def _fmt(x: float, spec: str) -> str:
+def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
@@ -134,7 +134,7 @@ def _notes(results: Sequence[Result]) -> list[str]:
     non-finite check costs."""
     out: list[str] = []
     later = next((r for r in results if r.entrant.family == "matrix" and r.rate_alongside), None)
-    if later is not None:
+    if later is not None and later.rate_alongside:
         again = (
             ""
             if later.muon_ms_alongside is None

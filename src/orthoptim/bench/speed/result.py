@@ -125,7 +125,7 @@ class SpeedRecord:
             error=result.error,
             **row,
             env=env,
-            finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
 
     def json_line(self) -> str:

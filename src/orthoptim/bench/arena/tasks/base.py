@@ -52,11 +52,21 @@ class Task(Protocol):
     and ``target.metric``.
     """
 
-    name: str
-    steps: int
-    eval_every: int
-    target: Target
-    select_metric: str
+    # Read-only: the tasks are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def eval_every(self) -> int: ...
+
+    @property
+    def target(self) -> Target: ...
+
+    @property
+    def select_metric(self) -> str: ...
 
     def model(self, seed: int) -> nn.Module: ...
 

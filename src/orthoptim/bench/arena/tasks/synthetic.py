@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -82,12 +82,12 @@ class Quadratic:
         return 0.5 * (e * (h @ e)).sum()
 
     def loss(self, model: nn.Module, batch: None) -> Tensor:
-        return self._f(model.weight)
+        return self._f(cast(Tensor, model.weight))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         f0 = self._f(torch.zeros(self.dim, self.dim)).item()
-        return {"rel_loss": self._f(model.weight).item() / f0}
+        return {"rel_loss": self._f(cast(Tensor, model.weight)).item() / f0}
 
     def describe(self) -> dict[str, Any]:
         return {
