@@ -54,10 +54,10 @@ def suspect(grads: Sequence[Tensor], multi_tensor: bool = False) -> Tensor | Non
     partial sum overflows: by one ``torch.dot`` per gradient (one vectorised pass: the fastest
     on a CPU; on the speed benchmark's AdamW set, 2 threads, a quiet machine, side by side:
     2.8 ms, ``torch.linalg.vector_norm`` per gradient 5.9 ms, ``torch._foreach_norm`` 5.6 ms,
-    the fused AdamW step 13.5 ms), or with ``multi_tensor`` by ``torch._foreach_norm`` per device and dtype (one
-    multi-tensor kernel on a GPU instead of one per gradient), its norm then compared with the
-    square limit. float16 gradients (whose own dot overflows at 65504) and non-contiguous ones
-    go to the exact check in the dot form.
+    the fused AdamW step 13.5 ms), or with ``multi_tensor`` by ``torch._foreach_norm`` per
+    device and dtype (one multi-tensor kernel on a GPU instead of one per gradient), its norm
+    then compared with the square limit. float16 gradients (whose own dot overflows at 65504)
+    and non-contiguous ones go to the exact check in the dot form.
     """
     batches: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     exact: list[Tensor] = []
