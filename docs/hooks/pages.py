@@ -5,7 +5,12 @@
   reference pin, defaults, options, each route's update rule from its transforms' formulas)
   and the recipe's docstring (the paper, the options' sources, "Differences from the
   reference");
-- ``routing.md``: the routing rules with ``orthoptim route``'s output on the embedded models.
+- ``routing.md``: the routing rules with ``orthoptim route``'s output on the embedded models;
+- ``race.md``: the race protocol and headline of the newest curated default race.
+
+The optimizer pages also give the state bytes on the embedded ``tiny_gpt``
+(``orthoptim.estimate``), the optimizer's newest curated ``orthoptim speed`` row and its rows
+in the newest curated default race (``benchmarks/records``).
 
 The optimizer pages are added to the nav under "Optimizers" here, so a new registry entry gets
 its page without an edit to ``mkdocs.yml``.
@@ -14,16 +19,102 @@ its page without an edit to ``mkdocs.yml``.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
-from orthoptim import registry
+from orthoptim import estimate, registry
+from orthoptim.bench.arena import records
+from orthoptim.bench.arena.report import HEADER, markdown_table, protocol_and_headline, table_rows
+from orthoptim.bench.arena.summary import Record, summarize
 from orthoptim.bench.models import MODELS
+from orthoptim.bench.speed import report as speed_report
 from orthoptim.routing import HEAD_NAMES
 
 _ROUTED = ("muon", "soap")
+_RECORDS = Path(__file__).resolve().parents[2] / "benchmarks" / "records"
+
+
+def _curated(kind: str) -> dict[str, list[Record]]:
+    """The curated records of ``kind`` ("speed" or "race"), by folder name; a folder's kind is
+    named in its first record (race records name none), as ``tests/bench/test_curated.py``
+    tells them apart."""
+    read = {"race": records.read, "speed": speed_report.read}[kind]
+    found: dict[str, list[Record]] = {}
+    for path in sorted(_RECORDS.glob(f"*/{records.RECORDS}")):
+        first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+        other = next((k for k in ("speed", "ops", "script") if f'"kind": "{k}"' in first), "race")
+        if other == kind:
+            found[path.parent.name] = read(path)
+    return found
+
+
+def _newest_race() -> tuple[str, list[Record]] | None:
+    """The newest curated race of the default protocol (all tasks, not ``--quick``)."""
+    races = [
+        (max(r["finished_at"] for r in recs), folder, recs)
+        for folder, recs in _curated("race").items()
+        if "default-race" in folder and not recs[0]["race"].get("quick")
+    ]
+    if not races:
+        return None
+    _, folder, recs = max(races, key=lambda race: race[0])
+    return folder, recs
+
+
+def _speed_section(name: str) -> list[str]:
+    rows = [
+        (r["finished_at"], folder, r)
+        for folder, recs in _curated("speed").items()
+        for r in recs
+        if r["name"] == f"orthoptim:{name}"
+    ]
+    if not rows:
+        return ["Not timed by a curated `orthoptim speed` run yet.", ""]
+    _, folder, r = max(rows, key=lambda row: row[0])
+    floor = "-" if r.get("ratio_floor") is None else f"{r['ratio_floor']:.2f}"
+    return [
+        f"From `benchmarks/records/{folder}` (`{r['run']['command']}`, "
+        f"{r['run']['layers'] * len(r['run']['shapes'])} matrices, {r['env']['threads']} "
+        f"threads, {r['env']['cpu']}):",
+        "",
+        markdown_table(
+            ("step ms", "mean ms", "x muon", "x FLOP floor", "state B/param"),
+            [
+                (
+                    f"{r['step_ms_median']:.1f}",
+                    f"{r['step_ms_mean']:.1f}",
+                    "-" if r.get("ratio_muon") is None else f"{r['ratio_muon']:.2f}",
+                    floor,
+                    f"{r['state_bytes_per_param']:.2f}",
+                )
+            ],
+        ),
+        "",
+    ]
+
+
+def _race_section(name: str) -> list[str]:
+    newest = _newest_race()
+    if newest is None:
+        return ["No curated default race yet.", ""]
+    folder, recs = newest
+    lines = [f"From `benchmarks/records/{folder}` (`{recs[0]['race']['command']}`):", ""]
+    cells = [
+        (task, *cell)
+        for task, rows in summarize(recs).items()
+        for row, cell in zip(rows, table_rows(rows), strict=True)
+        if row.label == name
+    ]
+    if not cells:
+        return ["Not in the newest curated default race.", ""]
+    header = ("task", *(h.format(metric="held-out metric") for h in HEADER))
+    return [*lines, markdown_table(header, cells), ""]
+
+
+_TINY_PARAMS = sum(p.numel() for p in MODELS["tiny_gpt"]().parameters())
 
 
 def _optimizer_page(name: str) -> str:
@@ -45,6 +136,18 @@ def _optimizer_page(name: str) -> str:
             registry.show(name),
             "```",
             "",
+            "## Memory",
+            "",
+            f"State on the embedded `tiny_gpt` ({_TINY_PARAMS:,} parameters): "
+            f"{estimate(name, MODELS['tiny_gpt']()).state_bytes:,} bytes "
+            "(`orthoptim.estimate`, `orthoptim estimate " + name + " --model tiny_gpt`).",
+            "",
+            "## Step speed",
+            "",
+            *_speed_section(name),
+            "## Race",
+            "",
+            *_race_section(name),
             f"## The recipe (`{spec.recipe.__module__}.{spec.recipe.__name__}`)",
             "",
             "```text",
@@ -107,12 +210,37 @@ def _routing_page() -> str:
     return "\n".join(parts)
 
 
+def _race_page() -> str:
+    parts = [
+        "# The race",
+        "",
+        "`orthoptim race` trains real models on data that ships with the installed packages",
+        "(a character-level language model, scikit-learn's digits, a quadratic, matrix",
+        "sensing) with every registered optimizer and the installed peers, tunes each one's lr",
+        "the same way, and reports time and steps to a target against AdamW, the optimizer's",
+        "share of the step, its state bytes and peak memory (`orthoptim race --help`;",
+        "`orthoptim report DIR` re-renders a run's `report.md` and plots from its records).",
+        "",
+    ]
+    newest = _newest_race()
+    if newest is not None:
+        folder, recs = newest
+        parts += [
+            f"The newest curated default race, `benchmarks/records/{folder}`",
+            f"(`{recs[0]['race']['command']}`):",
+            "",
+            protocol_and_headline(recs),
+        ]
+    return "\n".join(parts)
+
+
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     names = registry.names("*")
     files.append(File.generated(config, "optimizers/index.md", content=_index_page(names)))
     for name in names:
         files.append(File.generated(config, f"optimizers/{name}.md", content=_optimizer_page(name)))
     files.append(File.generated(config, "routing.md", content=_routing_page()))
+    files.append(File.generated(config, "race.md", content=_race_page()))
     return files
 
 

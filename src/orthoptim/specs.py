@@ -304,7 +304,7 @@ REGISTRY: tuple[Spec, ...] = (
             "Preconditioners' (2402.11858); Li 2015, PSGD (1512.04202)"
         ),
         reference="psgd_torch==0.6.1 psgd.py LRA (preconditioner_type='whitening')",
-        tags=frozenset({"low-rank", "second-order", "lie-group"}),
+        tags=frozenset({"low-rank", "second-order", "lie-group", "matrix"}),
         adamw=PSGD_ADAMW,
     ),
     # -- Kronecker family (Shampoo, SOAP) --

@@ -215,6 +215,12 @@ def markdown(recs: Sequence[Record], summary: Mapping[str, Sequence[Row]]) -> st
     return "\n".join(lines).rstrip() + "\n"
 
 
+def protocol_and_headline(recs: Sequence[Record]) -> str:
+    """The protocol and headline sections of ``markdown`` alone (the documentation's race
+    page shows them for the newest curated race)."""
+    return "\n".join(_protocol(recs[0]["race"]) + _headline_section(summarize(recs)))
+
+
 def _protocol(race: Mapping[str, Any]) -> list[str]:
     """The ``## Protocol`` section: grid, AdamW route, edges, pick, seeds, what is measured."""
     factors = ", ".join(f"x{f:.3g}" for f in race["lr_factors"])
