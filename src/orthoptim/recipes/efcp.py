@@ -60,8 +60,9 @@ def efcp(
     damping=1e-5, momentum=0.0)`` runs it. Why ours differ: the window's memory is what EFCP
     shrinks, but its ``m x m`` eigendecomposition still costs ``9 m^3`` per block and step
     (about 0.8 s for m=1024 in float64 on two CPU cores; the reference's unpivoted LU is the same
-    order), so m=128 keeps the step at 1.2x ``muon``'s and 1.5x ``mfac``'s (m=16) on the speed
-    benchmark's 24 matrices (one CPU thread; the top-k selection is a third of it) while holding 8
+    order), so m=128 keeps the step at 1.46x ``muon``'s and 1.8x ``mfac``'s (m=16) on the speed
+    benchmark's 24 matrices (benchmarks/records/2026-12-06_step-speed-9, two CPU threads; the
+    top-k selection is about a third of it) while holding 8
     times ``mfac``'s gradients in under a quarter of its bytes; ``"parameter"`` blocks run under
     a distributed step. Damping 1e-2 and no momentum (not ``mfac``'s 1e-3 and 0.9): at
     ``mfac``'s the top-k window's first steps, ``~ C(a) / lambda`` while
