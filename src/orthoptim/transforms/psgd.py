@@ -111,8 +111,42 @@ def check_shared_options(t: SharedOptions) -> None:
         raise ValueError(f"balance_prob must be in [0, 1], got {t.balance_prob!r}")
 
 
+class HvpProbes:
+    """What PSGD's preconditioners share for ``curvature="hvp"``: the probe the shell
+    differentiates along (``TransformBase.hvp_probe``) on their update steps, and the error
+    where an update step got no product. A mixin without fields (empty ``__slots__``), listed
+    before ``TransformBase``."""
+
+    __slots__ = ()
+    curvature: str
+    seed: int
+
+    def updates_at(self, step: int) -> bool:
+        raise NotImplementedError
+
+    @property
+    def needs_hvp(self) -> bool:
+        return self.curvature == "hvp"
+
+    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+        """The step's probe, shaped like ``p`` (``functional.psgd.probe``), on update steps."""
+        if not self.needs_hvp or not self.updates_at(step):
+            return None
+        return probe(tuple(p.shape), self.seed, step, p.dtype, p.device)
+
+    def check_hvp_given(self, step: int) -> None:
+        """``ValueError`` where ``step`` updates the preconditioner and the shell computed no
+        Hessian-vector product (the optimizer was stepped without a closure's graph)."""
+        if self.updates_at(step):
+            raise ValueError(
+                "curvature='hvp' updates the preconditioner at this step and got no "
+                "Hessian-vector product: step it with ChainOptimizer.step(closure), the "
+                "closure calling loss.backward(create_graph=True)"
+            )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PSGDKronPrecondition(MomentumMoments, TransformBase):
+class PSGDKronPrecondition(HvpProbes, MomentumMoments, TransformBase):
     r"""PSGD with the Kronecker (affine Lie group) preconditioner, gradient whitening
     (Li, arXiv 1512.04202; Pooladzandi and Li, arXiv 2402.11858, "Curvature-Informed SGD via
     General Purpose Lie-Group Preconditioners").
@@ -236,16 +270,6 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             state["prev_grad"] = torch.zeros(shape, dtype=dtype, device=p.device)
         return state
 
-    @property
-    def needs_hvp(self) -> bool:
-        return self.curvature == "hvp"
-
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
-        """The step's probe, shaped like ``p`` (``functional.psgd.probe``), on update steps."""
-        if not self.needs_hvp or not self.updates_at(step):
-            return None
-        return probe(tuple(p.shape), self.seed, step, p.dtype, p.device)
-
     def updates_at(self, step: int) -> bool:
         """Whether ``step`` (1-based) updates the preconditioner."""
         schedule = (self.prob_max, self.prob_min, self.prob_decay, self.prob_flat_start)
@@ -285,12 +309,7 @@ class PSGDKronPrecondition(MomentumMoments, TransformBase):
             return _Pair(h, None)
         if self.curvature == "hvp":
             if c.hvp is None:
-                if self.updates_at(step):
-                    raise ValueError(
-                        "curvature='hvp' updates the preconditioner at this step and got no "
-                        "Hessian-vector product: step it with ChainOptimizer.step(closure), the "
-                        "closure calling loss.backward(create_graph=True)"
-                    )
+                self.check_hvp_given(step)
                 return None
             v, hv = (x.reshape(g.shape).to(g.dtype) for x in c.hvp)
             return _Pair(hv, v)

@@ -31,6 +31,7 @@ from orthoptim.transforms.mfac import BLOCKS, Blocks
 from orthoptim.transforms.psgd import (
     CURVATURES,
     Curvature,
+    HvpProbes,
     UpdateOrder,
     WhitenInput,
     check_shared_options,
@@ -44,7 +45,7 @@ _INIT_STEP = 0  # the probe "step" whose draw initialises U and V (steps count f
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PSGDLRAPrecondition(TransformBase):
+class PSGDLRAPrecondition(HvpProbes, TransformBase):
     r"""PSGD with the low-rank approximation preconditioner ``Q = (I + U V^T) diag(d)``
     (Li, arXiv 1512.04202; Pooladzandi and Li, arXiv 2402.11858, "Curvature-Informed SGD via
     General Purpose Lie-Group Preconditioners"), ``P = Q^T Q`` over a flattened block.
@@ -162,16 +163,6 @@ class PSGDLRAPrecondition(TransformBase):
     def _first_fit(self) -> int:
         return 2 if self.curvature == "finite_difference" else 1
 
-    @property
-    def needs_hvp(self) -> bool:
-        return self.curvature == "hvp"
-
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
-        """The step's probe, shaped like ``p`` (``functional.psgd.probe``), on update steps."""
-        if not self.needs_hvp or not self.updates_at(step):
-            return None
-        return probe(tuple(p.shape), self.seed, step, p.dtype, p.device)
-
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return self._apply_block([u], [s], [c])[0]
 
@@ -253,12 +244,7 @@ class PSGDLRAPrecondition(TransformBase):
             return (ms if self.whiten == "momentum" else gs), None
         if self.curvature == "hvp":
             if any(c.hvp is None for c in cs):
-                if self.updates_at(step):
-                    raise ValueError(
-                        "curvature='hvp' updates the preconditioner at this step and got no "
-                        "Hessian-vector product: step it with ChainOptimizer.step(closure), the "
-                        "closure calling loss.backward(create_graph=True)"
-                    )
+                self.check_hvp_given(step)
                 return None
             pairs = [c.hvp for c in cs if c.hvp is not None]
             return [h.reshape(-1).to(g.dtype) for (_, h), g in zip(pairs, gs, strict=True)], [
