@@ -312,7 +312,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             if self.nonfinite == "skip" or found_inf is not None:
                 self.skipped_steps += 1
                 return
-            raise_for_products(self.param_groups, hvps)
+            if hvps:  # never under DDP/FSDP2 (refused), whose sharded gradients it cannot read
+                raise_for_products(self.param_groups, hvps)
             raise_for(work)
         amp.unscale_(extra, grad_scale)
         if self.distributed is not None:
