@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, get_args
 
@@ -120,9 +121,8 @@ class HvpProbes:
     __slots__ = ()
     curvature: str
     seed: int
-
-    def updates_at(self, step: int) -> bool:
-        raise NotImplementedError
+    # Each preconditioner's own update schedule (declared for the type checker only).
+    updates_at: Callable[[int], bool]
 
     @property
     def needs_hvp(self) -> bool:
