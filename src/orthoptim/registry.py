@@ -228,6 +228,8 @@ def show(name: str) -> str:
         f"  tags:      {', '.join(sorted(spec.tags)) or '-'}",
         "  options:   " + (", ".join(f"{k}={v!r}" for k, v in spec.options().items()) or "none"),
     ]
+    if spec.race_tasks is not None:
+        lines.append(f"  race:      {', '.join(spec.race_tasks)} only (Spec.race_tasks)")
     match = FROM_ADAMW.get(spec.name)
     if match is not None:
         needs = "".join(f", {k}={v!r}" for k, v in match.options.items())

@@ -13,6 +13,7 @@ from typing import Any
 
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
+from orthoptim.recipes.deepzero import deepzero
 from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
@@ -51,6 +52,9 @@ class Spec:
             ``build`` raises with it on a distributed model or process group. Optimizers whose
             chain ``needs_module`` are single-process only too (each rank's hooks see its own
             batch).
+        race_tasks: the built-in race tasks it races on (``orthoptim race`` skips it on the
+            others and records why); ``None``: every task. For optimizers realistic only on
+            small models (``deepzero``: one forward pass per estimated coordinate).
 
     ``needs_closure`` and ``needs_module`` are not declared here: they are properties of the
     transforms (``TransformBase``), read off the default whole-model plan.
@@ -65,6 +69,7 @@ class Spec:
     tags: frozenset[str] = frozenset()
     adamw: AdamWRoute | None = None
     single_process_only: str | None = None
+    race_tasks: tuple[str, ...] | None = None
 
     @property
     def needs_closure(self) -> bool:
@@ -451,4 +456,26 @@ REGISTRY: tuple[Spec, ...] = (
         adamw=LOWRANK_ADAMW,
     ),
     # -- low-rank family (FRUGAL, low-rank AdamW) --
+    Spec(
+        name="deepzero",
+        recipe=deepzero,
+        lr=0.1,
+        weight_decay=5e-4,
+        paper=(
+            "Chen, Zhang, Jia, Diffenderfer, Liu, Parasyris, Zhang, Zhang, Kailkhura, Liu 2024, "
+            "'DeepZero: Scaling up Zeroth-Order Optimization for Deep Model Training' (ICLR, "
+            "2310.02025)"
+        ),
+        reference=(
+            "OPTML-Group/DeepZero@5cf30b1 algorithm/zoo/gradient_estimate.py cge, "
+            "algorithm/prune/importance_scores.py zoo_grasp_importance_score (naive oracle)"
+        ),
+        tags=frozenset({"zeroth-order", "sparse"}),
+        single_process_only=(
+            "each evaluation moves one coordinate of one parameter and re-runs the closure, "
+            "which DDP or FSDP2 would run on every rank with its own batch"
+        ),
+        race_tasks=("digits",),
+    ),
+    # -- zeroth-order (DeepZero) --
 )

@@ -124,6 +124,13 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "mu": [0.0, -5e-3, math.nan, math.inf, "5e-3", True],
+    "sparsity": [1.0, -0.1, 1.5, math.nan, "0.9", True],
+    "pruning": ["grasp", "", None],
+    "coordinates_per_step": [0, -1, 2.5, True, "10"],
+    "grasp_samples": [0, -1, 2.5, True],
+    "mask_every": [0, -1, 2.5, True],
+    # -- zeroth-order options (deepzero) --
 }
 
 

@@ -18,6 +18,7 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
+from orthoptim.recipes.deepzero import deepzero
 from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
@@ -45,6 +46,7 @@ __all__ = [
     "adamw",
     "auon",
     "cautious",
+    "deepzero",
     "efcp",
     "fismo",
     "frugal",

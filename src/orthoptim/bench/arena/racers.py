@@ -61,6 +61,8 @@ class Racer:
         adamw_lr_scale: for a racer whose optimizer is a plan with an AdamW route (embeddings,
             head, biases, norms), that route's default lr relative to ``lr`` (the family's
             published pairing; the race's ``--adamw-route ratio``); ``None`` without a route.
+        tasks: the built-in tasks it races on (``Spec.race_tasks``); ``None``: every task.
+            A user's own task (``orthoptim.bench.race``) races every racer it selects.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Racer:
     make: Make
     needs_closure: bool = False
     adamw_lr_scale: float | None = None
+    tasks: tuple[str, ...] | None = None
 
     @property
     def has_adamw_route(self) -> bool:
@@ -145,6 +148,7 @@ def _spec_racer(name: str) -> Racer:
         make=make,
         needs_closure=spec.needs_closure,
         adamw_lr_scale=None if spec.adamw is None else spec.adamw.lr_scale,
+        tasks=spec.race_tasks,
     )
 
 
