@@ -158,3 +158,28 @@ def test_masks_keep_their_counts_and_draw_from_the_generator_only() -> None:
     assert int(s.sum()) == 15 and not torch.equal(s, m)
     assert torch.equal(s, shuffled(m, torch.Generator().manual_seed(1)))
     assert torch.equal(kept_indices(m), m.reshape(-1).nonzero().view(-1))
+
+
+def test_the_realized_step_is_the_secant_slope_and_at_least_one_ulp() -> None:
+    """Float64: ``(f(x + h e_i) - f(x)) / h`` with ``h = fl(x_i + mu) - x_i`` is
+    ``(Ax + b)_i + h A_ii / 2`` exactly; bfloat16 at ``|x_i| >= 2``: ``h`` is one ulp."""
+    a, b, x = _quadratic(6)
+    every = torch.arange(6)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * t @ a @ t + b @ t
+
+    est = coordinate_estimate(f, x, every, 1e-2, realized=True)
+    h = (x + 1e-2) - x
+    assert torch.allclose(est, a @ x + b + h * torch.diagonal(a) / 2, rtol=1e-9, atol=1e-12)
+
+    w = torch.tensor([2.5, -3.0, 1.0], dtype=torch.bfloat16)
+    slope = torch.tensor([0.5, -2.0, 3.0])
+
+    def linear(t: torch.Tensor) -> torch.Tensor:
+        return (t.float() * slope).sum()
+
+    nominal = coordinate_estimate(linear, w, torch.arange(3), 5e-3)
+    realized = coordinate_estimate(linear, w, torch.arange(3), 5e-3, realized=True)
+    assert nominal.float()[:2].tolist() == [0.0, 0.0]  # the move rounded back to w
+    assert torch.allclose(realized.float(), slope, rtol=1e-2)

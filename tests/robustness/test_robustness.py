@@ -131,6 +131,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "coordinates_per_step": [0, -1, 2.5, True, "10"],
     "grasp_samples": [0, -1, 2.5, True],
     "mask_every": [0, -1, 2.5, True],
+    "finite_step": ["exact", "", None],
     # -- zeroth-order options (deepzero) --
 }
 

@@ -25,6 +25,7 @@ authors' code OPTML-Group/DeepZero@5cf30b1 (``algorithm/zoo/gradient_estimate.py
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,10 +39,20 @@ Losses = Callable[[Sequence[Tensor]], Tensor]
 
 
 def coordinate_estimate(
-    f: Loss, x: Tensor, indices: Tensor, mu: float, base: Tensor | None = None
+    f: Loss,
+    x: Tensor,
+    indices: Tensor,
+    mu: float,
+    base: Tensor | None = None,
+    realized: bool = False,
 ) -> Tensor:
     """CGE of ``f`` at ``x``: ``(f(x + mu e_i) - f(x)) / mu`` at each flat index of ``indices``
     (a 1-D int64 tensor), 0 elsewhere; ``base`` is ``f(x)`` where already known.
+
+    ``realized=True`` divides by the step ``x``'s dtype realises, ``h_i = fl(x_i + mu) - x_i``
+    (the exact secant slope between the two points ``f`` saw), and moves ``x_i`` by one ulp
+    where ``x_i + mu`` rounds back to ``x_i`` (bfloat16 from ``|x_i| >= 2`` at ``mu = 5e-3``),
+    so no coordinate's estimate is silently 0; ``False`` divides by ``mu`` (the reference).
 
     One call of ``f`` per index (plus one for ``base`` when ``None``), on a working copy of ``x``
     that is moved one coordinate at a time and restored exactly (to the original value, not by
@@ -56,15 +67,22 @@ def coordinate_estimate(
         return estimate
     point = x.detach().clone()
     flat, original = point.view(-1), x.detach().reshape(-1)
-    losses = []
+    wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+    losses, steps = [], []
     for j in range(count):
         at = indices[j : j + 1]
-        moved = original.index_select(0, at) + mu
+        start = original.index_select(0, at)
+        moved = start + mu
+        if realized:
+            up = torch.nextafter(start, torch.full_like(start, math.inf))
+            moved = torch.where(moved == start, up, moved)
+            steps.append(moved.to(wide) - start.to(wide))
         flat.index_copy_(0, at, moved)
         losses.append(f(point).reshape(()))
-        flat.index_copy_(0, at, original.index_select(0, at))
-    values = (torch.stack(losses).to(x.dtype) - base.to(x.dtype)) / mu
-    estimate.view(-1).index_copy_(0, indices, values)
+        flat.index_copy_(0, at, start)
+    differences = torch.stack(losses).to(wide) - base.to(wide)
+    values = differences / (torch.cat(steps) if realized else mu)
+    estimate.view(-1).index_copy_(0, indices, values.to(x.dtype))
     return estimate
 
 

@@ -6,7 +6,7 @@ from orthoptim._checks import check_bool
 from orthoptim.recipes.baselines import sgd
 from orthoptim.recipes.options import default
 from orthoptim.recipes.plan import Plan, estimated
-from orthoptim.transforms.deepzero import DeepZeroEstimate, Pruning
+from orthoptim.transforms.deepzero import DeepZeroEstimate, FiniteStep, Pruning
 
 
 def deepzero(
@@ -18,6 +18,7 @@ def deepzero(
     grasp_samples: int = default(DeepZeroEstimate, "grasp_samples"),
     mask_every: int | None = default(DeepZeroEstimate, "mask_every"),
     seed: int = default(DeepZeroEstimate, "seed"),
+    finite_step: FiniteStep = default(DeepZeroEstimate, "finite_step"),
     momentum: float = 0.9,
     nesterov: bool = False,
 ) -> Plan:
@@ -41,7 +42,9 @@ def deepzero(
     ``"random"`` (the same share in every matrix); ``coordinates_per_step`` a random subset of
     the kept coordinates per step (``None``: all, the reference); ``mask_every`` re-place each
     matrix's kept entries every N steps (``None``: the first step's mask throughout);
-    ``seed`` of the step-seeded draws; ``momentum``, ``nesterov`` of the SGD.
+    ``seed`` of the step-seeded draws; ``finite_step`` ``"realized"`` (divide by the step the
+    parameter's dtype realises, at least one ulp) or ``"nominal"`` (divide by ``mu``, the
+    reference); ``momentum``, ``nesterov`` of the SGD.
 
     Differences from the reference (OPTML-Group/DeepZero@5cf30b1):
 
@@ -57,6 +60,10 @@ def deepzero(
       ``mask_every`` in steps, off by default (the first step's mask throughout).
     - A perturbed coordinate is restored to its saved value, not by subtracting ``mu`` (no
       rounding drift).
+    - ``finite_step="realized"`` (default) divides by ``fl(w_i + mu) - w_i``, not by ``mu``:
+      the reference's division returns 0 in bfloat16 wherever ``w_i + mu`` rounds back to
+      ``w_i``; in float32 the final losses agree within 0.1% (``tests/recipes/
+      test_deepzero.py``); ``"nominal"`` is the reference's.
     - BatchNorm layers in training mode update their running statistics at every evaluation
       (the reference's workers evaluate on their own copies of the model, so only the base
       forward updates them): the running statistics then follow the last batch closely.
@@ -75,5 +82,6 @@ def deepzero(
         grasp_samples=grasp_samples,
         mask_every=mask_every,
         seed=seed,
+        finite_step=finite_step,
     )
     return estimated(sgd(momentum=momentum, nesterov=nesterov), estimator)
