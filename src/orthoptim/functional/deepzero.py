@@ -66,22 +66,21 @@ def coordinate_estimate(
     if count == 0:
         return estimate
     point = x.detach().clone()
-    flat, original = point.view(-1), x.detach().reshape(-1)
+    flat = point.view(-1)
     wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-    losses, steps = [], []
+    starts = x.detach().reshape(-1).index_select(0, indices)
+    moved = starts + mu
+    if realized:
+        up = torch.nextafter(starts, torch.full_like(starts, math.inf))
+        moved = torch.where(moved == starts, up, moved)
+    losses = []
     for j in range(count):
         at = indices[j : j + 1]
-        start = original.index_select(0, at)
-        moved = start + mu
-        if realized:
-            up = torch.nextafter(start, torch.full_like(start, math.inf))
-            moved = torch.where(moved == start, up, moved)
-            steps.append(moved.to(wide) - start.to(wide))
-        flat.index_copy_(0, at, moved)
+        flat.index_copy_(0, at, moved[j : j + 1])
         losses.append(f(point).reshape(()))
-        flat.index_copy_(0, at, start)
+        flat.index_copy_(0, at, starts[j : j + 1])
     differences = torch.stack(losses).to(wide) - base.to(wide)
-    values = differences / (torch.cat(steps) if realized else mu)
+    values = differences / (moved.to(wide) - starts.to(wide) if realized else mu)
     estimate.view(-1).index_copy_(0, indices, values.to(x.dtype))
     return estimate
 
