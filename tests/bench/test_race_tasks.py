@@ -34,3 +34,10 @@ def test_the_skipped_pairs_say_why() -> None:
             "reason": "races only on digits (Spec.race_tasks)",
         }
     ]
+
+
+def test_every_named_race_task_exists() -> None:
+    """A misspelt task would silently keep a spec out of the whole race."""
+    for name in registry.names():
+        only = registry.get(name).race_tasks
+        assert only is None or (only and set(only) <= set(tasks.TASKS + tasks.FINAL)), name
