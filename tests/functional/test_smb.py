@@ -43,8 +43,12 @@ def test_closed_form_equals_reference_coefficients_and_the_model_minimiser(
 
 def test_model_step_without_curvature_is_eta_times_the_trial() -> None:
     g = torch.tensor([3.0, -4.0], dtype=torch.float64)
-    torch.testing.assert_close(closed_form(g, torch.zeros(2, dtype=torch.float64), 0.5, 0.9),
-                               -0.5 * 0.9 * g, rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        closed_form(g, torch.zeros(2, dtype=torch.float64), 0.5, 0.9),
+        -0.5 * 0.9 * g,
+        rtol=1e-15,
+        atol=0,
+    )
 
 
 def test_model_step_of_a_block_without_gradient_is_zero_and_finite() -> None:

@@ -46,9 +46,7 @@ def model_minimiser(s: Tensor, g: Tensor, y: Tensor, eta: float) -> Tensor:
     condition ``(B + 2 sigma / |s|^2 I) d = -g``, ``B = (y s^T + s y^T) / |s|^2``."""
     ss = torch.dot(s, s)
     hessian = (torch.outer(y, s) + torch.outer(s, y)) / ss
-    regularised = hessian + (2.0 * _sigma(s, g, y, eta) / ss) * torch.eye(
-        s.numel(), dtype=s.dtype
-    )
+    regularised = hessian + (2.0 * _sigma(s, g, y, eta) / ss) * torch.eye(s.numel(), dtype=s.dtype)
     return torch.linalg.solve(regularised, -g)
 
 

@@ -45,9 +45,7 @@ def norm_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
     return stats_dtype(tensors[0]) if tensors else torch.float32
 
 
-def sgd_model_coefficients(
-    g_norm: Tensor, y_norm: Tensor, eta: float
-) -> tuple[Tensor, Tensor]:
+def sgd_model_coefficients(g_norm: Tensor, y_norm: Tensor, eta: float) -> tuple[Tensor, Tensor]:
     """``(alpha, beta)`` of the model step ``d = -t (alpha g + beta y)`` after the trial step
     ``s = -t g``, from the block's norms ``|g|``, ``|y|`` (tensors of any one shape: one entry per
     block). Where both norms are 0 the model step is 0 (``alpha = beta = 0``): the reference
