@@ -41,6 +41,54 @@ def loss(model: nn.Module, seed: int) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
 
 
+def step_on(
+    opt: torch.optim.Optimizer,
+    compute_loss: Callable[[], torch.Tensor],
+    edit: Callable[[], None] | None = None,
+) -> None:
+    """One step of ``opt`` on ``compute_loss()``: through ``step(closure)`` where its plan needs
+    a closure (a gradient estimator, exact MARS), the closure's backward as the plan asks
+    (``create_graph`` for Hessian-vector products, none for a zeroth-order estimator); else
+    backward, then ``step()``. ``edit`` runs after each backward (a test's poisoned
+    gradient)."""
+    plan = getattr(opt, "plan", None)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = compute_loss()
+        if plan is None or plan.closure_backward:
+            value.backward(create_graph=plan is not None and plan.needs_graph)
+        if edit is not None:
+            edit()
+        return value
+
+    if plan is not None and plan.needs_closure:
+        opt.step(closure)
+    else:
+        closure()
+        opt.step()
+
+
+def linear_loss(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_i <p_i, g_i>``, whose gradient is ``grads`` at every point."""
+    terms = [(p * g.detach()).sum() for p, g in zip(params, grads, strict=True)]
+    return sum(terms, start=torch.zeros(()))
+
+
+def step_given(
+    opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> None:
+    """Step ``opt`` on hand-made gradients: set as ``.grad``, then ``step()``; where its plan
+    needs a closure, as the gradients of ``linear_loss`` (the same at every point it visits)."""
+    plan = getattr(opt, "plan", None)
+    if plan is not None and plan.needs_closure:
+        step_on(opt, lambda: linear_loss(params, grads))
+        return
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    opt.step()
+
+
 def conv_classifier() -> nn.Module:
     """A seeded conv-then-dense classifier of 1 x 4 x 4 images (the hooked recipes' resume
     tests: a convolution's unfolded statistics and dense ones in one model)."""

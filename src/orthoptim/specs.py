@@ -28,6 +28,7 @@ from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
+from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import SPD_ADAMW, spd_momentum
 from orthoptim.transforms import Chain
 
@@ -451,4 +452,20 @@ REGISTRY: tuple[Spec, ...] = (
         adamw=LOWRANK_ADAMW,
     ),
     # -- low-rank family (FRUGAL, low-rank AdamW) --
+    Spec(
+        name="smb",
+        recipe=smb,
+        lr=0.5,
+        paper=(
+            "Birbil, Martin, Onay, Oztoprak 2021, 'Bolstering Stochastic Gradient Descent with "
+            "Model Building' (2111.07058)"
+        ),
+        reference="sibirbil/SMB@17fb8ba source/smbsolve/smb.py SMB (independent_batch=False)",
+        tags=frozenset({"closure", "line-search", "second-order"}),
+        single_process_only=(
+            "its trial step moves every parameter and tests the loss of the closure's batch, "
+            "which each rank would do on its own"
+        ),
+    ),
+    # -- closure-based model building (SMB) --
 )

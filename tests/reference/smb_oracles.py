@@ -58,12 +58,15 @@ def paper_smb(
     steps: int,
     c: float = 0.1,
     eta: float = 0.99,
+    blocks: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[list[Tensor]], list[bool]]:
-    """The paper's iteration on one minibatch per step (here: a deterministic loss), every
-    tensor its own block: the SGD trial, the Armijo test on the same loss, else each tensor's
-    model step from ``x`` (``model_minimiser``). Returns the parameters after every step and
+    """The paper's iteration on one minibatch per step (here: a deterministic loss): the SGD
+    trial, the Armijo test on the same loss, else each block's model step from ``x``
+    (``model_minimiser`` on the block's tensors concatenated; ``blocks`` lists the tensors'
+    indices per block, default each tensor its own). Returns the parameters after every step and
     whether each trial was kept."""
     x = [p.detach().clone() for p in params]
+    blocks = [[i] for i in range(len(x))] if blocks is None else blocks
     history: list[list[Tensor]] = []
     kept: list[bool] = []
     for _ in range(steps):
@@ -75,13 +78,14 @@ def paper_smb(
         if accept:
             x = trial
         else:
-            x = [
-                xi
-                + model_minimiser(
-                    -lr * gi.flatten(), gi.flatten(), (gt - gi).flatten(), eta
-                ).view_as(xi)
-                for xi, gi, gt in zip(x, g, g_trial, strict=True)
-            ]
+            new = list(x)
+            for block in blocks:
+                flat_g = torch.cat([g[i].flatten() for i in block])
+                flat_y = torch.cat([(g_trial[i] - g[i]).flatten() for i in block])
+                d = model_minimiser(-lr * flat_g, flat_g, flat_y, eta)
+                for i, part in zip(block, d.split([x[i].numel() for i in block]), strict=True):
+                    new[i] = x[i] + part.view_as(x[i])
+            x = new
         kept.append(accept)
         history.append([xi.clone() for xi in x])
     return history, kept
@@ -121,13 +125,13 @@ class ReferenceSMB:
             lr = float(group["lr"])  # type: ignore[arg-type]
             g = [p.grad.detach().clone() for p in params]
             g_norm = torch.sqrt(sum(torch.sum(gi * gi) for gi in g))
-            threshold = loss.item() - self.c * lr * g_norm.pow(2).item()
+            threshold = loss.detach().item() - self.c * lr * g_norm.pow(2).item()
             s = [-lr * gi for gi in g]
             with torch.no_grad():
                 for p, si in zip(params, s, strict=True):
                     p.add_(si)
             trial_loss = closure()
-            model = g_norm >= 1e-8 and trial_loss.item() > threshold
+            model = g_norm >= 1e-8 and trial_loss.detach().item() > threshold
             if model:
                 trial_loss.backward()
                 with torch.no_grad():

@@ -42,6 +42,7 @@ from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "sgd",
     "sgdp",
     "shampoo",
+    "smb",
     "soap",
     "spd_momentum",
     "with_adamw",
