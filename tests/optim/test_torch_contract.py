@@ -114,7 +114,10 @@ def hand_grad_closure(opt: ChainOptimizer, seed: int) -> Callable[[], Tensor | N
             opt.zero_grad()
             params = params_of(opt)
             fixed = [torch.randn(p.shape, generator=g) for p in params]
-            loss = sum(((p * r).sum() + 0.05 * p.square().sum() for p, r in zip(params, fixed)))
+            terms = [
+                (p * r).sum() + 0.05 * p.square().sum() for p, r in zip(params, fixed, strict=True)
+            ]
+            loss = sum(terms, start=torch.zeros(()))
             loss.backward()
             return loss
         for p in params_of(opt):

@@ -159,7 +159,8 @@ class ModelBuilding(GradientEstimator):
             y_norms = _group_norms(y_norms, sizes)
         alpha, beta = sgd_model_coefficients(g_norms, y_norms, self.eta)
         if scale is not None:
-            self._schedule(groups, accept, step)
+            finite = torch.isfinite(g_norms).all() & torch.isfinite(y_norms).all() & loss.isfinite()
+            self._schedule(groups, accept, finite, step)
         # A kept trial returns g itself, whatever the trial's gradient holds (the reference
         # never computes it then), so the select is per element, not by zeroed coefficients.
         out = []
@@ -174,10 +175,14 @@ class ModelBuilding(GradientEstimator):
             start += size
         return result
 
-    def _schedule(self, groups: Sequence[EstimatorGroup], accept: Tensor, step: int) -> None:
+    def _schedule(
+        self, groups: Sequence[EstimatorGroup], accept: Tensor, finite: Tensor, step: int
+    ) -> None:
         """Count this step's model step and, at the end of a period of ``n_batches_per_epoch``
-        steps, move each parameter's lr factor (the reference's ``autoschedule``, per group)."""
-        model = ~accept
+        steps, move each parameter's lr factor (the reference's ``autoschedule``). Nothing
+        changes where the step's estimate is not ``finite``: the shell then refuses or skips
+        the step, and a skipped one must leave the state as it was."""
+        model = (~accept & finite).to(torch.int64)
         end = step % self.n_batches_per_epoch == 0
         for group in groups:
             for state in group.states:
@@ -187,12 +192,11 @@ class ModelBuilding(GradientEstimator):
                 factor = state["lr_factor"]
                 shrink = count / self.n_batches_per_epoch > self.gamma
                 grow = factor * float(group.lr) / self.beta <= self.lr_max
-                factor.copy_(
-                    torch.where(
-                        shrink, factor * self.beta, torch.where(grow, factor / self.beta, factor)
-                    )
+                moved = torch.where(
+                    shrink, factor * self.beta, torch.where(grow, factor / self.beta, factor)
                 )
-                count.zero_()
+                factor.copy_(torch.where(finite, moved, factor))
+                count.masked_fill_(finite, 0)
 
     def explain(self) -> str:
         line = (
