@@ -31,8 +31,10 @@ def smb(
     docstring says why a gradient and not the step). Needs ``step(closure)`` with a closure that
     zeroes the gradients, computes the minibatch loss, calls ``loss.backward()`` and returns
     the loss; the closure runs twice per step (2 forward, 2 backward). No state without
-    ``autoschedule`` (0 bytes per parameter beyond the gradient; the step holds the trial point,
-    its gradient and ``y`` transiently, three parameter-sized buffers).
+    ``autoschedule`` (0 bytes per parameter element; the step counter only), two scalars per
+    tensor with it. Transient memory in the step: the trial point, the trial's gradient (turned
+    into ``y`` in place) and the estimate, and the oracle's copies of the parameters and
+    gradients while it evaluates the trial.
 
     Defaults are the paper's experiments' (``paper_benchmarks.yaml``: lr 0.5, ``c = 0.1``,
     ``eta = 0.99``, ``autoschedule`` off; the registry's lr is 0.5). ``autoschedule=True``

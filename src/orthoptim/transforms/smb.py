@@ -21,6 +21,11 @@ from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.smb import armijo_accepts, sgd_model_coefficients
 from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
 
+_NEEDS_LOSS = (
+    "smb tests its trial step against the closure's loss: the closure must return the loss "
+    "(after zeroing the gradients and calling loss.backward())"
+)
+
 ModelBlocks = Literal["tensor", "group"]
 MODEL_BLOCKS: tuple[str, ...] = get_args(ModelBlocks)
 
@@ -112,10 +117,7 @@ class ModelBuilding(GradientEstimator):
     ) -> list[list[Tensor]]:
         loss = oracle.loss
         if loss is None:
-            raise ValueError(
-                "smb tests its trial step against the closure's loss: the closure must return "
-                "the loss (after zeroing the gradients and calling loss.backward())"
-            )
+            raise ValueError(_NEEDS_LOSS)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         lrs: list[float] = []
@@ -149,10 +151,14 @@ class ModelBuilding(GradientEstimator):
             for p, g, lr, f in zip(params, grads, lrs, factor, strict=True)
         }
         trial_loss, trial_grads = oracle.gradients_at(points, params)
+        del points
+        if trial_loss is None:
+            raise ValueError(_NEEDS_LOSS)
         accept = armijo_accepts(
             loss.to(dtype), trial_loss.detach().to(dtype), decrease, g_norms.norm(), self.c
         )
-        ys = torch._foreach_sub(trial_grads, grads)
+        torch._foreach_sub_(trial_grads, grads)  # the oracle's copies: y in place
+        ys = trial_grads
         y_norms = _norms(ys, dtype)
         if self.model_blocks == "group":
             g_norms = _group_norms(g_norms, sizes)
@@ -165,7 +171,7 @@ class ModelBuilding(GradientEstimator):
         # never computes it then), so the select is per element, not by zeroed coefficients.
         out = []
         for g, y, a, b, f in zip(grads, ys, alpha.unbind(), beta.unbind(), factor, strict=True):
-            model = y.mul_(b.to(y.dtype)).add_(g * a.to(g.dtype))
+            model = y.mul_(b.to(y.dtype)).addcmul_(g, a.to(g.dtype))
             chosen = torch.where(accept, g, model)
             out.append(chosen if f is None else chosen.mul_(f.to(g.dtype)))
         result: list[list[Tensor]] = []
@@ -228,6 +234,7 @@ def _scalar_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
 
 def _norms(tensors: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     """The tensors' 2-norms, stacked, in ``dtype`` (float32 at least for 16-bit tensors)."""
+    norms: Sequence[Tensor]
     if all(t.dtype == tensors[0].dtype for t in tensors):
         norms = torch._foreach_norm(list(tensors), 2, dtype=stats_dtype(tensors[0]))
     else:
