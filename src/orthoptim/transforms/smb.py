@@ -49,20 +49,25 @@ class ModelBuilding(GradientEstimator):
     applying the step keeps SMB a ``GradientEstimator`` like the other closure methods: the shell
     writes it to ``p.grad`` and the plan's routes run as usual (weight decay, a momentum or
     another base chain then act on the SMB direction; the paper's method is the plain SGD route,
-    ``recipes.smb``). The test is decided on the device (``torch.where`` on both coefficients),
+    ``recipes.smb``). The test is decided on the device (``torch.where`` per element),
     so the trial's gradient is always computed: 2 forward and 2 backward passes per step where
     the reference skips the second backward for a kept trial.
 
     Blocks (``model_blocks``): ``"tensor"`` (the reference: each parameter tensor builds its own
-    model, ``SMB.step_smb`` flattens each ``p``) or ``"group"`` (the paper's wording, "per
-    parameter group": one model over the concatenated tensors of each optimizer param group).
+    model, ``SMB.step_smb`` flattens each ``p``; the paper's "layers of tensors") or
+    ``"group"`` (one model over the concatenated tensors of each optimizer param group: with
+    ``build("smb", model)`` the groups are the roles, hidden matrices, head, embeddings and
+    vectors; pass param groups of your own, one per layer, for a weight and its bias together).
+    The Armijo test is one over all parameters either way.
 
     Step-size schedule (``autoschedule``, off by default as in the paper's experiments): every
     ``n_batches_per_epoch`` steps, where more than a ``gamma`` fraction of them took a model step
     the factor is multiplied by ``beta``, else divided by ``beta`` while the lr stays at most
     ``lr_max``. The factor and the count of model steps are per-parameter scalars in the state
-    (``estimator.lr_factor``, ``estimator.model_steps``), decided on the device and kept in the
-    checkpoint; without ``autoschedule`` the estimator holds no state.
+    (``estimator.lr_factor`` in the parameter's statistics dtype, ``estimator.model_steps``
+    int64: 12 bytes per tensor in float32), decided on the device and kept in the checkpoint; a
+    step whose estimate is not finite changes neither (the shell refuses or skips it). Without
+    ``autoschedule`` the estimator holds no state.
 
     Args:
         c: the Armijo constant, > 0 (reference 0.1).
@@ -147,7 +152,7 @@ class ModelBuilding(GradientEstimator):
         )
         factor = [None] * len(params) if scale is None else scale.unbind()
         points = {
-            p: p.detach() - (lr if f is None else lr * f) * g
+            p: torch.add(p.detach(), g, alpha=-lr) if f is None else p.detach() - (lr * f) * g
             for p, g, lr, f in zip(params, grads, lrs, factor, strict=True)
         }
         trial_loss, trial_grads = oracle.gradients_at(points, params)
