@@ -16,6 +16,7 @@ from torch.func import functional_call
 import orthoptim
 from orthoptim.bench.speed import ops
 from orthoptim.recipes.smb import smb
+from tests.helpers import loss, mlp, step_on, straight_and_resumed
 from tests.recipes.teacher_student import random_teacher
 from tests.reference.smb_oracles import ReferenceSMB, paper_smb
 
@@ -251,3 +252,25 @@ def test_options_explain_and_refusals() -> None:
 
     with pytest.raises(ValueError, match="the closure must return the loss"):
         opt.step(no_loss)
+
+
+def test_resume_with_the_schedule_is_bit_identical() -> None:
+    """The schedule's factor and count are in the checkpoint: 3 steps, save, load, 4 more (a
+    period of 2 ends on each side of the split, at lr 4 where model steps are taken) equal 7
+    straight steps; the factor moved."""
+    options = {"lr": 4.0, "autoschedule": True, "n_batches_per_epoch": 2, "gamma": 0.4}
+
+    def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+        for s in steps:
+            step_on(opt, lambda: loss(model, s))  # noqa: B023 (called within the iteration)
+
+    straight, straight_opt, resumed, resumed_opt = straight_and_resumed(
+        mlp, lambda m: orthoptim.build("smb", m, **options), train, 3, 7
+    )
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        for key, value in straight_opt.state[p].items():
+            assert torch.equal(value, resumed_opt.state[q][key]), key
+    factors = {float(s["estimator.lr_factor"]) for s in straight_opt.state.values()}
+    assert factors != {1.0}, factors
