@@ -65,9 +65,9 @@ class ModelBuilding(GradientEstimator):
     the factor is multiplied by ``beta``, else divided by ``beta`` while the lr stays at most
     ``lr_max``. The factor and the count of model steps are per-parameter scalars in the state
     (``estimator.lr_factor`` in the parameter's statistics dtype, ``estimator.model_steps``
-    int64: 12 bytes per tensor in float32), decided on the device and kept in the checkpoint; a
-    step whose estimate is not finite changes neither (the shell refuses or skips it). Without
-    ``autoschedule`` the estimator holds no state.
+    int64: 12 bytes per tensor in float32), decided on the device and kept in the checkpoint (a
+    refused or skipped step commits neither). Without ``autoschedule`` the estimator holds no
+    state.
 
     Args:
         c: the Armijo constant, > 0 (reference 0.1).
@@ -170,8 +170,7 @@ class ModelBuilding(GradientEstimator):
             y_norms = _group_norms(y_norms, sizes)
         alpha, beta = sgd_model_coefficients(g_norms, y_norms, self.eta)
         if scale is not None:
-            finite = torch.isfinite(g_norms).all() & torch.isfinite(y_norms).all() & loss.isfinite()
-            self._schedule(groups, accept, finite, step)
+            self._schedule(groups, accept, step)
         # A kept trial returns g itself, whatever the trial's gradient holds (the reference
         # never computes it then), so the select is per element, not by zeroed coefficients.
         out = []
@@ -186,14 +185,12 @@ class ModelBuilding(GradientEstimator):
             start += size
         return result
 
-    def _schedule(
-        self, groups: Sequence[EstimatorGroup], accept: Tensor, finite: Tensor, step: int
-    ) -> None:
+    def _schedule(self, groups: Sequence[EstimatorGroup], accept: Tensor, step: int) -> None:
         """Count this step's model step and, at the end of a period of ``n_batches_per_epoch``
-        steps, move each parameter's lr factor (the reference's ``autoschedule``). Nothing
-        changes where the step's estimate is not ``finite``: the shell then refuses or skips
-        the step, and a skipped one must leave the state as it was."""
-        model = (~accept & finite).to(torch.int64)
+        steps, move each parameter's lr factor (the reference's ``autoschedule``). These are
+        the oracle's copies of the buffers: the shell commits them only once the step is
+        applied, so a refused or skipped step leaves the schedule as it was."""
+        model = (~accept).to(torch.int64)
         end = step % self.n_batches_per_epoch == 0
         for group in groups:
             for state in group.states:
@@ -203,11 +200,12 @@ class ModelBuilding(GradientEstimator):
                 factor = state["lr_factor"]
                 shrink = count / self.n_batches_per_epoch > self.gamma
                 grow = factor * float(group.lr) / self.beta <= self.lr_max
-                moved = torch.where(
-                    shrink, factor * self.beta, torch.where(grow, factor / self.beta, factor)
+                factor.copy_(
+                    torch.where(
+                        shrink, factor * self.beta, torch.where(grow, factor / self.beta, factor)
+                    )
                 )
-                factor.copy_(torch.where(finite, moved, factor))
-                count.masked_fill_(finite, 0)
+                count.zero_()
 
     def explain(self) -> str:
         line = (
