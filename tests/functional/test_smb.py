@@ -76,7 +76,13 @@ def test_model_step_descends_and_is_at_most_one_and_a_half_eta_trials(curvature:
 
 @pytest.mark.parametrize(
     ("trial_loss", "grad_norm", "kept"),
-    [(0.94, 1.0, True), (0.96, 1.0, False), (float("nan"), 1.0, False), (2.0, 1e-9, True)],
+    [
+        (0.94, 1.0, True),
+        (0.96, 1.0, False),
+        (float("nan"), 1.0, False),
+        (2.0, 1e-9, True),
+        (float("nan"), float("inf"), True),
+    ],
 )
 def test_armijo_accepts(trial_loss: float, grad_norm: float, kept: bool) -> None:
     # threshold 1 - 0.1 * 0.5 = 0.95

@@ -65,6 +65,9 @@ def armijo_accepts(
     """Whether the SGD trial is kept (a 0-d bool tensor, never read on the host):
     ``trial_loss <= loss - c * decrease`` with ``decrease = -g.s = sum_p t_p |g_p|^2``, or the
     gradient norm below ``GRADIENT_NORM_FLOOR`` (the reference then keeps the trial untested).
-    A non-finite trial loss fails the test (a comparison with NaN is False)."""
+    A non-finite trial loss fails the test (a comparison with NaN is False). A gradient norm
+    that is not finite (its square overflowed the statistics' dtype) keeps the trial too: the
+    model's coefficients would be ``inf / inf``, and the optimizer's non-finite check then
+    names the gradient itself (the reference's step turns NaN there)."""
     sufficient = trial_loss <= loss - c * decrease
-    return sufficient | (grad_norm < GRADIENT_NORM_FLOOR)
+    return sufficient | (grad_norm < GRADIENT_NORM_FLOOR) | ~torch.isfinite(grad_norm)

@@ -49,7 +49,8 @@ def smb(
     - the model step in closed form (two norms per tensor) instead of the six dot products and
       coefficients ``cg, cs, cy`` (equal up to round-off, tests/functional/test_smb.py); a
       tensor whose gradient and gradient change are both zero takes no model step (the
-      reference divides 0 by 0 there);
+      reference divides 0 by 0 there), and a gradient whose norm overflows keeps the trial
+      untested, so the non-finite check names it (the reference's coefficients turn NaN);
     - param groups: one trial over all of them and one Armijo test with
       ``sum_groups lr_group |g_group|^2`` (the reference, with several groups, runs trial and
       test group after group, each against the step's first loss, and counts one model-step
