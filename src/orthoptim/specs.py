@@ -14,6 +14,7 @@ from typing import Any
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
 from orthoptim.recipes.efcp import efcp
+from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
@@ -420,6 +421,41 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"elementwise", "projection"}),
     ),
     # -- sign and projection family (Grams, AdamP, SGDP) --
+    Spec(
+        name="innaprop",
+        recipe=innaprop,
+        lr=1e-3,
+        weight_decay=0.01,
+        paper=(
+            "Bolte, Boustany, Pauwels, Purica et al. 2024, 'A second-order-like optimizer with "
+            "adaptive gradient scaling for deep learning' (2410.05871)"
+        ),
+        reference="innaprop/innaprop@d4bef0c innaprop.py INNAprop",
+        tags=frozenset({"elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="optimistic_amsgrad",
+        recipe=optimistic_amsgrad,
+        lr=1e-3,
+        paper=(
+            "Wang, Li, Karimi, Li 2021, 'An Optimistic Acceleration of AMSGrad for Nonconvex "
+            "Optimization' (ACML, 1903.01435)"
+        ),
+        reference="no public code; Algorithms 2 and 3 of the paper",
+        tags=frozenset({"elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="gravity",
+        recipe=gravity,
+        lr=0.1,
+        paper=(
+            "Bahrami, Zadeh 2021, 'Gravity Optimizer: a Kinematic Approach on Optimization in "
+            "Deep Learning' (2101.09192)"
+        ),
+        reference="pytorch-optimizer==4.1.0 Gravity",
+        tags=frozenset({"elementwise"}),
+    ),
+    # -- first-order neighbours of issue 21 (INNAprop, Optimistic AMSGrad, Gravity) --
     Spec(
         name="frugal",
         recipe=frugal,

@@ -124,6 +124,16 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "alpha": [-0.1, math.nan, math.inf, "0.1"],
+    "beta": [-0.1, math.nan, math.inf, "0.9"],
+    "sigma": [-0.1, 1.0, math.nan, "0.999"],
+    "decay_point": ["decay", "", None],
+    "prediction": ["Extrapolation", "", None],
+    "extrapolation_reg": [0.0, -1.0, math.nan, math.inf, "1e-3"],
+    "lookahead_momentum": ["prev", "", None],
+    "convention": ["Paper", "", None],
+    "initial_velocity": ["uniform", "", None],
+    # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
 }
 
 

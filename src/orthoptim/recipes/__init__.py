@@ -19,6 +19,7 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
 from orthoptim.recipes.efcp import efcp
+from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
 from orthoptim.recipes.kronecker import shampoo, soap
@@ -49,8 +50,10 @@ __all__ = [
     "fismo",
     "frugal",
     "grams",
+    "gravity",
     "group_lr",
     "hybrid_auon",
+    "innaprop",
     "lowrank_adamw",
     "mars_adamw",
     "mars_lion",
@@ -62,6 +65,7 @@ __all__ = [
     "muon_polar",
     "noise_adaptive",
     "normuon",
+    "optimistic_amsgrad",
     "psgd_kron",
     "psgd_lra",
     "root",

@@ -9,6 +9,8 @@ from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.efcp import EfcpPrecondition
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
+from orthoptim.transforms.gravity import GravityVelocity
+from orthoptim.transforms.inertial import InertialNewton, ScaleByRms
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
 from orthoptim.transforms.lowrank import LowRankAdam
 from orthoptim.transforms.mfac import MFacPrecondition
@@ -16,6 +18,7 @@ from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition
 from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
+from orthoptim.transforms.optimistic import OptimisticAMSGrad
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
 from orthoptim.transforms.psgd import PSGDKronPrecondition
@@ -38,6 +41,8 @@ __all__ = [
     "Dampen",
     "EfcpPrecondition",
     "FisherTrustRegion",
+    "GravityVelocity",
+    "InertialNewton",
     "LionSign",
     "LowRankAdam",
     "MFacPrecondition",
@@ -46,6 +51,7 @@ __all__ = [
     "MarsCorrection",
     "Momentum",
     "NormalizeNeurons",
+    "OptimisticAMSGrad",
     "Orthogonalize",
     "PSGDKronPrecondition",
     "PSGDLRAPrecondition",
@@ -54,6 +60,7 @@ __all__ = [
     "ScaleByAdam",
     "ScaleByCoshRms",
     "ScaleByLayerNoise",
+    "ScaleByRms",
     "ScaleByShape",
     "ShampooPrecondition",
     "Transform",
