@@ -53,6 +53,9 @@ def rmpe(history: Tensor, reg: float) -> Tensor:
     # factor r of ||U^T U||_2, Scieur et al.'s normalisation).
     ridge = gram.diagonal().amax() * reg + 1e-300
     system = gram + ridge * torch.eye(r, dtype=torch.float64, device=gram.device)
-    z = torch.linalg.solve(system, torch.ones(r, 1, dtype=torch.float64, device=gram.device))
+    ones = torch.ones(r, 1, dtype=torch.float64, device=gram.device)
+    # solve_ex: no error check, which would wait for the device (the ridge keeps the system
+    # positive definite).
+    z = torch.linalg.solve_ex(system, ones).result
     c = (z / z.sum()).to(history.dtype)
     return (c.T @ history[:-1]).squeeze(0)
