@@ -7,6 +7,7 @@ from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.efcp import EfcpPrecondition
+from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.gravity import GravityVelocity
@@ -40,10 +41,13 @@ __all__ = [
     "Ctx",
     "Dampen",
     "EfcpPrecondition",
+    "EstimatorGroup",
     "FisherTrustRegion",
+    "GradientEstimator",
     "GravityVelocity",
     "InertialNewton",
     "LionSign",
+    "LossOracle",
     "LowRankAdam",
     "MFacPrecondition",
     "MKORHybridPrecondition",
