@@ -7,9 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import orthoptim
+from orthoptim import ChainOptimizer
 from orthoptim.bench.speed import benchmark as speed
 from orthoptim.bench.speed import closure
+from orthoptim.recipes import estimated, sgd
+from tests.optim.test_estimator import ForwardDifferences, ShiftedGradient
 
 TINY = (8, 16, 4)
 
@@ -41,6 +46,32 @@ def test_closure_flags_follow_the_plan() -> None:
         False,
         True,
     )
+
+
+@pytest.mark.parametrize(
+    ("estimator", "passes"),
+    [
+        # the closure at the current point, then the gradient at the shifted one
+        (ShiftedGradient(), ([2, 2], [2, 2], [2, 2])),
+        # zeroth order: the closure's loss, then one closure call (under no_grad) per
+        # coordinate (13 parameters), no backward
+        (ForwardDifferences(), ([14, 14], [0, 0], [14, 14])),
+    ],
+    ids=["shifted_gradient", "forward_differences"],
+)
+def test_plan_level_estimators_are_counted(monkeypatch, estimator, passes) -> None:
+    """Any plan with a gradient estimator is timed through the same closure: the passes come
+    from the hooks, whatever the estimator does with the oracle."""
+
+    def build(name, model, **options):
+        if name == "adamw":
+            return orthoptim.build("adamw", model)
+        return ChainOptimizer(model.parameters(), estimated(sgd(), estimator), lr=0.01)
+
+    monkeypatch.setattr(closure.registry, "build", build)
+    adamw, (row,) = closure.run_section([("fake", {})], warmup=1, steps=2, widths=(2, 3, 1))
+    assert adamw.error is None and row.error is None, row.error
+    assert (row.forward, row.backward, row.closure_calls) == passes
 
 
 def test_entrants_are_the_closure_users_and_variants_kept_by_spec() -> None:

@@ -87,16 +87,9 @@ def closure_entrants(specs: Sequence[str] | None = None) -> list[tuple[str, dict
 
 
 def closure_flags(opt: Any) -> tuple[bool, bool]:
-    """``(create_graph, backward)``: how ``opt``'s closure must differentiate the loss (see the
-    module docstring). ``estimator`` is read where the plan has one (the plan-level gradient
-    estimators); a plan without that attribute has none."""
-    plan = opt.plan
-    estimator = getattr(plan, "estimator", None)
-    create_graph = any(route.chain.needs_hvp for route in plan.routes) or bool(
-        getattr(estimator, "needs_graph", False)
-    )
-    backward = estimator is None or bool(getattr(estimator, "closure_backward", True))
-    return create_graph, backward
+    """``(create_graph, backward)``: how ``opt``'s closure must differentiate the loss
+    (``Plan.needs_graph``, ``Plan.closure_backward``; the module docstring)."""
+    return opt.plan.needs_graph, opt.plan.closure_backward
 
 
 class Counted:
