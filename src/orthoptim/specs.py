@@ -452,7 +452,10 @@ REGISTRY: tuple[Spec, ...] = (
             "Bahrami, Zadeh 2021, 'Gravity Optimizer: a Kinematic Approach on Optimization in "
             "Deep Learning' (2101.09192)"
         ),
-        reference="pytorch-optimizer==4.1.0 Gravity",
+        reference=(
+            "dariush-bahrami/gravity.optimizer@9c12068 "
+            "implementations/gravity_optimizer_pytorch.py; pytorch-optimizer==4.1.0 Gravity"
+        ),
         tags=frozenset({"elementwise"}),
     ),
     # -- first-order neighbours of issue 21 (INNAprop, Optimistic AMSGrad, Gravity) --

@@ -6,8 +6,11 @@ and compares the parameters after every step (shapes (8, 6), (4, 3, 3, 3), (7,);
 * ``innaprop`` against the authors' ``INNAprop`` (innaprop/innaprop@d4bef0c ``innaprop.py``,
   7 kB, torch only), loaded from that commit's blob in the fetched snapshot of the repository
   (``INNAPROP_REPO``, a bare git directory); skipped where the snapshot is absent.
-* ``gravity`` against pytorch-optimizer 4.1.0 ``Gravity``, its initial velocity set to ours
-  (the package draws it from torch's global generator, we from a seeded one).
+* ``gravity`` against the authors' PyTorch port (dariush-bahrami/gravity.optimizer@9c12068
+  ``implementations/gravity_optimizer_pytorch.py``, 2.6 kB, torch only, read from its fetched
+  snapshot like INNAprop's; skipped where absent) and pytorch-optimizer 4.1.0 ``Gravity``,
+  their initial velocities set to ours (they draw it from torch's global generator, we from a
+  seeded one).
 * ``optimistic_amsgrad(prediction="none", convention="torch")`` against
   ``torch.optim.Adam(amsgrad=True)`` (and ``AdamW`` with decay).
 
@@ -17,6 +20,7 @@ Measured max abs differences (torch 2.13.0 CPU), printed by ``pytest -s``:
 |--------------------------------------------|----------|----------|
 | innaprop/innaprop@d4bef0c INNAprop (3 settings) | <= 7.6e-15 | <= 2.4e-6 |
 | pytorch-optimizer Gravity (2 settings)     | 2.2e-16  | 1.2e-7   |
+| gravity.optimizer@9c12068 Gravity (PyTorch) | 4.4e-16 | 1.2e-7   |
 | torch Adam(amsgrad=True) / AdamW, wd 2^-7  | 2.2e-16  | 6.0e-8   |
 
 Why not zero: the references decay ``p *= 1 - lr wd`` and then add the step (two roundings),
@@ -48,6 +52,8 @@ TOL = {torch.float64: 1e-13, torch.float32: 1e-5}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 INNAPROP_REPO = Path("/work/.mirror/innaprop+innaprop/repo")
 INNAPROP_COMMIT = "d4bef0c72a10648a5b8efee6d6a9daff02fa4a54"
+GRAVITY_REPO = Path("/work/.mirror/dariush-bahrami+gravity.optimizer/repo")
+GRAVITY_COMMIT = "9c12068752097a9336d74c89d841781188c8b9d6"
 
 
 def run_pair(
@@ -83,23 +89,28 @@ def check(label: str, worst: float, dtype: torch.dtype) -> None:
     assert worst <= TOL[dtype]
 
 
-def authors_innaprop() -> type[torch.optim.Optimizer]:
-    """``INNAprop`` from the pinned commit's ``innaprop.py`` (read from the bare snapshot; no
-    file of it is kept in this repository)."""
-    if not (INNAPROP_REPO / "objects").is_dir():
-        pytest.skip(f"needs the innaprop/innaprop snapshot at {INNAPROP_REPO}")
+def load_class(repo: Path, commit: str, path: str, cls: str) -> type[torch.optim.Optimizer]:
+    """Class ``cls`` of ``path`` at ``commit`` in the bare snapshot ``repo`` (no file of the
+    authors' code is kept in this repository); skipped where the snapshot is absent."""
+    if not (repo / "objects").is_dir():
+        pytest.skip(f"needs the snapshot of {repo.name} at {repo}")
     source = subprocess.run(
-        ["git", "-C", str(INNAPROP_REPO), "show", f"{INNAPROP_COMMIT}:innaprop.py"],
+        ["git", "-C", str(repo), "show", f"{commit}:{path}"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    spec = importlib.util.spec_from_loader("innaprop_reference", loader=None)
+    name = f"reference_{repo.parent.name.replace('+', '_').replace('.', '_')}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.pop("innaprop_reference", None)
-    exec(compile(source, f"innaprop@{INNAPROP_COMMIT[:7]}/innaprop.py", "exec"), module.__dict__)
-    return module.INNAprop
+    sys.modules.pop(name, None)
+    exec(compile(source, f"{repo.parent.name}@{commit[:7]}/{path}", "exec"), module.__dict__)
+    return getattr(module, cls)
+
+
+def authors_innaprop() -> type[torch.optim.Optimizer]:
+    return load_class(INNAPROP_REPO, INNAPROP_COMMIT, "innaprop.py", "INNAprop")
 
 
 @DTYPES
@@ -154,6 +165,23 @@ def test_gravity_matches_pytorch_optimizer(pytorch_optimizer, dtype, alpha, beta
         gravity(alpha=alpha, beta=beta), theirs, dtype, lr, 0.0, set_initial_velocity(alpha, lr)
     )
     check(f"Gravity alpha={alpha} beta={beta}", worst, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize(("alpha", "beta"), [(0.01, 0.9), (0.1, 0.5)])
+def test_gravity_matches_the_authors_pytorch_port(dtype, alpha, beta) -> None:
+    cls = load_class(
+        GRAVITY_REPO, GRAVITY_COMMIT, "implementations/gravity_optimizer_pytorch.py", "Gravity"
+    )
+    lr = 2.0**-4
+
+    def theirs(ps):
+        return cls(ps, lr=lr, alpha=alpha, beta=beta)
+
+    worst = run_pair(
+        gravity(alpha=alpha, beta=beta), theirs, dtype, lr, 0.0, set_initial_velocity(alpha, lr)
+    )
+    check(f"gravity.optimizer@9c12068 Gravity alpha={alpha} beta={beta}", worst, dtype)
 
 
 def test_gravity_initial_velocity_is_the_references_distribution(pytorch_optimizer) -> None:

@@ -133,6 +133,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lookahead_momentum": ["prev", "", None],
     "convention": ["Paper", "", None],
     "initial_velocity": ["uniform", "", None],
+    "schedule_origin": ["1", 1, "", None],
     # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
 }
 

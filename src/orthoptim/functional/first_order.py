@@ -18,8 +18,8 @@ def gravity_force(g: Tensor) -> Tensor:
 
 
 def gravity_beta(beta: float, step: int) -> float:
-    """Gravity's step-dependent averaging weight ``(beta t + 1) / (t + 2)`` at 1-based ``t``
-    (rises from ``(beta + 1) / 3`` towards ``beta``): its "alternative to moving average"."""
+    """Gravity's step-dependent averaging weight ``(beta t + 1) / (t + 2)`` (rises towards
+    ``beta``; at ``t = 0`` it is ``1/2``): its "alternative to moving average"."""
     return (beta * step + 1.0) / (step + 2.0)
 
 

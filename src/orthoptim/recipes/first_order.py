@@ -5,7 +5,7 @@ from __future__ import annotations
 from orthoptim._checks import check_beta
 from orthoptim.recipes.options import default
 from orthoptim.transforms.chain import Chain, chain
-from orthoptim.transforms.gravity import GravityVelocity, InitialVelocity
+from orthoptim.transforms.gravity import GravityVelocity, InitialVelocity, ScheduleOrigin
 from orthoptim.transforms.inertial import DecayPoint, InertialNewton, ScaleByRms
 from orthoptim.transforms.optimistic import (
     AmsgradConvention,
@@ -105,6 +105,7 @@ def gravity(
     beta: float = default(GravityVelocity, "beta"),
     initial_velocity: InitialVelocity = default(GravityVelocity, "initial_velocity"),
     seed: int = default(GravityVelocity, "seed"),
+    schedule_origin: ScheduleOrigin = default(GravityVelocity, "schedule_origin"),
 ) -> Chain:
     """Gravity (Bahrami & Zadeh 2021, "Gravity Optimizer: a Kinematic Approach on Optimization
     in Deep Learning", arXiv 2101.09192, Algorithm 1): a velocity averaged, with the weight
@@ -112,15 +113,31 @@ def gravity(
     decoupled weight decay (the paper has none; default 0). Its three hyperparameters: lr,
     ``alpha`` (the initial velocity's spread, ``v_0 ~ N(0, (alpha / lr)^2)``) and ``beta``.
 
-    Differences from the reference (pytorch-optimizer==4.1.0 ``Gravity``, the paper's
-    Algorithm 1): the initial velocity is drawn from a generator seeded by ``seed`` and the
-    tensor's position, not from torch's global one (the same on every rank and run);
+    Defaults: lr 0.1, ``alpha = 0.01``, ``beta = 0.9`` (the authors' implementations).
+    ``schedule_origin`` chooses between the authors' two implementations: ``"one"`` (their
+    PyTorch port, and pytorch-optimizer, count the first step as ``t = 1``) and ``"zero"``
+    (their Keras optimizer, which ran the paper's experiments, counts it as ``t = 0``).
+
+    Differences from the reference (dariush-bahrami/gravity.optimizer@9c12068
+    ``implementations/gravity_optimizer_pytorch.py``; pytorch-optimizer==4.1.0 ``Gravity``):
+    the initial velocity is drawn from a generator seeded by ``seed`` and the tensor's position,
+    not from torch's global one (the same on every rank and run), with the lr of the tensor's
+    first step (the authors' port: the lr at construction), and at rest where that lr is 0;
     ``initial_velocity="zero"`` (not the reference) starts at rest; ``max|g|`` of a stacked
     parameter is taken per matrix; the velocity of 16-bit parameters in float32.
 
-    References: arXiv 2101.09192; pytorch-optimizer==4.1.0 ``Gravity``.
+    References: arXiv 2101.09192;
+    dariush-bahrami/gravity.optimizer@9c12068752097a9336d74c89d841781188c8b9d6
+    ``implementations/gravity_optimizer_pytorch.py`` (PyTorch), ``gravity/optimizers.py``
+    (Keras); pytorch-optimizer==4.1.0 ``Gravity``.
     """
     return chain(
-        GravityVelocity(alpha=alpha, beta=beta, initial_velocity=initial_velocity, seed=seed),
+        GravityVelocity(
+            alpha=alpha,
+            beta=beta,
+            initial_velocity=initial_velocity,
+            seed=seed,
+            schedule_origin=schedule_origin,
+        ),
         AddWeightDecay(),
     )

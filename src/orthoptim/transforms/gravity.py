@@ -22,6 +22,8 @@ from orthoptim.transforms.base import Ctx, TransformBase
 
 InitialVelocity = Literal["normal", "zero"]
 INITIAL_VELOCITIES: tuple[str, ...] = get_args(InitialVelocity)
+ScheduleOrigin = Literal["one", "zero"]
+SCHEDULE_ORIGINS: tuple[str, ...] = get_args(ScheduleOrigin)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +32,10 @@ class GravityVelocity(TransformBase):
 
     ``zeta = u / (1 + (u max|u|)^2)`` (``functional.first_order.gravity_force``: ``max`` over
     the whole tensor, so not element-wise), ``b_t = (beta t + 1) / (t + 2)``,
-    ``v <- b_t v + (1 - b_t) zeta``, ``u <- v``. ``initial_velocity="normal"`` (the paper, and
+    ``v <- b_t v + (1 - b_t) zeta``, ``u <- v``. ``schedule_origin`` is the ``t`` of a tensor's
+    first step: ``"one"`` (the authors' PyTorch implementation, pytorch-optimizer 4.1.0) or
+    ``"zero"`` (the authors' Keras implementation, which ran the paper's experiments, and their
+    notes' derivation: ``b = 1/2`` at the first step). ``initial_velocity="normal"`` (the paper, and
     pytorch-optimizer 4.1.0 ``Gravity``) draws ``v_0 ~ N(0, (alpha / lr)^2)`` at the tensor's
     first step; ``"zero"`` starts from ``v_0 = 0`` (then ``alpha`` is unused).
 
@@ -47,6 +52,7 @@ class GravityVelocity(TransformBase):
         beta: the averaging weight's limit, in [0, 1).
         initial_velocity: ``"normal"`` or ``"zero"``.
         seed: seeds the initial velocity's draw.
+        schedule_origin: ``"one"`` or ``"zero"``.
     """
 
     key: ClassVar[str] = "gravity"
@@ -58,11 +64,13 @@ class GravityVelocity(TransformBase):
     beta: float = 0.9
     initial_velocity: InitialVelocity = "normal"
     seed: int = 0
+    schedule_origin: ScheduleOrigin = "one"
 
     def __post_init__(self) -> None:
         check_positive("alpha", self.alpha)
         check_beta("beta", self.beta)
         check_choice("initial_velocity", self.initial_velocity, INITIAL_VELOCITIES)
+        check_choice("schedule_origin", self.schedule_origin, SCHEDULE_ORIGINS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
@@ -83,5 +91,6 @@ class GravityVelocity(TransformBase):
                 tuple(v.shape), self.alpha / lr, self.seed, c.position, v.dtype
             )
             v.copy_(to_device(draw, v.device))
-        v.lerp_(gravity_force(u.to(v.dtype)), 1.0 - gravity_beta(self.beta, step))
+        t = step if self.schedule_origin == "one" else step - 1
+        v.lerp_(gravity_force(u.to(v.dtype)), 1.0 - gravity_beta(self.beta, t))
         return u.copy_(v)
