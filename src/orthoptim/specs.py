@@ -441,7 +441,10 @@ REGISTRY: tuple[Spec, ...] = (
             "Wang, Li, Karimi, Li 2021, 'An Optimistic Acceleration of AMSGrad for Nonconvex "
             "Optimization' (ACML, 1903.01435)"
         ),
-        reference="no public code; Algorithms 2 and 3 of the paper",
+        reference=(
+            "Algorithms 2 and 3 of the paper; Hintonthu/optimistic-amsgrad@07fd55e "
+            "Optadam_torch.py (its guess differs: see the recipe)"
+        ),
         tags=frozenset({"elementwise", "adaptive"}),
     ),
     Spec(

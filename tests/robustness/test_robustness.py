@@ -132,6 +132,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "extrapolation_reg": [0.0, -1.0, math.nan, math.inf, "1e-3"],
     "lookahead_momentum": ["prev", "", None],
     "convention": ["Paper", "", None],
+    "second_moment": ["prediction", "", None],
     "initial_velocity": ["uniform", "", None],
     "schedule_origin": ["1", 1, "", None],
     # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --

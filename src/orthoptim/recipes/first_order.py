@@ -12,6 +12,7 @@ from orthoptim.transforms.optimistic import (
     LookaheadMomentum,
     OptimisticAMSGrad,
     Prediction,
+    SecondMoment,
 )
 from orthoptim.transforms.scaling import AddWeightDecay
 
@@ -64,6 +65,7 @@ def optimistic_amsgrad(
     extrapolation_reg: float = default(OptimisticAMSGrad, "extrapolation_reg"),
     lookahead_momentum: LookaheadMomentum = default(OptimisticAMSGrad, "lookahead_momentum"),
     convention: AmsgradConvention = default(OptimisticAMSGrad, "convention"),
+    second_moment: SecondMoment = default(OptimisticAMSGrad, "second_moment"),
 ) -> Chain:
     """Optimistic AMSGrad (Wang, Li, Karimi, Li, "An Optimistic Acceleration of AMSGrad for
     Nonconvex Optimization", ACML 2021, arXiv 1903.01435, Algorithm 2): AMSGrad plus an
@@ -71,19 +73,30 @@ def optimistic_amsgrad(
 
     Chain: ``OptimisticAMSGrad`` (its docstring gives the update), ``u <- u + lambda theta``.
     ``prediction="extrapolation"`` is the paper's predictor (Algorithm 3: regularized minimal
-    polynomial extrapolation of the last ``window + 1`` gradients), the one its experiments use;
-    ``"last_gradient"`` guesses ``g_{t+1} = g_t`` (optimistic mirror descent's usual guess) and
-    keeps ``window`` gradients fewer per parameter; ``"none"`` is AMSGrad.
+    polynomial extrapolation of the last ``window + 1`` gradients); ``"last_gradient"`` guesses
+    ``g_{t+1} = g_t`` (optimistic mirror descent's usual guess) and keeps ``window + 1``
+    gradients fewer per parameter; ``"none"`` is AMSGrad. Defaults: lr 1e-3, ``betas = (0.9,
+    0.99)`` and a window of 5, the settings of every experiment of the authors' code.
 
-    Differences from the reference (no public code; the paper's Algorithms 2 and 3): the
-    extrapolation runs per tensor, not over the whole model's gradient; its ridge is relative
-    (``extrapolation_reg`` times ``max diag(U^T U)``) and the window and ridge are our choices
-    (``window = 5``, ``1e-3``); a changed lr retracts the previous optimistic step at the
-    current lr (the paper's two sequences keep it at the lr it was taken with); no projection
-    onto a constraint set; decoupled weight decay added (the paper has none; default 0).
+    Differences from the reference (the paper's Algorithms 2 and 3 as we transcribe them, and
+    the experiment code published with it, Hintonthu/optimistic-amsgrad@07fd55e
+    ``Optadam_torch.py``): that code's guess is the gradient of an auxiliary copy of the
+    network at an extrapolation of the last 5 *iterates*, evaluated on the current batch (a
+    second forward and backward per step; not offered: ours extrapolates past gradients and
+    needs no closure); its extrapolation's columns are the previous optimistic displacements
+    ``w_t - w_{t-1/2}`` (its ``prev_w`` is the same tensor as its ``aux_w``) with an absolute
+    ridge of 1e-3, and it guesses zero weights for its first 5 steps; it averages ``(g - m)^2``
+    in ``v`` (our ``second_moment="prediction_error"``; default ``"gradient"``, Algorithm 2 as
+    we read it); it bias-corrects as Adam with ``eps`` added to ``sqrt(vhat)`` (our
+    ``convention="torch"`` adds it after the correction) and adds L2 decay to the gradient.
+    Ours also: the extrapolation per tensor, not over the whole model; a relative ridge
+    (``extrapolation_reg`` times ``max diag(U^T U)``); a changed lr retracts the previous
+    optimistic step at the current lr (the paper's two sequences keep it at the lr it was taken
+    with); no projection onto a constraint set; decoupled decay (default 0).
 
-    References: arXiv 1903.01435 (v3, ACML 2021, PMLR 157:422-437); Scieur, d'Aspremont, Bach
-    2016, "Regularized Nonlinear Acceleration" (arXiv 1606.04133).
+    References: arXiv 1903.01435 (v3, ACML 2021, PMLR 157:422-437);
+    Hintonthu/optimistic-amsgrad@07fd55e66adf54b3b84165361674a3e51daabcca ``Optadam_torch.py``;
+    Scieur, d'Aspremont, Bach 2016, "Regularized Nonlinear Acceleration" (arXiv 1606.04133).
     """
     return chain(
         OptimisticAMSGrad(
@@ -94,6 +107,7 @@ def optimistic_amsgrad(
             extrapolation_reg=extrapolation_reg,
             lookahead_momentum=lookahead_momentum,
             convention=convention,
+            second_moment=second_moment,
         ),
         AddWeightDecay(),
     )

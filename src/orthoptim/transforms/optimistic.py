@@ -21,6 +21,8 @@ LookaheadMomentum = Literal["previous", "current"]
 LOOKAHEAD_MOMENTA: tuple[str, ...] = get_args(LookaheadMomentum)
 AmsgradConvention = Literal["paper", "torch"]
 AMSGRAD_CONVENTIONS: tuple[str, ...] = get_args(AmsgradConvention)
+SecondMoment = Literal["gradient", "prediction_error"]
+SECOND_MOMENTS: tuple[str, ...] = get_args(SecondMoment)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,8 +39,8 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
 
     Options:
 
-    * ``prediction``: the guess ``m_{t+1}``. ``"extrapolation"`` (the paper's Algorithm 3, used
-      in its experiments): regularized minimal polynomial extrapolation
+    * ``prediction``: the guess ``m_{t+1}``. ``"extrapolation"`` (the paper's Algorithm 3):
+      regularized minimal polynomial extrapolation
       (``functional.first_order.rmpe``) of the last ``window + 1`` gradients of the tensor
       (fewer on the first steps: the ones seen so far; the current gradient alone on the
       first); ``"last_gradient"``: ``m_{t+1} = g_t``; ``"none"``: no optimistic step
@@ -50,6 +52,11 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
       ``sqrt(vhat)`` as the denominator (Algorithm 2's initialisation); ``"torch"``: moments
       from 0, ``theta / (1 - b1^t)`` and ``h / (1 - b1^t)`` over ``sqrt(vhat / (1 - b2^t)) +
       eps`` (torch.optim.Adam(amsgrad=True), which ``prediction="none"`` then equals).
+    * ``second_moment``: what ``v`` averages: ``"gradient"``, ``g_t^2`` (AMSGrad's, as we
+      transcribe Algorithm 2); ``"prediction_error"``, ``(g_t - m_t)^2`` with ``m_t`` the guess
+      the previous step made for this step's gradient (0 on the first step), as the authors'
+      experiment code does (Hintonthu/optimistic-amsgrad@07fd55e ``Optadam_torch.py``); needs a
+      prediction.
 
     Not element-wise: the extrapolation couples a tensor's entries (the paper extrapolates the
     whole model's gradient; we extrapolate each tensor's, a smaller ``window x window`` system
@@ -57,7 +64,8 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
 
     State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, with a prediction also
     ``optimistic`` (``o_t``), with ``"extrapolation"`` also ``history`` (the last
-    ``window + 1`` gradients, a ring indexed by the step), all in ``stats_dtype``.
+    ``window + 1`` gradients, a ring indexed by the step), with ``"prediction_error"`` also
+    ``guess`` (``m_{t+1}``), all in ``stats_dtype``.
 
     Args:
         betas: ``(b1, b2)``, each in [0, 1).
@@ -67,6 +75,7 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
         extrapolation_reg: the extrapolation's ridge, relative to ``max diag(U^T U)``, > 0.
         lookahead_momentum: ``"previous"`` or ``"current"``.
         convention: ``"paper"`` or ``"torch"``.
+        second_moment: ``"gradient"`` or ``"prediction_error"``.
     """
 
     key: ClassVar[str] = "optimistic_amsgrad"
@@ -75,13 +84,14 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
         r" v);\; o' = \frac{\beta_1\theta_{t-1} + (1-\beta_1)m_{t+1}}{\sqrt{\hat v}};\;"
         r"u \leftarrow \frac{\theta}{\sqrt{\hat v}} + o' - o"
     )
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     prediction: Prediction = "extrapolation"
     window: int = 5
     extrapolation_reg: float = 1e-3
     lookahead_momentum: LookaheadMomentum = "previous"
     convention: AmsgradConvention = "paper"
+    second_moment: SecondMoment = "gradient"
 
     def __post_init__(self) -> None:
         check_betas("betas", self.betas)
@@ -91,6 +101,12 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
         check_positive("extrapolation_reg", self.extrapolation_reg)
         check_choice("lookahead_momentum", self.lookahead_momentum, LOOKAHEAD_MOMENTA)
         check_choice("convention", self.convention, AMSGRAD_CONVENTIONS)
+        check_choice("second_moment", self.second_moment, SECOND_MOMENTS)
+        if self.second_moment == "prediction_error" and self.prediction == "none":
+            raise ValueError(
+                "second_moment='prediction_error' averages (g - m)^2 of a prediction m: "
+                "it needs prediction 'extrapolation' or 'last_gradient', got prediction='none'"
+            )
 
     def init(self, p: Tensor) -> dict[str, Tensor]:
         dtype = stats_dtype(p)
@@ -104,6 +120,8 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
             state["optimistic"] = like(0.0)
         if self.prediction == "extrapolation":
             state["history"] = p.new_zeros((self.window + 1, *p.shape), dtype=dtype)
+        if self.second_moment == "prediction_error":
+            state["guess"] = like(0.0)
         return state
 
     def cost(self, shape: tuple[int, ...]) -> float:
@@ -121,7 +139,10 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
         if self.prediction != "none" and self.lookahead_momentum == "previous":
             momentum_part = exp_avg.mul(b1)  # b1 theta_{t-1}, before theta moves
         ema_(exp_avg, g, b1)
-        ema_square_(exp_avg_sq, g, b2)
+        if self.second_moment == "prediction_error":
+            ema_square_(exp_avg_sq, torch.sub(g, s["guess"]), b2)
+        else:
+            ema_square_(exp_avg_sq, g, b2)
         torch.maximum(vhat, exp_avg_sq, out=vhat)
         if self.convention == "paper":
             denom, scale = vhat.sqrt(), 1.0
@@ -131,6 +152,8 @@ class OptimisticAMSGrad(BetasMoments, TransformBase):
         direction = torch.div(exp_avg, denom).mul_(scale)
         if self.prediction != "none":
             guess = self._guess(g, s.get("history"), step)
+            if "guess" in s:
+                s["guess"].copy_(guess)
             if momentum_part is None:
                 momentum_part = exp_avg.mul(b1)
             optimistic = momentum_part.add_(guess, alpha=1.0 - b1).div_(denom).mul_(scale)
