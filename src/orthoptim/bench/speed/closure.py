@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from orthoptim import registry
+from orthoptim.hvp import double_backward_attention
 
 # Closure-based variants of registered optimizers, timed beside the registry's closure users.
 CLOSURE_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -122,7 +123,8 @@ class Counted:
         def closure() -> torch.Tensor:
             self.calls += 1
             opt.zero_grad()
-            loss = self.loss()
+            with double_backward_attention(create_graph):  # as the race's closure
+                loss = self.loss()
             if backward:
                 loss.backward(create_graph=create_graph)
             return loss
