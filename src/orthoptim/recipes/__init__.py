@@ -21,6 +21,7 @@ from orthoptim.recipes.baselines import adamw, sgd
 from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import shampoo, soap
 from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
@@ -51,6 +52,7 @@ __all__ = [
     "grams",
     "group_lr",
     "hybrid_auon",
+    "induced_metric",
     "lowrank_adamw",
     "mars_adamw",
     "mars_lion",

@@ -9,6 +9,7 @@ from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.efcp import EfcpPrecondition
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
+from orthoptim.transforms.induced_metric import DebiasMomentum, InducedMetric
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
 from orthoptim.transforms.lowrank import LowRankAdam
 from orthoptim.transforms.mfac import MFacPrecondition
@@ -36,8 +37,10 @@ __all__ = [
     "ClipOutliers",
     "Ctx",
     "Dampen",
+    "DebiasMomentum",
     "EfcpPrecondition",
     "FisherTrustRegion",
+    "InducedMetric",
     "LionSign",
     "LowRankAdam",
     "MFacPrecondition",
