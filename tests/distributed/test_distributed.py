@@ -283,6 +283,18 @@ def test_mfac_model_block_is_refused_at_build(ranks: Ranks, mode: str) -> None:
         assert "blocks='model'" in direct
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_induced_metric_per_tensor_runs_distributed(ranks: Ranks, mode: str) -> None:
+    """The default ``scope="model"`` is refused (``SINGLE_ONLY``); ``scope="parameter"`` runs,
+    equal to one process within the matrix tolerance (its norm reads the whole tensor)."""
+    assert "induced_metric" in SINGLE_ONLY
+    want = W.induced_metric_per_tensor(0, "single")
+    for rank, got in enumerate(ranks.run(W.induced_metric_per_tensor, mode)):
+        worst = max((got[n].double() - want[n].double()).abs().max().item() for n in want)
+        print(f"induced_metric scope=parameter {mode} rank {rank}: {worst:.2e}")
+        assert worst <= tolerance("induced_metric")
+
+
 def test_state_is_rank_symmetric_where_dcp_needs_it(ranks: Ranks) -> None:
     """Every rank keeps ``step`` for every parameter; FSDP2 shards element-wise buffers on every
     rank; a matrix core's buffers (NorMuon's v_row) and DDP's whole matrix state live on their
