@@ -6,6 +6,7 @@ Every registered optimizer is covered; a new recipe option must get an entry in
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -18,7 +19,7 @@ import orthoptim
 import orthoptim.nonfinite
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
-from tests.helpers import loss, mlp, straight_and_resumed
+from tests.helpers import loss, mlp, step_all, step_on, straight_and_resumed
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -136,9 +137,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for s in steps:
-        opt.zero_grad()
-        loss(model, s).backward()
-        opt.step()
+        step_on(opt, lambda s=s: loss(model, s))
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -224,13 +223,41 @@ def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None
     opt = orthoptim.build(name, model)
     train(model, opt, range(2))
     before = snapshot(model, opt)
-    opt.zero_grad()
-    loss(model, 2).backward()
     victim = list(model.parameters())[where]
-    victim.grad.view(-1)[0] = bad
-    with pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"):
-        opt.step()
+    with (
+        spoiled(victim, bad),
+        pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"),
+    ):
+        step_on(opt, corrupted(model, opt, 2, victim, bad))
     assert_same(snapshot(model, opt), before)
+
+
+def corrupted(model: nn.Module, opt: torch.optim.Optimizer, seed: int, victim, bad: float):
+    """Batch ``seed``'s loss, whose backward writes ``bad`` into the first element of
+    ``victim``'s gradient (a hook, removed after the step: see ``spoiled``); for a zeroth-order
+    estimator, which calls no backward, the loss itself is ``bad``."""
+
+    def compute() -> torch.Tensor:
+        value = loss(model, seed)
+        return value if opt.plan.closure_backward else value * bad
+
+    return compute
+
+
+@contextlib.contextmanager
+def spoiled(victim: torch.Tensor, bad: float):
+    """While open, every gradient computed for ``victim`` has ``bad`` as its first element."""
+
+    def spoil(g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        g.view(-1)[0] = bad
+        return g
+
+    handle = victim.register_hook(spoil)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -241,10 +268,9 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
     train(model, opt, range(2))
     train(twin, twin_opt, range(2))
     before = snapshot(model, opt)
-    opt.zero_grad()
-    loss(model, 99).backward()
-    list(model.parameters())[1].grad[0] = math.nan
-    opt.step()  # skipped for every group
+    victim = list(model.parameters())[1]
+    with spoiled(victim, math.nan):
+        step_on(opt, corrupted(model, opt, 99, victim, math.nan))  # skipped for every group
     assert opt.skipped_steps == 1
     assert_same(snapshot(model, opt), before)
     train(model, opt, range(2, 4))  # training continues as if the bad batch never came
@@ -297,6 +323,7 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
     groups, params = degenerate_params(name, (rows, cols), dtype)
     opt = orthoptim.build(name, groups)
     for _ in range(3):
+        grads = []
         for p in params:
             if kind == "zero":
                 g = torch.zeros_like(p)
@@ -304,14 +331,14 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
                 g = torch.outer(torch.randn(rows), torch.randn(cols))
             else:
                 g = torch.randn(p.shape)
-            p.grad = (g * magnitude).to(dtype)
+            grads.append((g * magnitude).to(dtype))
         if magnitude > SQUARE_OVERFLOWS and kind != "zero":
             before = snapshot_of(params, opt)
             with pytest.raises(NonFiniteGradientError, match="whose square overflows"):
-                opt.step()
+                step_all(opt, params, grads)
             assert_same(snapshot_of(params, opt), before)
         else:
-            opt.step()
+            step_all(opt, params, grads)
     for p in params:
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
@@ -325,16 +352,14 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
 def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) -> None:
     groups, params = degenerate_params(name, (5, 4), dtype)
     opt = orthoptim.build(name, groups)
-    for p in params:
-        p.grad = torch.randn(p.shape).to(dtype)
-    opt.step()
-    params[0].grad = (torch.randn(params[0].shape) * 1e30).to(dtype)
+    step_all(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
+    grads = [(torch.randn(params[0].shape) * 1e30).to(dtype), *(p.grad for p in params[1:])]
     before = snapshot_of(params, opt)
     with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
-        opt.step()
+        step_all(opt, params, grads)
     assert_same(snapshot_of(params, opt), before)
     opt.nonfinite = "skip"
-    opt.step()
+    step_all(opt, params, grads)
     assert opt.skipped_steps == 1
     assert_same(snapshot_of(params, opt), before)
 

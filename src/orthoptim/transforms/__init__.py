@@ -7,6 +7,7 @@ from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.efcp import EfcpPrecondition
+from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.induced_metric import DebiasMomentum, InducedMetric
@@ -39,9 +40,12 @@ __all__ = [
     "Dampen",
     "DebiasMomentum",
     "EfcpPrecondition",
+    "EstimatorGroup",
     "FisherTrustRegion",
+    "GradientEstimator",
     "InducedMetric",
     "LionSign",
+    "LossOracle",
     "LowRankAdam",
     "MFacPrecondition",
     "MKORHybridPrecondition",
