@@ -131,6 +131,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "inverse": ["dense", "", None],
     "place": ["input", "", None],
     "base": ["lion", "", None, 3],
+    "graph": ["log", "", None],
     # -- induced-metric options (induced_metric) --
 }
 

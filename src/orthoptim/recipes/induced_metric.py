@@ -9,11 +9,12 @@ from orthoptim._checks import check_beta, check_choice
 from orthoptim.recipes.baselines import adamw
 from orthoptim.recipes.muon import MUON_ADAMW, muon
 from orthoptim.recipes.options import default
-from orthoptim.recipes.plan import Plan, with_adamw
+from orthoptim.recipes.plan import Plan, estimated, with_adamw
 from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.induced_metric import (
     DebiasMomentum,
     InducedMetric,
+    LogLossGradient,
     MetricInverse,
     MetricScope,
 )
@@ -24,6 +25,8 @@ MetricBase = Literal["sgd", "adamw", "muon"]
 METRIC_BASES: tuple[str, ...] = get_args(MetricBase)
 MetricPlace = Literal["output", "gradient"]
 METRIC_PLACES: tuple[str, ...] = get_args(MetricPlace)
+LossGraph = Literal["loss", "log_loss"]
+LOSS_GRAPHS: tuple[str, ...] = get_args(LossGraph)
 
 
 def reference_sgd(momentum: float) -> Chain:
@@ -61,6 +64,7 @@ def induced_metric(
     inverse: MetricInverse = ...,
     place: MetricPlace = ...,
     momentum: float = ...,
+    graph: LossGraph = ...,
 ) -> Chain | Plan: ...
 
 
@@ -74,6 +78,7 @@ def induced_metric(
     inverse: MetricInverse = ...,
     place: MetricPlace = ...,
     momentum: float = ...,
+    graph: LossGraph = ...,
 ) -> Plan: ...
 
 
@@ -86,6 +91,7 @@ def induced_metric(
     inverse: MetricInverse = default(InducedMetric, "inverse"),
     place: MetricPlace = "output",
     momentum: float = 0.9,
+    graph: LossGraph = "loss",
 ) -> Chain | Plan:
     """The induced-metric optimiser (Harvey 2025, arXiv 2509.03594) on any base.
 
@@ -119,18 +125,29 @@ def induced_metric(
       the base (then ``"scale"`` and ``"sherman_morrison"`` agree; a scale-invariant base such
       as Adam or Muon then undoes most of it).
 
+    - ``graph``: ``"loss"``, the graph of ``L`` (the reference's ``custom_sgd``), or
+      ``"log_loss"``, the graph of ``log L`` (the reference's ``custom_sgd_log``): the plan's
+      gradients divided by the closure's loss (``LogLossGradient``, a plan-level estimator;
+      ``step(closure)`` with a closure returning the loss), so that a step along the gradient
+      is ``L g / (L^2 + xi ||g||^2)``, an effective lr that rises as the loss falls.
+
     State: the base's, plus one 0-d trace per tensor (4 bytes); ``"sgd"``: one momentum
-    buffer, 4 bytes per float32 element. One forward and one backward pass per step.
+    buffer, 4 bytes per float32 element. One forward and one backward pass per step (with
+    ``graph="log_loss"`` too: it reads the closure's loss).
 
     Differences from the reference (harveyThomas4692/Induced-Metric-Optimiser@754ae88
-    ``optimisers/torch_imp.py``, ``jax_imp.py``): the reference's ``custom_sgd_log`` (the graph
-    of ``log L``: ``tau`` divided by ``L^2``, an effective lr that grows as the loss falls) needs
-    the loss inside the step and is not offered; its ``custom_sgd_rms`` (RMSprop scaling with
-    the trace ``xi sum g^2 / (sqrt(v_hat) + eps)``) is not offered either: ``base="adamw"``
-    keeps Adam's own update and the Euclidean trace ``xi ||g||^2``; the Muon and Adam bases,
-    compared against in the paper, are not in the reference code; our default ``scope="model"``
-    spans one route (with ``base="muon"`` the hidden matrices, not the AdamW route's); the trace
-    EMA is bias-corrected by the parameter's own step counter, as the reference's.
+    ``optimisers/torch_imp.py``, ``jax_imp.py``): ``graph="log_loss"`` divides the gradient by
+    ``L`` before the base, so the momentum averages ``g / L`` and the trace ``xi ||g||^2 /
+    L^2``, where ``custom_sgd_log`` averages ``g`` and ``xi ||g||^2`` and scales the step by
+    ``L / (L^2 + tau_hat)`` with this step's ``L`` (equal without momentum and with
+    ``metric_beta=0``; a loss below 1e-12 is taken as 1e-12); its ``custom_sgd_rms``
+    (RMSprop scaling with the trace ``xi sum g^2 / (sqrt(v_hat) + eps)``) is not offered:
+    ``base="adamw"`` keeps Adam's own update and the Euclidean trace ``xi ||g||^2``; the Muon
+    and Adam bases, compared against in the paper, are not in the reference code; our default
+    ``scope="model"`` spans one route (with ``base="muon"`` the hidden matrices, not the AdamW
+    route's; a plan from ``base="muon"`` needs the model or param groups with roles, as every
+    plan); the trace EMA is bias-corrected by the parameter's own step counter, as the
+    reference's.
 
     References: Thomas R. Harvey, "The Optimiser Hidden in Plain Sight: Training with the Loss
     Landscape's Induced Metric" (arXiv 2509.03594); harveyThomas4692/Induced-Metric-Optimiser
@@ -138,6 +155,15 @@ def induced_metric(
     """
     metric = InducedMetric(xi=xi, beta=metric_beta, scope=scope, inverse=inverse)
     check_choice("place", place, METRIC_PLACES)
+    check_choice("graph", graph, LOSS_GRAPHS)
+    made = _on_base(base, metric, place, momentum)
+    return made if graph == "loss" else estimated(made, LogLossGradient())
+
+
+def _on_base(
+    base: Chain | Plan | MetricBase, metric: InducedMetric, place: MetricPlace, momentum: float
+) -> Chain | Plan:
+    """``base`` under ``metric`` (``induced_metric``'s docstring)."""
     if isinstance(base, str):
         check_choice("base", base, METRIC_BASES)
     if momentum != 0.9 and base != "sgd":
@@ -152,12 +178,13 @@ def induced_metric(
     if base == "muon":
         hidden = with_metric(muon(), metric, place)
         return with_adamw(hidden, name="induced_metric", adamw_route=MUON_ADAMW)
-    if isinstance(base, Plan):
-        return Plan(
-            tuple(
+    if isinstance(base, Plan):  # its estimator, if any, kept: the metric acts on what it gives
+        return dataclasses.replace(
+            base,
+            routes=tuple(
                 dataclasses.replace(r, chain=with_metric(r.chain, metric, place))
                 for r in base.routes
-            )
+            ),
         )
     if isinstance(base, Chain):
         return with_metric(base, metric, place)

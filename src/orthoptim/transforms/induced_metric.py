@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal, cast, get_args
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from orthoptim.functional.induced_metric import (
 )
 from orthoptim.functional.moments import bias_correction, stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
+from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
 
 MetricScope = Literal["model", "parameter"]
 METRIC_SCOPES: tuple[str, ...] = get_args(MetricScope)
@@ -163,3 +164,44 @@ class DebiasMomentum(TransformBase):
 
     def apply(self, u: Tensor, s: State, c: Ctx) -> Tensor:
         return u.div_(bias_correction(self.beta, c.int_step))
+
+
+LOG_LOSS_FLOOR = 1e-12
+"""The loss below which ``LogLossGradient`` divides by this instead: ``log L`` needs ``L > 0``,
+and near zero ``g / L`` would overflow where the metric then makes the step vanish anyway."""
+
+
+@dataclass(frozen=True)
+class LogLossGradient(GradientEstimator):
+    r"""``g <- g / L``: the gradient of ``log L``, so the routes' induced metric is that of the
+    graph of ``log L`` (Harvey 2025, arXiv 2509.03594; the reference's ``custom_sgd_log``).
+
+    Under ``InducedMetric`` the step along the gradient becomes ``(g / L) / (1 + xi ||g||^2 /
+    L^2) = L g / (L^2 + xi ||g||^2)``: the reference's loss-scaled step. It reads the closure's
+    loss (``step(closure)``, one forward and one backward pass as usual); ``L`` below
+    ``LOG_LOSS_FLOOR`` (log needs a positive loss) is taken as the floor.
+    """
+
+    key: ClassVar[str] = "log_loss"
+
+    def estimate(
+        self, oracle: LossOracle, groups: Sequence[EstimatorGroup], step: int
+    ) -> list[list[Tensor]]:
+        loss = oracle.loss
+        if loss is None:
+            raise ValueError(
+                "graph='log_loss' divides the gradient by the loss: the closure passed to "
+                "step(closure) must return the loss"
+            )
+        inverse = torch.reciprocal(loss.detach().clamp_min(LOG_LOSS_FLOOR))
+        return [
+            [
+                cast(Tensor, g) * inverse.to(cast(Tensor, g).device, cast(Tensor, g).dtype)
+                for g in group.grads
+            ]
+            for group in groups
+        ]
+
+    @property
+    def passes(self) -> str:
+        return "1 forward, 1 backward (the closure's loss divides the gradient)"
