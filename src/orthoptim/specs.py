@@ -17,6 +17,7 @@ from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
 from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
@@ -462,6 +463,18 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"elementwise"}),
     ),
     # -- first-order neighbours of issue 21 (INNAprop, Optimistic AMSGrad, Gravity) --
+    Spec(
+        name="induced_metric",
+        recipe=induced_metric,
+        lr=0.1,
+        paper=(
+            "Harvey 2025, 'The Optimiser Hidden in Plain Sight: Training with the Loss "
+            "Landscape's Induced Metric' (2509.03594)"
+        ),
+        reference="harveyThomas4692/Induced-Metric-Optimiser@754ae88 optimisers/torch_imp.py",
+        tags=frozenset({"matrix", "clipping"}),
+    ),
+    # -- induced metric (any base under the loss graph's metric) --
     Spec(
         name="frugal",
         recipe=frugal,

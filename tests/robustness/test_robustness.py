@@ -137,6 +137,14 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "initial_velocity": ["uniform", "", None],
     "schedule_origin": ["1", 1, "", None],
     # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
+    "xi": [-0.1, math.nan, math.inf, "0.1"],
+    "metric_beta": [-0.1, 1.0, math.nan, "0.8"],
+    "scope": ["layer", "", None, "Model"],
+    "inverse": ["dense", "", None],
+    "place": ["input", "", None],
+    "base": ["lion", "", None, 3],
+    "graph": ["log", "", None],
+    # -- induced-metric options (induced_metric) --
 }
 
 

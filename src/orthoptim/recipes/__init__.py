@@ -22,6 +22,7 @@ from orthoptim.recipes.efcp import efcp
 from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import shampoo, soap
 from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
@@ -62,6 +63,7 @@ __all__ = [
     "gravity",
     "group_lr",
     "hybrid_auon",
+    "induced_metric",
     "innaprop",
     "lowrank_adamw",
     "mars_adamw",

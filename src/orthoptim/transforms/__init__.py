@@ -11,6 +11,7 @@ from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, Lo
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.gravity import GravityVelocity
+from orthoptim.transforms.induced_metric import DebiasMomentum, InducedMetric
 from orthoptim.transforms.inertial import InertialNewton, ScaleByRms
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
 from orthoptim.transforms.lowrank import LowRankAdam
@@ -40,11 +41,13 @@ __all__ = [
     "ClipOutliers",
     "Ctx",
     "Dampen",
+    "DebiasMomentum",
     "EfcpPrecondition",
     "EstimatorGroup",
     "FisherTrustRegion",
     "GradientEstimator",
     "GravityVelocity",
+    "InducedMetric",
     "InertialNewton",
     "LionSign",
     "LossOracle",
