@@ -125,12 +125,31 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "alpha": [-0.1, math.nan, math.inf, "0.1"],
+    "beta": [-0.1, math.nan, math.inf, "0.9"],
+    "sigma": [-0.1, 1.0, math.nan, "0.999"],
+    "decay_point": ["decay", "", None],
+    "prediction": ["Extrapolation", "", None],
+    "extrapolation_reg": [0.0, -1.0, math.nan, math.inf, "1e-3"],
+    "lookahead_momentum": ["prev", "", None],
+    "convention": ["Paper", "", None],
+    "second_moment": ["prediction", "", None],
+    "initial_velocity": ["uniform", "", None],
+    "schedule_origin": ["1", 1, "", None],
+    # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
+    "xi": [-0.1, math.nan, math.inf, "0.1"],
+    "metric_beta": [-0.1, 1.0, math.nan, "0.8"],
+    "scope": ["layer", "", None, "Model"],
+    "inverse": ["dense", "", None],
+    "place": ["input", "", None],
+    "base": ["lion", "", None, 3],
+    "graph": ["log", "", None],
+    # -- induced-metric options (induced_metric) --
     "c": [0.0, -0.1, math.nan, math.inf, "0.1"],
     "eta": [0.0, -0.5, 1.5, math.nan, "0.99"],
     "model_blocks": ["layer", "", None, "Tensor"],
     "autoschedule": ["yes", 1, None],
     "n_batches_per_epoch": [0, -1, 1.5, True],
-    "beta": [0.0, 1.0, -0.1, math.nan, "0.9"],
     "lr_max": [0.0, -1.0, math.nan, math.inf],
     # -- SMB options (the reference's names) --
 }
