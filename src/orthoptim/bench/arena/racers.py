@@ -58,6 +58,9 @@ class Racer:
         make: ``make(model, lr, adamw_lr)`` -> an object with ``zero_grad`` and ``step`` (and
             ``state`` or ``optimizers``); raises ``ValueError`` if it cannot optimize the model.
         needs_closure: ``step`` takes a closure that re-evaluates the loss.
+        needs_hvp: the closure must call ``loss.backward(create_graph=True)``: the optimizer
+            takes Hessian-vector products (``Plan.needs_hvp``: oasis, psgd_kron
+            ``curvature="hvp"``).
         adamw_lr_scale: for a racer whose optimizer is a plan with an AdamW route (embeddings,
             head, biases, norms), that route's default lr relative to ``lr`` (the family's
             published pairing; the race's ``--adamw-route ratio``); ``None`` without a route.
@@ -70,6 +73,7 @@ class Racer:
     mirrors: str
     make: Make
     needs_closure: bool = False
+    needs_hvp: bool = False
     adamw_lr_scale: float | None = None
 
     @property
@@ -144,6 +148,7 @@ def _spec_racer(name: str) -> Racer:
         mirrors=name,
         make=make,
         needs_closure=spec.needs_closure,
+        needs_hvp=spec.whole_model_plan().needs_hvp,
         adamw_lr_scale=None if spec.adamw is None else spec.adamw.lr_scale,
     )
 

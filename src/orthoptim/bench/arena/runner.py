@@ -14,10 +14,12 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from orthoptim.bench.arena.flops import model_step_flops, optimizer_step_flops
 from orthoptim.bench.arena.racers import Racer, configuration, state_bytes
@@ -46,15 +48,19 @@ def train_step(
 
     The loss is NaN when the step was refused: a non-finite loss (the optimizer is not
     stepped) or orthoptim's ``NonFiniteGradientError``. A racer that ``needs_closure`` computes
-    its gradients inside ``step``, so its optimizer time includes forward and backward.
+    its gradients inside ``step``, so its optimizer time includes forward and backward; one that
+    ``needs_hvp`` keeps the backward's graph (``create_graph=True``) for the optimizer's
+    Hessian-vector products.
     """
     t0 = time.perf_counter()
     if racer.needs_closure:
 
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            value = task.loss(model, batch)
-            value.backward()
+            # the fused attention kernels have no double backward: the math one where needed
+            with sdpa_kernel(SDPBackend.MATH) if racer.needs_hvp else nullcontext():
+                value = task.loss(model, batch)
+            value.backward(create_graph=racer.needs_hvp)
             return value
 
         t1 = t0
