@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def fixed_grads(shape: tuple[int, ...], steps: int, dtype: torch.dtype, seed: int = 1):
     """A fixed, reproducible gradient sequence (no backprop needed)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(steps)]
+
+
+def differentiable_twice(needs_hvp: bool) -> contextlib.AbstractContextManager[Any]:
+    """For a forward whose gradients an optimizer differentiates again (``Plan.needs_hvp``):
+    attention on the math kernel, the fused ones having no double backward."""
+    return sdpa_kernel(SDPBackend.MATH) if needs_hvp else contextlib.nullcontext()
 
 
 def save_and_load(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:

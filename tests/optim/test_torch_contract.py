@@ -85,7 +85,7 @@ def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Ca
         target = torch.randint(0, VOCAB, (3, 5), generator=g)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(idx).reshape(-1, VOCAB), target.reshape(-1))
-        loss.backward()
+        loss.backward(create_graph=opt.plan.needs_hvp)
         return loss
 
     return closure
@@ -107,10 +107,20 @@ def params_of(opt: torch.optim.Optimizer) -> list[Tensor]:
 
 def hand_grad_closure(opt: ChainOptimizer, seed: int) -> Callable[[], None]:
     """Set every gradient by hand: a fixed random tensor plus a term in the parameter (so
-    the gradient at exact MARS's previous point differs from the current one)."""
+    the gradient at exact MARS's previous point differs from the current one); for an
+    optimizer that takes Hessian-vector products (oasis), the same gradients from
+    ``sum <r, p> + 0.05 |p|^2`` backpropagated with its graph."""
 
     def closure() -> None:
         g = torch.Generator().manual_seed(seed)
+        if opt.plan.needs_hvp:
+            opt.zero_grad()
+            with torch.enable_grad():
+                sum(
+                    (torch.randn(p.shape, generator=g) * p).sum() + 0.05 * p.square().sum()
+                    for p in params_of(opt)
+                ).backward(create_graph=True)
+            return
         for p in params_of(opt):
             p.grad = torch.randn(p.shape, generator=g) + 0.1 * p.detach()
 

@@ -124,14 +124,57 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "alpha": [0.0, -1e-2, math.nan, math.inf, "0.01"],
+    "warmup": [0, -1, 1.5, True, "5"],
+    "eta0": [0.0, -1e-3, math.nan, math.inf, "1e-3"],
+    "step_size": ["constant", "", None],
+    "gradient_difference": ["next_batch", "", None],
+    # -- OASIS options (blocks, beta2, seed: above) --
 }
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for s in steps:
+        step(opt, model, s)
+
+
+def step(opt, model: nn.Module, seed: int, poison=None) -> None:
+    """One step on batch ``seed``, ``poison(model)`` applied to the fresh gradients; inside the
+    closure for an optimizer that needs one (``Plan.needs_closure``: the backward keeps its
+    graph where it takes Hessian-vector products, oasis)."""
+
+    def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss(model, s).backward()
+        value = loss(model, seed)
+        value.backward(create_graph=opt.plan.needs_hvp)
+        if poison is not None:
+            with torch.no_grad():
+                poison(model)
+        return value
+
+    if opt.plan.needs_closure:
+        opt.step(closure)
+    else:
+        closure()
         opt.step()
+
+
+def step_with(opt, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Step with exactly ``grads``: set on the parameters, or for an optimizer that needs a
+    closure, the gradients of ``sum <g, p>`` plus a zero quadratic (a graph, zero curvature)."""
+    if not opt.plan.needs_closure:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        return
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = sum(((g * p).sum() + 0 * (p * p).sum() for p, g in zip(params, grads, strict=True)))
+        value.backward(create_graph=opt.plan.needs_hvp)
+        return value
+
+    opt.step(closure)
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -217,12 +260,14 @@ def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None
     opt = orthoptim.build(name, model)
     train(model, opt, range(2))
     before = snapshot(model, opt)
-    opt.zero_grad()
-    loss(model, 2).backward()
-    victim = list(model.parameters())[where]
-    victim.grad.view(-1)[0] = bad
-    with pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"):
-        opt.step()
+
+    def poison(m: nn.Module) -> None:
+        list(m.parameters())[where].grad.view(-1)[0] = bad
+
+    # a closure poisons its every evaluation: one at the previous point (oasis) is named first
+    found = r"gradient of parameter \S+ (holds NaN or Inf|at its previous value holds NaN)"
+    with pytest.raises(NonFiniteGradientError, match=found):
+        step(opt, model, 2, poison)
     assert_same(snapshot(model, opt), before)
 
 
@@ -234,10 +279,11 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
     train(model, opt, range(2))
     train(twin, twin_opt, range(2))
     before = snapshot(model, opt)
-    opt.zero_grad()
-    loss(model, 99).backward()
-    list(model.parameters())[1].grad[0] = math.nan
-    opt.step()  # skipped for every group
+
+    def poison(m: nn.Module) -> None:
+        list(m.parameters())[1].grad[0] = math.nan
+
+    step(opt, model, 99, poison)  # skipped for every group
     assert opt.skipped_steps == 1
     assert_same(snapshot(model, opt), before)
     train(model, opt, range(2, 4))  # training continues as if the bad batch never came
@@ -290,6 +336,7 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
     groups, params = degenerate_params(name, (rows, cols), dtype)
     opt = orthoptim.build(name, groups)
     for _ in range(3):
+        grads = []
         for p in params:
             if kind == "zero":
                 g = torch.zeros_like(p)
@@ -297,14 +344,14 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
                 g = torch.outer(torch.randn(rows), torch.randn(cols))
             else:
                 g = torch.randn(p.shape)
-            p.grad = (g * magnitude).to(dtype)
+            grads.append((g * magnitude).to(dtype))
         if magnitude > SQUARE_OVERFLOWS and kind != "zero":
             before = snapshot_of(params, opt)
             with pytest.raises(NonFiniteGradientError, match="whose square overflows"):
-                opt.step()
+                step_with(opt, params, grads)
             assert_same(snapshot_of(params, opt), before)
         else:
-            opt.step()
+            step_with(opt, params, grads)
     for p in params:
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
@@ -318,16 +365,16 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
 def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) -> None:
     groups, params = degenerate_params(name, (5, 4), dtype)
     opt = orthoptim.build(name, groups)
-    for p in params:
-        p.grad = torch.randn(p.shape).to(dtype)
-    opt.step()
-    params[0].grad = (torch.randn(params[0].shape) * 1e30).to(dtype)
+    step_with(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
+    grads = [torch.randn(p.shape).to(dtype) for p in params]
+    grads[0] = (torch.randn(params[0].shape) * 1e30).to(dtype)
     before = snapshot_of(params, opt)
-    with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
-        opt.step()
+    found = r"(\|g\| = |at its previous value ).*whose square overflows"  # previous: oasis
+    with pytest.raises(NonFiniteGradientError, match=found):
+        step_with(opt, params, grads)
     assert_same(snapshot_of(params, opt), before)
     opt.nonfinite = "skip"
-    opt.step()
+    step_with(opt, params, grads)
     assert opt.skipped_steps == 1
     assert_same(snapshot_of(params, opt), before)
 
