@@ -312,3 +312,23 @@ def test_trains_teacher_student_with_the_closure() -> None:
     x, y, model, loss_fn = ill_conditioned(0)
     losses = _closure_loop(model, orthoptim.build("oasis", model), x, y, loss_fn, 300)
     assert losses[-1] < 0.15
+
+
+def test_same_batch_difference_keeps_the_step_size_under_minibatches() -> None:
+    """Why ``gradient_difference="same_batch"`` is the default: with a minibatch per step the
+    previous step's gradient differs from this one by the batches' noise, which does not
+    shrink with the step, and the step size collapses. Random teacher, batches of 32, 60
+    steps; measured: eta 1.6e-2 and full-batch loss 0.219 -> 0.023 (same batch) against eta
+    2.1e-11 and 0.212 (previous step)."""
+    results = {}
+    for difference in ("same_batch", "previous_step"):
+        x, y, model, loss_fn = random_teacher(0)
+        opt = orthoptim.build("oasis", model, gradient_difference=difference)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(60):
+            idx = torch.randint(0, x.shape[0], (32,), generator=gen)
+            _closure_loop(model, opt, x[idx], y[idx], loss_fn, 1)
+        eta = float(next(iter(opt.state.values()))["oasis.eta"])
+        results[difference] = (eta, float(loss_fn(model, x, y)))
+    assert results["same_batch"][0] > 1e-3 and results["same_batch"][1] < 0.05
+    assert results["previous_step"][0] < 1e-6 and results["previous_step"][1] > 0.15

@@ -29,35 +29,47 @@ def oasis(
     ||w_k - w_{k-1}||_{D^_k} / (2 ||g_k - g_{k-1}||*_{D^_k}))``, ``theta_k = eta_k /
     eta_{k-1}``; ``u <- eta_k D^_k^{-1} g_k``; ``u <- u + lambda theta`` (decoupled decay,
     0 by default). ``D_0`` is the mean of ``warmup`` samples at the initial point, one per
-    step, the parameters held there until the last (``transforms.oasis.Oasis``).
+    step, the parameters held there until the last, which takes the first step with
+    ``eta_0`` (``transforms.oasis.Oasis``).
 
     No learning rate to tune: the step size adapts. The optimizer's lr (the registry's
     default 1) multiplies the adaptive step and leaves it the paper's at 1; with
     ``step_size="fixed"`` (the paper's fixed-learning-rate OASIS) it is the step size.
 
-    Needs ``step(closure)`` with a closure that calls ``loss.backward(create_graph=True)``
-    (docs/architecture.md, "The step, top to bottom"): per step 1 forward, 1 backward with
-    the graph kept, 1 double backward (the Hessian-vector product along the step's probes,
-    ``orthoptim.hvp``). ``blocks="model"`` (the paper's one step size) runs in one process
-    (``route_wide``: ``ValueError`` under DDP or FSDP2, as every closure-based recipe);
+    Needs ``step(closure)`` with a closure that zeroes the gradients, computes the loss and
+    calls ``loss.backward(create_graph=True)`` (docs/architecture.md, "The step, top to
+    bottom"); attention should run on the math kernel there
+    (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``: the fused ones have no double
+    backward). Per step, at the defaults: 2 forwards and 2 backwards with the graph kept (the
+    closure at the previous parameters for ``g_{k-1}`` on the same batch, then at the
+    current ones) and 1 double backward (the Hessian-vector products along the step's
+    probes, ``orthoptim.hvp``); ``gradient_difference="previous_step"``: 1 forward, 1
+    backward, 1 double backward. ``blocks="model"`` (the paper's one step size) runs in one
+    process (``route_wide``), and every closure-based recipe is refused under DDP or FSDP2;
     ``"parameter"`` gives each parameter tensor its own step size.
 
-    Memory: ``D``, ``w_{k-1}``, ``g_{k-1}``: 12 bytes per float32 element (``"fixed"``: 4),
-    plus two scalars per tensor; the double backward keeps the first backward's graph alive
-    until the products are taken.
+    Memory: ``D`` and ``w_{k-1}``: 8 bytes per float32 element (``"previous_step"`` adds
+    ``g_{k-1}``: 12; ``"fixed"``: 4), plus two scalars per tensor; the double backward keeps
+    the first backward's graph alive until the products are taken.
+
+    Defaults: ``beta2=0.99``, ``alpha=1e-2``, ``warmup=5``, ``eta0=1e-3``, chosen on the
+    teacher-student problems (tests/recipes/test_oasis.py) and the arena's digits task: with
+    a small ``alpha`` (1e-5) the flat directions' tiny ``D^`` bound the shared step size and
+    the rest of the model barely moved.
 
     Differences from the reference (the paper, Algorithm 1; no code of the authors was found
     to pin: an oracle written from the paper tests it, tests/recipes/test_oasis.py):
     ``D_0``'s warm start takes one Hutchinson sample per step at ``w_0`` on that step's batch
     (the shell evaluates one Hessian-vector product per parameter and step), so the first
-    ``warmup - 1`` steps do not move the parameters; ``g_{k-1}`` in the Lipschitz estimate is
-    the previous step's (stochastic) gradient, not the gradient at ``w_{k-1}`` on the current
-    batch (one gradient evaluation per step); ``eta_0``, ``beta2``, ``alpha`` and
-    ``warmup`` are inputs the algorithm leaves open, ours chosen on the convergence tests and
-    the arena's digits task; the estimate's guards (``functional.oasis.lipschitz_step``: a
-    zero gradient or parameter difference gives no bound, a non-finite step size keeps the
-    previous one) are ours; the probes are independent across parameters and drawn from a
-    generator seeded by ``(seed, step, parameter index)`` for bit-exact resumption.
+    ``warmup - 1`` steps do not move the parameters; ``g_{k-1}`` is the gradient at
+    ``w_{k-1}`` on the current batch (Algorithm 1's ``grad F(w_{k-1})`` with the step's
+    minibatch; the previous step's gradient is ``gradient_difference="previous_step"``,
+    whose step size collapses under minibatch noise: tested there); ``eta_0``, ``beta2``,
+    ``alpha`` and ``warmup`` are inputs the algorithm leaves open, ours above; the
+    estimate's guards (``functional.oasis.lipschitz_step``: a zero gradient or parameter
+    difference gives no bound, a non-finite step size keeps the previous one) are ours; the
+    probes are independent across parameters and drawn from a generator seeded by ``(seed,
+    step, parameter index)`` for bit-exact resumption.
     """
     return chain(
         Oasis(
