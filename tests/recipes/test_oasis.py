@@ -227,6 +227,8 @@ def test_lipschitz_step_guards() -> None:
     assert float(eta) == pytest.approx(0.2)
     eta, _ = lipschitz_step(t(0.1), t(3.0), t(0.0), t(1.0))  # no step taken: no bound either
     assert float(eta) == pytest.approx(0.2)
+    eta, _ = lipschitz_step(t(0.1), t(3.0), t(4.0), t(math.inf))  # an overflowed sum: none
+    assert float(eta) == pytest.approx(0.2)
     eta, theta = lipschitz_step(t(0.1), t(math.inf), t(0.0), t(0.0))  # both infinite: stays
     assert float(eta) == pytest.approx(0.1) and float(theta) == pytest.approx(1.0)
 

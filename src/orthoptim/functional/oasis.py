@@ -48,10 +48,11 @@ def lipschitz_step(
     Guards, on the device (``torch.where``, no host read): a zero gradient difference gives
     no Lipschitz bound (the estimate is ``+inf``, so the growth bound decides); a zero
     parameter difference (a step of lr 0) gives no information either, where the formula's 0
-    would pin every later step to 0 (``eta_{k+1} <= sqrt(1 + 0) * 0``); where both bounds are
+    would pin every later step to 0 (``eta_{k+1} <= sqrt(1 + 0) * 0``); nor does a sum of
+    squares that overflowed (its ratio would be 0 or infinite); where both bounds are
     infinite (``theta_0 = +inf`` and no bound at the first adaptive step), ``eta`` stays.
     """
-    informative = (dg_dual > 0) & (dw_metric > 0)
+    informative = (dg_dual > 0) & (dw_metric > 0) & dg_dual.isfinite() & dw_metric.isfinite()
     ratio = torch.where(informative, dw_metric / torch.where(informative, dg_dual, 1.0), 1.0)
     estimate = torch.where(informative, 0.5 * ratio.sqrt(), torch.inf)
     new = torch.minimum(torch.sqrt(1.0 + theta) * eta, estimate)

@@ -76,7 +76,8 @@ class Oasis(TransformBase):
 
     State: ``diag`` (``D``), ``prev_param`` (``w_{k-1}``, adaptive only), ``prev_grad``
     (``g_{k-1}``, ``"previous_step"`` only), ``eta`` and ``theta`` (0-d; with
-    ``blocks="model"`` every parameter holds the same values), in ``stats_dtype``: 8 bytes per
+    ``blocks="model"`` every parameter holds the same values; ``theta_0 = +inf`` is not
+    stored), in ``stats_dtype``: 8 bytes per
     float32 element at the defaults, 12 with ``"previous_step"``, 4 with ``"fixed"``.
 
     Args:
@@ -156,7 +157,8 @@ class Oasis(TransformBase):
             if not self.same_batch:
                 state["prev_grad"] = torch.zeros(p.shape, dtype=dtype, device=p.device)
             state["eta"] = torch.full((), self.eta0, dtype=dtype, device=p.device)
-            state["theta"] = torch.full((), math.inf, dtype=dtype, device=p.device)
+            # theta_0 = +inf is known from the step (``_step_block``): the state stays finite
+            state["theta"] = torch.zeros((), dtype=dtype, device=p.device)
         return state
 
     def cost(self, shape: tuple[int, ...]) -> float:
@@ -235,6 +237,8 @@ class Oasis(TransformBase):
         update is zero; at its end, ``eta_0``."""
         step = cs[0].int_step
         eta, theta = ss[0]["eta"], ss[0]["theta"]
+        if step == self.warmup + 1:  # k = 1: theta_0 = +inf
+            theta = torch.full_like(theta, math.inf)
         if step > self.warmup:
             device = eta.device
             dw = torch.stack(
