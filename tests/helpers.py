@@ -18,10 +18,10 @@ def fixed_grads(shape: tuple[int, ...], steps: int, dtype: torch.dtype, seed: in
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(steps)]
 
 
-def differentiable_twice(needs_hvp: bool) -> contextlib.AbstractContextManager[Any]:
-    """For a forward whose gradients an optimizer differentiates again (``Plan.needs_hvp``):
+def differentiable_twice(graph: bool) -> contextlib.AbstractContextManager[Any]:
+    """For a forward whose gradients an optimizer differentiates again (``Plan.needs_graph``):
     attention on the math kernel, the fused ones having no double backward."""
-    return sdpa_kernel(SDPBackend.MATH) if needs_hvp else contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH) if graph else contextlib.nullcontext()
 
 
 def save_and_load(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -26,9 +26,9 @@ def one_step(name: str, model: TinyGPT) -> torch.optim.Optimizer:
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        with differentiable_twice(opt.plan.needs_hvp):
+        with differentiable_twice(opt.plan.needs_graph):
             loss = model(x).square().mean()
-        loss.backward(create_graph=opt.plan.needs_hvp)
+        loss.backward(create_graph=opt.plan.needs_graph)
         return loss
 
     if opt.plan.needs_closure:

@@ -48,7 +48,7 @@ def trained(
 ) -> list[Tensor]:
     model = make_model()
     opt = make_opt(model)
-    graph = isinstance(opt, ChainOptimizer) and opt.plan.needs_hvp
+    graph = isinstance(opt, ChainOptimizer) and opt.plan.needs_graph
     for seed in range(STEPS):
 
         def closure(seed: int = seed) -> Tensor:

@@ -85,7 +85,7 @@ def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Ca
         target = torch.randint(0, VOCAB, (3, 5), generator=g)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(idx).reshape(-1, VOCAB), target.reshape(-1))
-        loss.backward(create_graph=opt.plan.needs_hvp)
+        loss.backward(create_graph=opt.plan.needs_graph)
         return loss
 
     return closure
@@ -113,7 +113,7 @@ def hand_grad_closure(opt: ChainOptimizer, seed: int) -> Callable[[], None]:
 
     def closure() -> None:
         g = torch.Generator().manual_seed(seed)
-        if opt.plan.needs_hvp:
+        if opt.plan.needs_graph:
             opt.zero_grad()
             with torch.enable_grad():
                 sum(

@@ -146,7 +146,7 @@ def step(opt, model: nn.Module, seed: int, poison=None) -> None:
     def closure() -> torch.Tensor:
         opt.zero_grad()
         value = loss(model, seed)
-        value.backward(create_graph=opt.plan.needs_hvp)
+        value.backward(create_graph=opt.plan.needs_graph)
         if poison is not None:
             with torch.no_grad():
                 poison(model)
@@ -171,7 +171,7 @@ def step_with(opt, params: list[torch.Tensor], grads: list[torch.Tensor]) -> Non
     def closure() -> torch.Tensor:
         opt.zero_grad()
         value = sum(((g * p).sum() + 0 * (p * p).sum() for p, g in zip(params, grads, strict=True)))
-        value.backward(create_graph=opt.plan.needs_hvp)
+        value.backward(create_graph=opt.plan.needs_graph)
         return value
 
     opt.step(closure)

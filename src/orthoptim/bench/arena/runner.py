@@ -48,9 +48,9 @@ def train_step(
 
     The loss is NaN when the step was refused: a non-finite loss (the optimizer is not
     stepped) or orthoptim's ``NonFiniteGradientError``. A racer that ``needs_closure`` computes
-    its gradients inside ``step``, so its optimizer time includes forward and backward; one that
-    ``needs_hvp`` keeps the backward's graph (``create_graph=True``) for the optimizer's
-    Hessian-vector products.
+    its gradients inside ``step``, so its optimizer time includes forward and backward; one whose
+    closure keeps the backward's graph (``closure_graph``: Hessian-vector products) runs its
+    forward on the math attention kernel.
     """
     t0 = time.perf_counter()
     if racer.needs_closure:
@@ -58,9 +58,10 @@ def train_step(
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
             # the fused attention kernels have no double backward: the math one where needed
-            with sdpa_kernel(SDPBackend.MATH) if racer.needs_hvp else nullcontext():
+            with sdpa_kernel(SDPBackend.MATH) if racer.closure_graph else nullcontext():
                 value = task.loss(model, batch)
-            value.backward(create_graph=racer.needs_hvp)
+            if racer.closure_backward:
+                value.backward(create_graph=racer.closure_graph)
             return value
 
         t1 = t0
