@@ -29,6 +29,7 @@ from orthoptim.recipes.mkor import mkor, mkor_h
 from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
+from orthoptim.recipes.oasis import oasis
 from orthoptim.recipes.plan import (
     PLAN_OPTIONS,
     AdamWRoute,
@@ -71,6 +72,7 @@ __all__ = [
     "muon_polar",
     "noise_adaptive",
     "normuon",
+    "oasis",
     "psgd_kron",
     "psgd_lra",
     "root",
