@@ -26,6 +26,7 @@ from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
 from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
+from orthoptim.recipes.oasis import oasis
 from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
@@ -373,6 +374,23 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"second-order", "fisher", "compressed", "matrix"}),
     ),
     # -- M-FAC --
+    Spec(
+        name="oasis",
+        recipe=oasis,
+        lr=1.0,  # multiplies the adaptive step: 1 is the paper's (no lr to tune)
+        paper=(
+            "Jahani, Rusakov, Shi, Richtárik, Mahoney, Takáč 2022, 'Doubly Adaptive Scaled "
+            "Algorithm for Machine Learning Using Second-Order Information' (ICLR, 2109.05198)"
+        ),
+        reference="from the paper (Algorithm 1): oracle only, no code of the authors found",
+        tags=frozenset({"second-order", "hessian", "diagonal", "adaptive", "closure"}),
+        single_process_only=(
+            "it reads Hessian-vector products through step(closure) (one double backward per "
+            "step), which the distributed step does not evaluate, and its step size is shared "
+            "by every parameter of the model"
+        ),
+    ),
+    # -- Hessian-diagonal, Lipschitz step size (OASIS) --
     Spec(
         name="mars_adamw",
         recipe=mars_adamw,

@@ -31,6 +31,7 @@ from orthoptim.recipes.mkor import mkor, mkor_h
 from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
+from orthoptim.recipes.oasis import oasis
 from orthoptim.recipes.plan import (
     PLAN_OPTIONS,
     AdamWRoute,
@@ -77,6 +78,7 @@ __all__ = [
     "muon_polar",
     "noise_adaptive",
     "normuon",
+    "oasis",
     "optimistic_amsgrad",
     "psgd_kron",
     "psgd_lra",
