@@ -149,11 +149,13 @@ def estimate_gradients(
             if (p.grad is not None if estimator.closure_backward else p.requires_grad)
         ]
         for p in params:
-            if not state.get(p):
+            # A stateless estimator leaves a first step's state to the routes, so a step the
+            # non-finite check refuses creates none (it changes nothing).
+            if not state.get(p) and estimator.init(p):
                 state[p] = fresh_state(group, p)
             graph = graph or (p.grad is not None and p.grad.requires_grad)
         own = [
-            {k.removeprefix(PREFIX): v for k, v in state[p].items() if k.startswith(PREFIX)}
+            {k.removeprefix(PREFIX): v for k, v in state.get(p, {}).items() if k.startswith(PREFIX)}
             for p in params
         ]
         grads = [p.grad for p in params]
@@ -167,7 +169,8 @@ def estimate_gradients(
     every = [p for group in param_groups for p in group["params"] if p.requires_grad]
     oracle = ClosureOracle(closure, every, loss, graph)
     first = next((p for params in chosen for p in params), None)
-    step = 1 if first is None else int(state[first]["step"].item()) + 1
+    counter = None if first is None else state.get(first, {}).get("step")
+    step = 1 if counter is None else int(counter.item()) + 1
     try:
         estimates = estimator.estimate(oracle, groups, step)
     finally:
@@ -176,5 +179,6 @@ def estimate_gradients(
                 p.grad = p.grad.detach()
     for params, seen, found in zip(chosen, groups, estimates, strict=True):
         for p, buffers, g in zip(params, seen.states, found, strict=True):
-            state[p].update({PREFIX + k: v for k, v in buffers.items()})
+            if buffers:
+                state[p].update({PREFIX + k: v for k, v in buffers.items()})
             p.grad = g.to(p.dtype)

@@ -64,8 +64,7 @@ def lanczos(
     vs = start.new_zeros(k, n)
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
-    norm = torch.linalg.vector_norm(start)
-    vs[0] = torch.where(norm > tiny, start / norm.clamp_min(tiny), torch.zeros_like(start))
+    vs[0] = _unit(start, tiny)
     for j in range(k):
         w = hvp(vs[j]).reshape(-1)
         alpha = torch.dot(vs[j], w)
@@ -87,6 +86,15 @@ def lanczos(
     return vs, alpha_t, beta_t
 
 
+def _unit(x: Tensor, tiny: float) -> Tensor:
+    """``x / ||x||`` (zero for a zero ``x``), the norm taken on ``x / max|x|`` so that a
+    gradient whose squares overflow still gives a unit vector."""
+    peak = x.abs().amax()
+    scaled = x / peak.clamp_min(tiny)
+    norm = torch.linalg.vector_norm(scaled)
+    return torch.where(norm > 0, scaled / norm.clamp_min(tiny), torch.zeros_like(x))
+
+
 def tridiagonal(alpha: Tensor, beta: Tensor) -> Tensor:
     """The symmetric tridiagonal ``T`` with diagonal ``alpha`` and off-diagonal ``beta``."""
     return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
@@ -97,13 +105,19 @@ def absolute_inverse_coefficients(
 ) -> Tensor:
     """``(|T| + lambda I)^{-1} c`` for each ``lambda`` of ``dampings``: a ``k x m`` matrix (one
     column per damping), in float64. A zero ``|lambda_i| + lambda`` (only with no damping)
-    contributes nothing (a pseudo-inverse), so a breakdown's zero block gives no NaN."""
+    contributes nothing (a pseudo-inverse), so a breakdown's zero block gives no NaN. A ``T``
+    with a NaN or Inf (a product that overflowed) gives NaN coefficients, for the optimizer's
+    non-finite check to refuse, instead of an error from the eigensolver."""
     t = tridiagonal(alpha.double(), beta.double())
-    evals, q = torch.linalg.eigh(t)
+    finite = torch.isfinite(t).all()
+    t = torch.where(finite, t, 0.0)
+    peak = t.abs().amax().clamp_min(torch.finfo(torch.float64).tiny)
+    evals, q = torch.linalg.eigh(t / peak)  # scaled: the solver's tolerances are relative
     lam = torch.as_tensor(dampings, dtype=torch.float64, device=t.device).reshape(1, -1)
-    denom = evals.abs().reshape(-1, 1) + lam
+    denom = (evals * peak).abs().reshape(-1, 1) + lam
     scale = torch.where(denom > 0, 1.0 / torch.where(denom > 0, denom, 1.0), 0.0)
-    return q @ (scale * (q.mT @ c.double()).reshape(-1, 1))
+    coefficients = q @ (scale * (q.mT @ c.double()).reshape(-1, 1))
+    return torch.where(finite, coefficients, torch.nan)
 
 
 def saddle_free_direction(

@@ -42,6 +42,7 @@ from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.saddle_free import saddle_free_newton
 from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "psgd_kron",
     "psgd_lra",
     "root",
+    "saddle_free_newton",
     "sgd",
     "sgdp",
     "shampoo",
