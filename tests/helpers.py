@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def fixed_grads(shape: tuple[int, ...], steps: int, dtype: torch.dtype, seed: int = 1):
     """A fixed, reproducible gradient sequence (no backprop needed)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(steps)]
+
+
+def differentiable_twice(needs_hvp: bool) -> contextlib.AbstractContextManager[Any]:
+    """For a forward whose gradients an optimizer differentiates again (``Plan.needs_hvp``):
+    attention on the math kernel, the fused ones having no double backward."""
+    return sdpa_kernel(SDPBackend.MATH) if needs_hvp else contextlib.nullcontext()
 
 
 def save_and_load(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -39,6 +47,58 @@ def loss(model: nn.Module, seed: int) -> torch.Tensor:
     x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
     dtype = next(model.parameters()).dtype
     return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
+
+
+def step_on(
+    opt: torch.optim.Optimizer,
+    compute_loss: Callable[[], torch.Tensor],
+    edit: Callable[[], None] | None = None,
+) -> None:
+    """One step of ``opt`` on ``compute_loss()``: through ``step(closure)`` where its plan needs
+    a closure (a gradient estimator, exact MARS), the closure's backward as the plan asks
+    (``create_graph`` for Hessian-vector products, none for a zeroth-order estimator); else
+    backward, then ``step()``. ``edit`` runs after each backward (a test's poisoned
+    gradient)."""
+    plan = getattr(opt, "plan", None)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = compute_loss()
+        if plan is None or plan.closure_backward:
+            value.backward(create_graph=plan is not None and plan.needs_graph)
+        if edit is not None:
+            edit()
+        return value
+
+    if plan is not None and plan.needs_closure:
+        opt.step(closure)
+    else:
+        closure()
+        opt.step()
+
+
+def linear_loss(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_i <p_i, g_i>``, whose gradient is ``grads`` at every point (bit for bit), plus
+    ``0 * ||p_i||^2``: no curvature, but gradients with a graph under ``create_graph=True``
+    (the shell refuses a graph-less gradient where a plan takes Hessian-vector products)."""
+    terms = [
+        (p * g.detach()).sum() + 0.0 * p.square().sum() for p, g in zip(params, grads, strict=True)
+    ]
+    return sum(terms, start=torch.zeros(()))
+
+
+def step_given(
+    opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> None:
+    """Step ``opt`` on hand-made gradients: set as ``.grad``, then ``step()``; where its plan
+    needs a closure, as the gradients of ``linear_loss`` (the same at every point it visits)."""
+    plan = getattr(opt, "plan", None)
+    if plan is not None and plan.needs_closure:
+        step_on(opt, lambda: linear_loss(params, grads))
+        return
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    opt.step()
 
 
 def conv_classifier() -> nn.Module:

@@ -9,6 +9,7 @@ import torch
 import orthoptim
 from orthoptim.bench.models import TinyGPT
 from orthoptim.estimate import STEP_COUNTER_BYTES
+from tests.helpers import differentiable_twice
 
 
 def tiny_gpt() -> TinyGPT:
@@ -25,8 +26,9 @@ def one_step(name: str, model: TinyGPT) -> torch.optim.Optimizer:
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = model(x).square().mean()
-        loss.backward()
+        with differentiable_twice(opt.plan.needs_graph):
+            loss = model(x).square().mean()
+        loss.backward(create_graph=opt.plan.needs_graph)
         return loss
 
     if opt.plan.needs_closure:

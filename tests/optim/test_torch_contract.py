@@ -70,10 +70,9 @@ def make(name: str, options: dict[str, Any], model: nn.Module) -> ChainOptimizer
 
 
 def needs_closure(opt: ChainOptimizer) -> bool:
-    """Whether a transform needs ``step(closure)`` (exact MARS: a second gradient)."""
-    return any(
-        getattr(t, "needs_closure", False) for r in opt.plan.routes for t in r.chain.transforms
-    )
+    """Whether the plan needs ``step(closure)`` (exact MARS: a second gradient; a gradient
+    estimator)."""
+    return opt.plan.needs_closure
 
 
 def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Callable[[], Tensor]:
@@ -85,7 +84,7 @@ def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Ca
         target = torch.randint(0, VOCAB, (3, 5), generator=g)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(idx).reshape(-1, VOCAB), target.reshape(-1))
-        loss.backward()
+        loss.backward(create_graph=opt.plan.needs_graph)
         return loss
 
     return closure
@@ -105,14 +104,23 @@ def params_of(opt: torch.optim.Optimizer) -> list[Tensor]:
     return [p for group in opt.param_groups for p in group["params"]]
 
 
-def hand_grad_closure(opt: ChainOptimizer, seed: int) -> Callable[[], None]:
+def hand_grad_closure(opt: ChainOptimizer, seed: int) -> Callable[[], Tensor | None]:
     """Set every gradient by hand: a fixed random tensor plus a term in the parameter (so
     the gradient at exact MARS's previous point differs from the current one)."""
 
-    def closure() -> None:
+    def closure() -> Tensor | None:
         g = torch.Generator().manual_seed(seed)
+        if opt.plan.estimator is not None:  # it reads the loss: one with that gradient
+            opt.zero_grad()
+            params = params_of(opt)
+            fixed = [torch.randn(p.shape, generator=g) for p in params]
+            terms = zip(params, fixed, strict=True)
+            loss = sum(((p * r).sum() + 0.05 * p.square().sum() for p, r in terms))
+            loss.backward(create_graph=opt.plan.needs_graph)
+            return loss
         for p in params_of(opt):
             p.grad = torch.randn(p.shape, generator=g) + 0.1 * p.detach()
+        return None
 
     return closure
 
