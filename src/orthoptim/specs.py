@@ -461,7 +461,7 @@ REGISTRY: tuple[Spec, ...] = (
             "the saddle point problem in high-dimensional non-convex optimization' (NeurIPS, "
             "1406.2572; workshop version 1405.4604)"
         ),
-        reference=None,  # from the paper: oracle only (no authors' code found)
+        reference="from the paper: oracle only (no authors' code found)",
         tags=frozenset({"second-order", "hessian", "krylov", "closure"}),
         single_process_only=(
             "one Krylov space spans the whole model, built from Hessian-vector products of the "
