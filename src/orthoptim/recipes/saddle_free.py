@@ -40,7 +40,11 @@ def saddle_free_newton(
     1 and 1), and ``k`` Hessian-vector products (each a double backward through the closure's
     graph, about two backward passes); memory O(n k) for the Lanczos basis (``k`` copies of
     the model's parameters, transient) and no state kept between steps (0 bytes per
-    parameter). For models where that is affordable: small networks, or ``k`` small.
+    parameter). For models where that is affordable: small networks, or ``k`` small. Measured
+    (process CPU time, 1 thread, a 64-256-256-10 tanh MLP of 85k parameters, batch 128, medians
+    of 6 steps side by side): 77 ms per step against 4.5 ms for a muon training step (17x;
+    ``damping_rule="fixed"``: 65 ms; ``k=5`` fixed: 16 ms); the Hessian-vector products take
+    about 46% of it, the re-orthogonalisation 18%, the line search's closures 10%.
 
     Differences from the reference (from the paper: oracle only; no authors' code was found):
 
