@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from orthoptim.hvp import double_backward_attention
 
 
 def fixed_grads(shape: tuple[int, ...], steps: int, dtype: torch.dtype, seed: int = 1):
     """A fixed, reproducible gradient sequence (no backprop needed)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(steps)]
-
-
-def differentiable_twice(needs_hvp: bool) -> contextlib.AbstractContextManager[Any]:
-    """For a forward whose gradients an optimizer differentiates again (``Plan.needs_hvp``):
-    attention on the math kernel, the fused ones having no double backward."""
-    return sdpa_kernel(SDPBackend.MATH) if needs_hvp else contextlib.nullcontext()
 
 
 def save_and_load(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -49,58 +43,6 @@ def loss(model: nn.Module, seed: int) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x.to(dtype)).float(), y)
 
 
-def step_on(
-    opt: torch.optim.Optimizer,
-    compute_loss: Callable[[], torch.Tensor],
-    edit: Callable[[], None] | None = None,
-) -> None:
-    """One step of ``opt`` on ``compute_loss()``: through ``step(closure)`` where its plan needs
-    a closure (a gradient estimator, exact MARS), the closure's backward as the plan asks
-    (``create_graph`` for Hessian-vector products, none for a zeroth-order estimator); else
-    backward, then ``step()``. ``edit`` runs after each backward (a test's poisoned
-    gradient)."""
-    plan = getattr(opt, "plan", None)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        value = compute_loss()
-        if plan is None or plan.closure_backward:
-            value.backward(create_graph=plan is not None and plan.needs_graph)
-        if edit is not None:
-            edit()
-        return value
-
-    if plan is not None and plan.needs_closure:
-        opt.step(closure)
-    else:
-        closure()
-        opt.step()
-
-
-def linear_loss(params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_i <p_i, g_i>``, whose gradient is ``grads`` at every point (bit for bit), plus
-    ``0 * ||p_i||^2``: no curvature, but gradients with a graph under ``create_graph=True``
-    (the shell refuses a graph-less gradient where a plan takes Hessian-vector products)."""
-    terms = [
-        (p * g.detach()).sum() + 0.0 * p.square().sum() for p, g in zip(params, grads, strict=True)
-    ]
-    return sum(terms, start=torch.zeros(()))
-
-
-def step_given(
-    opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]
-) -> None:
-    """Step ``opt`` on hand-made gradients: set as ``.grad``, then ``step()``; where its plan
-    needs a closure, as the gradients of ``linear_loss`` (the same at every point it visits)."""
-    plan = getattr(opt, "plan", None)
-    if plan is not None and plan.needs_closure:
-        step_on(opt, lambda: linear_loss(params, grads))
-        return
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
-    opt.step()
-
-
 def conv_classifier() -> nn.Module:
     """A seeded conv-then-dense classifier of 1 x 4 x 4 images (the hooked recipes' resume
     tests: a convolution's unfolded statistics and dense ones in one model)."""
@@ -117,9 +59,7 @@ def train_conv_classifier(m: nn.Module, opt: torch.optim.Optimizer, steps: range
     for s in steps:
         g = torch.Generator().manual_seed(s)
         x, y = torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
+        step_on(opt, lambda x=x, y=y: nn.functional.cross_entropy(m(x), y))
 
 
 def straight_and_resumed(
@@ -148,7 +88,68 @@ def straight_and_resumed(
 
 
 def step_all(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]):
-    """Give each of ``params`` a copy of its gradient in ``grads``, then step ``opt``."""
+    """Give each of ``params`` a copy of its gradient in ``grads``, then step ``opt``; an
+    optimizer that needs a closure steps on ``linear_loss``, whose gradient they are."""
+    if needs_closure(opt):
+        return opt.step(closure_of(opt, linear_loss(params, grads)))
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
+    return opt.step()
+
+
+def needs_closure(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt`` (an orthoptim optimizer) steps only with a closure (``Plan.needs_closure``:
+    a gradient estimator, exact MARS, Hessian-vector products)."""
+    plan = getattr(opt, "plan", None)
+    return plan is not None and plan.needs_closure
+
+
+def closure_of(opt: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]):
+    """The closure ``opt``'s plan asks for around ``compute_loss``: zero the gradients, compute
+    the loss, and backpropagate it as the plan needs (``create_graph=True`` where it reads
+    Hessian-vector products, no backward for a zeroth-order estimator)."""
+    plan = opt.plan  # type: ignore[attr-defined]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        with double_backward_attention(plan.needs_graph):
+            value = compute_loss()
+        if plan.closure_backward:
+            value.backward(create_graph=plan.needs_graph)
+        return value
+
+    return closure
+
+
+def step_on(opt: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One training step on ``compute_loss()``: backward then ``step()``, or ``step(closure)``
+    where the optimizer needs a closure (``closure_of``). Returns the loss."""
+    if needs_closure(opt):
+        return opt.step(closure_of(opt, compute_loss))
+    opt.zero_grad()
+    value = compute_loss()
+    value.backward()
     opt.step()
+    return value
+
+
+def linear_loss(
+    params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> Callable[[], torch.Tensor]:
+    """``sum_i <p_i, g_i>`` in float32: its gradient is ``grads`` at every point (hand-set
+    gradients for optimizers that re-evaluate the loss; its Hessian is zero, and a
+    finite-difference estimate of it is exact up to round-off). A zero times ``|p|^2`` term
+    gives the gradient a graph under ``backward(create_graph=True)`` (else an optimizer that
+    reads Hessian-vector products would find none), and adds nothing to it."""
+    fixed = [g.detach().clone() for g in grads]
+
+    def compute() -> torch.Tensor:
+        return sum(
+            (
+                (p.float() * g.float()).sum() + 0.0 * p.float().square().sum()
+                for p, g in zip(params, fixed, strict=True)
+            ),
+            torch.zeros(()),
+        )
+
+    return compute

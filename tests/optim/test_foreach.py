@@ -25,7 +25,7 @@ from orthoptim.registry import REGISTRY
 from orthoptim.transforms import AddWeightDecay, Momentum, ScaleByAdam, chain
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.scaling import ScaleByShape
-from tests.helpers import differentiable_twice, save_and_load
+from tests.helpers import closure_of, save_and_load
 
 STEPS = 3
 
@@ -48,17 +48,8 @@ def trained(
 ) -> list[Tensor]:
     model = make_model()
     opt = make_opt(model)
-    graph = isinstance(opt, ChainOptimizer) and opt.plan.needs_graph
     for seed in range(STEPS):
-
-        def closure(seed: int = seed) -> Tensor:
-            opt.zero_grad()
-            with differentiable_twice(graph):
-                value = loss(model, seed)
-            value.backward(create_graph=graph)
-            return value
-
-        opt.step(closure)
+        opt.step(closure_of(opt, lambda seed=seed: loss(model, seed)))
     return [p.detach().clone() for p in model.parameters()]
 
 

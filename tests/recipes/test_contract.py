@@ -14,12 +14,9 @@ from torch import nn
 import orthoptim
 from orthoptim.bench.models import SmallCNN, TinyGPT
 from orthoptim.registry import REGISTRY
-from tests.helpers import differentiable_twice, save_and_load
+from tests.helpers import needs_closure, save_and_load, step_all, step_on
 
 NAMES = [spec.name for spec in REGISTRY]
-# Options under which an optimizer's first step moves every parameter: oasis's warm start holds
-# the parameters at w_0 for warmup - 1 steps (the paper's D_0 is estimated there).
-FIRST_STEP_MOVES: dict[str, dict[str, int]] = {"oasis": {"warmup": 1}}
 
 
 def tiny_gpt() -> TinyGPT:
@@ -36,27 +33,7 @@ def lm_loss(model: TinyGPT, seed: int) -> torch.Tensor:
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, first_seed: int = 0) -> None:
     for s in range(first_seed, first_seed + steps):
-        step(opt, lambda s=s: lm_loss(model, s))
-
-
-def step(opt, loss) -> None:
-    """Zero the gradients, backpropagate ``loss()`` and step: inside a closure for an
-    optimizer that needs one (``Plan.needs_closure``), keeping the graph where it
-    differentiates the gradients again (``Plan.needs_graph``: oasis)."""
-    graph = opt.plan.needs_graph
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        with differentiable_twice(graph):
-            value = loss()
-        value.backward(create_graph=graph)
-        return value
-
-    if opt.plan.needs_closure:
-        opt.step(closure)
-    else:
-        closure()
-        opt.step()
+        step_on(opt, lambda s=s: lm_loss(model, s))
 
 
 def all_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -66,26 +43,17 @@ def all_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", NAMES)
 def test_step_changes_every_param_and_never_touches_grad(name) -> None:
     model = tiny_gpt()
-    opt = orthoptim.build(name, model, **FIRST_STEP_MOVES.get(name, {}))
+    opt = orthoptim.build(name, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    grads = {}
-
-    def loss() -> torch.Tensor:
-        value = lm_loss(model, 0)
-        grads.update(
-            zip(
-                before,
-                torch.autograd.grad(value, list(model.parameters()), retain_graph=True),
-                strict=True,
-            )
-        )
-        return value
-
-    step(opt, loss)
+    if needs_closure(opt):  # a gradient estimator leaves its estimate in .grad, by design
+        step_on(opt, lambda: lm_loss(model, 0))
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    else:
+        lm_loss(model, 0).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
     for n, p in model.named_parameters():
-        # a plan's gradient estimator writes its estimate to .grad, the gradient the update used
-        if opt.plan.estimator is None:
-            assert torch.equal(p.grad, grads[n]), f"{name} modified the gradient of {n}"
+        assert torch.equal(p.grad, grads[n]), f"{name} modified the gradient of {n}"
         assert not torch.equal(p, before[n]), f"{name} did not update {n}"
         assert torch.isfinite(p).all()
 
@@ -151,8 +119,9 @@ def test_dtype_is_preserved(name, dtype) -> None:
 def test_zero_gradients_stay_finite(name) -> None:
     model = tiny_gpt()
     opt = orthoptim.build(name, model)
-    for _ in range(2):  # a loss with zero gradients (and a graph: oasis)
-        step(opt, lambda: 0.0 * sum(p.square().sum() for p in model.parameters()))
+    params = list(model.parameters())
+    for _ in range(2):
+        step_all(opt, params, [torch.zeros_like(p) for p in params])
     for p in model.parameters():
         assert torch.isfinite(p).all()
     for t in all_state(opt):
@@ -163,10 +132,10 @@ def test_zero_gradients_stay_finite(name) -> None:
 def test_conv_model_routes_every_param(name) -> None:
     torch.manual_seed(0)
     model = SmallCNN()
-    opt = orthoptim.build(name, model, **FIRST_STEP_MOVES.get(name, {}))
+    opt = orthoptim.build(name, model)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     before = copy.deepcopy(model.state_dict())
-    step(opt, lambda: nn.functional.cross_entropy(model(x), y))
+    step_on(opt, lambda: nn.functional.cross_entropy(model(x), y))
     routed = {n for g in opt.param_groups for n in g["param_names"]}
     assert routed == {n for n, _ in model.named_parameters()}
     for n, p in model.named_parameters():
@@ -183,15 +152,7 @@ def test_updates_never_alias_state(name) -> None:
         chain = opt.plan.route_named(group["route"]).chain
         for p in group["params"]:
             state = {k: v.clone() for k, v in opt.state[p].items()}
-            ctx = orthoptim.transforms.Ctx(
-                2,
-                group["lr"],
-                group["weight_decay"],
-                p,
-                p.grad,
-                grad_at_previous=p.grad if chain.previous_point is not None else None,
-                hvp=(torch.ones_like(p), p.grad) if chain.needs_hvp else None,
-            )
+            ctx = orthoptim.transforms.Ctx(2, group["lr"], group["weight_decay"], p, p.grad)
             u = chain.apply(p.grad.clone(), state, ctx)
             pointers = {t.untyped_storage().data_ptr() for t in state.values()}
             assert u.untyped_storage().data_ptr() not in pointers

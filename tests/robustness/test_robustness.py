@@ -6,8 +6,8 @@ Every registered optimizer is covered; a new recipe option must get an entry in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ import orthoptim
 import orthoptim.nonfinite
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
-from tests.helpers import loss, mlp, step_given, step_on, straight_and_resumed
+from tests.helpers import loss, mlp, step_all, step_on, straight_and_resumed
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -125,6 +125,26 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "alpha": [-0.1, math.nan, math.inf, "0.1"],
+    "beta": [-0.1, math.nan, math.inf, "0.9"],
+    "sigma": [-0.1, 1.0, math.nan, "0.999"],
+    "decay_point": ["decay", "", None],
+    "prediction": ["Extrapolation", "", None],
+    "extrapolation_reg": [0.0, -1.0, math.nan, math.inf, "1e-3"],
+    "lookahead_momentum": ["prev", "", None],
+    "convention": ["Paper", "", None],
+    "second_moment": ["prediction", "", None],
+    "initial_velocity": ["uniform", "", None],
+    "schedule_origin": ["1", 1, "", None],
+    # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
+    "xi": [-0.1, math.nan, math.inf, "0.1"],
+    "metric_beta": [-0.1, 1.0, math.nan, "0.8"],
+    "scope": ["layer", "", None, "Model"],
+    "inverse": ["dense", "", None],
+    "place": ["input", "", None],
+    "base": ["lion", "", None, 3],
+    "graph": ["log", "", None],
+    # -- induced-metric options (induced_metric) --
     "k": [0, -1, 1.5, True, "20"],
     "damping_rule": ["linesearch", "", None],
     "dampings": [(), (0.0,), (-1.0,), (math.nan,), (math.inf,), 1.0, [1.0]],
@@ -137,17 +157,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for s in steps:
-        step_on(opt, lambda: loss(model, s))  # noqa: B023 (called within the iteration)
-
-
-def poison(victim: torch.Tensor, bad: float) -> Callable[[], None]:
-    """Set the first entry of ``victim``'s gradient to ``bad``."""
-
-    def edit() -> None:
-        assert victim.grad is not None
-        victim.grad.view(-1)[0] = bad
-
-    return edit
+        step_on(opt, lambda s=s: loss(model, s))
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -234,9 +244,40 @@ def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None
     train(model, opt, range(2))
     before = snapshot(model, opt)
     victim = list(model.parameters())[where]
-    with pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"):
-        step_on(opt, lambda: loss(model, 2), poison(victim, bad))
+    with (
+        spoiled(victim, bad),
+        pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"),
+    ):
+        step_on(opt, corrupted(model, opt, 2, victim, bad))
     assert_same(snapshot(model, opt), before)
+
+
+def corrupted(model: nn.Module, opt: torch.optim.Optimizer, seed: int, victim, bad: float):
+    """Batch ``seed``'s loss, whose backward writes ``bad`` into the first element of
+    ``victim``'s gradient (a hook, removed after the step: see ``spoiled``); for a zeroth-order
+    estimator, which calls no backward, the loss itself is ``bad``."""
+
+    def compute() -> torch.Tensor:
+        value = loss(model, seed)
+        return value if opt.plan.closure_backward else value * bad
+
+    return compute
+
+
+@contextlib.contextmanager
+def spoiled(victim: torch.Tensor, bad: float):
+    """While open, every gradient computed for ``victim`` has ``bad`` as its first element."""
+
+    def spoil(g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        g.view(-1)[0] = bad
+        return g
+
+    handle = victim.register_hook(spoil)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -247,8 +288,9 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
     train(model, opt, range(2))
     train(twin, twin_opt, range(2))
     before = snapshot(model, opt)
-    step_on(opt, lambda: loss(model, 99), poison(list(model.parameters())[1], math.nan))
-    # skipped for every group
+    victim = list(model.parameters())[1]
+    with spoiled(victim, math.nan):
+        step_on(opt, corrupted(model, opt, 99, victim, math.nan))  # skipped for every group
     assert opt.skipped_steps == 1
     assert_same(snapshot(model, opt), before)
     train(model, opt, range(2, 4))  # training continues as if the bad batch never came
@@ -313,10 +355,10 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
         if magnitude > SQUARE_OVERFLOWS and kind != "zero":
             before = snapshot_of(params, opt)
             with pytest.raises(NonFiniteGradientError, match="whose square overflows"):
-                step_given(opt, params, grads)
+                step_all(opt, params, grads)
             assert_same(snapshot_of(params, opt), before)
         else:
-            step_given(opt, params, grads)
+            step_all(opt, params, grads)
     for p in params:
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
@@ -330,14 +372,14 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
 def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) -> None:
     groups, params = degenerate_params(name, (5, 4), dtype)
     opt = orthoptim.build(name, groups)
-    step_given(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
-    grads = [(torch.randn(params[0].shape) * 1e30).to(dtype)] + [p.grad for p in params[1:]]
+    step_all(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
+    grads = [(torch.randn(params[0].shape) * 1e30).to(dtype), *(p.grad for p in params[1:])]
     before = snapshot_of(params, opt)
     with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
-        step_given(opt, params, grads)
+        step_all(opt, params, grads)
     assert_same(snapshot_of(params, opt), before)
     opt.nonfinite = "skip"
-    step_given(opt, params, grads)
+    step_all(opt, params, grads)
     assert opt.skipped_steps == 1
     assert_same(snapshot_of(params, opt), before)
 
@@ -368,7 +410,7 @@ def test_state_dict_from_a_different_model_shape_raises(name) -> None:
     if any(t.ndim > 0 for st_ in opt.state.values() for t in st_.values()):
         with pytest.raises(ValueError, match="does not fit parameter"):
             orthoptim.build(name, wide).load_state_dict(opt.state_dict())
-    # else (smb) only step counters are saved: nothing of the parameters' shapes to compare
+    # else (smb, saddle_free_newton) only step counters are saved: no shape to compare
     deeper = nn.Sequential(nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3))
     with pytest.raises(ValueError, match="parameters, this optimizer"):
         orthoptim.build(name, deeper).load_state_dict(opt.state_dict())
