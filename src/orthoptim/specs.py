@@ -31,6 +31,7 @@ from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
+from orthoptim.recipes.saddle_free import saddle_free_newton
 from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import SPD_ADAMW, spd_momentum
 from orthoptim.transforms import Chain
@@ -541,4 +542,22 @@ REGISTRY: tuple[Spec, ...] = (
         ),
     ),
     # -- closure-based model building (SMB) --
+    Spec(
+        name="saddle_free_newton",
+        recipe=saddle_free_newton,
+        lr=1.0,
+        paper=(
+            "Dauphin, Pascanu, Gulcehre, Cho, Ganguli, Bengio 2014, 'Identifying and attacking "
+            "the saddle point problem in high-dimensional non-convex optimization' (NeurIPS, "
+            "1406.2572; workshop version 1405.4604)"
+        ),
+        reference="from the paper: oracle only (no authors' code found)",
+        tags=frozenset({"second-order", "hessian", "krylov", "closure"}),
+        single_process_only=(
+            "one Krylov space spans the whole model, built from Hessian-vector products of the "
+            "closure's graph and a line search on its loss, which each rank would do on its own "
+            "batch and shard"
+        ),
+    ),
+    # -- Hessian (saddle-free Newton) --
 )

@@ -157,6 +157,13 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "n_batches_per_epoch": [0, -1, 1.5, True],
     "lr_max": [0.0, -1.0, math.nan, math.inf],
     # -- SMB options (the reference's names) --
+    "k": [0, -1, 1.5, True, "20"],
+    "damping_rule": ["linesearch", "", None],
+    "dampings": [(), (0.0,), (-1.0,), (math.nan,), (math.inf,), 1.0, [1.0]],
+    "start": ["zero", "", None],
+    "outside": ["keep", "", None],
+    "reorthogonalize": ["partial", "", None],
+    # -- saddle-free Newton options --
 }
 
 
@@ -415,7 +422,7 @@ def test_state_dict_from_a_different_model_shape_raises(name) -> None:
     if any(t.ndim > 0 for st_ in opt.state.values() for t in st_.values()):
         with pytest.raises(ValueError, match="does not fit parameter"):
             orthoptim.build(name, wide).load_state_dict(opt.state_dict())
-    # else (smb) only step counters are saved: nothing of the parameters' shapes to compare
+    # else (smb, saddle_free_newton) only step counters are saved: no shape to compare
     deeper = nn.Sequential(nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3))
     with pytest.raises(ValueError, match="parameters, this optimizer"):
         orthoptim.build(name, deeper).load_state_dict(opt.state_dict())

@@ -45,6 +45,7 @@ from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.saddle_free import saddle_free_newton
 from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import spd_momentum
 
@@ -83,6 +84,7 @@ __all__ = [
     "psgd_kron",
     "psgd_lra",
     "root",
+    "saddle_free_newton",
     "sgd",
     "sgdp",
     "shampoo",
