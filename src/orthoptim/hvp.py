@@ -56,18 +56,18 @@ def hessian_vector_products(
     the gradients in the shell's non-finite check (``raise_for_products`` names one)."""
     probed: list[tuple[str, Tensor, Tensor]] = []
     graphs = checked = False
+    index = -1  # the parameter's place among all of them: probes independent across parameters
     for group in param_groups:
         chain = plan.route_named(group["route"]).chain
-        if not chain.needs_hvp:
-            continue
         for name, p in zip(names_of(group), group["params"], strict=True):
-            if p.grad is None:
+            index += 1
+            if not chain.needs_hvp or p.grad is None:
                 continue
             checked = True
             graphs = graphs or p.grad.requires_grad
             counter = state.get(p, {}).get("step")
             step = 1 if counter is None else int(counter.item()) + 1
-            v = chain.hvp_probe(p, step)
+            v = chain.hvp_probe(p, step, index)
             if v is not None:
                 probed.append((name, p, v))
     if checked and not graphs:

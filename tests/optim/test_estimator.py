@@ -304,3 +304,15 @@ def test_plan_reports_what_the_closure_must_do() -> None:
     assert estimated(sgd(), HessianTimesGradient()).needs_graph
     assert not estimated(sgd(), ForwardDifferences()).closure_backward
     assert "gradient: ShiftedGradient" in plan.explain()
+
+
+def test_show_names_the_estimator_of_every_registered_plan_that_has_one() -> None:
+    from orthoptim import registry
+
+    estimated_names = [
+        n for n in registry.names() if registry.get(n).whole_model_plan().estimator is not None
+    ]
+    assert estimated_names  # smb and saddle_free_newton at least
+    for name in estimated_names:
+        estimator = registry.get(name).whole_model_plan().estimator
+        assert f"gradient:  {estimator!r}" in registry.show(name)

@@ -125,6 +125,45 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "alpha": [-0.1, math.nan, math.inf, "0.1"],
+    "beta": [-0.1, math.nan, math.inf, "0.9"],
+    "sigma": [-0.1, 1.0, math.nan, "0.999"],
+    "decay_point": ["decay", "", None],
+    "prediction": ["Extrapolation", "", None],
+    "extrapolation_reg": [0.0, -1.0, math.nan, math.inf, "1e-3"],
+    "lookahead_momentum": ["prev", "", None],
+    "convention": ["Paper", "", None],
+    "second_moment": ["prediction", "", None],
+    "initial_velocity": ["uniform", "", None],
+    "schedule_origin": ["1", 1, "", None],
+    # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
+    "xi": [-0.1, math.nan, math.inf, "0.1"],
+    "metric_beta": [-0.1, 1.0, math.nan, "0.8"],
+    "scope": ["layer", "", None, "Model"],
+    "inverse": ["dense", "", None],
+    "place": ["input", "", None],
+    "base": ["lion", "", None, 3],
+    "graph": ["log", "", None],
+    # -- induced-metric options (induced_metric) --
+    "warmup": [0, -1, 1.5, True, "5"],
+    "eta0": [0.0, -1e-3, math.nan, math.inf, "1e-3"],
+    "step_size": ["constant", "", None],
+    "gradient_difference": ["next_batch", "", None],
+    # -- OASIS options (blocks, beta2, seed: above) --
+    "c": [0.0, -0.1, math.nan, math.inf, "0.1"],
+    "eta": [0.0, -0.5, 1.5, math.nan, "0.99"],
+    "model_blocks": ["layer", "", None, "Tensor"],
+    "autoschedule": ["yes", 1, None],
+    "n_batches_per_epoch": [0, -1, 1.5, True],
+    "lr_max": [0.0, -1.0, math.nan, math.inf],
+    # -- SMB options (the reference's names) --
+    "k": [0, -1, 1.5, True, "20"],
+    "damping_rule": ["linesearch", "", None],
+    "dampings": [(), (0.0,), (-1.0,), (math.nan,), (math.inf,), 1.0, [1.0]],
+    "start": ["zero", "", None],
+    "outside": ["keep", "", None],
+    "reorthogonalize": ["partial", "", None],
+    # -- saddle-free Newton options --
     "mu": [0.0, -5e-3, math.nan, math.inf, "5e-3", True],
     "sparsity": [1.0, -0.1, 1.5, math.nan, "0.9", True],
     "pruning": ["grasp", "", None],
@@ -225,10 +264,9 @@ def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None
     train(model, opt, range(2))
     before = snapshot(model, opt)
     victim = list(model.parameters())[where]
-    with (
-        spoiled(victim, bad),
-        pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"),
-    ):
+    # a spoiled closure spoils every evaluation: one at the previous point (oasis) is named first
+    found = r"gradient of parameter \S+ (holds NaN or Inf|at its previous value holds NaN)"
+    with spoiled(victim, bad), pytest.raises(NonFiniteGradientError, match=found):
         step_on(opt, corrupted(model, opt, 2, victim, bad))
     assert_same(snapshot(model, opt), before)
 
@@ -356,7 +394,8 @@ def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) ->
     step_all(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
     grads = [(torch.randn(params[0].shape) * 1e30).to(dtype), *(p.grad for p in params[1:])]
     before = snapshot_of(params, opt)
-    with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
+    found = r"(\|g\| = |at its previous value ).*whose square overflows"  # previous: oasis
+    with pytest.raises(NonFiniteGradientError, match=found):
         step_all(opt, params, grads)
     assert_same(snapshot_of(params, opt), before)
     opt.nonfinite = "skip"
@@ -388,8 +427,10 @@ def test_state_dict_from_a_different_model_shape_raises(name) -> None:
     wide = nn.Sequential(
         nn.Linear(6, 20), nn.Tanh(), nn.Linear(20, 12), nn.Tanh(), nn.Linear(12, 3)
     )
-    with pytest.raises(ValueError, match="does not fit parameter"):
-        orthoptim.build(name, wide).load_state_dict(opt.state_dict())
+    if any(t.ndim > 0 for st_ in opt.state.values() for t in st_.values()):
+        with pytest.raises(ValueError, match="does not fit parameter"):
+            orthoptim.build(name, wide).load_state_dict(opt.state_dict())
+    # else (smb, saddle_free_newton) only step counters are saved: no shape to compare
     deeper = nn.Sequential(nn.Linear(6, 12), nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 3))
     with pytest.raises(ValueError, match="parameters, this optimizer"):
         orthoptim.build(name, deeper).load_state_dict(opt.state_dict())
