@@ -85,7 +85,9 @@ def coordinate_estimate(
     return estimate
 
 
-def unit_directions(shapes: Sequence[tuple[int, ...]], like: Tensor, generator: torch.Generator):
+def unit_directions(
+    shapes: Sequence[tuple[int, ...]], like: Tensor, generator: torch.Generator
+) -> list[Tensor]:
     """One Gaussian direction per shape, each scaled to unit Frobenius norm (``+ 1e-8``, as the
     reference), drawn in order from ``generator``."""
     out = []

@@ -135,10 +135,10 @@ class DeepZeroEstimate(GradientEstimator):
         if step == 1 and self.sparsity > 0:
             self._prune(oracle, params, states, base)
         elif self.mask_every is not None and step > 1 and (step - 1) % self.mask_every == 0:
-            g = step_generator(self.seed, step, _MASK, params[0].device)
+            draws = step_generator(self.seed, step, _MASK, params[0].device)
             for p, s in zip(params, states, strict=True):
                 if p.ndim >= 2:
-                    s["mask"].copy_(shuffled(s["mask"], g))
+                    s["mask"].copy_(shuffled(s["mask"], draws))
         indices = [kept_indices(s["mask"]) for s in states]
         if self.coordinates_per_step is not None:
             indices = self._subset(indices, [p.numel() for p in params], step, params[0].device)
