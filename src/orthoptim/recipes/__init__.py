@@ -29,7 +29,15 @@ from orthoptim.recipes.mkor import mkor, mkor_h
 from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
-from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
+from orthoptim.recipes.plan import (
+    PLAN_OPTIONS,
+    AdamWRoute,
+    Plan,
+    Route,
+    estimated,
+    group_lr,
+    with_adamw,
+)
 from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
@@ -46,6 +54,7 @@ __all__ = [
     "auon",
     "cautious",
     "efcp",
+    "estimated",
     "fismo",
     "frugal",
     "grams",

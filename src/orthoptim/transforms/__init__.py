@@ -7,6 +7,7 @@ from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.efcp import EfcpPrecondition
+from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
@@ -37,8 +38,11 @@ __all__ = [
     "Ctx",
     "Dampen",
     "EfcpPrecondition",
+    "EstimatorGroup",
     "FisherTrustRegion",
+    "GradientEstimator",
     "LionSign",
+    "LossOracle",
     "LowRankAdam",
     "MFacPrecondition",
     "MKORHybridPrecondition",

@@ -54,7 +54,8 @@ def train_step(
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
             value = task.loss(model, batch)
-            value.backward()
+            if racer.closure_backward:
+                value.backward(create_graph=racer.closure_graph)
             return value
 
         t1 = t0
