@@ -92,3 +92,51 @@ def step_all(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     opt.step()
+
+
+def step_on(
+    opt: torch.optim.Optimizer,
+    compute: Callable[[], torch.Tensor],
+    after_backward: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """One step on the loss ``compute()`` returns: zero, backward, ``after_backward()`` (e.g.
+    poison a gradient), ``opt.step()``; through ``opt.step(closure)`` where the plan needs a
+    closure (``Plan.needs_closure``: a gradient estimator such as sam's, exact MARS; every
+    evaluation then runs ``after_backward``), the backward keeping its graph where the plan
+    takes Hessian-vector products (``Plan.needs_graph``) and skipped where its closure returns
+    the loss only (``Plan.closure_backward``)."""
+    plan = getattr(opt, "plan", None)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = compute()
+        if plan is None or plan.closure_backward:
+            value.backward(create_graph=plan is not None and plan.needs_graph)
+        if after_backward is not None:
+            with torch.no_grad():
+                after_backward()
+        return value
+
+    if plan is not None and plan.needs_closure:
+        return opt.step(closure)
+    value = closure()
+    opt.step()
+    return value
+
+
+def step_with_grads(
+    opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> None:
+    """Step with exactly ``grads``: set on ``params``, or, where the plan needs a closure, as the
+    gradients of ``sum <g, p>`` (the same gradient at every point; a zero quadratic term gives
+    it a graph for Hessian-vector products)."""
+    plan = getattr(opt, "plan", None)
+    if plan is None or not plan.needs_closure:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        return
+    step_on(
+        opt,
+        lambda: sum((g * p).sum() + 0 * (p * p).sum() for p, g in zip(params, grads, strict=True)),
+    )

@@ -17,7 +17,9 @@ from orthoptim.bench.speed import ops
 from orthoptim.registry import REGISTRY
 from tests.helpers import mlp
 
-NAMES = [spec.name for spec in REGISTRY]
+# GradScaler.step refuses a closure ("Closure use is not currently supported"), which the
+# optimizers that need one (gradient estimators: sam, gam, ...) cannot step without.
+NAMES = [spec.name for spec in REGISTRY if not spec.needs_closure]
 SCALE = 2.0**10  # a power of two: unscaling by x * (1/s) or x / s is then exact either way
 
 

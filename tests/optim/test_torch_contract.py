@@ -70,10 +70,9 @@ def make(name: str, options: dict[str, Any], model: nn.Module) -> ChainOptimizer
 
 
 def needs_closure(opt: ChainOptimizer) -> bool:
-    """Whether a transform needs ``step(closure)`` (exact MARS: a second gradient)."""
-    return any(
-        getattr(t, "needs_closure", False) for r in opt.plan.routes for t in r.chain.transforms
-    )
+    """Whether the plan needs ``step(closure)`` (exact MARS: a second gradient; a gradient
+    estimator: sam, gam, ...)."""
+    return opt.plan.needs_closure
 
 
 def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Callable[[], Tensor]:

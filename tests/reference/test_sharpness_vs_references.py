@@ -251,8 +251,8 @@ def test_gam_matches_xxgege_transcribed(adaptive: bool) -> None:
         weight_decay=WD / 2,
         rho=rho,
         norm_rho=norm_rho,
-        alpha=0.5,
-        beta=0.5,
+        plus_weight=0.5,
+        minus_weight=0.5,
         gamma=0.03,
         adaptive=adaptive,
     )

@@ -18,7 +18,7 @@ import orthoptim
 import orthoptim.nonfinite
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
-from tests.helpers import loss, mlp, straight_and_resumed
+from tests.helpers import loss, mlp, step_on, step_with_grads, straight_and_resumed
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -124,14 +124,21 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "base": ["SGD", "adam", "", None, 0.9],
+    "rho": [-0.05, math.nan, math.inf, "0.05"],
+    "adaptive": ["yes", 1, None],
+    "norm_rho": [-0.2, math.nan, math.inf, "0.2"],
+    "plus_weight": [-0.1, 1.5, math.nan, "0.5"],
+    "minus_weight": [-0.1, 1.5, math.nan, "0.5"],
+    "loss_gradient": ["SAM", "", None],
+    "direction": ["forward", "", None],
+    # -- sharpness-aware wrappers (sam, gam, fd_gradreg; gamma, eps, momentum: above) --
 }
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
     for s in steps:
-        opt.zero_grad()
-        loss(model, s).backward()
-        opt.step()
+        step_on(opt, lambda s=s: loss(model, s))
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -217,12 +224,13 @@ def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None
     opt = orthoptim.build(name, model)
     train(model, opt, range(2))
     before = snapshot(model, opt)
-    opt.zero_grad()
-    loss(model, 2).backward()
     victim = list(model.parameters())[where]
-    victim.grad.view(-1)[0] = bad
+
+    def poison() -> None:
+        victim.grad.view(-1)[0] = bad
+
     with pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"):
-        opt.step()
+        step_on(opt, lambda: loss(model, 2), poison)
     assert_same(snapshot(model, opt), before)
 
 
@@ -234,10 +242,11 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
     train(model, opt, range(2))
     train(twin, twin_opt, range(2))
     before = snapshot(model, opt)
-    opt.zero_grad()
-    loss(model, 99).backward()
-    list(model.parameters())[1].grad[0] = math.nan
-    opt.step()  # skipped for every group
+
+    def poison() -> None:
+        list(model.parameters())[1].grad[0] = math.nan
+
+    step_on(opt, lambda: loss(model, 99), poison)  # skipped for every group
     assert opt.skipped_steps == 1
     assert_same(snapshot(model, opt), before)
     train(model, opt, range(2, 4))  # training continues as if the bad batch never came
@@ -290,6 +299,7 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
     groups, params = degenerate_params(name, (rows, cols), dtype)
     opt = orthoptim.build(name, groups)
     for _ in range(3):
+        grads = []
         for p in params:
             if kind == "zero":
                 g = torch.zeros_like(p)
@@ -297,14 +307,14 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
                 g = torch.outer(torch.randn(rows), torch.randn(cols))
             else:
                 g = torch.randn(p.shape)
-            p.grad = (g * magnitude).to(dtype)
+            grads.append((g * magnitude).to(dtype))
         if magnitude > SQUARE_OVERFLOWS and kind != "zero":
             before = snapshot_of(params, opt)
             with pytest.raises(NonFiniteGradientError, match="whose square overflows"):
-                opt.step()
+                step_with_grads(opt, params, grads)
             assert_same(snapshot_of(params, opt), before)
         else:
-            opt.step()
+            step_with_grads(opt, params, grads)
     for p in params:
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
@@ -318,16 +328,15 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
 def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) -> None:
     groups, params = degenerate_params(name, (5, 4), dtype)
     opt = orthoptim.build(name, groups)
-    for p in params:
-        p.grad = torch.randn(p.shape).to(dtype)
-    opt.step()
-    params[0].grad = (torch.randn(params[0].shape) * 1e30).to(dtype)
+    step_with_grads(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
+    grads = [torch.randn(p.shape).to(dtype) for p in params]
+    grads[0] = (torch.randn(params[0].shape) * 1e30).to(dtype)
     before = snapshot_of(params, opt)
     with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
-        opt.step()
+        step_with_grads(opt, params, grads)
     assert_same(snapshot_of(params, opt), before)
     opt.nonfinite = "skip"
-    opt.step()
+    step_with_grads(opt, params, grads)
     assert opt.skipped_steps == 1
     assert_same(snapshot_of(params, opt), before)
 

@@ -62,14 +62,17 @@ def shifted(params: Sequence[Tensor], steps: Sequence[Tensor]) -> list[Tensor]:
 def orthogonal_part(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> list[Tensor]:
     """The part of ``h`` orthogonal to ``onto`` (both over all tensors together), as GSAM and
     GAM's code write it: ``h - cos(h, onto) ||h|| onto / (||onto|| + eps)`` with
-    ``cos = <h, onto> / (||h|| ||onto|| + eps)``."""
-    dtype = _norm_dtype(h[0])
+    ``cos = <h, onto> / (||h|| ||onto|| + eps)``. The three reductions in float64: squares of
+    float32 gradients beyond ~1.8e19 overflow in float32 (then ``inf / inf`` would make the
+    whole estimate NaN, where the shell should name the overflowing gradient instead)."""
     device = h[0].device
-    inner = torch.stack(
-        [torch.sum(a.to(dtype) * b.to(dtype)).to(device) for a, b in zip(h, onto, strict=True)]
-    ).sum()
-    norm_h = global_norm(h)
-    norm_onto = global_norm(onto)
+    sums: list[list[Tensor]] = [[], [], []]  # <h, onto>, ||h||^2, ||onto||^2
+    for a, b in zip(h, onto, strict=True):
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)  # one tensor's copy at a time
+        for out, (x, y) in zip(sums, ((a64, b64), (a64, a64), (b64, b64)), strict=True):
+            out.append(torch.sum(x * y).to(device))
+    inner, norm_h, norm_onto = (torch.stack(t).sum() for t in sums)
+    norm_h, norm_onto = norm_h.sqrt(), norm_onto.sqrt()
     cosine = inner / (norm_h * norm_onto + eps)
     coefficient = cosine * norm_h / (norm_onto + eps)
     return [a - coefficient.to(a.dtype) * b for a, b in zip(h, onto, strict=True)]
