@@ -232,6 +232,8 @@ def show(name: str) -> str:
     if match is not None:
         needs = "".join(f", {k}={v!r}" for k, v in match.options.items())
         lines.append(f"  from_adamw_lr: lr = {match.lr_ratio:g} x AdamW's{needs} ({match.reason})")
+    if plan.estimator is not None:
+        lines.append(f"  gradient:  {plan.estimator.explain()}")
     for route in plan.routes:
         lines.append(f"  route {route.name} ({', '.join(route.roles)}), {route.describe_lr()}:")
         lines.append(f"    {route.chain!r}")

@@ -334,6 +334,7 @@ def test_explain_names_the_estimate_and_its_passes() -> None:
     assert "gradient: GradientNormAware" in text
     assert "4 forward, 4 backward" in text
     assert "ASAM" in orthoptim.build("sam", problem()[0], adaptive=True).explain()
+    assert "gradient:  FiniteDifferenceGR" in orthoptim.registry.show("fd_gradreg")
 
 
 # ------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.sharpness import fd_gradreg, gam, sam
 from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
@@ -55,8 +56,10 @@ __all__ = [
     "cautious",
     "efcp",
     "estimated",
+    "fd_gradreg",
     "fismo",
     "frugal",
+    "gam",
     "grams",
     "group_lr",
     "hybrid_auon",
@@ -74,6 +77,7 @@ __all__ = [
     "psgd_kron",
     "psgd_lra",
     "root",
+    "sam",
     "sgd",
     "sgdp",
     "shampoo",
