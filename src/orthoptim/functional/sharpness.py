@@ -49,7 +49,7 @@ def perturbation(
     scale = radius / (norm + eps)
     out = []
     for g, p in zip(grads, params, strict=True):
-        e = g * scale.to(g.dtype)
+        e = g * scale.to(g)  # its dtype and device (model parallel)
         out.append(e * (p * p) if adaptive else e)
     return out
 
@@ -75,7 +75,7 @@ def orthogonal_part(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> 
     norm_h, norm_onto = norm_h.sqrt(), norm_onto.sqrt()
     cosine = inner / (norm_h * norm_onto + eps)
     coefficient = cosine * norm_h / (norm_onto + eps)
-    return [a - coefficient.to(a.dtype) * b for a, b in zip(h, onto, strict=True)]
+    return [a - coefficient.to(a) * b for a, b in zip(h, onto, strict=True)]
 
 
 def gam_direction(

@@ -40,10 +40,10 @@ def base_optimizer(base: SharpnessBase | Chain | Plan, momentum: float) -> Chain
             return sgd(momentum=momentum, nesterov=False)
     if momentum != BASE_MOMENTUM:
         raise ValueError(
-            f"momentum={momentum} configures base='sgd'; with {chosen} as the base set its "
+            f"momentum={momentum!r} configures base='sgd'; with {chosen} as the base set its "
             "momentum there"
         )
-    return adamw() if base == "adamw" else base  # type: ignore[return-value]
+    return adamw() if base == "adamw" else base
 
 
 def sam(
