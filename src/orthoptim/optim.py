@@ -280,23 +280,26 @@ class ChainOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        commit = None
         if estimator is not None and closure is not None:
-            estimate_gradients(
+            commit = estimate_gradients(
                 estimator, self.state, self.param_groups, closure, loss, self._fresh_state
             )
+        skipped = self._skipped
         hvps = (
             hessian_vector_products(self.state, self.param_groups, self.plan)
             if self.plan.needs_hvp
             else {}
         )
         work = [(group, with_grads(group)) for group in self.param_groups]
-        if self._telemetry is None:
-            self._apply(work, at_previous, hvps, grad_scale, found_inf)
-            return loss
-        probe = self._telemetry.begin(self.param_groups, self.plan, self.positions)
+        probe = None
+        if self._telemetry is not None:
+            probe = self._telemetry.begin(self.param_groups, self.plan, self.positions)
         self._apply(work, at_previous, hvps, grad_scale, found_inf, probe)
-        if probe is not None:
+        if probe is not None and self._telemetry is not None:
             self._telemetry.finish(probe)
+        if commit is not None and self._skipped == skipped:  # the step was applied
+            commit()
         return loss
 
     def _apply(

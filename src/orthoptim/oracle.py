@@ -128,19 +128,20 @@ def check_estimator_closure(
 
 def estimate_gradients(
     estimator: GradientEstimator,
-    state: dict[Tensor, dict[str, Tensor]],
+    state: Mapping[Tensor, dict[str, Tensor]],
     param_groups: Sequence[Mapping[str, Any]],
     closure: Callable[[], Any],
     loss: Any,
     fresh_state: Callable[[Mapping[str, Any], Tensor], dict[str, Tensor]],
-) -> None:
-    """Run ``estimator`` after the closure's first call and write its estimate to ``.grad``.
+) -> Callable[[], None]:
+    """Run ``estimator`` after the closure's first call and write its estimate to ``.grad``;
+    returns what commits the estimator's buffers, which the shell calls once the step is
+    applied (a refused or skipped step leaves them as they were).
 
     The parameters it sees: with ``closure_backward``, those the closure gave a gradient;
-    without, every parameter that requires one. ``fresh_state(group, p)`` is the shell's
-    state of a parameter's first step (step counter, chain buffers, estimator buffers)."""
+    without, every parameter that requires one. The estimator works on copies of its buffers
+    (``fresh_state(group, p)``'s, the shell's first-step state, for a parameter without one)."""
     groups: list[EstimatorGroup] = []
-    chosen: list[list[Tensor]] = []
     graph = False
     for group in param_groups:
         params = [
@@ -148,17 +149,19 @@ def estimate_gradients(
             for p in group["params"]
             if (p.grad is not None if estimator.closure_backward else p.requires_grad)
         ]
+        own = []
         for p in params:
-            if not state.get(p):
-                state[p] = fresh_state(group, p)
+            buffers = state[p] if state.get(p) else fresh_state(group, p)
+            own.append(
+                {
+                    k.removeprefix(PREFIX): v.clone()
+                    for k, v in buffers.items()
+                    if k.startswith(PREFIX)
+                }
+            )
             graph = graph or (p.grad is not None and p.grad.requires_grad)
-        own = [
-            {k.removeprefix(PREFIX): v for k, v in state[p].items() if k.startswith(PREFIX)}
-            for p in params
-        ]
         grads = [p.grad for p in params]
         groups.append(EstimatorGroup(params, grads, own, group_lr(group)))
-        chosen.append(params)
     if estimator.needs_graph and any(g.params for g in groups) and not graph:
         raise ValueError(
             "the gradients carry no graph, so no Hessian-vector product can be taken: the "
@@ -166,15 +169,21 @@ def estimate_gradients(
         )
     every = [p for group in param_groups for p in group["params"] if p.requires_grad]
     oracle = ClosureOracle(closure, every, loss, graph)
-    first = next((p for params in chosen for p in params), None)
-    step = 1 if first is None else int(state[first]["step"].item()) + 1
+    counters = [state[p]["step"] for g in groups for p in g.params if state.get(p)]
+    step = int(counters[0].item()) + 1 if counters else 1
     try:
         estimates = estimator.estimate(oracle, groups, step)
     finally:
         for p in every:  # the graph of backward(create_graph=True) ends with the step
             if p.grad is not None and p.grad.grad_fn is not None:
                 p.grad = p.grad.detach()
-    for params, seen, found in zip(chosen, groups, estimates, strict=True):
-        for p, buffers, g in zip(params, seen.states, found, strict=True):
-            state[p].update({PREFIX + k: v for k, v in buffers.items()})
+    for seen, found in zip(groups, estimates, strict=True):
+        for p, g in zip(seen.params, found, strict=True):
             p.grad = g.to(p.dtype)
+
+    def commit() -> None:
+        for seen in groups:
+            for p, buffers in zip(seen.params, seen.states, strict=True):
+                state[p].update({PREFIX + k: v for k, v in buffers.items()})
+
+    return commit

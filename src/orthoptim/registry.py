@@ -210,8 +210,9 @@ def single_process_reason(spec: Spec, recipe: Chain | Plan) -> str | None:
     if reason is None and recipe.route_wide:
         reason = (
             "these options need all of a route's parameters in one step (blocks='model' of mfac "
-            "or psgd_lra: one window or preconditioner over the whole model), and each owner "
-            "rank holds only its own; blocks='parameter' runs distributed"
+            "or psgd_lra: one window or preconditioner over the whole model; scope='model' of "
+            "induced_metric: one gradient norm over it), and each owner rank holds only its "
+            "own; blocks='parameter' (scope='parameter') runs distributed"
         )
     return reason
 

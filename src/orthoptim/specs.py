@@ -14,8 +14,10 @@ from typing import Any
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
 from orthoptim.recipes.efcp import efcp
+from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
 from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
@@ -426,6 +428,59 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"elementwise", "projection"}),
     ),
     # -- sign and projection family (Grams, AdamP, SGDP) --
+    Spec(
+        name="innaprop",
+        recipe=innaprop,
+        lr=1e-3,
+        weight_decay=0.01,
+        paper=(
+            "Bolte, Boustany, Pauwels, Purica et al. 2024, 'A second-order-like optimizer with "
+            "adaptive gradient scaling for deep learning' (2410.05871)"
+        ),
+        reference="innaprop/innaprop@d4bef0c innaprop.py INNAprop",
+        tags=frozenset({"elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="optimistic_amsgrad",
+        recipe=optimistic_amsgrad,
+        lr=1e-3,
+        paper=(
+            "Wang, Li, Karimi, Li 2021, 'An Optimistic Acceleration of AMSGrad for Nonconvex "
+            "Optimization' (ACML, 1903.01435)"
+        ),
+        reference=(
+            "Algorithms 2 and 3 of the paper; Hintonthu/optimistic-amsgrad@07fd55e "
+            "Optadam_torch.py (its guess differs: see the recipe)"
+        ),
+        tags=frozenset({"elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="gravity",
+        recipe=gravity,
+        lr=0.1,
+        paper=(
+            "Bahrami, Zadeh 2021, 'Gravity Optimizer: a Kinematic Approach on Optimization in "
+            "Deep Learning' (2101.09192)"
+        ),
+        reference=(
+            "dariush-bahrami/gravity.optimizer@9c12068 "
+            "implementations/gravity_optimizer_pytorch.py; pytorch-optimizer==4.1.0 Gravity"
+        ),
+        tags=frozenset({"elementwise"}),
+    ),
+    # -- first-order neighbours of issue 21 (INNAprop, Optimistic AMSGrad, Gravity) --
+    Spec(
+        name="induced_metric",
+        recipe=induced_metric,
+        lr=0.1,
+        paper=(
+            "Harvey 2025, 'The Optimiser Hidden in Plain Sight: Training with the Loss "
+            "Landscape's Induced Metric' (2509.03594)"
+        ),
+        reference="harveyThomas4692/Induced-Metric-Optimiser@754ae88 optimisers/torch_imp.py",
+        tags=frozenset({"matrix", "clipping"}),
+    ),
+    # -- induced metric (any base under the loss graph's metric) --
     Spec(
         name="frugal",
         recipe=frugal,

@@ -6,6 +6,7 @@ Every registered optimizer is covered; a new recipe option must get an entry in
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -18,7 +19,7 @@ import orthoptim
 import orthoptim.nonfinite
 from orthoptim import NonFiniteGradientError
 from orthoptim.registry import REGISTRY
-from tests.helpers import loss, mlp, step_on, step_with_grads, straight_and_resumed
+from tests.helpers import loss, mlp, step_all, step_on, straight_and_resumed
 
 NAMES = [spec.name for spec in REGISTRY]
 
@@ -124,7 +125,26 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
-    "base": ["SGD", "adam", "", None, 0.9],
+    "alpha": [-0.1, math.nan, math.inf, "0.1"],
+    "beta": [-0.1, math.nan, math.inf, "0.9"],
+    "sigma": [-0.1, 1.0, math.nan, "0.999"],
+    "decay_point": ["decay", "", None],
+    "prediction": ["Extrapolation", "", None],
+    "extrapolation_reg": [0.0, -1.0, math.nan, math.inf, "1e-3"],
+    "lookahead_momentum": ["prev", "", None],
+    "convention": ["Paper", "", None],
+    "second_moment": ["prediction", "", None],
+    "initial_velocity": ["uniform", "", None],
+    "schedule_origin": ["1", 1, "", None],
+    # -- first-order options of issue 21 (innaprop, optimistic_amsgrad, gravity) --
+    "xi": [-0.1, math.nan, math.inf, "0.1"],
+    "metric_beta": [-0.1, 1.0, math.nan, "0.8"],
+    "scope": ["layer", "", None, "Model"],
+    "inverse": ["dense", "", None],
+    "place": ["input", "", None],
+    "base": ["lion", "", None, 3],
+    "graph": ["log", "", None],
+    # -- induced-metric options (induced_metric) --
     "rho": [-0.05, math.nan, math.inf, "0.05"],
     "adaptive": ["yes", 1, None],
     "norm_rho": [-0.2, math.nan, math.inf, "0.2"],
@@ -132,7 +152,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "minus_weight": [-0.1, 1.5, math.nan, "0.5"],
     "loss_gradient": ["SAM", "", None],
     "direction": ["forward", "", None],
-    # -- sharpness-aware wrappers (sam, gam, fd_gradreg; gamma, eps, momentum: above) --
+    # -- sharpness-aware wrappers (sam, gam, fd_gradreg; base, gamma, eps, momentum: above) --
 }
 
 
@@ -225,13 +245,40 @@ def test_nonfinite_gradient_raises_and_changes_nothing(name, bad, where) -> None
     train(model, opt, range(2))
     before = snapshot(model, opt)
     victim = list(model.parameters())[where]
-
-    def poison() -> None:
-        victim.grad.view(-1)[0] = bad
-
-    with pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"):
-        step_on(opt, lambda: loss(model, 2), poison)
+    with (
+        spoiled(victim, bad),
+        pytest.raises(NonFiniteGradientError, match=r"gradient of parameter \S+ holds NaN or Inf"),
+    ):
+        step_on(opt, corrupted(model, opt, 2, victim, bad))
     assert_same(snapshot(model, opt), before)
+
+
+def corrupted(model: nn.Module, opt: torch.optim.Optimizer, seed: int, victim, bad: float):
+    """Batch ``seed``'s loss, whose backward writes ``bad`` into the first element of
+    ``victim``'s gradient (a hook, removed after the step: see ``spoiled``); for a zeroth-order
+    estimator, which calls no backward, the loss itself is ``bad``."""
+
+    def compute() -> torch.Tensor:
+        value = loss(model, seed)
+        return value if opt.plan.closure_backward else value * bad
+
+    return compute
+
+
+@contextlib.contextmanager
+def spoiled(victim: torch.Tensor, bad: float):
+    """While open, every gradient computed for ``victim`` has ``bad`` as its first element."""
+
+    def spoil(g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        g.view(-1)[0] = bad
+        return g
+
+    handle = victim.register_hook(spoil)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -242,11 +289,9 @@ def test_nonfinite_gradient_skip_policy(name) -> None:
     train(model, opt, range(2))
     train(twin, twin_opt, range(2))
     before = snapshot(model, opt)
-
-    def poison() -> None:
-        list(model.parameters())[1].grad[0] = math.nan
-
-    step_on(opt, lambda: loss(model, 99), poison)  # skipped for every group
+    victim = list(model.parameters())[1]
+    with spoiled(victim, math.nan):
+        step_on(opt, corrupted(model, opt, 99, victim, math.nan))  # skipped for every group
     assert opt.skipped_steps == 1
     assert_same(snapshot(model, opt), before)
     train(model, opt, range(2, 4))  # training continues as if the bad batch never came
@@ -311,10 +356,10 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
         if magnitude > SQUARE_OVERFLOWS and kind != "zero":
             before = snapshot_of(params, opt)
             with pytest.raises(NonFiniteGradientError, match="whose square overflows"):
-                step_with_grads(opt, params, grads)
+                step_all(opt, params, grads)
             assert_same(snapshot_of(params, opt), before)
         else:
-            step_with_grads(opt, params, grads)
+            step_all(opt, params, grads)
     for p in params:
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
@@ -328,15 +373,14 @@ def test_degenerate_gradients_stay_finite(name, rows, cols, dtype, exponent, kin
 def test_a_gradient_whose_square_overflows_is_refused_or_skipped(name, dtype) -> None:
     groups, params = degenerate_params(name, (5, 4), dtype)
     opt = orthoptim.build(name, groups)
-    step_with_grads(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
-    grads = [torch.randn(p.shape).to(dtype) for p in params]
-    grads[0] = (torch.randn(params[0].shape) * 1e30).to(dtype)
+    step_all(opt, params, [torch.randn(p.shape).to(dtype) for p in params])
+    grads = [(torch.randn(params[0].shape) * 1e30).to(dtype), *(p.grad for p in params[1:])]
     before = snapshot_of(params, opt)
     with pytest.raises(NonFiniteGradientError, match=r"\|g\| = .*whose square overflows"):
-        step_with_grads(opt, params, grads)
+        step_all(opt, params, grads)
     assert_same(snapshot_of(params, opt), before)
     opt.nonfinite = "skip"
-    step_with_grads(opt, params, grads)
+    step_all(opt, params, grads)
     assert opt.skipped_steps == 1
     assert_same(snapshot_of(params, opt), before)
 

@@ -19,8 +19,10 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
 from orthoptim.recipes.efcp import efcp
+from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import shampoo, soap
 from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
@@ -61,8 +63,11 @@ __all__ = [
     "frugal",
     "gam",
     "grams",
+    "gravity",
     "group_lr",
     "hybrid_auon",
+    "induced_metric",
+    "innaprop",
     "lowrank_adamw",
     "mars_adamw",
     "mars_lion",
@@ -74,6 +79,7 @@ __all__ = [
     "muon_polar",
     "noise_adaptive",
     "normuon",
+    "optimistic_amsgrad",
     "psgd_kron",
     "psgd_lra",
     "root",
