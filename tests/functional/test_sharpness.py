@@ -11,6 +11,7 @@ from orthoptim.functional.sharpness import (
     global_norm,
     orthogonal_part,
     perturbation,
+    perturbed,
     shifted,
 )
 
@@ -45,6 +46,17 @@ def test_perturbation_is_sam_or_asam(adaptive: bool) -> None:
     assert torch.allclose(flat(e), expected, rtol=1e-14, atol=0)
     # The step has length radius in the metric T^-1 (ASAM's ||T^-1 e|| = rho).
     assert torch.allclose((flat(e) / t).norm(), torch.tensor(0.05, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_perturbed_points_are_the_parameters_plus_the_perturbation(adaptive: bool) -> None:
+    g, w = tensors(2), tensors(3)
+    points = perturbed(w, g, radius=0.05, adaptive=adaptive, eps=1e-12)
+    e = perturbation(g, w, radius=0.05, adaptive=adaptive, eps=1e-12)
+    for x, p, d in zip(points, w, e, strict=True):
+        torch.testing.assert_close(x, p + d, rtol=0, atol=1e-16)
+    for x, p, gi in zip(shifted(w, g, -0.5), w, g, strict=True):
+        torch.testing.assert_close(x, p - 0.5 * gi, rtol=0, atol=1e-16)
 
 
 def test_perturbation_of_a_zero_gradient_is_zero() -> None:

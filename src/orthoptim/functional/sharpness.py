@@ -31,6 +31,19 @@ def global_norm(tensors: Sequence[Tensor], scales: Sequence[Tensor] | None = Non
     return torch.linalg.vector_norm(torch.stack(parts))
 
 
+def _ascent(
+    grads: Sequence[Tensor], params: Sequence[Tensor], radius: float, adaptive: bool, eps: float
+) -> tuple[Tensor, list[Tensor]]:
+    """``(radius / (||T g|| + eps), T^2 g)``: the scale and the direction of the step."""
+    if adaptive:
+        norm = global_norm(grads, [p.abs() for p in params])
+        directions = [g * (p * p) for g, p in zip(grads, params, strict=True)]
+    else:
+        norm = global_norm(grads)
+        directions = list(grads)
+    return radius / (norm + eps), directions
+
+
 def perturbation(
     grads: Sequence[Tensor],
     params: Sequence[Tensor],
@@ -41,41 +54,56 @@ def perturbation(
     """SAM's ascent step ``e = radius g / (||g|| + eps)`` (Foret et al. 2021), or with
     ``adaptive`` ASAM's ``e = radius T^2 g / (||T g|| + eps)``, ``T = |params|`` (Kwon et al.
     2021, element-wise operator). The norm runs over all ``grads`` together."""
-    if adaptive:
-        weights = [p.abs() for p in params]
-        norm = global_norm(grads, weights)
-    else:
-        norm = global_norm(grads)
-    scale = radius / (norm + eps)
-    out = []
-    for g, p in zip(grads, params, strict=True):
-        e = g * scale.to(g)  # its dtype and device (model parallel)
-        out.append(e * (p * p) if adaptive else e)
-    return out
+    scale, directions = _ascent(grads, params, radius, adaptive, eps)
+    return [d * scale.to(d) for d in directions]  # its dtype and device (model parallel)
 
 
-def shifted(params: Sequence[Tensor], steps: Sequence[Tensor]) -> list[Tensor]:
-    """``params + steps``, each in its parameter's dtype."""
-    return [p.detach() + s.to(p.dtype) for p, s in zip(params, steps, strict=True)]
+def perturbed(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    radius: float,
+    adaptive: bool,
+    eps: float,
+) -> list[Tensor]:
+    """``params + perturbation(grads, params, ...)``, one fused multiply-add per tensor."""
+    scale, directions = _ascent(grads, params, radius, adaptive, eps)
+    return [
+        torch.addcmul(p.detach(), d.to(p.dtype), scale.to(p))
+        for p, d in zip(params, directions, strict=True)
+    ]
 
 
-def orthogonal_part(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> list[Tensor]:
-    """The part of ``h`` orthogonal to ``onto`` (both over all tensors together), as GSAM and
-    GAM's code write it: ``h - cos(h, onto) ||h|| onto / (||onto|| + eps)`` with
-    ``cos = <h, onto> / (||h|| ||onto|| + eps)``. The three reductions in float64: squares of
-    float32 gradients beyond ~1.8e19 overflow in float32 (then ``inf / inf`` would make the
-    whole estimate NaN, where the shell should name the overflowing gradient instead)."""
+def shifted(params: Sequence[Tensor], steps: Sequence[Tensor], scale: float = 1.0) -> list[Tensor]:
+    """``params + scale * steps``, each in its parameter's dtype."""
+    return [
+        torch.add(p.detach(), s.to(p.dtype), alpha=scale)
+        for p, s in zip(params, steps, strict=True)
+    ]
+
+
+def _projection(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> Tensor:
+    """``c`` of ``h = c onto + perp``, as GSAM and GAM's code write it: ``cos(h, onto) ||h|| /
+    (||onto|| + eps)`` with ``cos = <h, onto> / (||h|| ||onto|| + eps)``. The three reductions
+    in float64: squares of float32 gradients beyond ~1.8e19 overflow in float32 (then
+    ``inf / inf`` would make the whole estimate NaN, where the shell should name the
+    overflowing gradient instead)."""
     device = h[0].device
     sums: list[list[Tensor]] = [[], [], []]  # <h, onto>, ||h||^2, ||onto||^2
     for a, b in zip(h, onto, strict=True):
-        a64, b64 = a.to(torch.float64), b.to(torch.float64)  # one tensor's copy at a time
+        # One tensor's float64 copy at a time, flat: three dot products, no product tensors.
+        a64, b64 = a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)
         for out, (x, y) in zip(sums, ((a64, b64), (a64, a64), (b64, b64)), strict=True):
-            out.append(torch.sum(x * y).to(device))
+            out.append(torch.dot(x, y).to(device))
     inner, norm_h, norm_onto = (torch.stack(t).sum() for t in sums)
     norm_h, norm_onto = norm_h.sqrt(), norm_onto.sqrt()
-    cosine = inner / (norm_h * norm_onto + eps)
-    coefficient = cosine * norm_h / (norm_onto + eps)
-    return [a - coefficient.to(a) * b for a, b in zip(h, onto, strict=True)]
+    return inner / (norm_h * norm_onto + eps) * norm_h / (norm_onto + eps)
+
+
+def orthogonal_part(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> list[Tensor]:
+    """The part of ``h`` orthogonal to ``onto`` (both over all tensors together),
+    ``h - c onto`` (``_projection``)."""
+    c = _projection(h, onto, eps)
+    return [a - c.to(a) * b for a, b in zip(h, onto, strict=True)]
 
 
 def gam_direction(
@@ -91,11 +119,14 @@ def gam_direction(
 ) -> list[Tensor]:
     """Accelerated GAM's direction (Zhang et al. 2023, Algorithm 2, lines 13-16):
     ``h+ = alpha g1 + (1 - alpha) g3``, ``h- = beta g0 + (1 - beta) g2``, then
-    ``h+ - gamma (h-)_perp``, ``(h-)_perp`` the part of ``h-`` orthogonal to ``h+``."""
-    h_plus = [alpha * a + (1.0 - alpha) * b for a, b in zip(g1, g3, strict=True)]
-    h_minus = [beta * a + (1.0 - beta) * b for a, b in zip(g0, g2, strict=True)]
-    perp = orthogonal_part(h_minus, h_plus, eps)
-    return [h - gamma * v for h, v in zip(h_plus, perp, strict=True)]
+    ``h+ - gamma (h-)_perp``, ``(h-)_perp = h- - c h+`` the part of ``h-`` orthogonal to
+    ``h+``: written ``(1 + gamma c) h+ - gamma h-``."""
+    h_plus = [torch.lerp(b, a, alpha) for a, b in zip(g1, g3, strict=True)]
+    h_minus = [torch.lerp(b, a, beta) for a, b in zip(g0, g2, strict=True)]
+    keep = 1.0 + gamma * _projection(h_minus, h_plus, eps)
+    return [
+        torch.add(p * keep.to(p), m, alpha=-gamma) for p, m in zip(h_plus, h_minus, strict=True)
+    ]
 
 
 def fd_gradreg_gradient(
@@ -106,4 +137,4 @@ def fd_gradreg_gradient(
     ``(1 - gamma / step) g + (gamma / step) grad L(w + step g)``. ``step > 0``: the forward
     difference (an ascent step, F-GR); ``step < 0``: the backward one (a descent step, B-GR)."""
     ratio = gamma / step
-    return [(1.0 - ratio) * g + ratio * s for g, s in zip(grads, shifted_grads, strict=True)]
+    return [torch.lerp(g, s, ratio) for g, s in zip(grads, shifted_grads, strict=True)]

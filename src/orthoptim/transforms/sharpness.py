@@ -17,7 +17,7 @@ from orthoptim._checks import check_bool, check_choice, check_finite_nonnegative
 from orthoptim.functional.sharpness import (
     fd_gradreg_gradient,
     gam_direction,
-    perturbation,
+    perturbed,
     shifted,
 )
 from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
@@ -92,8 +92,8 @@ class SharpnessAware(GradientEstimator):
         params, grads = _flat(groups)
         if not params:
             return _grouped(groups, [])
-        e = perturbation(grads, params, self.rho, self.adaptive, self.eps)
-        return _grouped(groups, _at(oracle, params, shifted(params, e)))
+        points = perturbed(params, grads, self.rho, self.adaptive, self.eps)
+        return _grouped(groups, _at(oracle, params, points))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,13 +180,11 @@ class GradientNormAware(GradientEstimator):
         if not params:
             return _grouped(groups, [])
         w = [p.detach() for p in params]
-        g1 = _at(oracle, params, shifted(w, perturbation(g0, w, self.rho, self.adaptive, self.eps)))
+        g1 = _at(oracle, params, perturbed(w, g0, self.rho, self.adaptive, self.eps))
         h = [a - b for a, b in zip(g1, g0, strict=True)]
-        w2 = shifted(w, perturbation(h, w, self.norm_rho, self.adaptive, self.eps))
+        w2 = perturbed(w, h, self.norm_rho, self.adaptive, self.eps)
         g2 = _at(oracle, params, w2)
-        g3 = _at(
-            oracle, params, shifted(w2, perturbation(g2, w2, self.rho, self.adaptive, self.eps))
-        )
+        g3 = _at(oracle, params, perturbed(w2, g2, self.rho, self.adaptive, self.eps))
         loss = g1 if self.loss_gradient == "sam" else g0
         out = gam_direction(
             g0,
@@ -256,5 +254,5 @@ class FiniteDifferenceGR(GradientEstimator):
         if not params:
             return _grouped(groups, [])
         s = self.step_size
-        found = _at(oracle, params, shifted(params, [s * g for g in grads]))
+        found = _at(oracle, params, shifted(params, grads, s))
         return _grouped(groups, fd_gradreg_gradient(grads, found, self.gamma, s))
