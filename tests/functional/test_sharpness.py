@@ -91,6 +91,29 @@ def test_gam_direction_is_algorithm_2() -> None:
     assert torch.allclose(flat(out), hp - 0.2 * perp, rtol=1e-10, atol=1e-12)
 
 
+def test_gam_direction_in_place_is_the_same_and_writes_only_g2_g3() -> None:
+    g0, g1, g2, g3 = (tensors(10 + i) for i in range(4))
+    keep = [[t.clone() for t in g] for g in (g0, g1, g2, g3)]
+    pure = gam_direction(g0, g1, g2, g3, alpha=0.3, beta=0.6, gamma=0.2, eps=1e-12)
+    out = gam_direction(g0, g1, g2, g3, alpha=0.3, beta=0.6, gamma=0.2, eps=1e-12, overwrite=True)
+    assert all(torch.equal(a, b) for a, b in zip(pure, out, strict=True))
+    assert all(x is y for x, y in zip(out, g3, strict=True))
+    for now, before in zip((g0, g1), keep[:2], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(now, before, strict=True))
+
+
+def test_gam_direction_of_overflowing_gradients_stays_finite_and_of_nan_is_nan() -> None:
+    # Squares beyond float32's range: the projection's inf / inf is taken as 0, so the shell's
+    # check sees the finite (huge) estimate and names the overflowing gradient.
+    huge = [t * 1e30 for t in tensors(1, torch.float32)]
+    out = gam_direction(huge, huge, huge, huge, alpha=0.5, beta=0.5, gamma=0.03, eps=1e-12)
+    assert all(torch.isfinite(t).all() for t in out)
+    bad = tensors(1, torch.float32)
+    bad[0][0, 0] = float("nan")
+    out = gam_direction(bad, bad, bad, bad, alpha=0.5, beta=0.5, gamma=0.03, eps=1e-12)
+    assert torch.isnan(out[0]).any()
+
+
 def test_gam_direction_without_gamma_is_the_weighted_perturbed_gradient() -> None:
     g0, g1, g2, g3 = (tensors(10 + i) for i in range(4))
     out = gam_direction(g0, g1, g2, g3, alpha=1.0, beta=0.5, gamma=0.0, eps=1e-12)

@@ -83,20 +83,22 @@ def shifted(params: Sequence[Tensor], steps: Sequence[Tensor], scale: float = 1.
 
 def _projection(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> Tensor:
     """``c`` of ``h = c onto + perp``, as GSAM and GAM's code write it: ``cos(h, onto) ||h|| /
-    (||onto|| + eps)`` with ``cos = <h, onto> / (||h|| ||onto|| + eps)``. The three reductions
-    in float64: squares of float32 gradients beyond ~1.8e19 overflow in float32 (then
-    ``inf / inf`` would make the whole estimate NaN, where the shell should name the
-    overflowing gradient instead)."""
+    (||onto|| + eps)`` with ``cos = <h, onto> / (||h|| ||onto|| + eps)``, from three dot
+    products per tensor (float32 for 16-bit tensors). Where a norm overflows (float32 gradients
+    beyond ~1.8e19) ``inf / inf`` is NaN: ``c`` is then 0, so the estimate stays finite for
+    finite gradients and the shell's check names the overflowing gradient; NaN gradients still
+    give a NaN estimate (through ``h`` and ``onto`` themselves)."""
     device = h[0].device
+    dtype = _norm_dtype(h[0])
     sums: list[list[Tensor]] = [[], [], []]  # <h, onto>, ||h||^2, ||onto||^2
     for a, b in zip(h, onto, strict=True):
-        # One tensor's float64 copy at a time, flat: three dot products, no product tensors.
-        a64, b64 = a.reshape(-1).to(torch.float64), b.reshape(-1).to(torch.float64)
-        for out, (x, y) in zip(sums, ((a64, b64), (a64, a64), (b64, b64)), strict=True):
-            out.append(torch.dot(x, y).to(device))
+        x, y = a.reshape(-1).to(dtype), b.reshape(-1).to(dtype)  # views for float32/64
+        for out, (u, v) in zip(sums, ((x, y), (x, x), (y, y)), strict=True):
+            out.append(torch.dot(u, v).to(device))
     inner, norm_h, norm_onto = (torch.stack(t).sum() for t in sums)
     norm_h, norm_onto = norm_h.sqrt(), norm_onto.sqrt()
-    return inner / (norm_h * norm_onto + eps) * norm_h / (norm_onto + eps)
+    c = inner / (norm_h * norm_onto + eps) * norm_h / (norm_onto + eps)
+    return torch.where(torch.isnan(c) & torch.isinf(norm_h * norm_onto), 0.0, c)
 
 
 def orthogonal_part(h: Sequence[Tensor], onto: Sequence[Tensor], eps: float) -> list[Tensor]:
@@ -116,17 +118,21 @@ def gam_direction(
     beta: float,
     gamma: float,
     eps: float,
+    overwrite: bool = False,
 ) -> list[Tensor]:
     """Accelerated GAM's direction (Zhang et al. 2023, Algorithm 2, lines 13-16):
     ``h+ = alpha g1 + (1 - alpha) g3``, ``h- = beta g0 + (1 - beta) g2``, then
     ``h+ - gamma (h-)_perp``, ``(h-)_perp = h- - c h+`` the part of ``h-`` orthogonal to
-    ``h+``: written ``(1 + gamma c) h+ - gamma h-``."""
-    h_plus = [torch.lerp(b, a, alpha) for a, b in zip(g1, g3, strict=True)]
-    h_minus = [torch.lerp(b, a, beta) for a, b in zip(g0, g2, strict=True)]
+    ``h+``: written ``(1 + gamma c) h+ - gamma h-``. ``overwrite``: ``h+`` and the result are
+    built in ``g3``'s tensors and ``h-`` in ``g2``'s (the caller's own copies; no new ones)."""
+    if overwrite:
+        h_plus = [b.lerp_(a, alpha) for a, b in zip(g1, g3, strict=True)]
+        h_minus = [b.lerp_(a, beta) for a, b in zip(g0, g2, strict=True)]
+    else:
+        h_plus = [torch.lerp(b, a, alpha) for a, b in zip(g1, g3, strict=True)]
+        h_minus = [torch.lerp(b, a, beta) for a, b in zip(g0, g2, strict=True)]
     keep = 1.0 + gamma * _projection(h_minus, h_plus, eps)
-    return [
-        torch.add(p * keep.to(p), m, alpha=-gamma) for p, m in zip(h_plus, h_minus, strict=True)
-    ]
+    return [p.mul_(keep.to(p)).add_(m, alpha=-gamma) for p, m in zip(h_plus, h_minus, strict=True)]
 
 
 def fd_gradreg_gradient(

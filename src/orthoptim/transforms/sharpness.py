@@ -186,6 +186,7 @@ class GradientNormAware(GradientEstimator):
         g2 = _at(oracle, params, w2)
         g3 = _at(oracle, params, perturbed(w2, g2, self.rho, self.adaptive, self.eps))
         loss = g1 if self.loss_gradient == "sam" else g0
+        # g2 and g3 are the oracle's fresh copies: h+, h- and the result are built in them.
         out = gam_direction(
             g0,
             loss,
@@ -195,6 +196,7 @@ class GradientNormAware(GradientEstimator):
             beta=self.minus_weight,
             gamma=self.gamma,
             eps=self.eps,
+            overwrite=True,
         )
         return _grouped(groups, out)
 
