@@ -33,6 +33,7 @@ from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
 from orthoptim.recipes.saddle_free import saddle_free_newton
+from orthoptim.recipes.sharpness import fd_gradreg, gam, sam
 from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import SPD_ADAMW, spd_momentum
 from orthoptim.transforms import Chain
@@ -147,6 +148,11 @@ _AUON_PAPER = (
 _MKOR_PAPER = (
     "Mozaffari, Li, Zhang, Mehri Dehnavi 2023, 'MKOR: Momentum-Enabled Kronecker-Factor-Based "
     "Optimizer Using Rank-1 Updates' (NeurIPS, 2306.01685)"
+)
+
+_ESTIMATOR_SINGLE_PROCESS = (
+    "its gradient estimator re-evaluates the closure with the parameters moved, which the "
+    "distributed step does not do (each rank would move and evaluate only its own)"
 )
 
 _MARS_PAPER = (
@@ -587,4 +593,47 @@ REGISTRY: tuple[Spec, ...] = (
         race_tasks=("digits",),
     ),
     # -- zeroth-order (DeepZero) --
+    Spec(
+        name="sam",
+        recipe=sam,
+        lr=0.1,
+        weight_decay=5e-4,
+        paper=(
+            "Foret, Kleiner, Mobahi, Neyshabur 2021, 'Sharpness-Aware Minimization for "
+            "Efficiently Improving Generalization' (ICLR, 2010.01412); Kwon et al. 2021, ASAM "
+            "(2102.11600)"
+        ),
+        reference="davda54/sam@3c3afdb sam.py SAM; pytorch-optimizer==4.1.0 SAM",
+        tags=frozenset({"sharpness", "wrapper"}),
+        single_process_only=_ESTIMATOR_SINGLE_PROCESS,
+    ),
+    Spec(
+        name="gam",
+        recipe=gam,
+        # The code's lr 0.1 and weight decay 5e-4 on its direction, twice ours (recipes.gam).
+        lr=0.2,
+        weight_decay=2.5e-4,
+        paper=(
+            "Zhang, Xu, Yu, Zou, Cui 2023, 'Gradient Norm Aware Minimization Seeks First-Order "
+            "Flatness and Improves Generalization' (CVPR, 2303.03108)"
+        ),
+        reference="xxgege/GAM@694133d gam/gam.py GAM (accelerated, Algorithm 2)",
+        tags=frozenset({"sharpness", "wrapper"}),
+        single_process_only=_ESTIMATOR_SINGLE_PROCESS,
+    ),
+    Spec(
+        name="fd_gradreg",
+        recipe=fd_gradreg,
+        lr=0.1,
+        weight_decay=5e-4,
+        paper=(
+            "Karakida, Takase, Hayase, Osawa 2023, 'Understanding Gradient Regularization in "
+            "Deep Learning: Efficient Finite-Difference Computation and Implicit Bias' (ICML, "
+            "2210.02720)"
+        ),
+        reference="no public code; the paper's F-GR formula (oracle only)",
+        tags=frozenset({"sharpness", "wrapper"}),
+        single_process_only=_ESTIMATOR_SINGLE_PROCESS,
+    ),
+    # -- sharpness-aware wrappers (SAM/ASAM, GAM, finite-difference gradient regularisation) --
 )

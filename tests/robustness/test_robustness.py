@@ -172,6 +172,14 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "mask_every": [0, -1, 2.5, True],
     "finite_step": ["exact", "", None],
     # -- zeroth-order options (deepzero) --
+    "rho": [-0.05, math.nan, math.inf, "0.05"],
+    "adaptive": ["yes", 1, None],
+    "norm_rho": [-0.2, math.nan, math.inf, "0.2"],
+    "plus_weight": [-0.1, 1.5, math.nan, "0.5"],
+    "minus_weight": [-0.1, 1.5, math.nan, "0.5"],
+    "loss_gradient": ["SAM", "", None],
+    "direction": ["forward", "", None],
+    # -- sharpness-aware wrappers (sam, gam, fd_gradreg; base, gamma, eps, momentum: above) --
 }
 
 

@@ -47,6 +47,7 @@ from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
 from orthoptim.recipes.saddle_free import saddle_free_newton
+from orthoptim.recipes.sharpness import fd_gradreg, gam, sam
 from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import spd_momentum
 
@@ -62,8 +63,10 @@ __all__ = [
     "deepzero",
     "efcp",
     "estimated",
+    "fd_gradreg",
     "fismo",
     "frugal",
+    "gam",
     "grams",
     "gravity",
     "group_lr",
@@ -87,6 +90,7 @@ __all__ = [
     "psgd_lra",
     "root",
     "saddle_free_newton",
+    "sam",
     "sgd",
     "sgdp",
     "shampoo",
