@@ -124,6 +124,11 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "clusters": [0, -1, 1.5, True, "4"],
+    "base": ["adam", "SGD", "", None],
+    "nu": [-0.1, 1.0, math.nan, "0.7"],
+    "assignment": ["labels", "", None],
+    # -- Discover options (more_momentum) --
 }
 
 

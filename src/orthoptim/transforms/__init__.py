@@ -14,6 +14,7 @@ from orthoptim.transforms.lowrank import LowRankAdam
 from orthoptim.transforms.mfac import MFacPrecondition
 from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition
 from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.multi_momentum import MultiMomentum
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
 from orthoptim.transforms.orthogonalize import Orthogonalize
@@ -45,6 +46,7 @@ __all__ = [
     "MKORPrecondition",
     "MarsCorrection",
     "Momentum",
+    "MultiMomentum",
     "NormalizeNeurons",
     "Orthogonalize",
     "PSGDKronPrecondition",
