@@ -145,10 +145,10 @@ class MultiMomentum(TransformBase):
             m.mul_(self.beta).add_(g)
         else:
             ema_(m, g, self.beta)
-        mean = self._mean(s)
-        if self.base == "sgd":
-            out = mean
-        elif self.base == "qhm":
+        if self.base == "sgd":  # the average straight into the working copy: K + 1 passes
+            return self._mean_into(s, u)
+        mean = self._mean_into(s, torch.empty_like(m))
+        if self.base == "qhm":
             out = torch.lerp(g, mean, self.nu)
         else:
             lr = float(c.lr)
@@ -163,14 +163,15 @@ class MultiMomentum(TransformBase):
             shift.copy_(mean).mul_(-a * lr)
         return u.copy_(out)
 
-    def _mean(self, s: State) -> Tensor:
-        """``(1/K) sum_j m_j``: the buffer itself for ``K = 1`` (torch's SGD step, bit for bit)."""
+    def _mean_into(self, s: State, out: Tensor) -> Tensor:
+        """``out <- (1/K) sum_j m_j``, summed in cluster order (a copy of ``m0`` for ``K = 1``:
+        torch's SGD step, bit for bit)."""
         if self.clusters == 1:
-            return s["m0"]
-        total = s["m0"].clone()
-        for k in range(1, self.clusters):
-            total.add_(s[f"m{k}"])
-        return total.div_(self.clusters)
+            return out.copy_(s["m0"])
+        torch.add(s["m0"], s["m1"], out=out)
+        for k in range(2, self.clusters):
+            out.add_(s[f"m{k}"])
+        return out.div_(self.clusters)
 
     def cost(self, shape: tuple[int, ...]) -> float:
         n = 1.0
