@@ -99,6 +99,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "blocks": ["layer", "", None, "Model"],
     "compression": ["svd", "", None, "TopK"],
     "density": [0.0, -0.1, 1.5, math.nan, math.inf, True],
+    "damping_rule": ["gradient", "", None, "Constant"],
     # -- M-FAC options --
     "clip": [0.0, -1.0, math.nan, math.inf, "1"],
     "variant": ["approx", "", None],
