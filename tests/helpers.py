@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from orthoptim.hvp import double_backward_attention
+
 
 def fixed_grads(shape: tuple[int, ...], steps: int, dtype: torch.dtype, seed: int = 1):
     """A fixed, reproducible gradient sequence (no backprop needed)."""
@@ -57,9 +59,7 @@ def train_conv_classifier(m: nn.Module, opt: torch.optim.Optimizer, steps: range
     for s in steps:
         g = torch.Generator().manual_seed(s)
         x, y = torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
+        step_on(opt, lambda x=x, y=y: nn.functional.cross_entropy(m(x), y))
 
 
 def straight_and_resumed(
@@ -88,7 +88,68 @@ def straight_and_resumed(
 
 
 def step_all(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]):
-    """Give each of ``params`` a copy of its gradient in ``grads``, then step ``opt``."""
+    """Give each of ``params`` a copy of its gradient in ``grads``, then step ``opt``; an
+    optimizer that needs a closure steps on ``linear_loss``, whose gradient they are."""
+    if needs_closure(opt):
+        return opt.step(closure_of(opt, linear_loss(params, grads)))
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
+    return opt.step()
+
+
+def needs_closure(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt`` (an orthoptim optimizer) steps only with a closure (``Plan.needs_closure``:
+    a gradient estimator, exact MARS, Hessian-vector products)."""
+    plan = getattr(opt, "plan", None)
+    return plan is not None and plan.needs_closure
+
+
+def closure_of(opt: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]):
+    """The closure ``opt``'s plan asks for around ``compute_loss``: zero the gradients, compute
+    the loss, and backpropagate it as the plan needs (``create_graph=True`` where it reads
+    Hessian-vector products, no backward for a zeroth-order estimator)."""
+    plan = opt.plan  # type: ignore[attr-defined]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        with double_backward_attention(plan.needs_graph):
+            value = compute_loss()
+        if plan.closure_backward:
+            value.backward(create_graph=plan.needs_graph)
+        return value
+
+    return closure
+
+
+def step_on(opt: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One training step on ``compute_loss()``: backward then ``step()``, or ``step(closure)``
+    where the optimizer needs a closure (``closure_of``). Returns the loss."""
+    if needs_closure(opt):
+        return opt.step(closure_of(opt, compute_loss))
+    opt.zero_grad()
+    value = compute_loss()
+    value.backward()
     opt.step()
+    return value
+
+
+def linear_loss(
+    params: list[torch.Tensor], grads: list[torch.Tensor]
+) -> Callable[[], torch.Tensor]:
+    """``sum_i <p_i, g_i>`` in float32: its gradient is ``grads`` at every point (hand-set
+    gradients for optimizers that re-evaluate the loss; its Hessian is zero, and a
+    finite-difference estimate of it is exact up to round-off). A zero times ``|p|^2`` term
+    gives the gradient a graph under ``backward(create_graph=True)`` (else an optimizer that
+    reads Hessian-vector products would find none), and adds nothing to it."""
+    fixed = [g.detach().clone() for g in grads]
+
+    def compute() -> torch.Tensor:
+        return sum(
+            (
+                (p.float() * g.float()).sum() + 0.0 * p.float().square().sum()
+                for p, g in zip(params, fixed, strict=True)
+            ),
+            torch.zeros(()),
+        )
+
+    return compute

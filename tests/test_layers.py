@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "checkpoint": 4,
     "previous_point": 4,
     "hvp": 4,
+    "oracle": 4,
     "eager": 4,
     "telemetry": 4,
     "routing": 4,

@@ -97,6 +97,12 @@ def _speed_section(name: str) -> list[str]:
 
 
 def _race_section(name: str) -> list[str]:
+    only = registry.get(name).race_tasks
+    note = [] if only is None else [f"Races only on {', '.join(only)} (`Spec.race_tasks`).", ""]
+    return note + _race_rows(name)
+
+
+def _race_rows(name: str) -> list[str]:
     newest = _newest_race()
     if newest is None:
         return ["No curated default race yet.", ""]
@@ -222,6 +228,15 @@ def _race_page() -> str:
         "`orthoptim report DIR` re-renders a run's `report.md` and plots from its records).",
         "",
     ]
+    only = [(n, registry.get(n).race_tasks) for n in registry.names("*")]
+    only = [(n, t) for n, t in only if t is not None]
+    if only:
+        parts += [
+            "Optimizers realistic only for small models race only on the tasks their",
+            "`Spec.race_tasks` names; the race records the other tasks as skipped, with the",
+            "reason: " + ", ".join(f"`{n}` ({', '.join(t)})" for n, t in only) + ".",
+            "",
+        ]
     newest = _newest_race()
     if newest is not None:
         folder, recs = newest

@@ -57,7 +57,6 @@ def fill_released(
     allocated while the returned dict lives: saving costs the held size's memory."""
     index = -1
     for group in param_groups:
-        chain = plan.route_named(group["route"]).chain
         for p in group["params"]:
             index += 1
             saved = state["state"].get(index)
@@ -69,7 +68,7 @@ def fill_released(
             if not released:
                 continue
             meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
-            held = chain.held(meta, group_layout(group))
+            held = plan.held(group["route"], meta, group_layout(group))
             filled = {
                 k: saved[k].new_zeros(held[k].shape)
                 for k in released
@@ -148,8 +147,8 @@ def expected_buffers(
             # Meta tensors: the buffers a fresh init would create, without allocating them, and
             # their in-use sizes (a buffer a transform releases is saved at either).
             meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
-            fresh = chain.init(meta, group_layout(group))
-            held = chain.held(meta, group_layout(group))
+            fresh = plan.init(group["route"], meta, group_layout(group))
+            held = plan.held(group["route"], meta, group_layout(group))
             keys = None if distributed is None else distributed.local_keys(chain, p)
             kept = set(fresh) if keys is None else keys
             found = {k: tuple(v.shape) for k, v in buffers.items() if k != "step"}

@@ -293,7 +293,10 @@ def _speed_parser(sub: argparse._SubParsersAction) -> None:
         help="time the optimizer step alone, side by side with the installed peers",
         description="Interleaved steps of orthoptim's matrix optimizers and AdamW and of every "
         "installed peer on the same matrices, median after warm-up, with the machine's bf16 / "
-        "fp32 matmul rate and the Muon FLOP floor. Writes records.jsonl.",
+        "fp32 matmul rate and the Muon FLOP floor. Writes records.jsonl. Then optimizers that "
+        "need step(closure) (and closure variants such as mars_adamw variant='exact'), each as "
+        "a whole training step on a small MLP beside AdamW's, with forward and backward passes "
+        "counted: closure.jsonl.",
     )
     speed.add_argument(
         "--shapes",

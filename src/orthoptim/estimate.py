@@ -167,11 +167,13 @@ def estimate(
     try:
         meta: dict[int, tuple[int, int]] = {}
         for group in opt.param_groups:
-            chain = opt.plan.route_named(group["route"]).chain
-            layout = group_layout(group)
+            route, layout = group["route"], group_layout(group)
             for p in group["params"]:
                 like = torch.empty(p.shape, dtype=p.dtype, device="meta")
-                meta[id(p)] = (_nbytes(chain.held(like, layout)), _nbytes(chain.init(like, layout)))
+                meta[id(p)] = (
+                    _nbytes(opt.plan.held(route, like, layout)),
+                    _nbytes(opt.plan.init(route, like, layout)),
+                )
         jobs = matrix_jobs(opt.plan, opt.param_groups)
         ranks = assign_owners(
             [c for c, _ in jobs], world_size, kinds=[tuple(p.shape) for _, p in jobs]

@@ -13,11 +13,13 @@ detached, which frees the graph (and breaks the parameter-gradient cycle that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from orthoptim.groups import names_of
 from orthoptim.nonfinite import NonFiniteGradientError, all_finite
@@ -54,18 +56,18 @@ def hessian_vector_products(
     the gradients in the shell's non-finite check (``raise_for_products`` names one)."""
     probed: list[tuple[str, Tensor, Tensor]] = []
     graphs = checked = False
+    index = -1  # the parameter's place among all of them: probes independent across parameters
     for group in param_groups:
         chain = plan.route_named(group["route"]).chain
-        if not chain.needs_hvp:
-            continue
         for name, p in zip(names_of(group), group["params"], strict=True):
-            if p.grad is None:
+            index += 1
+            if not chain.needs_hvp or p.grad is None:
                 continue
             checked = True
             graphs = graphs or p.grad.requires_grad
             counter = state.get(p, {}).get("step")
             step = 1 if counter is None else int(counter.item()) + 1
-            v = chain.hvp_probe(p, step)
+            v = chain.hvp_probe(p, step, index)
             if v is not None:
                 probed.append((name, p, v))
     if checked and not graphs:
@@ -112,3 +114,19 @@ def raise_for_products(
                 "value whose square overflows; nothing was updated (pass nonfinite='skip' to "
                 "skip such steps instead)"
             )
+
+
+@contextlib.contextmanager
+def double_backward_attention(enabled: bool = True) -> Iterator[None]:
+    """Where ``enabled``: ``scaled_dot_product_attention`` in the forward inside runs torch's
+    math kernel, the one whose backward can itself be differentiated (the flash and
+    memory-efficient kernels' backward cannot: a closure that calls
+    ``loss.backward(create_graph=True)`` through them fails with "derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). Wrap the
+    forward of a closure for an optimizer that reads Hessian-vector products
+    (``Plan.needs_graph``)."""
+    if not enabled:
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield

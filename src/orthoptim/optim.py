@@ -38,6 +38,7 @@ from orthoptim.groups import (
 )
 from orthoptim.hvp import check_closure, hessian_vector_products, raise_for_products
 from orthoptim.nonfinite import NONFINITE_POLICIES, NonFinitePolicy, raise_for, step_is_finite
+from orthoptim.oracle import check_estimator_closure, estimate_gradients
 from orthoptim.previous_point import grads_at_previous_points
 from orthoptim.recipes.plan import (
     LR_SCALE_KEY,
@@ -229,6 +230,13 @@ class ChainOptimizer(torch.optim.Optimizer):
                 "curvature='whitening' or 'finite_difference' under DDP or FSDP2, or train in "
                 "one process"
             )
+        estimator = recipe.estimator
+        if self.distributed is not None and estimator is not None:
+            raise ValueError(
+                f"this plan estimates its gradients with {type(estimator).__name__} (more "
+                "closure() calls per step, at parameters each rank would move on its own), "
+                "which the distributed step does not evaluate: train it in one process"
+            )
         if self.distributed is not None and recipe.needs_closure:
             raise ValueError(
                 "a transform of this plan needs the gradient at the previous parameters (MARS "
@@ -263,25 +271,35 @@ class ChainOptimizer(torch.optim.Optimizer):
         grad_scale, found_inf = amp.scaler_inputs(self)
         loss = None
         check_closure(self.param_groups, self.plan, closure)
+        estimator = self.plan.estimator
+        if estimator is not None:
+            check_estimator_closure(estimator, closure)
         at_previous = grads_at_previous_points(
             self.state, self.param_groups, self.plan, closure, self.nonfinite
         )
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        commit = None
+        if estimator is not None and closure is not None:
+            commit = estimate_gradients(
+                estimator, self.state, self.param_groups, closure, loss, self._fresh_state
+            )
+        skipped = self._skipped
         hvps = (
             hessian_vector_products(self.state, self.param_groups, self.plan)
             if self.plan.needs_hvp
             else {}
         )
         work = [(group, with_grads(group)) for group in self.param_groups]
-        if self._telemetry is None:
-            self._apply(work, at_previous, hvps, grad_scale, found_inf)
-            return loss
-        probe = self._telemetry.begin(self.param_groups, self.plan, self.positions)
+        probe = None
+        if self._telemetry is not None:
+            probe = self._telemetry.begin(self.param_groups, self.plan, self.positions)
         self._apply(work, at_previous, hvps, grad_scale, found_inf, probe)
-        if probe is not None:
+        if probe is not None and self._telemetry is not None:
             self._telemetry.finish(probe)
+        if commit is not None and self._skipped == skipped:  # the step was applied
+            commit()
         return loss
 
     def _apply(
@@ -429,7 +447,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             home = p.device if on_device else _HOST
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=home)
-                state.update(chain.init(p, layout))
+                state.update(chain.init(p, layout) | self.plan.estimator_init(p))
             elif state["step"].device != home:  # loaded or moved elsewhere
                 state["step"] = state["step"].to(home, torch.float32)
             counters.setdefault(home, []).append(state["step"])
@@ -437,6 +455,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         for steps in counters.values():
             torch._foreach_add_(steps, 1.0)
         return states
+
+    def _fresh_state(self, group: Mapping[str, Any], p: Tensor) -> dict[str, Tensor]:
+        """A parameter's state before its first step, for a gradient estimator that reads
+        its buffers before the routes step (``_counted_states`` moves the counter where its
+        reader needs it)."""
+        step = torch.zeros((), dtype=torch.float32, device=_HOST)
+        return {"step": step, **self.plan.init(group["route"], p, group_layout(group))}
 
     def _step_route(
         self,
@@ -604,6 +629,11 @@ def _check_capturable(plan: Plan, distributed: DistributedStep | None) -> None:
             "capturable=True needs every transform to take the step count as a device tensor; "
             f"these do not: {', '.join(blocking)} (capturable: sgd, adamw, muon, muon_polar, "
             "adamp, sgdp)"
+        )
+    if plan.estimator is not None:
+        raise ValueError(
+            f"capturable=True runs a step without host reads; {type(plan.estimator).__name__} "
+            "re-evaluates the closure in Python: use capturable=False"
         )
     if distributed is not None:
         raise ValueError("capturable=True runs in one process; the distributed step is not")

@@ -51,13 +51,14 @@ def grads_at_previous_points(
         with torch.enable_grad():
             closure()
         at_previous = {
-            p: torch.zeros_like(p) if p.grad is None else p.grad.clone() for _, p, _ in points
+            p: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+            for _, p, _ in points
         }
     finally:
         for (_, p, _), value in zip(points, current, strict=True):
             p.copy_(value)
     if nonfinite == "raise" and not all_finite(list(at_previous.values())):
-        name = next(n or "<unnamed>" for n, p, _ in points if not at_previous[p].isfinite().all())
+        name = next(n or "<unnamed>" for n, p, _ in points if not all_finite([at_previous[p]]))
         raise NonFiniteGradientError(
             f"gradient of parameter {name} at its previous value holds NaN, Inf, or a value "
             "whose square overflows; nothing was updated (pass nonfinite='skip' to skip such "

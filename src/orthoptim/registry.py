@@ -210,8 +210,9 @@ def single_process_reason(spec: Spec, recipe: Chain | Plan) -> str | None:
     if reason is None and recipe.route_wide:
         reason = (
             "these options need all of a route's parameters in one step (blocks='model' of mfac "
-            "or psgd_lra: one window or preconditioner over the whole model), and each owner "
-            "rank holds only its own; blocks='parameter' runs distributed"
+            "or psgd_lra: one window or preconditioner over the whole model; scope='model' of "
+            "induced_metric: one gradient norm over it), and each owner rank holds only its "
+            "own; blocks='parameter' (scope='parameter') runs distributed"
         )
     return reason
 
@@ -228,10 +229,15 @@ def show(name: str) -> str:
         f"  tags:      {', '.join(sorted(spec.tags)) or '-'}",
         "  options:   " + (", ".join(f"{k}={v!r}" for k, v in spec.options().items()) or "none"),
     ]
+    if spec.race_tasks is not None:
+        lines.append(f"  race:      {', '.join(spec.race_tasks)} only (Spec.race_tasks)")
     match = FROM_ADAMW.get(spec.name)
     if match is not None:
         needs = "".join(f", {k}={v!r}" for k, v in match.options.items())
         lines.append(f"  from_adamw_lr: lr = {match.lr_ratio:g} x AdamW's{needs} ({match.reason})")
+    if plan.estimator is not None:
+        lines.append(f"  gradient:  {plan.estimator!r}")
+        lines.append(f"    {plan.estimator.explain()}")
     for route in plan.routes:
         lines.append(f"  route {route.name} ({', '.join(route.roles)}), {route.describe_lr()}:")
         lines.append(f"    {route.chain!r}")

@@ -13,9 +13,12 @@ from typing import Any
 
 from orthoptim.recipes import PLAN_OPTIONS, AdamWRoute, Plan, adamw, muon, sgd, with_adamw
 from orthoptim.recipes.auon import AUON_ADAMW, HYBRID_AUON_ADAMW, auon, hybrid_auon
+from orthoptim.recipes.deepzero import deepzero
 from orthoptim.recipes.efcp import efcp
+from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import SHAMPOO_ADAMW, shampoo, soap
 from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
@@ -25,10 +28,13 @@ from orthoptim.recipes.more_momentum import more_momentum
 from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
+from orthoptim.recipes.oasis import oasis
 from orthoptim.recipes.psgd import PSGD_ADAMW, psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import ROOT_ADAMW, root
+from orthoptim.recipes.saddle_free import saddle_free_newton
+from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import SPD_ADAMW, spd_momentum
 from orthoptim.transforms import Chain
 
@@ -52,6 +58,9 @@ class Spec:
             ``build`` raises with it on a distributed model or process group. Optimizers whose
             chain ``needs_module`` are single-process only too (each rank's hooks see its own
             batch).
+        race_tasks: the built-in race tasks it races on (``orthoptim race`` skips it on the
+            others and records why); ``None``: every task. For optimizers realistic only on
+            small models (``deepzero``: one forward pass per estimated coordinate).
 
     ``needs_closure`` and ``needs_module`` are not declared here: they are properties of the
     transforms (``TransformBase``), read off the default whole-model plan.
@@ -66,6 +75,7 @@ class Spec:
     tags: frozenset[str] = frozenset()
     adamw: AdamWRoute | None = None
     single_process_only: str | None = None
+    race_tasks: tuple[str, ...] | None = None
 
     @property
     def needs_closure(self) -> bool:
@@ -372,6 +382,23 @@ REGISTRY: tuple[Spec, ...] = (
     ),
     # -- M-FAC --
     Spec(
+        name="oasis",
+        recipe=oasis,
+        lr=1.0,  # multiplies the adaptive step: 1 is the paper's (no lr to tune)
+        paper=(
+            "Jahani, Rusakov, Shi, Richtárik, Mahoney, Takáč 2022, 'Doubly Adaptive Scaled "
+            "Algorithm for Machine Learning Using Second-Order Information' (ICLR, 2109.05198)"
+        ),
+        reference="from the paper (Algorithm 1): oracle only, no code of the authors found",
+        tags=frozenset({"second-order", "hessian", "diagonal", "adaptive", "closure"}),
+        single_process_only=(
+            "it reads Hessian-vector products through step(closure) (one double backward per "
+            "step), which the distributed step does not evaluate, and its step size is shared "
+            "by every parameter of the model"
+        ),
+    ),
+    # -- Hessian-diagonal, Lipschitz step size (OASIS) --
+    Spec(
         name="mars_adamw",
         recipe=mars_adamw,
         lr=3e-3,
@@ -433,6 +460,59 @@ REGISTRY: tuple[Spec, ...] = (
     ),
     # -- sign and projection family (Grams, AdamP, SGDP) --
     Spec(
+        name="innaprop",
+        recipe=innaprop,
+        lr=1e-3,
+        weight_decay=0.01,
+        paper=(
+            "Bolte, Boustany, Pauwels, Purica et al. 2024, 'A second-order-like optimizer with "
+            "adaptive gradient scaling for deep learning' (2410.05871)"
+        ),
+        reference="innaprop/innaprop@d4bef0c innaprop.py INNAprop",
+        tags=frozenset({"elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="optimistic_amsgrad",
+        recipe=optimistic_amsgrad,
+        lr=1e-3,
+        paper=(
+            "Wang, Li, Karimi, Li 2021, 'An Optimistic Acceleration of AMSGrad for Nonconvex "
+            "Optimization' (ACML, 1903.01435)"
+        ),
+        reference=(
+            "Algorithms 2 and 3 of the paper; Hintonthu/optimistic-amsgrad@07fd55e "
+            "Optadam_torch.py (its guess differs: see the recipe)"
+        ),
+        tags=frozenset({"elementwise", "adaptive"}),
+    ),
+    Spec(
+        name="gravity",
+        recipe=gravity,
+        lr=0.1,
+        paper=(
+            "Bahrami, Zadeh 2021, 'Gravity Optimizer: a Kinematic Approach on Optimization in "
+            "Deep Learning' (2101.09192)"
+        ),
+        reference=(
+            "dariush-bahrami/gravity.optimizer@9c12068 "
+            "implementations/gravity_optimizer_pytorch.py; pytorch-optimizer==4.1.0 Gravity"
+        ),
+        tags=frozenset({"elementwise"}),
+    ),
+    # -- first-order neighbours of issue 21 (INNAprop, Optimistic AMSGrad, Gravity) --
+    Spec(
+        name="induced_metric",
+        recipe=induced_metric,
+        lr=0.1,
+        paper=(
+            "Harvey 2025, 'The Optimiser Hidden in Plain Sight: Training with the Loss "
+            "Landscape's Induced Metric' (2509.03594)"
+        ),
+        reference="harveyThomas4692/Induced-Metric-Optimiser@754ae88 optimisers/torch_imp.py",
+        tags=frozenset({"matrix", "clipping"}),
+    ),
+    # -- induced metric (any base under the loss graph's metric) --
+    Spec(
         name="frugal",
         recipe=frugal,
         lr=1e-3,
@@ -463,4 +543,60 @@ REGISTRY: tuple[Spec, ...] = (
         adamw=LOWRANK_ADAMW,
     ),
     # -- low-rank family (FRUGAL, low-rank AdamW) --
+    Spec(
+        name="smb",
+        recipe=smb,
+        lr=0.5,
+        paper=(
+            "Birbil, Martin, Onay, Oztoprak 2021, 'Bolstering Stochastic Gradient Descent with "
+            "Model Building' (2111.07058)"
+        ),
+        reference="sibirbil/SMB@17fb8ba source/smbsolve/smb.py SMB (independent_batch=False)",
+        tags=frozenset({"closure", "line-search", "second-order"}),
+        single_process_only=(
+            "its trial step moves every parameter and tests the loss of the closure's batch, "
+            "which each rank would do on its own"
+        ),
+    ),
+    # -- closure-based model building (SMB) --
+    Spec(
+        name="saddle_free_newton",
+        recipe=saddle_free_newton,
+        lr=1.0,
+        paper=(
+            "Dauphin, Pascanu, Gulcehre, Cho, Ganguli, Bengio 2014, 'Identifying and attacking "
+            "the saddle point problem in high-dimensional non-convex optimization' (NeurIPS, "
+            "1406.2572; workshop version 1405.4604)"
+        ),
+        reference="from the paper: oracle only (no authors' code found)",
+        tags=frozenset({"second-order", "hessian", "krylov", "closure"}),
+        single_process_only=(
+            "one Krylov space spans the whole model, built from Hessian-vector products of the "
+            "closure's graph and a line search on its loss, which each rank would do on its own "
+            "batch and shard"
+        ),
+    ),
+    # -- Hessian (saddle-free Newton) --
+    Spec(
+        name="deepzero",
+        recipe=deepzero,
+        lr=0.1,
+        weight_decay=5e-4,
+        paper=(
+            "Chen, Zhang, Jia, Diffenderfer, Liu, Parasyris, Zhang, Zhang, Kailkhura, Liu 2024, "
+            "'DeepZero: Scaling up Zeroth-Order Optimization for Deep Model Training' (ICLR, "
+            "2310.02025)"
+        ),
+        reference=(
+            "OPTML-Group/DeepZero@5cf30b1 algorithm/zoo/gradient_estimate.py cge, "
+            "algorithm/prune/importance_scores.py zoo_grasp_importance_score (naive oracle)"
+        ),
+        tags=frozenset({"zeroth-order", "sparse"}),
+        single_process_only=(
+            "each evaluation moves one coordinate of one parameter and re-runs the closure, "
+            "which DDP or FSDP2 would run on every rank with its own batch"
+        ),
+        race_tasks=("digits",),
+    ),
+    # -- zeroth-order (DeepZero) --
 )

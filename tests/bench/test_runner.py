@@ -133,3 +133,14 @@ def test_flops_per_step_are_recorded_for_model_and_optimizer() -> None:
     adamw = optimizer_step_flops("adamw", model)
     assert adamw is not None and adamw < flops["optimizer_step"]  # no Newton-Schulz products
     assert optimizer_step_flops("not:registered", model) is None
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_a_racer_taking_hessian_vector_products_gets_a_graph_in_its_closure() -> None:
+    """oasis (``Plan.needs_graph``) races with a closure calling ``backward(create_graph=True)``;
+    a closure without the graph would raise in its first step (no product can be taken)."""
+    oasis = racer("oasis")
+    assert oasis.needs_closure and oasis.closure_graph and not racer("sgd").closure_graph
+    out = run(tasks.make("digits", quick=True), oasis, 1.0, seed=0)
+    assert not out["diverged"] and out["steps_done"] > 0
+    assert math.isfinite(out["curve"][-1]["val_loss"])

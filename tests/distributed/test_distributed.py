@@ -32,7 +32,13 @@ from tests.distributed.harness import Ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
-DISTRIBUTABLE = [s.name for s in REGISTRY if s.single_process_only is None and not s.needs_module]
+# A default plan that needs a whole route in one step (induced_metric's scope="model") is
+# refused under a distributed step like a single_process_only spec.
+DISTRIBUTABLE = [
+    s.name
+    for s in REGISTRY
+    if s.single_process_only is None and not s.needs_module and not s.whole_model_plan().route_wide
+]
 SINGLE_ONLY = [s.name for s in REGISTRY if s.name not in DISTRIBUTABLE]
 MODES = ("ddp", "fsdp")
 
@@ -275,6 +281,18 @@ def test_mfac_model_block_is_refused_at_build(ranks: Ranks, mode: str) -> None:
     for via_build, direct in ranks.run(W.mfac_model_block_errors, mode):
         assert "cannot run distributed" in via_build and "blocks='model'" in via_build
         assert "blocks='model'" in direct
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_induced_metric_per_tensor_runs_distributed(ranks: Ranks, mode: str) -> None:
+    """The default ``scope="model"`` is refused (``SINGLE_ONLY``); ``scope="parameter"`` runs,
+    equal to one process within the matrix tolerance (its norm reads the whole tensor)."""
+    assert "induced_metric" in SINGLE_ONLY
+    want = W.induced_metric_per_tensor(0, "single")
+    for rank, got in enumerate(ranks.run(W.induced_metric_per_tensor, mode)):
+        worst = max((got[n].double() - want[n].double()).abs().max().item() for n in want)
+        print(f"induced_metric scope=parameter {mode} rank {rank}: {worst:.2e}")
+        assert worst <= tolerance("induced_metric")
 
 
 def test_state_is_rank_symmetric_where_dcp_needs_it(ranks: Ranks) -> None:

@@ -117,6 +117,22 @@ def reference(
     return {n: p.detach().clone() for n, p in m.named_parameters()}
 
 
+def induced_metric_per_tensor(rank: int, mode: str) -> dict[str, Tensor]:
+    """``induced_metric(scope="parameter")`` for STEPS steps under ``mode`` (``"single"``: one
+    process on the data-parallel gradients): each tensor's own metric runs on its owner."""
+    if mode == "single":
+        m = model()
+        opt = build("induced_metric", m, scope="parameter", fast_paths=False)
+        for step in range(STEPS):
+            reference_grads(m, step, 1)
+            opt.step()
+        return {n: p.detach().clone() for n, p in m.named_parameters()}
+    m = wrap(mode)
+    opt = build("induced_metric", m, scope="parameter")
+    _train(m, opt, rank, range(STEPS), 1, mode)
+    return _full(m)
+
+
 def matrix_names(name: str) -> set[str]:
     """Parameters whose route has a matrix transform (not bit-exact across batching)."""
     m = model()

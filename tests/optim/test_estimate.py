@@ -9,6 +9,7 @@ import torch
 import orthoptim
 from orthoptim.bench.models import TinyGPT
 from orthoptim.estimate import STEP_COUNTER_BYTES
+from tests.helpers import step_on
 
 
 def tiny_gpt() -> TinyGPT:
@@ -22,18 +23,7 @@ def measured_state_bytes(opt: torch.optim.Optimizer) -> int:
 def one_step(name: str, model: TinyGPT) -> torch.optim.Optimizer:
     opt = orthoptim.build(name, model)
     x = torch.randint(0, 32, (4, 8), generator=torch.Generator().manual_seed(0))
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = model(x).square().mean()
-        loss.backward()
-        return loss
-
-    if opt.plan.needs_closure:
-        opt.step(closure)
-    else:
-        closure()
-        opt.step()
+    step_on(opt, lambda: model(x).square().mean())
     return opt
 
 

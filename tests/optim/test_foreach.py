@@ -25,7 +25,7 @@ from orthoptim.registry import REGISTRY
 from orthoptim.transforms import AddWeightDecay, Momentum, ScaleByAdam, chain
 from orthoptim.transforms.base import Ctx
 from orthoptim.transforms.scaling import ScaleByShape
-from tests.helpers import save_and_load
+from tests.helpers import closure_of, save_and_load
 
 STEPS = 3
 
@@ -49,14 +49,7 @@ def trained(
     model = make_model()
     opt = make_opt(model)
     for seed in range(STEPS):
-
-        def closure(seed: int = seed) -> Tensor:
-            opt.zero_grad()
-            value = loss(model, seed)
-            value.backward()
-            return value
-
-        opt.step(closure)
+        opt.step(closure_of(opt, lambda seed=seed: loss(model, seed)))
     return [p.detach().clone() for p in model.parameters()]
 
 

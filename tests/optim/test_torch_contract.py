@@ -33,6 +33,7 @@ from torch import Tensor, nn
 import orthoptim
 from orthoptim import ChainOptimizer
 from orthoptim.distributed import DistributedStep
+from tests.helpers import closure_of, needs_closure, step_on
 
 VOCAB, DIM, HIDDEN = 11, 8, 12
 
@@ -69,22 +70,24 @@ def make(name: str, options: dict[str, Any], model: nn.Module) -> ChainOptimizer
     return orthoptim.build(name, model, **options)
 
 
-def needs_closure(opt: ChainOptimizer) -> bool:
-    """Whether a transform needs ``step(closure)`` (exact MARS: a second gradient)."""
-    return any(
-        getattr(t, "needs_closure", False) for r in opt.plan.routes for t in r.chain.transforms
-    )
+def batch_loss(model: nn.Module, seed: int) -> Callable[[], Tensor]:
+    """The loss on batch ``seed``."""
+
+    def compute() -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, VOCAB, (3, 5), generator=g)
+        target = torch.randint(0, VOCAB, (3, 5), generator=g)
+        return nn.functional.cross_entropy(model(idx).reshape(-1, VOCAB), target.reshape(-1))
+
+    return compute
 
 
 def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Callable[[], Tensor]:
     """Zero the gradients, compute the loss on batch ``seed`` and backpropagate it."""
 
     def closure() -> Tensor:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, VOCAB, (3, 5), generator=g)
-        target = torch.randint(0, VOCAB, (3, 5), generator=g)
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(idx).reshape(-1, VOCAB), target.reshape(-1))
+        loss = batch_loss(model, seed)()
         loss.backward()
         return loss
 
@@ -93,37 +96,31 @@ def batch_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Ca
 
 def train(model: nn.Module, opt: ChainOptimizer, seeds: range) -> None:
     for s in seeds:
-        closure = batch_closure(model, opt, s)
-        if needs_closure(opt):
-            opt.step(closure)
-        else:
-            closure()
-            opt.step()
+        step_on(opt, batch_loss(model, s))
 
 
 def params_of(opt: torch.optim.Optimizer) -> list[Tensor]:
     return [p for group in opt.param_groups for p in group["params"]]
 
 
-def hand_grad_closure(opt: ChainOptimizer, seed: int) -> Callable[[], None]:
-    """Set every gradient by hand: a fixed random tensor plus a term in the parameter (so
-    the gradient at exact MARS's previous point differs from the current one)."""
-
-    def closure() -> None:
-        g = torch.Generator().manual_seed(seed)
-        for p in params_of(opt):
-            p.grad = torch.randn(p.shape, generator=g) + 0.1 * p.detach()
-
-    return closure
-
-
 def step_by_hand(opt: ChainOptimizer, seed: int) -> None:
-    closure = hand_grad_closure(opt, seed)
+    """Step on gradients set by hand: a fixed random tensor plus a term in the parameter (so
+    the gradient at exact MARS's previous point differs from the current one), the gradient
+    of ``<p, r> + 0.05 |p|^2`` (MKOR: no forward, so no captured statistics)."""
+    g = torch.Generator().manual_seed(seed)
+    params = params_of(opt)
+    fixed = [torch.randn(p.shape, generator=g) for p in params]
     if needs_closure(opt):
-        opt.step(closure)
-    else:
-        closure()
-        opt.step()
+
+        def compute() -> Tensor:
+            terms = zip(params, fixed, strict=True)
+            return sum(((p * r).sum() + 0.05 * p.square().sum() for p, r in terms), torch.zeros(()))
+
+        opt.step(closure_of(opt, compute))
+        return
+    for p, r in zip(params, fixed, strict=True):
+        p.grad = r + 0.1 * p.detach()
+    opt.step()
 
 
 def assert_same(a: Any, b: Any, where: str = "state_dict") -> None:

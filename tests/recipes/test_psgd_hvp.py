@@ -44,7 +44,7 @@ class _Recorder(TransformBase):
     def needs_hvp(self) -> bool:
         return True
 
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+    def hvp_probe(self, p: Tensor, step: int, index: int = 0) -> Tensor | None:
         if step not in self.probe_steps:
             return None
         return probe(tuple(p.shape), 3, step, p.dtype, p.device)

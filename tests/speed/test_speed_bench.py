@@ -133,6 +133,7 @@ def test_head_to_head_entrants_run_their_rounds_before_the_other_optimizers(
         for name, family in families
     ]
     monkeypatch.setattr(speed, "entrants", lambda specs, peers: fakes)
+    monkeypatch.setattr(speed.closure_section, "closure_entrants", lambda specs: [])
     config = speed.SpeedConfig(
         shapes=((8, 4),), layers=1, adamw_extra=(), warmup=1, steps=2, threads=1,
         out=tmp_path, rate_size=32,

@@ -18,9 +18,12 @@ defaults, some replaced or dropped) plus its own (``muon_polar``, ``normuon``, `
 
 from orthoptim.recipes.auon import auon, hybrid_auon
 from orthoptim.recipes.baselines import adamw, sgd
+from orthoptim.recipes.deepzero import deepzero
 from orthoptim.recipes.efcp import efcp
+from orthoptim.recipes.first_order import gravity, innaprop, optimistic_amsgrad
 from orthoptim.recipes.fismo import fismo
 from orthoptim.recipes.gradient_sign import cautious, grams
+from orthoptim.recipes.induced_metric import induced_metric
 from orthoptim.recipes.kronecker import shampoo, soap
 from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
@@ -30,11 +33,22 @@ from orthoptim.recipes.more_momentum import more_momentum
 from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
-from orthoptim.recipes.plan import PLAN_OPTIONS, AdamWRoute, Plan, Route, group_lr, with_adamw
+from orthoptim.recipes.oasis import oasis
+from orthoptim.recipes.plan import (
+    PLAN_OPTIONS,
+    AdamWRoute,
+    Plan,
+    Route,
+    estimated,
+    group_lr,
+    with_adamw,
+)
 from orthoptim.recipes.psgd import psgd_kron
 from orthoptim.recipes.psgd_lra import psgd_lra
 from orthoptim.recipes.radial import adamp, sgdp
 from orthoptim.recipes.root import root
+from orthoptim.recipes.saddle_free import saddle_free_newton
+from orthoptim.recipes.smb import smb
 from orthoptim.recipes.spd import spd_momentum
 
 __all__ = [
@@ -46,12 +60,17 @@ __all__ = [
     "adamw",
     "auon",
     "cautious",
+    "deepzero",
     "efcp",
+    "estimated",
     "fismo",
     "frugal",
     "grams",
+    "gravity",
     "group_lr",
     "hybrid_auon",
+    "induced_metric",
+    "innaprop",
     "lowrank_adamw",
     "mars_adamw",
     "mars_lion",
@@ -64,12 +83,16 @@ __all__ = [
     "muon_polar",
     "noise_adaptive",
     "normuon",
+    "oasis",
+    "optimistic_amsgrad",
     "psgd_kron",
     "psgd_lra",
     "root",
+    "saddle_free_newton",
     "sgd",
     "sgdp",
     "shampoo",
+    "smb",
     "soap",
     "spd_momentum",
     "with_adamw",

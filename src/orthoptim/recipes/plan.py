@@ -21,12 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
 from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES
 from orthoptim.functional.layout import DEFAULT_LAYOUT
 from orthoptim.recipes.baselines import adamw
 from orthoptim.transforms import chain
 from orthoptim.transforms.chain import Chain, explain
+from orthoptim.transforms.estimator import GradientEstimator
 from orthoptim.transforms.multi_momentum import CLUSTER_KEY
 from orthoptim.transforms.variance import MarsCorrection
 
@@ -156,8 +159,19 @@ class Plan:
     optimizer's lr."""
 
     routes: tuple[Route, ...]
+    estimator: GradientEstimator | None = None
+    """What gradient the routes see (``transforms.estimator``; ``None``: the closure's or
+    ``backward``'s own): SAM's perturbed point, a zeroth-order estimate, ..."""
 
     def __post_init__(self) -> None:
+        if self.estimator is not None and any(
+            r.chain.previous_point is not None or r.chain.needs_hvp for r in self.routes
+        ):
+            raise ValueError(
+                "a plan with a gradient estimator cannot also evaluate gradients at previous "
+                "points (MARS variant='exact') or Hessian-vector products in a route: each "
+                "would evaluate the closure at a different point; use one of them"
+            )
         names = [r.name for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"route names must be unique, got {names}")
@@ -186,7 +200,24 @@ class Plan:
             body = "\n".join("  " + line for line in explain(route.chain).splitlines())
             blocks.append(f"{header}\n{body}")
         blocks += [f"lr rule: {rule}" for rule in self.lr_rules]
+        if self.estimator is not None:
+            blocks.insert(0, f"gradient: {self.estimator.explain()}")
         return "\n".join(blocks)
+
+    def init(self, route: str, p: Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, Tensor]:
+        """The buffers a parameter of ``route`` gets on its first step: its chain's, then the
+        estimator's (``"estimator.<key>"``)."""
+        return self.route_named(route).chain.init(p, layout) | self.estimator_init(p)
+
+    def held(self, route: str, p: Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, Tensor]:
+        """``init`` at the buffers' in-use sizes (``Chain.held``)."""
+        return self.route_named(route).chain.held(p, layout) | self.estimator_init(p)
+
+    def estimator_init(self, p: Tensor) -> dict[str, Tensor]:
+        """The estimator's buffers of ``p`` under their state keys (``{}`` without one)."""
+        if self.estimator is None:
+            return {}
+        return {f"estimator.{k}": v for k, v in self.estimator.init(p).items()}
 
     @property
     def lr_rules(self) -> list[str]:
@@ -195,9 +226,21 @@ class Plan:
 
     @property
     def needs_closure(self) -> bool:
-        """Whether ``step`` needs a closure (a route's chain evaluates a second gradient or
-        reads Hessian-vector products)."""
-        return any(r.chain.needs_closure for r in self.routes)
+        """Whether ``step`` needs a closure (the plan estimates its gradients, or a route's
+        chain evaluates a second gradient or reads Hessian-vector products)."""
+        return self.estimator is not None or any(r.chain.needs_closure for r in self.routes)
+
+    @property
+    def needs_graph(self) -> bool:
+        """Whether the closure must call ``loss.backward(create_graph=True)`` (Hessian-vector
+        products: a route's chain ``needs_hvp``, or the estimator ``needs_graph``)."""
+        return self.needs_hvp or (self.estimator is not None and self.estimator.needs_graph)
+
+    @property
+    def closure_backward(self) -> bool:
+        """Whether the closure computes gradients (``False``: a zeroth-order estimator's closure
+        returns the loss only)."""
+        return self.estimator is None or self.estimator.closure_backward
 
     @property
     def needs_hvp(self) -> bool:
@@ -298,6 +341,23 @@ class AdamWRoute:
         if "betas" in changes:
             changes["betas"] = tuple(changes["betas"])
         return dataclasses.replace(self, **changes)
+
+
+def estimated(base: Chain | Plan, estimator: GradientEstimator) -> Plan:
+    """``base`` (a chain for every parameter, or a whole plan) stepping on the gradients
+    ``estimator`` gives (``transforms.estimator``): ``recipes.sam(muon_plan)``-style wrappers
+    over any optimizer."""
+    if not isinstance(estimator, GradientEstimator):
+        raise TypeError(f"estimator must be a GradientEstimator, got {estimator!r}")
+    plan = Plan.single(base) if isinstance(base, Chain) else base
+    if not isinstance(plan, Plan):
+        raise TypeError(f"base must be a Chain or a Plan, got {base!r}")
+    if plan.estimator is not None:
+        raise ValueError(
+            f"{base!r} already estimates its gradients with {plan.estimator!r}; one estimator "
+            "per plan (combine them in one estimator, as GAM combines with SAM)"
+        )
+    return dataclasses.replace(plan, estimator=estimator)
 
 
 def with_adamw(main: Chain, *, name: str, adamw_route: AdamWRoute | None = None) -> Plan:

@@ -133,4 +133,6 @@ def from_adamw(
 def with_lr_rule(plan: Plan, rule: str) -> Plan:
     """``plan`` with ``rule`` as every route's ``lr_rule`` (shown by ``describe`` and
     ``explain``)."""
-    return Plan(tuple(dataclasses.replace(r, lr_rule=rule) for r in plan.routes))
+    return dataclasses.replace(
+        plan, routes=tuple(dataclasses.replace(r, lr_rule=rule) for r in plan.routes)
+    )

@@ -7,8 +7,12 @@ from orthoptim.transforms.capture import ActivationCapture
 from orthoptim.transforms.cautious import CautiousMask
 from orthoptim.transforms.chain import Chain, chain, explain
 from orthoptim.transforms.efcp import EfcpPrecondition
+from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
 from orthoptim.transforms.fisher import FisherTrustRegion
 from orthoptim.transforms.grams import AlignToGradientSign
+from orthoptim.transforms.gravity import GravityVelocity
+from orthoptim.transforms.induced_metric import DebiasMomentum, InducedMetric
+from orthoptim.transforms.inertial import InertialNewton, ScaleByRms
 from orthoptim.transforms.kronecker import AdamInEigenbasis, ShampooPrecondition
 from orthoptim.transforms.lowrank import LowRankAdam
 from orthoptim.transforms.mfac import MFacPrecondition
@@ -17,6 +21,7 @@ from orthoptim.transforms.momentum import Momentum
 from orthoptim.transforms.multi_momentum import MultiMomentum
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
+from orthoptim.transforms.optimistic import OptimisticAMSGrad
 from orthoptim.transforms.orthogonalize import Orthogonalize
 from orthoptim.transforms.proximal import ClipOutliers
 from orthoptim.transforms.psgd import PSGDKronPrecondition
@@ -37,9 +42,16 @@ __all__ = [
     "ClipOutliers",
     "Ctx",
     "Dampen",
+    "DebiasMomentum",
     "EfcpPrecondition",
+    "EstimatorGroup",
     "FisherTrustRegion",
+    "GradientEstimator",
+    "GravityVelocity",
+    "InducedMetric",
+    "InertialNewton",
     "LionSign",
+    "LossOracle",
     "LowRankAdam",
     "MFacPrecondition",
     "MKORHybridPrecondition",
@@ -48,6 +60,7 @@ __all__ = [
     "Momentum",
     "MultiMomentum",
     "NormalizeNeurons",
+    "OptimisticAMSGrad",
     "Orthogonalize",
     "PSGDKronPrecondition",
     "PSGDLRAPrecondition",
@@ -56,6 +69,7 @@ __all__ = [
     "ScaleByAdam",
     "ScaleByCoshRms",
     "ScaleByLayerNoise",
+    "ScaleByRms",
     "ScaleByShape",
     "ShampooPrecondition",
     "Transform",

@@ -147,7 +147,7 @@ class Transform(Protocol):
     @property
     def needs_hvp(self) -> bool: ...
 
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None: ...
+    def hvp_probe(self, p: Tensor, step: int, index: int = 0) -> Tensor | None: ...
 
     @property
     def needs_module(self) -> bool: ...
@@ -271,11 +271,13 @@ class TransformBase:
         along the probes of ``hvp_probe`` (``orthoptim.hvp``)."""
         return False
 
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+    def hvp_probe(self, p: Tensor, step: int, index: int = 0) -> Tensor | None:
         """The probe ``v`` (shaped and typed like ``p``) whose ``H v`` it reads at 1-based
         ``step``, or ``None`` where it reads none (the shell then skips the double backward).
-        Must be a deterministic function of its arguments and the transform, so a resumed run
-        draws the same probes."""
+        ``index``: the parameter's place among the optimizer's parameters (the param groups'
+        order, every parameter counted), for probes that must be independent across
+        parameters (OASIS's Hutchinson estimate). Must be a deterministic function of its
+        arguments and the transform, so a resumed run draws the same probes."""
         return None
 
     @property

@@ -416,10 +416,10 @@ class Chain(TransformBase):
     def needs_hvp(self) -> bool:
         return any(t.needs_hvp for t in self.transforms)
 
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
+    def hvp_probe(self, p: Tensor, step: int, index: int = 0) -> Tensor | None:
         """The probe of the transform that ``needs_hvp`` (one per chain: two would need two
         probes of one parameter, ``ValueError`` at construction)."""
-        return next((t.hvp_probe(p, step) for t in self.transforms if t.needs_hvp), None)
+        return next((t.hvp_probe(p, step, index) for t in self.transforms if t.needs_hvp), None)
 
     @property
     def needs_module(self) -> bool:

@@ -128,8 +128,9 @@ class HvpProbes:
     def needs_hvp(self) -> bool:
         return self.curvature == "hvp"
 
-    def hvp_probe(self, p: Tensor, step: int) -> Tensor | None:
-        """The step's probe, shaped like ``p`` (``functional.psgd.probe``), on update steps."""
+    def hvp_probe(self, p: Tensor, step: int, index: int = 0) -> Tensor | None:
+        """The step's probe, shaped like ``p`` (``functional.psgd.probe``), on update steps;
+        the same for every ``index`` (each preconditioner is fitted on its own)."""
         if not self.needs_hvp or not self.updates_at(step):
             return None
         return probe(tuple(p.shape), self.seed, step, p.dtype, p.device)

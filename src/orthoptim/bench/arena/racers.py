@@ -58,9 +58,15 @@ class Racer:
         make: ``make(model, lr, adamw_lr)`` -> an object with ``zero_grad`` and ``step`` (and
             ``state`` or ``optimizers``); raises ``ValueError`` if it cannot optimize the model.
         needs_closure: ``step`` takes a closure that re-evaluates the loss.
+        closure_graph: the closure calls ``loss.backward(create_graph=True)`` (Hessian-vector
+            products: ``Plan.needs_graph``).
+        closure_backward: the closure calls backward at all (``False``: a zeroth-order
+            estimator's closure returns the loss only, ``Plan.closure_backward``).
         adamw_lr_scale: for a racer whose optimizer is a plan with an AdamW route (embeddings,
             head, biases, norms), that route's default lr relative to ``lr`` (the family's
             published pairing; the race's ``--adamw-route ratio``); ``None`` without a route.
+        tasks: the built-in tasks it races on (``Spec.race_tasks``); ``None``: every task.
+            A user's own task (``orthoptim.bench.race``) races every racer it selects.
     """
 
     name: str
@@ -70,7 +76,10 @@ class Racer:
     mirrors: str
     make: Make
     needs_closure: bool = False
+    closure_graph: bool = False
+    closure_backward: bool = True
     adamw_lr_scale: float | None = None
+    tasks: tuple[str, ...] | None = None
 
     @property
     def has_adamw_route(self) -> bool:
@@ -130,6 +139,7 @@ def configuration(opt: Any) -> list[dict[str, Any]]:
 
 def _spec_racer(name: str) -> Racer:
     spec = registry.get(name)
+    plan = spec.whole_model_plan()
 
     def make(model: nn.Module, lr: float, adamw_lr: float | None) -> Any:
         if adamw_lr is None or spec.adamw is None:
@@ -143,8 +153,11 @@ def _spec_racer(name: str) -> Racer:
         library=f"orthoptim {version_of('orthoptim')}",
         mirrors=name,
         make=make,
-        needs_closure=spec.needs_closure,
+        needs_closure=plan.needs_closure,
+        closure_graph=plan.needs_graph,
+        closure_backward=plan.closure_backward,
         adamw_lr_scale=None if spec.adamw is None else spec.adamw.lr_scale,
+        tasks=spec.race_tasks,
     )
 
 

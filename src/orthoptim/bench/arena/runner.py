@@ -23,6 +23,7 @@ from orthoptim.bench.arena.flops import model_step_flops, optimizer_step_flops
 from orthoptim.bench.arena.racers import Racer, configuration, state_bytes
 from orthoptim.bench.arena.tasks.base import Task
 from orthoptim.bench.shared.memory import peak_rss_bytes, reset_peak_rss, status_kib
+from orthoptim.hvp import double_backward_attention
 from orthoptim.nonfinite import NonFiniteGradientError
 
 Progress = Callable[[int, float], None]
@@ -53,8 +54,10 @@ def train_step(
 
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            value = task.loss(model, batch)
-            value.backward()
+            with double_backward_attention(racer.closure_graph):
+                value = task.loss(model, batch)
+            if racer.closure_backward:
+                value.backward(create_graph=racer.closure_graph)
             return value
 
         t1 = t0

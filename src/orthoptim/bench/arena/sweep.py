@@ -193,6 +193,13 @@ def _route_of(entry: Entry, name: str) -> bool:
     return next(r for r in entry.racers if r.name == name).has_adamw_route
 
 
+def runs_on(racer: Racer, task: tasks.Task) -> bool:
+    """Whether ``racer`` races on ``task``: every racer on a user's task, and on a built-in
+    task those whose ``tasks`` (``Spec.race_tasks``) name it or are ``None``."""
+    builtin = task.name in tasks.TASKS + tasks.FINAL
+    return racer.tasks is None or not builtin or task.name in racer.tasks
+
+
 def _enter(
     task_list: Sequence[tasks.Task], racers: Sequence[Racer]
 ) -> tuple[list[Entry], list[dict[str, str]]]:
@@ -202,6 +209,10 @@ def _enter(
     for task in task_list:
         cost = {}
         for racer in racers:
+            if not runs_on(racer, task):
+                reason = f"races only on {', '.join(racer.tasks or ())} (Spec.race_tasks)"
+                skipped.append({"task": task.name, "racer": racer.name, "reason": reason})
+                continue
             probed = _probe(task, racer)
             if isinstance(probed, str):
                 skipped.append({"task": task.name, "racer": racer.name, "reason": probed})

@@ -48,6 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from orthoptim.bench.shared.environment import environment
+from orthoptim.bench.speed import closure as closure_section
 from orthoptim.bench.speed.entrants import HEAD_FAMILIES, entrants, not_timed
 from orthoptim.bench.speed.measure import (
     MatmulProbe,
@@ -120,6 +121,7 @@ class SpeedConfig:
         out: output folder (``runs/speed-<timestamp>`` when ``None``).
         command: the command line, stored in the record.
         rate_size: side of the square matmul that measures the bf16 / fp32 rates.
+        closure_widths: the layer widths of the closure section's MLP.
     """
 
     shapes: tuple[Shape, ...] = LAYER_SHAPES
@@ -133,10 +135,14 @@ class SpeedConfig:
     out: Path | None = None
     command: str = ""
     rate_size: int = 2048
+    closure_widths: tuple[int, ...] = closure_section.WIDTHS
 
 
 def run(config: SpeedConfig, echo: Callable[[str], None] = print) -> tuple[list[Result], Path]:
-    """Run the benchmark, print the table, write ``records.jsonl``; the results and folder.
+    """Run the benchmark, print the table, write ``records.jsonl``; then, where any is selected,
+    the closure section (``closure.run_section``: optimizers that need ``step(closure)``, timed
+    as whole training steps beside AdamW's, in ``closure.jsonl``; its ratios are side by side
+    within the section, after the rounds above). The results and folder.
 
     Run it once per process: the transient-memory measurement after the rounds makes glibc map
     every block of 64 KiB or more on its own for the rest of the process (``mallopt``), which
@@ -185,7 +191,14 @@ def _run(config: SpeedConfig, echo: Callable[[str], None]) -> tuple[list[Result]
             f.write(SpeedRecord.of(result, row, run_info, env).json_line())
     echo(render(results, summary, rates, run_info))
     for name, why in run_info["not_timed"].items():
-        echo(f"not timed: orthoptim:{name} ({why})")
+        echo(f"not timed: orthoptim:{name} ({why}; see the closure section)")
+    chosen = closure_section.closure_entrants(config.specs)
+    if chosen:
+        adamw, rows = closure_section.run_section(
+            chosen, warmup=config.warmup, steps=config.steps, widths=config.closure_widths
+        )
+        closure_section.write(adamw, rows, out / "closure.jsonl")
+        echo(closure_section.render(adamw, rows, config.closure_widths))
     return results, out
 
 
