@@ -18,6 +18,7 @@ from orthoptim._checks import check_finite_nonnegative, check_positive
 from orthoptim._types import ROLES, ParamsLike
 from orthoptim.functional.layout import DEFAULT_LAYOUT, check_layout, matrix_shape
 from orthoptim.recipes.plan import (
+    CLUSTER_KEY,
     LAYOUT_KEY,
     LR_SCALE_KEY,
     MOMENT_KEYS,
@@ -41,6 +42,7 @@ GROUP_KEYS: frozenset[str] = frozenset(
         "route",
         "initial_lr",
         NOTE_KEY,
+        CLUSTER_KEY,
         *MOMENT_KEYS,
     }
 )
@@ -206,6 +208,8 @@ def configure(
         if p.ndim >= 2 or layout != DEFAULT_LAYOUT:
             check_layout(layout, tuple(p.shape), name)
         route.chain.validate(p, name)
+    if CLUSTER_KEY in group:  # checked now, not at the first step
+        route.chain.with_cluster(group[CLUSTER_KEY])
 
 
 def with_grads(group: Mapping[str, Any]) -> list[tuple[str, Tensor]]:

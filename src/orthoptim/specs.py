@@ -24,6 +24,7 @@ from orthoptim.recipes.lowrank import LOWRANK_ADAMW, frugal, lowrank_adamw
 from orthoptim.recipes.mars import MARS_ADAMW, MARS_LION_ADAMW, mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import MKOR_ADAMW, mkor, mkor_h
+from orthoptim.recipes.more_momentum import more_momentum
 from orthoptim.recipes.muon import MUON_ADAMW, muon_polar
 from orthoptim.recipes.nalr import muon_nalr
 from orthoptim.recipes.normuon import NORMUON_ADAMW, normuon
@@ -422,7 +423,18 @@ REGISTRY: tuple[Spec, ...] = (
         tags=frozenset({"variance-reduction", "sign", "matrix"}),
         adamw=MARS_LION_ADAMW,
     ),
-    # -- MARS family (mars_adamw, mars_lion) --
+    Spec(
+        name="more_momentum",
+        recipe=more_momentum,
+        lr=0.01,
+        paper=(
+            "Tondji, Kashubin, Cisse 2021, 'Variance Reduction in Deep Learning: More Momentum "
+            "is All You Need' (2111.11828)"
+        ),
+        reference="from the paper: oracle only (the JAX code it mentions is not public)",
+        tags=frozenset({"variance-reduction", "elementwise"}),
+    ),
+    # -- MARS family (mars_adamw, mars_lion), Discover (more_momentum) --
     Spec(
         name="grams",
         recipe=grams,

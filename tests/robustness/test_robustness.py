@@ -100,7 +100,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "blocks": ["layer", "", None, "Model"],
     "compression": ["svd", "", None, "TopK"],
     "density": [0.0, -0.1, 1.5, math.nan, math.inf, True],
-    # -- M-FAC options --
+    # -- M-FAC options (damping_rule: below) --
     "clip": [0.0, -1.0, math.nan, math.inf, "1"],
     "variant": ["approx", "", None],
     "first_step": ["zero", "", None],
@@ -125,6 +125,10 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_cov": [0.0, -0.01, math.nan, math.inf, "0.01"],
     "cov_warmup": ["linear", "", None],
     # -- SPD-submanifold options (spd_momentum) --
+    "clusters": [0, -1, 1.5, True, "4"],
+    "nu": [-0.1, 1.0, math.nan, "0.7"],
+    "assignment": ["labels", "", None],
+    # -- Discover options (more_momentum; base: below) --
     "alpha": [-0.1, math.nan, math.inf, "0.1"],
     "beta": [-0.1, math.nan, math.inf, "0.9"],
     "sigma": [-0.1, 1.0, math.nan, "0.999"],
@@ -142,7 +146,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "scope": ["layer", "", None, "Model"],
     "inverse": ["dense", "", None],
     "place": ["input", "", None],
-    "base": ["lion", "", None, 3],
+    "base": ["lion", "adam", "SGD", "", None, 3],
     "graph": ["log", "", None],
     # -- induced-metric options (induced_metric) --
     "warmup": [0, -1, 1.5, True, "5"],
@@ -158,7 +162,7 @@ INVALID_OPTIONS: dict[str, list[object]] = {
     "lr_max": [0.0, -1.0, math.nan, math.inf],
     # -- SMB options (the reference's names) --
     "k": [0, -1, 1.5, True, "20"],
-    "damping_rule": ["linesearch", "", None],
+    "damping_rule": ["linesearch", "gradient", "", None, "Constant"],
     "dampings": [(), (0.0,), (-1.0,), (math.nan,), (math.inf,), 1.0, [1.0]],
     "start": ["zero", "", None],
     "outside": ["keep", "", None],

@@ -30,9 +30,13 @@ parameters side by side): with ``G = [G_1 ... G_P]`` split by columns, ``K = sum
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
+
+DampingRule = Literal["constant", "gradient_normalized"]
+DAMPING_RULES: tuple[str, ...] = get_args(DampingRule)
 
 
 def _scale(x: Tensor) -> Tensor:
@@ -63,7 +67,30 @@ def remove_(window: Tensor, gram: Tensor, slot: int) -> None:
     gram[:, slot] = 0.0
 
 
-def coefficients(gram: Tensor, damping: float, *, resolution: float = 0.0) -> Tensor:
+def squared_norm(g: Tensor) -> Tensor:
+    """``||g||^2`` as a float64 0-d tensor on ``g``'s device (no host read; no overflow for
+    float32 entries above 1e19, whose squares would)."""
+    return torch.linalg.vector_norm(g, dtype=torch.float64).square()
+
+
+def gradient_normalized_damping(damping: float, squared_norms: Sequence[Tensor]) -> Tensor:
+    """``lambda_t = damping ||g_t||`` (float64, 0-d, on the first tensor's device) for a block
+    whose gradient has the pieces of squared norms ``squared_norms``.
+
+    Semenov, Jaggi, Doikov 2025 ("Gradient-Normalized Smoothness for Optimization with
+    Approximate Hessians", arXiv 2506.13710), Algorithm 1: the gradient-regularized Newton step
+    ``x+ = x - (H + lambda_k I)^{-1} g_k`` with ``lambda_k = ||g_k|| / gamma_k``; here
+    ``gamma_k = 1 / damping`` is fixed (the authors' code without its adaptive search,
+    ``grad_norm_smooth(adaptive_search=False)`` in epfml/grad-norm-smooth@9f4ca00
+    ``src/methods.py``, which needs the loss at trial points), and the norm is the Euclidean
+    one (their ``B = I``)."""
+    total = squared_norms[0].to(torch.float64)
+    for x in squared_norms[1:]:
+        total = total + x.to(device=total.device, dtype=torch.float64)
+    return total.sqrt() * damping
+
+
+def coefficients(gram: Tensor, damping: float | Tensor, *, resolution: float = 0.0) -> Tensor:
     """``C = (m damping I + K)^{-1}`` (float64, m x m) from the Gram matrix ``K``: O(m^3).
 
     ``gram`` may be a batch ``(..., m, m)`` of Gram matrices (one ``eigh`` for all: one launch
@@ -80,11 +107,21 @@ def coefficients(gram: Tensor, damping: float, *, resolution: float = 0.0) -> Te
     by 11 instead of 1e-18). ``m damping`` is therefore raised to ``resolution * max eigenvalue``,
     which changes nothing where every eigenvalue is resolved (the shift is below round-off
     there). 0 (the default) gives the exact formula.
+
+    ``damping`` may be a float64 tensor, one value per Gram matrix of the batch (shape
+    ``gram.shape[:-2]``), left on the device (``gradient_normalized_damping``); the shift is
+    then at least ``sqrt(tiny)`` of float64 (1.5e-154), so a zero gradient in an all-zero
+    window gives a zero step rather than 0 / 0 (a smaller floor makes ``m C`` overflow to
+    ``inf`` and ``inf * 0`` NaN); only a gradient norm below about 1e-150 meets it.
     """
     m = gram.shape[-1]
     w, v = torch.linalg.eigh(gram)
     w = w.clamp_min(0.0)
-    shift = (w[..., -1:] * resolution).clamp_min(m * damping)
+    if isinstance(damping, Tensor):
+        floor = (m * damping).unsqueeze(-1).clamp_min(torch.finfo(torch.float64).tiny ** 0.5)
+        shift = torch.maximum(w[..., -1:] * resolution, floor)
+    else:
+        shift = (w[..., -1:] * resolution).clamp_min(m * damping)
     return (v / (w + shift).unsqueeze(-2)) @ v.mT
 
 

@@ -29,6 +29,7 @@ from orthoptim.recipes.lowrank import frugal, lowrank_adamw
 from orthoptim.recipes.mars import mars_adamw, mars_lion
 from orthoptim.recipes.mfac import mfac
 from orthoptim.recipes.mkor import mkor, mkor_h
+from orthoptim.recipes.more_momentum import more_momentum
 from orthoptim.recipes.muon import muon, muon_polar
 from orthoptim.recipes.nalr import muon_nalr, noise_adaptive
 from orthoptim.recipes.normuon import normuon
@@ -79,6 +80,7 @@ __all__ = [
     "mfac",
     "mkor",
     "mkor_h",
+    "more_momentum",
     "muon",
     "muon_nalr",
     "muon_polar",

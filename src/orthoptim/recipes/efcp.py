@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orthoptim.functional.mfac import DampingRule
 from orthoptim.recipes.options import default
 from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.efcp import Compression, EfcpPrecondition
@@ -19,6 +20,7 @@ def efcp(
     compression: Compression = default(EfcpPrecondition, "compression"),
     density: float = default(EfcpPrecondition, "density"),
     rank: int = default(EfcpPrecondition, "rank"),
+    damping_rule: DampingRule = default(EfcpPrecondition, "damping_rule"),
 ) -> Chain:
     """EFCP optimizer (Modoranu, Kalinov, Kurtic, Frantar, Alistarh 2024, arXiv 2306.06098):
     M-FAC whose gradient window is stored compressed, with error feedback.
@@ -45,6 +47,14 @@ def efcp(
       M-FAC's 4096 (a 1M-parameter model: ~86 MB against 4.3 GB; the test asserts it);
     - low rank 4 at ``window=1024`` on a 512 x 512 matrix: ``4 * 1024 * 1024 * 4 / 512^2 + 4 =
       68``.
+
+    Damping (``damping_rule``): ``"constant"`` (default, the reference) or
+    ``"gradient_normalized"``, ``lambda_t = damping ||g_t||`` with ``g_t`` the block's gradient
+    before error feedback and compression (Semenov, Jaggi, Doikov 2025, arXiv 2506.13710;
+    ``mfac`` states the rule and why it is not the default). The window's compressed rows carry
+    a fraction of the gradient, so the coefficient wants to be larger than mfac's: ``damping=0.1``
+    trained on the teacher-student problems, 1e-2 not on the random teacher
+    (tests/recipes/test_gradient_normalized_damping.py).
 
     The reference's headline configuration (IST-DASLab/EFCP README, ASDL CIFAR-10 and BERT runs:
     ``--ngrads 1024 --k 0.01 --rank 4 --damp 1e-05 --momentum 0``, lr 0.03 for ResNet-18)
@@ -101,5 +111,6 @@ def efcp(
         compression=compression,
         density=density,
         rank=rank,
+        damping_rule=damping_rule,
     )
     return chain(AddWeightDecay(), precondition, *((heavy_ball,) if momentum > 0 else ()))

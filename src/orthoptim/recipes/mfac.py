@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orthoptim.functional.mfac import DampingRule
 from orthoptim.recipes.options import default
 from orthoptim.transforms.chain import Chain, chain
 from orthoptim.transforms.mfac import Blocks, MFacPrecondition
@@ -15,6 +16,7 @@ def mfac(
     damping: float = default(MFacPrecondition, "damping"),
     momentum: float = default(Momentum, "beta"),
     blocks: Blocks = default(MFacPrecondition, "blocks"),
+    damping_rule: DampingRule = default(MFacPrecondition, "damping_rule"),
 ) -> Chain:
     """M-FAC optimizer (Frantar, Kurtic, Alistarh 2021, arXiv 2107.03356), dynamic algorithm.
 
@@ -61,6 +63,17 @@ def mfac(
     Memory: ``window`` gradients per parameter, 4 ``window`` bytes per float32 element (64 at
     the default), plus the momentum and 8 ``window^2`` bytes per parameter tensor.
 
+    Damping (``damping_rule``): ``"constant"`` (default, the reference), ``lambda = damping``;
+    ``"gradient_normalized"``, ``lambda_t = damping ||g_t||`` with ``g_t`` the block's gradient
+    (after the L2 term): the gradient-regularized Newton damping of Semenov, Jaggi, Doikov 2025
+    ("Gradient-Normalized Smoothness for Optimization with Approximate Hessians", arXiv
+    2506.13710, Algorithm 1 with its ``gamma = 1 / damping`` fixed instead of searched, which
+    would need the loss at trial points), for which they prove global rates with Fisher and
+    Gauss-Newton approximations (``MFacPrecondition``). ``damping`` is then a coefficient, not
+    an absolute level: the step length tracks the gradient's scale instead of
+    ``sqrt(m / lambda)``. Not the default: the paper's guarantees are for exact gradients, and
+    tests/recipes/test_gradient_normalized_damping.py shows that it trains (numbers there).
+
     Differences from the reference (IST-DASLab/M-FAC@8116367 ``optim.py`` ``MFAC``): by default
     one block per parameter instead of the whole flattened model (``blocks="model"`` is the
     reference's); ``window=16`` instead of ``ngrads=1024`` (1024 model copies do not fit
@@ -83,6 +96,6 @@ def mfac(
     heavy_ball = Momentum(beta=momentum, kind="ema")  # built (so validated) even when unused
     return chain(
         AddWeightDecay(),
-        MFacPrecondition(window=window, damping=damping, blocks=blocks),
+        MFacPrecondition(window=window, damping=damping, blocks=blocks, damping_rule=damping_rule),
         *((heavy_ball,) if momentum > 0 else ()),
     )

@@ -30,6 +30,7 @@ from orthoptim.recipes.baselines import adamw
 from orthoptim.transforms import chain
 from orthoptim.transforms.chain import Chain, explain
 from orthoptim.transforms.estimator import GradientEstimator
+from orthoptim.transforms.multi_momentum import CLUSTER_KEY
 from orthoptim.transforms.variance import MarsCorrection
 
 NON_HIDDEN_ROLES: tuple[str, ...] = ("embedding", "head", "vector")
@@ -63,7 +64,11 @@ def exposed_moments(chain: Chain, key: str) -> float | tuple[float, ...]:
 def live_chain(chain: Chain, group: Mapping[str, Any]) -> Chain:
     """``chain`` with the moment coefficients its param group holds now: ``betas`` sets the
     first ones, ``momentum`` the first (in an Adam group: ``beta1``, as a scheduler cycling
-    ``momentum`` over a whole plan sets it). ``chain`` itself when they are unchanged."""
+    ``momentum`` over a whole plan sets it). ``chain`` itself when they are unchanged. A group
+    with a ``"cluster"`` entry (``CLUSTER_KEY``) runs its chain for that data cluster
+    (``Chain.with_cluster``: more_momentum with ``assignment="given"``)."""
+    if CLUSTER_KEY in group:
+        chain = chain.with_cluster(group[CLUSTER_KEY])
     moments = chain.moments
     if not moments:
         return chain

@@ -18,6 +18,7 @@ from orthoptim.transforms.lowrank import LowRankAdam
 from orthoptim.transforms.mfac import MFacPrecondition
 from orthoptim.transforms.mkor import MKORHybridPrecondition, MKORPrecondition
 from orthoptim.transforms.momentum import Momentum
+from orthoptim.transforms.multi_momentum import MultiMomentum
 from orthoptim.transforms.neuronwise import NormalizeNeurons
 from orthoptim.transforms.noise_adaptive import ScaleByLayerNoise
 from orthoptim.transforms.optimistic import OptimisticAMSGrad
@@ -57,6 +58,7 @@ __all__ = [
     "MKORPrecondition",
     "MarsCorrection",
     "Momentum",
+    "MultiMomentum",
     "NormalizeNeurons",
     "OptimisticAMSGrad",
     "Orthogonalize",

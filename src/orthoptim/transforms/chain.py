@@ -350,6 +350,22 @@ class Chain(TransformBase):
         replaced = self.transforms[index].with_moments(moments)
         return Chain((*self.transforms[:index], replaced, *self.transforms[index + 1 :]))
 
+    def with_cluster(self, cluster: int) -> Chain:
+        """This chain for a step whose batch came from data cluster ``cluster``: every transform
+        that keeps one state per cluster (``with_cluster``: ``MultiMomentum``) told so.
+        ``ValueError`` if none does (a param group's ``"cluster"`` entry would be ignored)."""
+        if not any(hasattr(t, "with_cluster") for t in self.transforms):
+            raise ValueError(
+                f"the param group sets 'cluster' = {cluster!r}, but no transform of its chain "
+                f"{list(self.prefixes)} reads a cluster (more_momentum's multi_momentum does)"
+            )
+        return Chain(
+            tuple(
+                t.with_cluster(cluster) if hasattr(t, "with_cluster") else t
+                for t in self.transforms
+            )
+        )
+
     def insert(self, transform: Transform, *, after: str) -> Chain:
         """This chain with ``transform`` right after the transform named ``after``.
 

@@ -23,10 +23,18 @@ from orthoptim.functional.efcp import (
     sparse_insert_,
     topk_count,
 )
-from orthoptim.functional.mfac import block_gram, coefficients, row_coefficients
+from orthoptim.functional.mfac import (
+    DAMPING_RULES,
+    DampingRule,
+    block_gram,
+    coefficients,
+    gradient_normalized_damping,
+    row_coefficients,
+    squared_norm,
+)
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
-from orthoptim.transforms.mfac import BLOCKS, Blocks, block_slot
+from orthoptim.transforms.mfac import BLOCKS, Blocks, block_slot, repr_without_constant_rule
 
 Compression = Literal["topk", "lowrank"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
@@ -78,6 +86,10 @@ class EfcpPrecondition(TransformBase):
         compression: ``"topk"`` or ``"lowrank"``.
         density: fraction of entries top-k keeps, in (0, 1].
         rank: rank of the low-rank compression, >= 1 (capped at the matrix's smaller side).
+        damping_rule: ``"constant"`` (default, the reference) or ``"gradient_normalized"``:
+            ``lambda_t = damping ||g_t||`` (``MFacPrecondition``), ``g_t`` the block's incoming
+            update before error feedback and compression (the gradient the paper's rule
+            normalises by, not its compressed row).
     """
 
     key: ClassVar[str] = "efcp"
@@ -91,6 +103,7 @@ class EfcpPrecondition(TransformBase):
     compression: Compression = "topk"
     density: float = 0.01
     rank: int = 4
+    damping_rule: DampingRule = "constant"
 
     def __post_init__(self) -> None:
         check_positive_int("window", self.window)
@@ -101,6 +114,10 @@ class EfcpPrecondition(TransformBase):
         if self.density > 1:
             raise ValueError(f"density must be in (0, 1], got {self.density!r}")
         check_positive_int("rank", self.rank)
+        check_choice("damping_rule", self.damping_rule, DAMPING_RULES)
+
+    def __repr__(self) -> str:
+        return repr_without_constant_rule(self)
 
     @property
     def route_wide(self) -> bool:
@@ -147,13 +164,17 @@ class EfcpPrecondition(TransformBase):
             slots = [slot] * len(us)
         else:
             slots = [(int(c.step) - 1) % self.window for c in cs]
+        norms = None if self.damping_rule == "constant" else [squared_norm(u) for u in us]
         for u, s, slot in zip(us, ss, slots, strict=True):
             self._insert(u, s, slot)
         if self.blocks == "model":
             # K is known to ~m eps relative in the coarsest dtype of its pieces (``coefficients``).
             eps = max(torch.finfo(s["error"].dtype).eps for s in ss)
             gram = block_gram([s["gram"] for s in ss])
-            coef = coefficients(gram, self.damping, resolution=self.window * eps)
+            damping: float | Tensor = (
+                self.damping if norms is None else gradient_normalized_damping(self.damping, norms)
+            )
+            coef = coefficients(gram, damping, resolution=self.window * eps)
             scaled, scale = row_coefficients(coef, slots[0])
             return [self._combine(u, s, scaled, scale) for u, s in zip(us, ss, strict=True)]
         same: dict[tuple[Any, ...], list[int]] = {}
@@ -162,8 +183,13 @@ class EfcpPrecondition(TransformBase):
         out = list(us)
         for (_, dtype), members in same.items():
             resolution = self.window * torch.finfo(dtype).eps
+            dampings: float | Tensor = self.damping
+            if norms is not None:
+                dampings = torch.stack(
+                    [gradient_normalized_damping(self.damping, [norms[i]]) for i in members]
+                )
             coefs = coefficients(
-                torch.stack([ss[i]["gram"] for i in members]), self.damping, resolution=resolution
+                torch.stack([ss[i]["gram"] for i in members]), dampings, resolution=resolution
             )
             for i, coef in zip(members, coefs, strict=True):
                 scaled, scale = row_coefficients(coef, slots[i])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,11 +14,15 @@ from torch import Tensor
 from orthoptim._checks import check_choice, check_positive, check_positive_int
 from orthoptim._types import State
 from orthoptim.functional.mfac import (
+    DAMPING_RULES,
+    DampingRule,
     block_gram,
     coefficients,
+    gradient_normalized_damping,
     ihvp_of_row_split,
     ihvp_of_rows,
     insert_,
+    squared_norm,
 )
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.transforms.base import Ctx, TransformBase
@@ -41,6 +46,18 @@ def block_slot(cs: Sequence[Ctx], window: int, name: str) -> int:
             "every parameter a gradient (zero for an unused one), or use blocks='parameter'"
         )
     return (steps[0] - 1) % window
+
+
+def repr_without_constant_rule(t: object) -> str:
+    """The dataclass repr of ``t`` without ``damping_rule`` where it is ``"constant"``: a
+    checkpoint is checked against its chain's repr, and those written before the option
+    existed must still load."""
+    shown = [
+        f"{f.name}={getattr(t, f.name)!r}"
+        for f in dataclasses.fields(t)  # type: ignore[arg-type]
+        if f.repr and (f.name != "damping_rule" or getattr(t, f.name) != "constant")
+    ]
+    return f"{type(t).__name__}({', '.join(shown)})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +98,14 @@ class MFacPrecondition(TransformBase):
             reference. Where ``||G||^2`` is so large that ``m lambda`` drops below the Gram
             matrix's round-off (``m eps`` times its largest eigenvalue), that level is used.
         blocks: ``"parameter"`` or ``"model"`` (above).
+        damping_rule: ``"constant"`` (default, the reference): ``lambda = damping``;
+            ``"gradient_normalized"``: ``lambda_t = damping ||g_t||``, ``g_t`` the block's
+            incoming update (the whole route's with ``blocks="model"``, the parameter's
+            otherwise), the gradient-regularized Newton damping of Semenov, Jaggi, Doikov 2025
+            (arXiv 2506.13710, Algorithm 1 with ``gamma = 1 / damping`` fixed:
+            ``functional.mfac.gradient_normalized_damping``): the damping shrinks as the
+            gradients do, so steps lengthen toward Newton's near a minimum and shorten far from
+            it. The norm stays a device tensor (no host read).
     """
 
     key: ClassVar[str] = "mfac"
@@ -92,11 +117,22 @@ class MFacPrecondition(TransformBase):
     window: int = 16
     damping: float = 1e-3
     blocks: Blocks = "parameter"
+    damping_rule: DampingRule = "constant"
 
     def __post_init__(self) -> None:
         check_positive_int("window", self.window)
         check_positive("damping", self.damping)
         check_choice("blocks", self.blocks, BLOCKS)
+        check_choice("damping_rule", self.damping_rule, DAMPING_RULES)
+
+    def __repr__(self) -> str:
+        return repr_without_constant_rule(self)
+
+    def block_damping(self, us: Sequence[Tensor]) -> float | Tensor:
+        """The damping of the block made of ``us`` this step (``damping_rule``)."""
+        if self.damping_rule == "constant":
+            return self.damping
+        return gradient_normalized_damping(self.damping, [squared_norm(u) for u in us])
 
     @property
     def route_wide(self) -> bool:
@@ -131,7 +167,15 @@ class MFacPrecondition(TransformBase):
             # are round-off, and the damping is raised to that level (``coefficients``).
             resolution = self.window * torch.finfo(dtype).eps
             grams = torch.stack([ss[i]["gram"] for i in members])
-            coefs = coefficients(grams, self.damping, resolution=resolution)
+            damping: float | Tensor = self.damping
+            if self.damping_rule != "constant":
+                damping = torch.stack(
+                    [
+                        gradient_normalized_damping(self.damping, [squared_norm(us[i])])
+                        for i in members
+                    ]
+                )
+            coefs = coefficients(grams, damping, resolution=resolution)
             windows = [ss[i]["grads"] for i in members]
             directions = ihvp_of_rows(windows, coefs, [slots[i] for i in members])
             for i, direction in zip(members, directions, strict=True):
@@ -152,7 +196,7 @@ class MFacPrecondition(TransformBase):
         # K is known to ~m eps relative in the coarsest dtype of its pieces (``coefficients``).
         eps = max(torch.finfo(s["grads"].dtype).eps for s in ss)
         gram = block_gram([s["gram"] for s in ss])
-        coef = coefficients(gram, self.damping, resolution=self.window * eps)
+        coef = coefficients(gram, self.block_damping(us), resolution=self.window * eps)
         directions = ihvp_of_row_split([s["grads"] for s in ss], coef, slot)
         return [u.copy_(x.view(u.shape)) for u, x in zip(us, directions, strict=True)]
 
