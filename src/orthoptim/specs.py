@@ -61,7 +61,9 @@ class Spec:
             batch).
         race_tasks: the built-in race tasks it races on (``orthoptim race`` skips it on the
             others and records why); ``None``: every task. For optimizers realistic only on
-            small models (``deepzero``: one forward pass per estimated coordinate).
+            small models (``deepzero``: one forward pass per estimated coordinate;
+            ``saddle_free_newton``: 20 Hessian-vector products and 6 closures per step, about
+            100x AdamW's time per step on the race's lm model).
 
     ``needs_closure`` and ``needs_module`` are not declared here: they are properties of the
     transforms (``TransformBase``), read off the default whole-model plan.
@@ -581,6 +583,9 @@ REGISTRY: tuple[Spec, ...] = (
             "closure's graph and a line search on its loss, which each rank would do on its own "
             "batch and shard"
         ),
+        # one 200-step lm run took 311 s against AdamW's 3 s (2026-12-06, 2-core CPU): the
+        # lm sweep alone would take about an hour
+        race_tasks=("digits", "quadratic", "matrix_sensing"),
     ),
     # -- Hessian (saddle-free Newton) --
     Spec(
