@@ -35,11 +35,6 @@ class ClosureOracle:
         self._loss = loss.detach() if isinstance(loss, Tensor) else None
         self._graph = graph
         self._calls = 1
-        # The gradients at the current point: the routes read these unless the estimate
-        # replaces them, and a closure that zeroes in place (set_to_none=False) would
-        # overwrite them, so each evaluation puts back the tensors and their values.
-        self._grads = [p.grad for p in self._params]
-        self._values: list[Tensor | None] | None = None
 
     @property
     def loss(self) -> Tensor | None:
@@ -55,9 +50,8 @@ class ClosureOracle:
         with self._moved(points):
             with torch.enable_grad():
                 loss = self._closure()
-            found = [
-                torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in wanted
-            ]
+            # the closure's own fresh gradients (see _moved): nothing else holds them
+            found = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in wanted]
         return (loss.detach() if isinstance(loss, Tensor) else None), found
 
     def loss_at(self, points: Mapping[Tensor, Tensor]) -> Tensor:
@@ -90,20 +84,32 @@ class ClosureOracle:
 
     @contextmanager
     def _moved(self, points: Mapping[Tensor, Tensor]) -> Iterator[None]:
-        if self._values is None:
-            self._values = [None if g is None else g.detach().clone() for g in self._grads]
-        saved = [(p, p.detach().clone()) for p in points]
+        """The parameters of ``points`` there and every ``.grad`` set aside while the closure
+        runs, both put back after (also on error). Nothing is copied: each moved parameter's
+        ``.data`` is swapped for its point and back (no version bump, so a graph the first
+        closure kept for Hessian-vector products stays usable), and the closure's
+        ``zero_grad`` and ``backward`` meet no gradient, so they write fresh tensors and never
+        the step's own (whether the closure zeroes in place or sets them to ``None``)."""
+        moved = []
+        for p, point in points.items():
+            if point.shape != p.shape:
+                raise ValueError(
+                    f"a point of shape {tuple(point.shape)} for a parameter of shape "
+                    f"{tuple(p.shape)}"
+                )
+            moved.append((p, p.data, point.to(p.dtype)))
+        held = [(p, p.grad) for p in self._params]
         try:
-            for p, _ in saved:
-                p.copy_(points[p])
+            for p, _ in held:
+                p.grad = None
+            for p, _, point in moved:
+                p.data = point
             self._calls += 1
             yield
         finally:
-            for p, before in saved:
-                p.copy_(before)
-            for p, g, value in zip(self._params, self._grads, self._values, strict=True):
-                if g is not None and value is not None:
-                    g.detach().copy_(value)
+            for p, data, _ in moved:
+                p.data = data
+            for p, g in held:
                 p.grad = g
 
 

@@ -316,3 +316,51 @@ def test_show_names_the_estimator_of_every_registered_plan_that_has_one() -> Non
     for name in estimated_names:
         estimator = registry.get(name).whole_model_plan().estimator
         assert f"gradient:  {estimator!r}" in registry.show(name)
+
+
+class _CopyCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten copies (``copy_``, ``clone``) dispatched while open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone):
+            self.copies += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_the_oracle_copies_no_parameter_and_no_gradient(set_to_none: bool) -> None:
+    """Moving the parameters to a point and back, and keeping the step's gradients from the
+    closure, cost no copy: an evaluation dispatches the copies of the closure alone."""
+    from orthoptim.oracle import ClosureOracle
+
+    model, x, y = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    closure = _closure(model, opt, x, y, set_to_none=set_to_none)
+    loss = closure()
+    params = list(model.parameters())
+    step_grads = [p.grad for p in params]
+    values = [g.clone() for g in step_grads]
+    points = {p: p.detach() + 1.0 for p in params}
+    with _CopyCounter() as alone:
+        closure()
+    for p, g, v in zip(params, step_grads, values, strict=True):
+        p.grad = g
+        g.copy_(v)
+    oracle = ClosureOracle(closure, params, loss, graph=False)
+    before = [p.detach().clone() for p in params]
+    with _CopyCounter() as evaluation:
+        _, found = oracle.gradients_at(points, params)
+    assert evaluation.copies == alone.copies
+    for p, b, g, v in zip(params, before, step_grads, values, strict=True):
+        assert torch.equal(p, b) and p.grad is g and torch.equal(g, v)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for q in moved.parameters():
+            q += 1.0
+    expected = torch.autograd.grad(_loss_of(moved, x, y), list(moved.parameters()))
+    for f, e in zip(found, expected, strict=True):
+        torch.testing.assert_close(f, e, rtol=0, atol=1e-14)
