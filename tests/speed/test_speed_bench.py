@@ -217,3 +217,19 @@ def test_flop_count_adds_the_decompositions_standard_estimates() -> None:
     }
     for name, (step, flops) in expected.items():
         assert count_flops(step) == flops, name
+
+
+def test_element_wise_optimizers_are_timed_in_adamws_family_on_its_set() -> None:
+    from orthoptim import registry
+    from orthoptim.bench.speed.entrants import entrants
+
+    timed = {e.name: e for e in entrants(peers=False)}
+    expected = [
+        n
+        for n in registry.names(tag="elementwise")
+        if "baseline" not in registry.get(n).tags and not registry.get(n).needs_closure
+    ]
+    assert {"innaprop", "optimistic_amsgrad", "gravity", "more_momentum"} <= set(expected)
+    for name in expected:
+        entrant = timed[f"orthoptim:{name}"]
+        assert entrant.family == "adamw" and entrant.full_set

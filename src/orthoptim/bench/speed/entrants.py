@@ -73,8 +73,9 @@ def not_timed() -> dict[str, str]:
 def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Entrant]:
     """orthoptim's ``muon``, ``adamw`` and every other registered matrix optimizer (plans
     excluded: on hidden matrices a plan runs its matrix chain, timed under the base name; so
-    are those that need a closure, see ``not_timed``; those that read layer statistics through
-    hooks step ``hooked.HookedLayers``), then every installed peer. ``specs`` keeps only the
+    are those that need a closure, see ``not_timed`` and ``closure``; those that read layer
+    statistics through hooks step ``hooked.HookedLayers``), the element-wise ones in AdamW's
+    family, then every installed peer. ``specs`` keeps only the
     orthoptim names listed."""
     out = [
         Entrant("orthoptim:muon", "orthoptim", "muon", False, _orthoptim("muon")),
@@ -101,6 +102,13 @@ def entrants(specs: Sequence[str] | None = None, peers: bool = True) -> list[Ent
                 period=refresh_period(name),
             )
         )
+    # element-wise optimizers (the baselines excluded: adamw is timed above) step what AdamW
+    # steps, in its rounds, against the same peers
+    for name in registry.names(tag="elementwise"):
+        spec = registry.get(name)
+        if "baseline" in spec.tags or name in skipped or spec.needs_closure:
+            continue
+        out.append(Entrant(f"orthoptim:{name}", "orthoptim", "adamw", True, _orthoptim(name)))
     if specs is not None:
         out = [e for e in out if e.name.split(":", 1)[1] in specs or e.family == "check"]
     head = [e for e in out if e.family in HEAD_FAMILIES]
