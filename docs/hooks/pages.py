@@ -102,10 +102,24 @@ def _race_section(name: str) -> list[str]:
     return note + _race_rows(name)
 
 
+def _newest_race_with(name: str) -> tuple[str, list[Record]] | None:
+    """The newest curated full-protocol race (not ``--quick``) that raced ``name``: the
+    default race, or a race of newer optimizers (``--spec``) where they came after it."""
+    races = [
+        (max(r["finished_at"] for r in recs), folder, recs)
+        for folder, recs in _curated("race").items()
+        if not recs[0]["race"].get("quick") and any(r["racer"] == name for r in recs)
+    ]
+    if not races:
+        return None
+    _, folder, recs = max(races, key=lambda race: race[0])
+    return folder, recs
+
+
 def _race_rows(name: str) -> list[str]:
-    newest = _newest_race()
+    newest = _newest_race_with(name)
     if newest is None:
-        return ["No curated default race yet.", ""]
+        return ["Not in a curated race yet.", ""]
     folder, recs = newest
     lines = [f"From `benchmarks/records/{folder}` (`{recs[0]['race']['command']}`):", ""]
     cells = [
@@ -115,7 +129,7 @@ def _race_rows(name: str) -> list[str]:
         if row.label == name
     ]
     if not cells:
-        return ["Not in the newest curated default race.", ""]
+        return ["Not in a curated race yet.", ""]
     header = ("task", *(h.format(metric="held-out metric") for h in HEADER))
     return [*lines, markdown_table(header, cells), ""]
 

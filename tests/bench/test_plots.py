@@ -66,6 +66,8 @@ def test_families_come_from_the_registry_tags(rows: list[Row]) -> None:
     assert plots.family("auon") == plots.ORTHOGONAL
     assert plots.family("shampoo") == plots.KRONECKER
     assert plots.family("mfac") == plots.KRONECKER
+    assert plots.family("saddle_free_newton") == plots.KRONECKER
+    assert plots.family("sam") == plots.NEIGHBOURS
     assert plots.family("adamw") == plots.BASELINES
     assert plots.family("grams") == plots.NEIGHBOURS
     assert plots.family("no_such_optimizer") == plots.OTHER

@@ -44,9 +44,9 @@ def saddle_free_newton(
     (process CPU time, 1 thread, a 64-256-256-10 tanh MLP of 85k parameters, batch 128, medians
     of 6 steps side by side): 77 ms per step against 4.5 ms for a muon training step (17x;
     ``damping_rule="fixed"``: 65 ms; ``k=5`` fixed: 16 ms); the Hessian-vector products take
-    about 46% of it, the re-orthogonalisation 18%, the line search's closures 10%. On the race's lm model (TinyGPT) one 200-step run took 311 s
-    against AdamW's 3 s, so the race runs it on ``digits``, ``quadratic`` and
-    ``matrix_sensing`` only (``Spec.race_tasks``).
+    about 46% of it, the re-orthogonalisation 18%, the line search's closures 10%. On the
+    race's lm model (TinyGPT) one 200-step run took 311 s against AdamW's 3 s, so the race runs
+    it on ``digits``, ``quadratic`` and ``matrix_sensing`` only (``Spec.race_tasks``).
 
     Differences from the reference (from the paper: oracle only; no authors' code was found):
 

@@ -21,7 +21,9 @@ HEADLINE = 8  # racers in the headline figure: more and the eye cannot follow th
 
 BASELINES = "baselines"
 ORTHOGONAL = "orthogonalized momentum"
-KRONECKER = "Kronecker / Fisher"
+# Kronecker and Fisher preconditioners, and the Hessian-based methods (oasis, smb,
+# saddle_free_newton): the registry's "second-order" tag
+KRONECKER = "second-order (Kronecker, Fisher, Hessian)"
 NEIGHBOURS = "neighbours"
 OTHER = "other"
 FAMILIES = (BASELINES, ORTHOGONAL, KRONECKER, NEIGHBOURS, OTHER)
