@@ -18,6 +18,7 @@ from orthoptim import ChainOptimizer
 from orthoptim.nonfinite import NonFiniteGradientError
 from orthoptim.recipes import adamw, estimated, mars_adamw, sgd
 from orthoptim.transforms import EstimatorGroup, GradientEstimator, LossOracle
+from orthoptim.transforms.estimator import regroup
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,7 @@ class ShiftedGradient(GradientEstimator):
         for group in groups:
             for own in group.states:
                 own["count"] += 1
-        out, i = [], 0
-        for group in groups:
-            out.append(found[i : i + len(group.params)])
-            i += len(group.params)
-        return out
+        return regroup(groups, found)
 
 
 @dataclass(frozen=True)

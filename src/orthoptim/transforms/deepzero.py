@@ -19,7 +19,12 @@ from orthoptim.functional.deepzero import (
     shuffled,
     zo_grasp_scores,
 )
-from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
+from orthoptim.transforms.estimator import (
+    EstimatorGroup,
+    GradientEstimator,
+    LossOracle,
+    regroup,
+)
 
 Pruning = Literal["zo_grasp", "random"]
 PRUNINGS: tuple[Pruning, ...] = ("zo_grasp", "random")
@@ -147,11 +152,7 @@ class DeepZeroEstimate(GradientEstimator):
             coordinate_estimate(_at(oracle, p), p.detach(), idx, self.mu, base, realized)
             for p, idx in zip(params, indices, strict=True)
         ]
-        out, start = [], 0
-        for g in groups:
-            out.append(estimates[start : start + len(g.params)])
-            start += len(g.params)
-        return out
+        return regroup(groups, estimates)
 
     def _prune(
         self,

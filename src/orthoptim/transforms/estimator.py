@@ -68,6 +68,16 @@ class EstimatorGroup:
     lr: float
 
 
+def regroup(groups: Sequence[EstimatorGroup], flat: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``flat`` (one tensor per parameter, in ``groups``' order) split back per group: the shape
+    ``GradientEstimator.estimate`` returns."""
+    out, start = [], 0
+    for group in groups:
+        out.append(list(flat[start : start + len(group.params)]))
+        start += len(group.params)
+    return out
+
+
 @dataclass(frozen=True)
 class GradientEstimator(ABC):
     """Base class of the plan-level gradient estimators.

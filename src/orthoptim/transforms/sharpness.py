@@ -20,7 +20,12 @@ from orthoptim.functional.sharpness import (
     perturbed,
     shifted,
 )
-from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
+from orthoptim.transforms.estimator import (
+    EstimatorGroup,
+    GradientEstimator,
+    LossOracle,
+    regroup,
+)
 
 GamLossGradient = Literal["sam", "plain"]
 GAM_LOSS_GRADIENTS: tuple[str, ...] = get_args(GamLossGradient)
@@ -37,14 +42,6 @@ def _flat(groups: Sequence[EstimatorGroup]) -> tuple[list[Tensor], list[Tensor]]
     if missing:  # the shell's contract (closure_backward): a parameter here has a gradient
         raise ValueError(f"parameters {missing} reached the estimator without a gradient")
     return params, [g.detach() for g in grads if g is not None]
-
-
-def _grouped(groups: Sequence[EstimatorGroup], flat: Sequence[Tensor]) -> list[list[Tensor]]:
-    out, i = [], 0
-    for group in groups:
-        out.append(list(flat[i : i + len(group.params)]))
-        i += len(group.params)
-    return out
 
 
 def _at(oracle: LossOracle, params: Sequence[Tensor], points: Sequence[Tensor]) -> list[Tensor]:
@@ -91,9 +88,9 @@ class SharpnessAware(GradientEstimator):
     ) -> list[list[Tensor]]:
         params, grads = _flat(groups)
         if not params:
-            return _grouped(groups, [])
+            return regroup(groups, [])
         points = perturbed(params, grads, self.rho, self.adaptive, self.eps)
-        return _grouped(groups, _at(oracle, params, points))
+        return regroup(groups, _at(oracle, params, points))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +175,7 @@ class GradientNormAware(GradientEstimator):
     ) -> list[list[Tensor]]:
         params, g0 = _flat(groups)
         if not params:
-            return _grouped(groups, [])
+            return regroup(groups, [])
         w = [p.detach() for p in params]
         g1 = _at(oracle, params, perturbed(w, g0, self.rho, self.adaptive, self.eps))
         h = [a - b for a, b in zip(g1, g0, strict=True)]
@@ -198,7 +195,7 @@ class GradientNormAware(GradientEstimator):
             eps=self.eps,
             overwrite=True,
         )
-        return _grouped(groups, out)
+        return regroup(groups, out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,7 +251,7 @@ class FiniteDifferenceGR(GradientEstimator):
     ) -> list[list[Tensor]]:
         params, grads = _flat(groups)
         if not params:
-            return _grouped(groups, [])
+            return regroup(groups, [])
         s = self.step_size
         found = _at(oracle, params, shifted(params, grads, s))
-        return _grouped(groups, fd_gradreg_gradient(grads, found, self.gamma, s))
+        return regroup(groups, fd_gradreg_gradient(grads, found, self.gamma, s))

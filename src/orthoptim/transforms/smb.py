@@ -19,7 +19,12 @@ from orthoptim._checks import (
 )
 from orthoptim.functional.moments import stats_dtype
 from orthoptim.functional.smb import armijo_accepts, sgd_model_coefficients
-from orthoptim.transforms.estimator import EstimatorGroup, GradientEstimator, LossOracle
+from orthoptim.transforms.estimator import (
+    EstimatorGroup,
+    GradientEstimator,
+    LossOracle,
+    regroup,
+)
 
 _NEEDS_LOSS = (
     "smb tests its trial step against the closure's loss: the closure must return the loss "
@@ -178,12 +183,7 @@ class ModelBuilding(GradientEstimator):
             model = y.mul_(b.to(y.dtype)).addcmul_(g, a.to(g.dtype))
             chosen = torch.where(accept, g, model)
             out.append(chosen if f is None else chosen.mul_(f.to(g.dtype)))
-        result: list[list[Tensor]] = []
-        start = 0
-        for size in sizes:
-            result.append(out[start : start + size])
-            start += size
-        return result
+        return regroup(groups, out)
 
     def _schedule(self, groups: Sequence[EstimatorGroup], accept: Tensor, step: int) -> None:
         """Count this step's model step and, at the end of a period of ``n_batches_per_epoch``
